@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs everything perfkit's tests need on a fresh Debian machine with Python 3.11, then runs
+# them. Idempotent: a second run only re-checks. This is the README's test command and .ci/run's.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# PostgreSQL and Redis back the reference service's tests; start them if they are down.
+if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+fi
+if command -v redis-server >/dev/null && ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+        --dir /tmp --logfile /tmp/perfkit-redis.log || true
+fi
+
+# Headless Chromium opens the HTML report in the report tests.
+if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+        >/tmp/perfkit-apt.log 2>&1 || echo "warning: chromium could not be installed" >&2
+fi
+
+PYTHON=${PYTHON:-python3.11}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+exec .venv/bin/python -m pytest "$@"

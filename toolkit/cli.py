@@ -1,0 +1,133 @@
+"""The perfkit command line. Settings are built here and passed down as typed objects."""
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .config import LoadSettings, parse_duration
+from .errors import PerfkitError
+
+log = logging.getLogger(__name__)
+
+
+def say(message: str) -> None:
+    """The one place terminal output for people goes through."""
+    click.echo(message)
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    return None if value is None else parse_duration(value)
+
+
+def load_options(default_duration: str) -> Any:
+    """Options shared by load, stress, endurance and regression (names are a contract)."""
+
+    def decorate(func: Any) -> Any:
+        options = [
+            click.option("--target", help="Base URL of the target; default: start the bundled service."),
+            click.option("--scenario", default="research", show_default=True,
+                         help="Scenario name (scenarios/) or path of a Locust file."),
+            click.option("--users", type=click.IntRange(1), default=10, show_default=True),
+            click.option("--spawn-rate", type=click.FloatRange(min=0, min_open=True), default=10.0,
+                         show_default=True, help="Users started per second."),
+            click.option("--duration", default=default_duration, show_default=True,
+                         callback=_duration, help="Run length: 30s, 5m, 1h."),
+            click.option("--rate", type=click.FloatRange(min=0, min_open=True),
+                         help="Open load: iterations per second, latency measured from the "
+                              "intended send time."),
+            click.option("--kpi", "kpi_file", type=click.Path(path_type=Path),
+                         help="KPI targets (TOML) that replace or extend the defaults."),
+            click.option("--out", type=click.Path(path_type=Path),
+                         help="Run directory (default reports/<timestamp>-<scenario>)."),
+            click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
+                         help="Local Locust worker processes under one master."),
+            click.option("--target-pid", type=int, help="PID of the target to sample (with --target)."),
+            click.option("--variant", "variants", multiple=True,
+                         help="Reference-service variant (repeatable): n_plus_one, no_index, "
+                              "new_client_per_call, no_cache, unbounded."),
+            click.option("--fast", is_flag=True,
+                         help="Bundled service with its fast simulated-LLM profile (tens of ms)."),
+            click.option("--warmup", default=None, callback=_duration,
+                         help="Warm-up shown but kept out of the verdict (default: 10%, max 30s)."),
+            click.option("--profile", is_flag=True, help="Record the target with py-spy."),
+            click.option("--alert-webhook", help="POST alarms as JSON to this URL."),
+            click.option("--abort-on-fail", is_flag=True, help="Stop early when a KPI alarm fires."),
+        ]
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def build_settings(command: str, **opts: Any) -> LoadSettings:
+    return LoadSettings(
+        command=command,
+        target=opts["target"],
+        scenario=opts["scenario"],
+        users=opts["users"],
+        spawn_rate=opts["spawn_rate"],
+        duration_s=opts["duration"],
+        rate=opts["rate"],
+        kpi_file=opts["kpi_file"],
+        out=opts["out"],
+        workers=opts["workers"],
+        target_pid=opts["target_pid"],
+        variants=tuple(opts["variants"]),
+        latency_profile="fast" if opts["fast"] else "guide",
+        warmup_s=opts["warmup"],
+        profile=opts["profile"],
+        alert_webhook=opts["alert_webhook"],
+        abort_on_fail=opts["abort_on_fail"],
+        argv=tuple(sys.argv),
+    )
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def cli(verbose: bool) -> None:
+    """perfkit: load, stress and endurance tests of the product-research API, with KPI
+    verdicts, regression gating and one self-contained HTML report."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@load_options("60s")
+def load(**opts: Any) -> None:
+    """Steady load for a duration; writes a run directory and report.html."""
+    from . import runner
+
+    run_dir, exit_code = runner.run_load(build_settings("load", **opts), say)
+    sys.exit(exit_code)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--database-url", help="SQLAlchemy async URL (default: SQLite file, WAL).")
+@click.option("--redis-url", help="Redis for the result cache (default: in-process TTL cache).")
+@click.option("--variant", "variants", multiple=True, help="Variant to run (repeatable).")
+@click.option("--fast", is_flag=True, help="Fast simulated-LLM profile (tens of ms per item).")
+def serve(**opts: Any) -> None:
+    """Run the bundled reference research service until interrupted."""
+    from .reference import server
+
+    server.serve_forever(say=say, **opts)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("perfkit: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except PerfkitError as exc:
+        click.echo(f"perfkit: {exc}", err=True)
+        sys.exit(2)

@@ -1,0 +1,30 @@
+"""The whole exception tree of perfkit.
+
+    PerfkitError            anything the CLI turns into a one-line message and exit code 2
+    ├── ConfigError         bad option, bad KPI file, unknown scenario or variant
+    ├── TargetError         target unreachable, not ready in time, port in use, died
+    ├── RunError            the load run itself could not be carried out
+    └── ReportError         a run directory that cannot be read or rendered
+
+A failed KPI or a detected regression is a result (exit code 1), never an exception.
+"""
+
+
+class PerfkitError(Exception):
+    pass
+
+
+class ConfigError(PerfkitError):
+    pass
+
+
+class TargetError(PerfkitError):
+    pass
+
+
+class RunError(PerfkitError):
+    pass
+
+
+class ReportError(PerfkitError):
+    pass
