@@ -98,3 +98,16 @@ def load_run(path: Path | str) -> Run:
         )
     except (OSError, ValueError) as exc:
         raise ReportError(f"cannot read run directory {path}: {exc}") from exc
+
+
+def judged_window(run: Run) -> tuple[float, float]:
+    """(start, end) of the part of the run that verdicts judge: the warm-up is left out."""
+    started_at = float(run.meta["started_at"])
+    ended_at = float(run.meta.get("ended_at") or started_at)
+    warmup_s = float(run.meta.get("settings", {}).get("warmup_s") or 0.0)
+    return min(started_at + warmup_s, ended_at), ended_at
+
+
+def judged_latency(run: Run) -> pd.DataFrame:
+    start, end = judged_window(run)
+    return run.latency[(run.latency["t"] >= start) & (run.latency["t"] <= end)]

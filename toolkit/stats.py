@@ -1,7 +1,9 @@
 """Histograms, percentiles and the statistics behind verdicts. Pure functions, no I/O."""
 
 from collections.abc import Iterable
+from typing import Any
 
+import pandas as pd
 from hdrh.histogram import HdrHistogram
 
 # Microseconds, 1 µs .. 1 h, 3 significant digits: see docs/run-directory.md.
@@ -51,3 +53,34 @@ def mean_ms(hist: HdrHistogram) -> float | None:
     if hist.get_total_count() == 0:
         return None
     return hist.get_mean_value() / 1000.0
+
+
+SUMMARY_PERCENTILES = {"p50_ms": 50.0, "p90_ms": 90.0, "p95_ms": 95.0, "p99_ms": 99.0,
+                       "p999_ms": 99.9}
+
+
+def summarize_histogram(hist: HdrHistogram) -> dict[str, float | None]:
+    summary = {key: percentile_ms(hist, q) for key, q in SUMMARY_PERCENTILES.items()}
+    summary["max_ms"] = max_ms(hist)
+    summary["mean_ms"] = mean_ms(hist)
+    return summary
+
+
+def summarize_endpoints(latency: pd.DataFrame, duration_s: float) -> dict[str, dict[str, Any]]:
+    """Per name: count, failures, rps, error_rate_percent and percentiles of the given buckets.
+
+    `latency` has the columns of latency.jsonl (t, name, count, failures, hist); `duration_s`
+    is the length of the window those buckets cover (for rates).
+    """
+    summaries: dict[str, dict[str, Any]] = {}
+    for name, rows in latency.groupby("name", sort=True):
+        count = int(rows["count"].sum())
+        failures = int(rows["failures"].sum())
+        summaries[str(name)] = {
+            "count": count,
+            "failures": failures,
+            "rps": count / duration_s if duration_s > 0 else None,
+            "error_rate_percent": 100.0 * failures / count if count else None,
+            **summarize_histogram(merge_histograms(rows["hist"])),
+        }
+    return summaries

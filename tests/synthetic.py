@@ -1,0 +1,116 @@
+"""Synthetic run directories for tests and benchmarks: SIMULATED data, labelled so in run.json.
+
+Latencies are drawn from a log-normal distribution per endpoint with a fixed seed, so a test
+knows the true distribution and can compare perfkit's figures with numpy's on the same samples.
+"""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from perfkit import rundir, stats
+
+START_T = 1_764_130_000
+
+
+@dataclass
+class EndpointSpec:
+    rps: float = 50.0
+    median_ms: float = 20.0
+    sigma: float = 0.4           # log-normal shape
+    error_rate: float = 0.0
+
+
+@dataclass
+class RunSpec:
+    duration_s: int = 60
+    endpoints: dict[str, EndpointSpec] = field(default_factory=lambda: {
+        "GET /api/v1/health": EndpointSpec(rps=40, median_ms=3),
+        "POST /api/v1/research/products": EndpointSpec(rps=5, median_ms=40),
+        "GET /api/v1/research/products/{id}/status": EndpointSpec(rps=20, median_ms=8),
+        "GET /api/v1/research/products/{id}": EndpointSpec(rps=5, median_ms=30),
+    })
+    job_completion_s: float | None = 20.0  # median, or None for no jobs
+    warmup_s: float = 0.0
+    rss_mb: float = 120.0
+    rss_growth_mb_per_h: float = 0.0
+    cpu_percent: float = 20.0
+    with_app: bool = True
+    scenario: str = "research"
+    seed: int = 1
+
+
+def make_run(path: Path, spec: RunSpec | None = None) -> dict[str, np.ndarray]:
+    """Write a simulated run directory; returns the raw latency samples (ms) per name."""
+    spec = spec or RunSpec()
+    rng = np.random.default_rng(spec.seed)
+    path.mkdir(parents=True, exist_ok=True)
+    samples: dict[str, list[np.ndarray]] = {}
+    lines = []
+    for t in range(START_T, START_T + spec.duration_s):
+        for name, ep in spec.endpoints.items():
+            count = rng.poisson(ep.rps)
+            values = rng.lognormal(np.log(ep.median_ms), ep.sigma, count)
+            samples.setdefault(name, []).append(values)
+            lines.append(_bucket(t, name, values, rng.binomial(count, ep.error_rate)))
+        if spec.job_completion_s and (t - START_T) % 5 == 4:
+            values = rng.lognormal(np.log(spec.job_completion_s * 1000), 0.2, 1)
+            samples.setdefault("job_completion", []).append(values)
+            lines.append(_bucket(t, "job_completion", values, 0))
+    rundir.append_jsonl(path / rundir.LATENCY, lines)
+
+    seconds = np.arange(spec.duration_s)
+    rss = spec.rss_mb + spec.rss_growth_mb_per_h * seconds / 3600 + rng.normal(0, 1, seconds.size)
+    cpu = np.clip(rng.normal(spec.cpu_percent, 3, seconds.size), 0, None)
+    with (path / rundir.RESOURCES).open("w") as f:
+        f.write("t,procs,cpu_percent,cpu_machine_percent,rss_mb,uss_mb,threads,open_files,"
+                "read_mb_s,write_mb_s,ctx_switches_s,sys_cpu_percent,sys_memory_percent,"
+                "sys_disk_read_mb_s,sys_disk_write_mb_s,sys_net_sent_mb_s,sys_net_recv_mb_s\n")
+        for i in seconds:
+            f.write(f"{START_T + i},2,{cpu[i]:.1f},{cpu[i] / 2:.1f},{rss[i]:.1f},{rss[i] * 0.8:.1f},"
+                    f"12,9,0.0,0.1,150,{cpu[i] + 5:.1f},40.0,0.0,0.2,1.5,1.5\n")
+    if spec.with_app:
+        with (path / rundir.APP).open("w") as f:
+            f.write("t,db_total_queries,db_average_ms,db_max_ms,db_slow_queries_count,"
+                    "research_avg_ms,api_avg_ms,total_requests\n")
+            for i in range(0, spec.duration_s, 5):
+                f.write(f"{START_T + i},{i * 40},1.2,130.0,{i // 20},2500.0,9.0,{i * 70}\n")
+        (path / rundir.SLOW_QUERIES).write_text(json.dumps(
+            [{"query": "SELECT * FROM items WHERE job_id = ?", "time_ms": 130.0,
+              "timestamp": START_T + 12}]))
+    with (path / rundir.TIMELINE).open("w") as f:
+        f.write("t,users,rate,loadgen_cpu_percent\n")
+        for i in seconds:
+            f.write(f"{START_T + i},10,,35.0\n")
+    rundir.write_json(path / rundir.FAILURES, [])
+    rundir.write_json(path / rundir.RUN_JSON, {
+        "run_id": path.name, "command": "load", "simulated": True,
+        "argv": ["tests/synthetic.py"], "scenario": spec.scenario,
+        "target": "http://127.0.0.1:1 (simulated)", "target_managed": False, "target_pid": None,
+        "variants": [], "latency_profile": None,
+        "settings": {"users": 10, "spawn_rate": 10, "duration_s": spec.duration_s, "rate": None,
+                     "workers": 0, "warmup_s": spec.warmup_s, "bucket_s": 1},
+        "kpi_file": None, "git_revision": None,
+        "machine": {"hostname": "simulated", "cpu_count": 2, "memory_mb": 24000,
+                    "platform": "simulated"},
+        "versions": {"perfkit": "0.1.0"},
+        "started_at": float(START_T), "ended_at": float(START_T + spec.duration_s),
+        "status": "completed", "message": "",
+        "collectors": {"system": {"available": True, "cpu_s": 0.5, "samples": spec.duration_s,
+                                  "interval_s": 1.0, "note": "simulated"},
+                       "app": {"available": spec.with_app, "cpu_s": 0.1,
+                               "note": "simulated" if spec.with_app else "not available"}},
+        "loadgen": {"saturated": False, "max_cpu_percent": 35.0},
+    })
+    return {name: np.concatenate(parts) for name, parts in samples.items()}
+
+
+def _bucket(t: int, name: str, values_ms: np.ndarray, failures: int) -> dict:
+    hist = stats.new_histogram()
+    for value_us, n in zip(*np.unique(np.maximum(np.round(values_ms * 1000), 1).astype(np.int64),
+                                      return_counts=True), strict=True):
+        hist.record_value(int(value_us), int(n))
+    return {"t": t, "name": name, "count": int(values_ms.size), "failures": int(failures),
+            "hist": stats.encode_histogram(hist)}

@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+
+from perfkit import rundir, stats
+from tests.synthetic import EndpointSpec, RunSpec, make_run
+
+
+def test_percentiles_of_a_hand_computed_set() -> None:
+    hist = stats.new_histogram()
+    for value_ms in range(1, 101):  # 1..100 ms, one each
+        stats.record_ms(hist, float(value_ms))
+    assert stats.percentile_ms(hist, 50) == pytest.approx(50.0, rel=1e-3)
+    assert stats.percentile_ms(hist, 99) == pytest.approx(99.0, rel=1e-3)
+    assert stats.max_ms(hist) == pytest.approx(100.0, rel=1e-3)
+    assert stats.mean_ms(hist) == pytest.approx(50.5, rel=1e-3)
+
+
+def test_empty_histogram_is_missing_not_zero() -> None:
+    assert stats.percentile_ms(stats.new_histogram(), 99) is None
+    assert stats.summarize_histogram(stats.new_histogram())["max_ms"] is None
+
+
+def test_sub_millisecond_values_keep_microsecond_resolution() -> None:
+    hist = stats.new_histogram()
+    stats.record_ms(hist, 0.137)
+    assert stats.max_ms(hist) == 0.137
+
+
+def test_merge_is_exact() -> None:
+    a, b = stats.new_histogram(), stats.new_histogram()
+    whole = stats.new_histogram()
+    for i, value in enumerate(np.random.default_rng(3).lognormal(3, 1, 5000)):
+        stats.record_ms(a if i % 2 else b, value)
+        stats.record_ms(whole, value)
+    merged = stats.merge_histograms([stats.encode_histogram(a), stats.encode_histogram(b)])
+    assert merged.get_total_count() == whole.get_total_count()
+    for q in (50, 90, 99, 99.9, 100):
+        assert stats.percentile_ms(merged, q) == stats.percentile_ms(whole, q)
+
+
+def test_summaries_of_a_synthetic_run_match_numpy(tmp_path) -> None:
+    spec = RunSpec(duration_s=20, endpoints={"GET /x": EndpointSpec(rps=200, median_ms=15,
+                                                                    error_rate=0.1)})
+    samples = make_run(tmp_path / "run", spec)
+    run = rundir.load_run(tmp_path / "run")
+    summary = stats.summarize_endpoints(run.latency, 20.0)["GET /x"]
+    raw = samples["GET /x"]
+    assert summary["count"] == raw.size
+    assert summary["rps"] == pytest.approx(raw.size / 20)
+    assert 0 < summary["failures"] < raw.size
+    ordered = np.sort(raw)
+    for key, q in stats.SUMMARY_PERCENTILES.items():
+        # HdrHistogram takes the sample of rank round(q% * n): the nearest-rank percentile.
+        rank = max(int(q / 100 * raw.size + 0.5), 1)
+        assert summary[key] == pytest.approx(ordered[rank - 1], rel=1e-3)
+
+
+def test_warmup_is_left_out_of_the_judged_window(tmp_path) -> None:
+    make_run(tmp_path / "run", RunSpec(duration_s=30, warmup_s=10))
+    run = rundir.load_run(tmp_path / "run")
+    judged = rundir.judged_latency(run)
+    assert judged["t"].min() == run.meta["started_at"] + 10
+    assert len(judged) < len(run.latency)
