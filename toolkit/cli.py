@@ -119,6 +119,33 @@ def serve(**opts: Any) -> None:
     server.serve_forever(say=say, **opts)
 
 
+@cli.command()
+@click.argument("url")
+@click.option("-c", "--concurrency", type=click.IntRange(1), default=1, show_default=True,
+              help="Concurrent connections, each sending its next request on the last answer.")
+@click.option("-n", "--requests", type=click.IntRange(1), help="Total requests.")
+@click.option("-d", "--duration", callback=_duration, help="Run length instead of -n: 30s, 5m.")
+@click.option("-m", "--method", default="GET", show_default=True)
+@click.option("-H", "--header", "headers", multiple=True, help="'Name: value' (repeatable).")
+@click.option("--body", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="File sent as the request body.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=30.0,
+              show_default=True, help="Per-request timeout in seconds.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the result in the summary.json shape of a run.")
+def bench(**opts: Any) -> None:
+    """Quick fixed-concurrency HTTP benchmark of one URL, with exact percentiles."""
+    from . import bench as quick_bench
+
+    settings = quick_bench.BenchSettings(
+        url=opts["url"], concurrency=opts["concurrency"], requests=opts["requests"],
+        duration_s=opts["duration"], method=opts["method"].upper(),
+        headers=tuple(quick_bench.parse_header(h) for h in opts["headers"]),
+        body=opts["body"].read_bytes() if opts["body"] else None,
+        timeout_s=opts["timeout"], json_path=opts["json_path"])
+    quick_bench.run_bench(settings, say)
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)

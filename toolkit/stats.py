@@ -49,6 +49,12 @@ def max_ms(hist: HdrHistogram) -> float | None:
     return hist.get_max_value() / 1000.0
 
 
+def min_ms(hist: HdrHistogram) -> float | None:
+    if hist.get_total_count() == 0:
+        return None
+    return hist.get_min_value() / 1000.0
+
+
 def mean_ms(hist: HdrHistogram) -> float | None:
     if hist.get_total_count() == 0:
         return None

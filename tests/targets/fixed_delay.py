@@ -1,0 +1,64 @@
+"""A tiny HTTP target with a known behaviour, for tests and benchmarks.
+
+Every request, whatever its method or path, waits `--delay-ms` and answers 200 with a short
+body; with `--fail-every N` every N-th request (counted across all connections) answers 500,
+so a client's failure count can be checked exactly. Prints its base URL on stdout once it
+listens, then serves until killed.
+
+    python tests/targets/fixed_delay.py --delay-ms 20 --port 0
+"""
+
+import argparse
+import asyncio
+import socket
+
+from aiohttp import web
+
+
+def build_app(delay_ms: float, fail_every: int) -> web.Application:
+    counter = {"requests": 0}
+
+    async def answer(request: web.Request) -> web.Response:
+        counter["requests"] += 1
+        number = counter["requests"]
+        await request.read()
+        if delay_ms > 0:
+            await asyncio.sleep(delay_ms / 1000.0)
+        if fail_every and number % fail_every == 0:
+            return web.Response(status=500, text="deliberate failure\n")
+        return web.Response(text="ok\n")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    return app
+
+
+async def serve(host: str, port: int, delay_ms: float, fail_every: int) -> None:
+    # Bind the socket ourselves so that port 0 gives a free port we can print before serving.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    runner = web.AppRunner(build_app(delay_ms, fail_every), access_log=None)
+    await runner.setup()
+    await web.SockSite(runner, sock, backlog=1024).start()
+    bound_host, bound_port = sock.getsockname()[:2]
+    print(f"http://{bound_host}:{bound_port}", flush=True)
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--fail-every", type=int, default=0,
+                        help="answer 500 to every N-th request (0: never)")
+    args = parser.parse_args()
+    try:
+        asyncio.run(serve(args.host, args.port, args.delay_ms, args.fail_every))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
