@@ -48,3 +48,35 @@ class LoadSettings:
         if self.warmup_s is not None:
             return self.warmup_s
         return min(30.0, self.duration_s / 10.0)
+
+
+# KPI values are written with their unit ("500ms", "50rps", "512MB") so a bare number can
+# never be read in the wrong unit; each metric unit accepts the spellings below.
+_QUANTITY = re.compile(r"^\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*([A-Za-z%/]+)\s*$")
+QUANTITY_UNITS: dict[str, dict[str, float]] = {
+    "ms": {"us": 0.001, "ms": 1.0, "s": 1000.0, "min": 60_000.0},
+    "s": {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0},
+    "rps": {"rps": 1.0, "req/s": 1.0},
+    "%": {"%": 1.0},
+    "MB": {"KB": 1 / 1024, "MB": 1.0, "GB": 1024.0},
+    "MB/s": {"KB/s": 1 / 1024, "MB/s": 1.0, "GB/s": 1024.0},
+    "queries/s": {"queries/s": 1.0, "qps": 1.0},
+}
+
+
+def parse_quantity(text: object, unit: str) -> float:
+    """'500ms' or '1s' -> 500.0 for unit "ms"; the value is returned in `unit`."""
+    spellings = QUANTITY_UNITS[unit]
+    accepted = ", ".join(f'"1{s}"' if s != "%" else '"0.1%"' for s in spellings)
+    if isinstance(text, bool) or not isinstance(text, str):
+        raise ConfigError(f"write the value with its unit as a string, e.g. {accepted} "
+                          f"(got {text!r})")
+    match = _QUANTITY.match(text)
+    if not match:
+        raise ConfigError(f"bad value {text!r}: write a number and a unit, e.g. {accepted}")
+    number, suffix = float(match.group(1)), match.group(2)
+    if suffix not in spellings:
+        raise ConfigError(f"unknown unit {suffix!r} in {text!r}: this metric takes {accepted}")
+    if number < 0:
+        raise ConfigError(f"negative value {text!r}")
+    return number * spellings[suffix]
