@@ -1,0 +1,260 @@
+"""The in-process research worker pool: one asyncio task per job, items researched under a
+shared semaphore (the guide's 5 slots; none under the `unbounded` variant), results cached by
+normalised item, every state change written to the database as it happens."""
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.orm import selectinload
+
+from .cache import Cache
+from .db import ACTIVE_STATUSES, Item, Job, Result, utc_now
+from .metrics import Metrics, change_active_research, record_cache, record_job, record_research
+from .provider import ProviderClient, ask_provider
+from .settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+FAILED_ITEM_STATUSES = ("insufficient_sources", "error")
+
+
+@dataclass
+class WorkerPool:
+    settings: ServiceSettings
+    sessions: async_sessionmaker[Any]
+    provider: ProviderClient
+    cache: Cache
+    metrics: Metrics
+    semaphore: asyncio.Semaphore | None
+    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    cancel_messages: dict[str, str] = field(default_factory=dict)
+    accepting: bool = True
+
+
+def build_pool(settings: ServiceSettings, sessions: async_sessionmaker[Any],
+               provider: ProviderClient, cache: Cache, metrics: Metrics) -> WorkerPool:
+    semaphore = None if settings.has("unbounded") else asyncio.Semaphore(settings.concurrency)
+    return WorkerPool(settings, sessions, provider, cache, metrics, semaphore)
+
+
+def judge_answer(answer: dict[str, Any]) -> str:
+    """`success` needs a rating, a review count, at least 3 sources and one official domain."""
+    reviews = answer.get("reviews") or {}
+    sources = answer.get("sources") or []
+    if (reviews.get("rating") is not None and reviews.get("count") is not None
+            and len(sources) >= 3 and any(source.get("official") for source in sources)):
+        return "success"
+    return "insufficient_sources"
+
+
+def start_job(pool: WorkerPool, job_id: str) -> None:
+    task = asyncio.create_task(run_job(pool, job_id), name=f"research-{job_id}")
+    pool.tasks[job_id] = task
+    task.add_done_callback(lambda _: pool.tasks.pop(job_id, None))
+
+
+async def cancel_job(pool: WorkerPool, job_id: str, message: str) -> bool:
+    """Mark an active job cancelled; its items not yet researched never will be. False when the
+    job had already finished."""
+    async with pool.sessions.begin() as session:
+        result = await session.execute(
+            update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE_STATUSES))
+            .values(status="cancelled", message=message, completed_at=utc_now()))
+    if not result.rowcount:  # type: ignore[attr-defined]
+        return False
+    task = pool.tasks.get(job_id)
+    if task is not None:
+        pool.cancel_messages[job_id] = message
+        task.cancel()
+    return True
+
+
+async def drain_pool(pool: WorkerPool, grace_s: float) -> None:
+    """Shutdown: running jobs get `grace_s` to finish, the rest are marked cancelled."""
+    pool.accepting = False
+    running = list(pool.tasks.values())
+    if running:
+        await asyncio.wait(running, timeout=grace_s)
+    for job_id, task in list(pool.tasks.items()):
+        if not task.done():
+            await cancel_job(pool, job_id, "cancelled: the service shut down")
+    remaining = [task for task in running if not task.done()]
+    if remaining:
+        await asyncio.wait(remaining, timeout=10.0)
+
+
+async def run_job(pool: WorkerPool, job_id: str) -> None:
+    started_at = time.perf_counter()
+    async with pool.sessions() as session:
+        items = list((await session.scalars(
+            select(Item).where(Item.job_id == job_id).order_by(Item.position))).all())
+    # Duplicates within a job (same normalised name and price) are researched once.
+    groups: dict[str, list[Item]] = defaultdict(list)
+    for item in items:
+        groups[item.research_key].append(item)
+    state = {"processing": False}
+    try:
+        async with asyncio.TaskGroup() as group:
+            for key, same_items in groups.items():
+                group.create_task(research_group(pool, job_id, key, same_items, state))
+    except asyncio.CancelledError:
+        await mark_unfinished_cancelled(pool, job_id)
+        record_job(pool.metrics, "cancelled", time.perf_counter() - started_at)
+        raise
+    except Exception:
+        log.exception("job %s failed", job_id)
+        await finish_job(pool, job_id, "error", "internal error while researching")
+        record_job(pool.metrics, "error", time.perf_counter() - started_at)
+        return
+    status, message = await summarise_job(pool, job_id)
+    if await finish_job(pool, job_id, status, message):
+        record_job(pool.metrics, status, time.perf_counter() - started_at)
+    await send_callback(pool, job_id)
+
+
+async def research_group(pool: WorkerPool, job_id: str, key: str, items: list[Item],
+                         state: dict[str, bool]) -> None:
+    if pool.semaphore is None:
+        await research_items(pool, job_id, key, items, state)
+        return
+    async with pool.semaphore:
+        await research_items(pool, job_id, key, items, state)
+
+
+async def research_items(pool: WorkerPool, job_id: str, key: str, items: list[Item],
+                         state: dict[str, bool]) -> None:
+    if not state["processing"]:
+        state["processing"] = True
+        async with pool.sessions.begin() as session:
+            await session.execute(
+                update(Job).where(Job.id == job_id, Job.status == "pending")
+                .values(status="processing", started_at=utc_now()))
+    started_at = time.perf_counter()
+    first = items[0]
+    answer: dict[str, Any] | None = None
+    cached = False
+    error: str | None = None
+    if not pool.settings.has("no_cache"):
+        answer = await pool.cache.get_result(key)
+        record_cache(pool.metrics, answer is not None)
+        cached = answer is not None
+    if answer is None:
+        change_active_research(pool.metrics, +1)
+        try:
+            answer, error, _ = await ask_provider(pool.provider, {
+                "product_name": first.product_name, "category": first.category,
+                "price_exact": first.price_exact, "currency": first.currency,
+                "seller_or_store": first.seller_or_store})
+        finally:
+            change_active_research(pool.metrics, -1)
+    status = "error" if answer is None else judge_answer(answer)
+    if answer is not None and not cached and not pool.settings.has("no_cache"):
+        await pool.cache.set_result(key, answer)
+    duration_s = time.perf_counter() - started_at
+    async with pool.sessions.begin() as session:
+        for item in items:
+            session.add(Result(item_id=item.id, status=status, data=answer or {}, error=error,
+                               cached=cached, duration_s=duration_s, created_at=utc_now()))
+    for _ in items:
+        record_research(pool.metrics, status, duration_s)
+
+
+async def summarise_job(pool: WorkerPool, job_id: str) -> tuple[str, str]:
+    counts = await count_results(pool.sessions, job_id)
+    successful = counts.get("success", 0)
+    failed = sum(counts.get(status, 0) for status in FAILED_ITEM_STATUSES)
+    total = sum(counts.values())
+    message = f"researched {total} items: {successful} successful, {failed} failed"
+    # The job itself failed only when no item got an answer at all.
+    status = "error" if total and counts.get("error", 0) == total else "success"
+    return status, message
+
+
+async def finish_job(pool: WorkerPool, job_id: str, status: str, message: str) -> bool:
+    async with pool.sessions.begin() as session:
+        result = await session.execute(
+            update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE_STATUSES))
+            .values(status=status, message=message, completed_at=utc_now()))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def mark_unfinished_cancelled(pool: WorkerPool, job_id: str) -> None:
+    message = pool.cancel_messages.pop(job_id, "cancelled")
+    async with pool.sessions.begin() as session:
+        done = set((await session.scalars(
+            select(Result.item_id).join(Item).where(Item.job_id == job_id))).all())
+        pending = (await session.scalars(select(Item.id).where(Item.job_id == job_id))).all()
+        for item_id in pending:
+            if item_id not in done:
+                session.add(Result(item_id=item_id, status="cancelled", data={}, error=message,
+                                   cached=False, duration_s=None, created_at=utc_now()))
+        await session.execute(
+            update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE_STATUSES))
+            .values(status="cancelled", message=message, completed_at=utc_now()))
+
+
+async def count_results(sessions: async_sessionmaker[Any], job_id: str) -> dict[str, int]:
+    async with sessions() as session:
+        rows = (await session.execute(
+            select(Result.status, func.count()).join(Item).where(Item.job_id == job_id)
+            .group_by(Result.status))).all()
+    return {status: int(count) for status, count in rows}
+
+
+async def load_job(sessions: async_sessionmaker[Any], job_id: str,
+                   n_plus_one: bool) -> tuple[Job, list[tuple[Item, Result | None]]] | None:
+    """The job with its items and results: three queries eagerly, or 2 + N under `n_plus_one`
+    (one query per item for its result, as a lazy ORM loop does)."""
+    async with sessions() as session:
+        if not n_plus_one:
+            job = await session.scalar(
+                select(Job).where(Job.id == job_id)
+                .options(selectinload(Job.items).selectinload(Item.result)))
+            if job is None:
+                return None
+            return job, [(item, item.result) for item in job.items]
+        job = await session.scalar(select(Job).where(Job.id == job_id))
+        if job is None:
+            return None
+        items = (await session.scalars(
+            select(Item).where(Item.job_id == job_id).order_by(Item.position))).all()
+        pairs = []
+        for item in items:
+            result = await session.scalar(select(Result).where(Result.item_id == item.id))
+            pairs.append((item, result))
+        return job, pairs
+
+
+async def send_callback(pool: WorkerPool, job_id: str) -> None:
+    """POST the final status to the job's callback_url; failures are logged, never retried."""
+    async with pool.sessions() as session:
+        job = await session.get(Job, job_id)
+    if job is None or not job.callback_url:
+        return
+    counts = await count_results(pool.sessions, job_id)
+    body = {"job_id": job_id, "status": job.status, "message": job.message,
+            "metadata": summarise_counts(counts)}
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5.0)) as session:
+            async with session.post(job.callback_url, json=body) as response:
+                response.raise_for_status()
+        pool.metrics.callbacks_sent += 1
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        pool.metrics.callbacks_failed += 1
+        log.warning("callback for job %s to %s failed: %s", job_id, job.callback_url, exc)
+
+
+def summarise_counts(counts: dict[str, int]) -> dict[str, int]:
+    return {
+        "total": sum(counts.values()),
+        "successful": counts.get("success", 0),
+        "failed": sum(counts.get(status, 0) for status in FAILED_ITEM_STATUSES),
+        "cancelled": counts.get("cancelled", 0),
+    }

@@ -1,0 +1,103 @@
+"""`perfkit serve`: run the reference service under uvicorn until SIGINT or SIGTERM.
+
+Once the socket listens and the lifespan has started, one line with `http://HOST:PORT` goes to
+the terminal (flushed): perfkit's runner starts `python -m perfkit serve --port 0` and reads
+that line to learn the port."""
+
+import asyncio
+import logging
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from ..errors import TargetError
+from .app import create_app
+from .settings import ServiceSettings, build_service_settings
+
+log = logging.getLogger(__name__)
+
+
+def serve_forever(
+    *,
+    say: Callable[[str], None],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    database_url: str | None = None,
+    redis_url: str | None = None,
+    variants: tuple[str, ...] = (),
+    fast: bool = False,
+    item_latency_ms: float | None = None,
+    latency_sigma: float | None = None,
+    error_rate: float | None = None,
+    insufficient_rate: float | None = None,
+    concurrency: int = 5,
+    extra_latency: tuple[str, ...] = (),
+    seed: int | None = None,
+) -> None:
+    """Serve until interrupted. Without `database_url`, the SQLite file lives in a fresh
+    temporary directory (removed at exit) so concurrent instances never share a database."""
+    temp_dir: Path | None = None
+    if not database_url:
+        temp_dir = Path(tempfile.mkdtemp(prefix="perfkit-serve-"))
+        database_url = f"sqlite+aiosqlite:///{temp_dir / 'research.db'}"
+    settings = build_service_settings(
+        host=host, port=port, database_url=database_url, redis_url=redis_url,
+        variants=tuple(variants), fast=fast, item_latency_ms=item_latency_ms,
+        latency_sigma=latency_sigma, error_rate=error_rate, insufficient_rate=insufficient_rate,
+        concurrency=concurrency, extra_latency=tuple(extra_latency), seed=seed)
+    try:
+        stopped_by = asyncio.run(run_server(settings, say))
+    except SystemExit as exc:
+        # uvicorn exits this way when the port is taken or the lifespan (database, Redis)
+        # failed; its log line above says which.
+        raise TargetError(f"the reference service could not start on {host}:{port} "
+                          f"(exit {exc.code}); see the error above") from None
+    finally:
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+    say(f"perfkit serve: stopped ({stopped_by})")
+
+
+async def run_server(settings: ServiceSettings, say: Callable[[str], None]) -> str:
+    """Run until a signal; returns its name. Startup failures become a TargetError."""
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
+                            log_level="warning", access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=10)
+    server = uvicorn.Server(config)
+    received: list[str] = []
+
+    def request_exit(signum: int, frame: Any) -> None:
+        received.append(signal.Signals(signum).name)
+        # A second SIGINT while draining means "now": uvicorn stops waiting for connections.
+        if server.should_exit and signum == signal.SIGINT:
+            server.force_exit = True
+        server.should_exit = True
+
+    # uvicorn installs its own handlers during serve() and, after a graceful stop, re-raises
+    # the signal to whatever handler was there before; installing ours first means that
+    # re-raise lands here instead of killing the process before the temp dir is removed.
+    previous = {sig: signal.signal(sig, request_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if serving.done():
+                await serving
+                raise TargetError(f"the reference service stopped while starting on "
+                                  f"{settings.host}:{settings.port}")
+            await asyncio.sleep(0.02)
+        bound_port = server.servers[0].sockets[0].getsockname()[1]
+        say(f"perfkit serve: listening on http://{settings.host}:{bound_port} "
+            f"(variants: {', '.join(settings.variants) or 'none'}, "
+            f"profile: {settings.profile.name})")
+        sys.stdout.flush()
+        await serving
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return received[0] if received else "server exited"

@@ -1,0 +1,139 @@
+"""Typed settings of one reference-service instance, built once by `server.serve_forever` (or a
+test) and handed to the app; nothing here reads the environment."""
+
+import re
+from dataclasses import dataclass, field
+
+from ..errors import ConfigError
+
+VARIANTS = ("n_plus_one", "no_index", "new_client_per_call", "no_cache", "unbounded")
+
+# Endpoint names accepted by --extra-latency, by (method, route template).
+ENDPOINTS = {
+    ("GET", "/api/v1/health"): "health",
+    ("POST", "/api/v1/research/products"): "create",
+    ("GET", "/api/v1/research/products/{job_id}"): "results",
+    ("GET", "/api/v1/research/products/{job_id}/status"): "status",
+    ("DELETE", "/api/v1/research/products/{job_id}"): "cancel",
+}
+
+_EXTRA = re.compile(r"^\s*(\w+)\s*[=:]\s*(\d+(?:\.\d+)?)\s*(ms|%)?\s*$")
+
+
+@dataclass(frozen=True)
+class LatencyProfile:
+    """Simulated LLM behaviour per provider call: lognormal latency, transient errors, thin
+    answers. `backoff_ms` is the first retry delay (doubled per retry)."""
+
+    name: str
+    median_ms: float
+    sigma: float
+    max_ms: float
+    error_rate: float
+    insufficient_rate: float
+    backoff_ms: float
+
+
+# The guide's figure: a 10-product batch on 5 slots takes 15-30 s on average. Two waves of five
+# lognormal calls with median 8 s and sigma 0.3 give a mean of about 21 s (5th-95th percentile
+# 17-26 s); the 2 % transient errors retried with a 1 s backoff add little.
+GUIDE = LatencyProfile("guide", median_ms=8000.0, sigma=0.3, max_ms=20000.0,
+                       error_rate=0.02, insufficient_rate=0.05, backoff_ms=1000.0)
+FAST = LatencyProfile("fast", median_ms=30.0, sigma=0.3, max_ms=200.0,
+                      error_rate=0.0, insufficient_rate=0.0, backoff_ms=10.0)
+
+
+@dataclass(frozen=True)
+class ExtraLatency:
+    """A known slowdown injected into one endpoint: fixed milliseconds, or a fraction of the
+    endpoint's own handling time (`results=20%`)."""
+
+    endpoint: str
+    fixed_ms: float = 0.0
+    fraction: float = 0.0
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    host: str = "127.0.0.1"
+    port: int = 0
+    database_url: str = ""
+    redis_url: str | None = None
+    variants: tuple[str, ...] = ()
+    profile: LatencyProfile = GUIDE
+    concurrency: int = 5
+    cache_ttl_s: float = 3600.0
+    slow_query_ms: float = 100.0
+    provider_attempts: int = 3
+    shutdown_grace_s: float = 5.0
+    extra_latency: tuple[ExtraLatency, ...] = field(default_factory=tuple)
+    seed: int | None = None
+
+    def has(self, variant: str) -> bool:
+        return variant in self.variants
+
+
+def parse_extra_latency(text: str) -> ExtraLatency:
+    """'results=20ms', 'results=20' (ms) or 'results:20%'."""
+    match = _EXTRA.match(text)
+    names = sorted(set(ENDPOINTS.values()))
+    if not match or match.group(1) not in names:
+        raise ConfigError(f"bad --extra-latency {text!r}: use ENDPOINT=MS or ENDPOINT=PCT% "
+                          f"with ENDPOINT one of {', '.join(names)}")
+    value = float(match.group(2))
+    if match.group(3) == "%":
+        return ExtraLatency(match.group(1), fraction=value / 100.0)
+    return ExtraLatency(match.group(1), fixed_ms=value)
+
+
+def build_service_settings(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    database_url: str = "",
+    redis_url: str | None = None,
+    variants: tuple[str, ...] = (),
+    fast: bool = False,
+    item_latency_ms: float | None = None,
+    latency_sigma: float | None = None,
+    error_rate: float | None = None,
+    insufficient_rate: float | None = None,
+    concurrency: int = 5,
+    extra_latency: tuple[str, ...] = (),
+    seed: int | None = None,
+) -> ServiceSettings:
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise ConfigError(f"unknown variant {', '.join(unknown)}: "
+                          f"choose from {', '.join(VARIANTS)}")
+    for name, rate in (("error rate", error_rate), ("insufficient rate", insufficient_rate)):
+        if rate is not None and not 0.0 <= rate <= 1.0:
+            raise ConfigError(f"{name} must be between 0 and 1, got {rate}")
+    if item_latency_ms is not None and item_latency_ms < 0:
+        raise ConfigError(f"item latency must be >= 0 ms, got {item_latency_ms}")
+    if latency_sigma is not None and latency_sigma < 0:
+        raise ConfigError(f"latency sigma must be >= 0, got {latency_sigma}")
+    if concurrency < 1:
+        raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
+    base = FAST if fast else GUIDE
+    profile = LatencyProfile(
+        name=base.name,
+        median_ms=base.median_ms if item_latency_ms is None else item_latency_ms,
+        sigma=base.sigma if latency_sigma is None else latency_sigma,
+        max_ms=base.max_ms if item_latency_ms is None else max(base.max_ms, 4 * item_latency_ms),
+        error_rate=base.error_rate if error_rate is None else error_rate,
+        insufficient_rate=base.insufficient_rate if insufficient_rate is None
+        else insufficient_rate,
+        backoff_ms=base.backoff_ms,
+    )
+    return ServiceSettings(
+        host=host,
+        port=port,
+        database_url=database_url,
+        redis_url=redis_url,
+        variants=tuple(dict.fromkeys(variants)),
+        profile=profile,
+        concurrency=concurrency,
+        extra_latency=tuple(parse_extra_latency(text) for text in extra_latency),
+        seed=seed,
+    )
