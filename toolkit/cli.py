@@ -112,6 +112,20 @@ def load(**opts: Any) -> None:
 @click.option("--redis-url", help="Redis for the result cache (default: in-process TTL cache).")
 @click.option("--variant", "variants", multiple=True, help="Variant to run (repeatable).")
 @click.option("--fast", is_flag=True, help="Fast simulated-LLM profile (tens of ms per item).")
+@click.option("--item-latency-ms", type=click.FloatRange(0),
+              help="Median simulated LLM latency per call (default: 8000, --fast 30).")
+@click.option("--latency-sigma", type=click.FloatRange(0),
+              help="Spread of that latency (lognormal sigma; default 0.3).")
+@click.option("--error-rate", type=click.FloatRange(0, 1),
+              help="Share of LLM calls that fail transiently (default 0.02, --fast 0).")
+@click.option("--insufficient-rate", type=click.FloatRange(0, 1),
+              help="Share of LLM answers too thin to use (default 0.05, --fast 0).")
+@click.option("--concurrency", type=click.IntRange(1), default=5, show_default=True,
+              help="Research slots (semaphore size).")
+@click.option("--extra-latency", multiple=True,
+              help="Known slowdown for one endpoint: results=20ms or results=20% "
+                   "(health, create, status, results, cancel; repeatable).")
+@click.option("--seed", type=int, help="Seed of the simulated LLM's randomness.")
 def serve(**opts: Any) -> None:
     """Run the bundled reference research service until interrupted."""
     from .reference import server
