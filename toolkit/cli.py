@@ -106,6 +106,21 @@ def load(**opts: Any) -> None:
 
 
 @cli.command()
+@click.option("--master", required=True, help="HOST[:PORT] of the master (port 5557 by default).")
+@click.option("--scenario", default="research", show_default=True,
+              help="The same scenario as the master's.")
+@click.option("--users", type=click.IntRange(1), default=10, show_default=True,
+              help="The master's --users (paces an open load).")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True),
+              help="The master's --rate, for an open load.")
+def worker(master: str, scenario: str, users: int, rate: float | None) -> None:
+    """Join a perfkit master as a Locust worker (distributed load)."""
+    from . import runner
+
+    sys.exit(runner.run_worker(master, scenario, users, rate, say))
+
+
+@cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--database-url", help="SQLAlchemy async URL (default: SQLite file, WAL).")
