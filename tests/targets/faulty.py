@@ -1,0 +1,67 @@
+"""A target with scripted faults, for the runner's tests: a fixed delay, one stall, or a crash.
+
+    python tests/targets/faulty.py --delay-ms 5 --stall-at 3 --stall-s 2 --die-after 6
+
+Times count from the first request. During the stall every request (new and in flight) is
+held until the stall ends, as a stop-the-world pause or a saturated pool would. `--die-after`
+exits the process abruptly (exit code 3). Prints its base URL once it listens.
+"""
+
+import argparse
+import asyncio
+import os
+import socket
+import time
+
+from aiohttp import web
+
+
+def build_app(delay_ms: float, stall_at: float | None, stall_s: float,
+              die_after: float | None) -> web.Application:
+    first: list[float] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        now = time.monotonic()
+        if not first:
+            first.append(now)
+        since = now - first[0]
+        if die_after is not None and since >= die_after:
+            os._exit(3)
+        if delay_ms > 0:
+            await asyncio.sleep(delay_ms / 1000.0)
+        if stall_at is not None:
+            stall_end = stall_at + stall_s
+            since = time.monotonic() - first[0]
+            if stall_at <= since < stall_end:
+                await asyncio.sleep(stall_end - since)
+        return web.Response(text="ok\n")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    return app
+
+
+async def serve(args: argparse.Namespace) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", args.port))
+    app = build_app(args.delay_ms, args.stall_at, args.stall_s, args.die_after)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.SockSite(runner, sock, backlog=1024).start()
+    print(f"http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--stall-at", type=float, default=None)
+    parser.add_argument("--stall-s", type=float, default=0.0)
+    parser.add_argument("--die-after", type=float, default=None)
+    asyncio.run(serve(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Exact per-request latency recording from Locust's `request` event into HDR histograms.
+
+One histogram per (1 s bucket, request name). A standalone or master process appends closed
+buckets to latency.jsonl; a worker ships them to the master in Locust's own worker reports, and
+the master merges them, so the same load split over workers gives the same counts and the same
+percentiles as one process would.
+"""
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+from . import rundir, stats
+
+log = logging.getLogger(__name__)
+
+# A bucket is written once it is this old: late worker reports (Locust sends them every 3 s)
+# still land in it. Anything later is written as an extra line for the same (t, name), which
+# readers merge.
+FLUSH_DELAY_S = 8
+REPORT_KEY = "perfkit_buckets"
+INTENDED_AT = "perfkit_intended_at"
+JOB_REQUEST_TYPE = "JOB"
+
+
+def request_name(request_type: str, name: str) -> str:
+    """`GET /api/v1/health`; per-job metrics (request type JOB) keep their bare name."""
+    return name if request_type == JOB_REQUEST_TYPE else f"{request_type} {name}"
+
+
+class Recorder:
+    def __init__(self, latency_path: Path | None) -> None:
+        self.latency_path = latency_path  # None on a worker: buckets go to the master instead
+        self.buckets: dict[tuple[int, str], list[Any]] = {}  # (t, name) -> [hist, count, failures]
+        self.totals: dict[str, list[Any]] = {}  # name -> [hist, count, failures], whole run
+        self.recent: dict[int, int] = {}  # t -> requests, for the live RPS
+        self.stopped = False
+
+    def attach(self, environment: Any) -> None:
+        environment.events.request.add_listener(self.on_request)
+        environment.events.worker_report.add_listener(self.on_worker_report)
+        environment.events.report_to_master.add_listener(self.on_report_to_master)
+        environment.events.test_start.add_listener(self.on_test_start)
+        environment.events.test_stop.add_listener(self.on_test_stop)
+
+    def on_request(self, request_type: str, name: str, response_time: float, exception: Any,
+                   context: dict | None = None, start_time: float | None = None,
+                   **_: Any) -> None:
+        latency_ms = float(response_time or 0.0)
+        intended_at = (context or {}).get(INTENDED_AT)
+        if intended_at is not None and start_time is not None:
+            # Open load: count the time the request waited past its intended send time, so a
+            # stalled target cannot hide its queue (coordinated omission).
+            latency_ms += max(0.0, (start_time - intended_at) * 1000.0)
+        t = int(time.time())
+        key = request_name(request_type, name)
+        self._add(self.buckets, (t, key), latency_ms, exception is not None)
+        self._add(self.totals, key, latency_ms, exception is not None)
+        if request_type != JOB_REQUEST_TYPE:
+            self.recent[t] = self.recent.get(t, 0) + 1
+
+    @staticmethod
+    def _add(table: dict, key: Any, latency_ms: float, failed: bool) -> None:
+        entry = table.get(key)
+        if entry is None:
+            entry = table[key] = [stats.new_histogram(), 0, 0]
+        stats.record_ms(entry[0], latency_ms)
+        entry[1] += 1
+        entry[2] += failed
+
+    def take_buckets(self, older_than: float) -> list[dict[str, Any]]:
+        """Remove and return the buckets that started before `older_than`, encoded."""
+        closed = sorted(key for key in self.buckets if key[0] < older_than)
+        records = []
+        for key in closed:
+            hist, count, failures = self.buckets.pop(key)
+            records.append({"t": key[0], "name": key[1], "count": count, "failures": failures,
+                            "hist": stats.encode_histogram(hist)})
+        for t in [t for t in self.recent if t < time.time() - 60]:
+            del self.recent[t]
+        return records
+
+    def flush(self, final: bool = False) -> None:
+        """Append closed buckets to latency.jsonl (all of them when the run is over)."""
+        if self.latency_path is None:
+            return
+        older_than = float("inf") if final else time.time() - FLUSH_DELAY_S
+        rundir.append_jsonl(self.latency_path, self.take_buckets(older_than))
+
+    def on_report_to_master(self, client_id: str, data: dict[str, Any]) -> None:
+        # Workers ship every bucket closed so far; the current second stays until it ends,
+        # except once the worker has stopped, when the report takes everything.
+        data[REPORT_KEY] = self.take_buckets(float("inf") if self.stopped else int(time.time()))
+
+    def on_test_stop(self, **_: Any) -> None:
+        self.stopped = True
+
+    def on_test_start(self, **_: Any) -> None:
+        self.stopped = False
+
+    def on_worker_report(self, client_id: str, data: dict[str, Any]) -> None:
+        for record in data.get(REPORT_KEY, []):
+            hist = stats.decode_histogram(record["hist"])
+            self._merge(self.buckets, (record["t"], record["name"]), hist, record)
+            self._merge(self.totals, record["name"], hist, record)
+            if " " in record["name"]:
+                self.recent[record["t"]] = self.recent.get(record["t"], 0) + record["count"]
+
+    @staticmethod
+    def _merge(table: dict, key: Any, hist: HdrHistogram, record: dict[str, Any]) -> None:
+        entry = table.get(key)
+        if entry is None:
+            entry = table[key] = [stats.new_histogram(), 0, 0]
+        entry[0].add(hist)
+        entry[1] += record["count"]
+        entry[2] += record["failures"]
+
+    def rps(self, window_s: int = 5) -> float:
+        now = int(time.time())
+        return sum(self.recent.get(t, 0) for t in range(now - window_s, now)) / window_s

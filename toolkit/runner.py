@@ -1,0 +1,419 @@
+"""One run: start the target and collectors, drive Locust, stop all, write the run directory.
+
+Importing this module imports Locust, which monkey-patches the standard library with gevent;
+the CLI imports it only for the commands that generate load.
+"""
+
+import importlib.resources
+import logging
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import gevent
+import locust
+import psutil
+from locust import User
+from locust.argument_parser import get_empty_argument_parser, setup_parser_arguments
+from locust.env import Environment
+from locust.runners import STATE_STOPPED, MasterRunner
+from locust.util.load_locustfile import load_locustfile
+
+from . import progress, rundir, target
+from .collectors.app import AppCollector
+from .collectors.system import SystemCollector
+from .config import LoadSettings
+from .errors import ConfigError, RunError, TargetError
+from .openloop import make_open_loop
+from .recorder import Recorder
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("n_plus_one", "no_index", "new_client_per_call", "no_cache", "unbounded")
+LOADGEN_SATURATED_PERCENT = 90.0
+WORKER_CONNECT_TIMEOUT_S = 30.0
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class Plan:
+    """How many users (and which arrival rate) to run at each moment of a run.
+
+    `steps` lists (start offset s, users, rate); a plain load is one step. Stress and endurance
+    build longer plans; `on_step_end` may end the run early (e.g. a stress test that broke).
+    """
+
+    steps: list[tuple[float, int, float | None]]
+    on_step_end: Callable[[int, "RunState"], bool] | None = None
+
+
+@dataclass
+class RunState:
+    recorder: Recorder
+    system: SystemCollector
+    app: AppCollector | None
+    started_at: float = field(default_factory=time.time)
+    status: str = "completed"
+    message: str = ""
+    max_loadgen_cpu_percent: float | None = None
+
+
+def resolve_scenario(scenario: str) -> Path:
+    """A bundled scenario name (scenarios/NAME.py) or the path of a user's Locust file."""
+    if scenario.endswith(".py") or os.sep in scenario:
+        path = Path(scenario)
+        if not path.is_file():
+            raise ConfigError(f"scenario file {scenario} does not exist")
+        return path.resolve()
+    bundled = importlib.resources.files("perfkit.scenarios")
+    path = Path(str(bundled.joinpath(f"{scenario}.py")))
+    if scenario.startswith("_") or not path.is_file():
+        names = sorted(p.stem for p in Path(str(bundled)).glob("[!_]*.py"))
+        raise ConfigError(f"unknown scenario {scenario!r}; bundled: {', '.join(names)}")
+    return path
+
+
+def load_user_classes(path: Path) -> tuple[list[type[User]], Any]:
+    try:
+        user_classes, shapes = load_locustfile(str(path))
+    except SystemExit as exc:
+        raise ConfigError(f"cannot load scenario {path}") from exc
+    except Exception as exc:  # a user's locustfile can raise anything at import
+        raise ConfigError(f"cannot load scenario {path}: {type(exc).__name__}: {exc}") from exc
+    classes = [cls for cls in user_classes.values() if not getattr(cls, "abstract", False)]
+    if not classes:
+        raise ConfigError(f"scenario {path} defines no Locust User class")
+    return classes, (shapes[0] if shapes else None)
+
+
+def make_environment(user_classes: list[type[User]], host: str | None, rate: float | None,
+                     users: int, shape: Any = None) -> Environment:
+    if rate is not None:
+        user_classes = [make_open_loop(cls, rate, users) for cls in user_classes]
+    options = get_empty_argument_parser()
+    setup_parser_arguments(options)
+    parsed = options.parse_args(args=["--headless"])
+    return Environment(user_classes=user_classes, host=host, shape_class=shape,
+                       parsed_options=parsed, events=locust.events)
+
+
+def make_run_dir(settings: LoadSettings) -> Path:
+    if settings.out is not None:
+        run_dir = settings.out
+    else:
+        name = Path(settings.scenario).stem
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = settings.reports_dir / f"{stamp}-{settings.command}-{name}"
+    if (run_dir / rundir.RUN_JSON).exists():
+        raise ConfigError(f"{run_dir} already holds a run; choose another --out")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create run directory {run_dir}: {exc}") from exc
+    return run_dir
+
+
+def describe_environment() -> dict[str, Any]:
+    try:
+        revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                  text=True, timeout=5, check=True).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        revision = None
+    return {
+        "git_revision": revision,
+        "machine": {"hostname": socket.gethostname(), "cpu_count": psutil.cpu_count(),
+                    "memory_mb": round(psutil.virtual_memory().total / 2**20),
+                    "platform": platform.platform()},
+        "versions": {"perfkit": _version("perfkit"), "python": platform.python_version(),
+                     "locust": locust.__version__, "psutil": psutil.__version__},
+    }
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> tuple[Path, int]:
+    """Run one load test end to end; returns the run directory and the exit code."""
+    if settings.target and settings.variants:
+        raise ConfigError("--variant applies to the bundled service only, not to --target")
+    unknown = sorted(set(settings.variants) - set(VARIANTS))
+    if unknown:
+        raise ConfigError(f"unknown variant {unknown[0]!r}; known: {', '.join(VARIANTS)}")
+    if settings.target_pid is not None and not psutil.pid_exists(settings.target_pid):
+        raise ConfigError(f"--target-pid {settings.target_pid}: no such process")
+    scenario_path = resolve_scenario(settings.scenario)
+    user_classes, shape = load_user_classes(scenario_path)
+    check_kpi_file(settings.kpi_file)
+    plan = plan or Plan(steps=[(0.0, settings.users, settings.rate)])
+
+    run_dir = make_run_dir(settings)
+    managed = None
+    if settings.target is None:
+        say("perfkit: starting the bundled reference service "
+            f"({settings.latency_profile} profile{', ' if settings.variants else ''}"
+            f"{', '.join(settings.variants)})")
+        managed = target.start_reference_service(run_dir / "target.log", settings.variants,
+                                                 settings.latency_profile)
+        url, pid = managed.url, managed.process.pid
+    else:
+        url, pid = settings.target.rstrip("/"), settings.target_pid
+        target.check_target(url)
+
+    meta: dict[str, Any] = {
+        "run_id": run_dir.name, "command": settings.command, "argv": list(settings.argv),
+        "scenario": settings.scenario, "scenario_path": str(scenario_path), "target": url,
+        "target_managed": managed is not None, "target_pid": pid,
+        "variants": list(settings.variants),
+        "latency_profile": settings.latency_profile if managed else None,
+        "settings": {"users": settings.users, "spawn_rate": settings.spawn_rate,
+                     "duration_s": settings.duration_s, "rate": settings.rate,
+                     "workers": settings.workers, "warmup_s": settings.effective_warmup_s,
+                     "bucket_s": 1, "steps": plan.steps},
+        "kpi_file": str(settings.kpi_file.resolve()) if settings.kpi_file else None,
+        **describe_environment(),
+        "started_at": time.time(), "ended_at": None, "status": "running", "message": "",
+    }
+    rundir.write_json(run_dir / rundir.RUN_JSON, meta)
+
+    state = RunState(recorder=Recorder(run_dir / rundir.LATENCY),
+                     system=SystemCollector(pid, run_dir / rundir.RESOURCES),
+                     app=AppCollector(url, run_dir))
+    env = make_environment(user_classes, url, settings.rate, settings.users, shape)
+    state.recorder.attach(env)
+    workers: list[subprocess.Popen] = []
+    try:
+        if settings.workers:
+            workers = start_local_workers(env, settings, scenario_path, run_dir)
+        else:
+            env.create_local_runner()
+        state.system.start()
+        if state.app is not None:
+            state.app.start()
+        state.started_at = meta["started_at"] = time.time()
+        drive(env, settings, plan, state, managed, say)
+    except TargetError as exc:
+        state.status, state.message = "target_died", str(exc)
+    except RunError as exc:
+        state.status, state.message = "failed", str(exc)
+    finally:
+        stop_runner(env)
+        state.recorder.flush(final=True)
+        meta["collectors"] = {"system": state.system.stop(),
+                              "app": state.app.stop() if state.app else None}
+        for process in workers:
+            _stop_process(process)
+        if managed is not None:
+            if managed.process.poll() is not None and state.status == "completed":
+                state.status = "target_died"
+                state.message = f"the reference service exited with {managed.process.returncode}"
+            target.stop_reference_service(managed)
+        finish_meta(meta, env, state, run_dir)
+    return run_dir, report_run(run_dir, settings, state, say)
+
+
+def check_kpi_file(kpi_file: Path | None) -> None:
+    """Reject a bad KPI file before the run, not after it."""
+    try:
+        from . import kpi
+    except ImportError:
+        return
+    kpi.load_kpi_targets(kpi_file)
+
+
+def start_local_workers(env: Environment, settings: LoadSettings, scenario: Path,
+                        run_dir: Path) -> list[subprocess.Popen]:
+    port = _free_port()
+    runner = env.create_master_runner(master_bind_host="127.0.0.1", master_bind_port=port)
+    command = [sys.executable, "-m", "perfkit", "worker", "--master", f"127.0.0.1:{port}",
+               "--scenario", str(scenario), "--users", str(settings.users)]
+    if settings.rate is not None:
+        command += ["--rate", str(settings.rate)]
+    workers = []
+    for index in range(settings.workers):
+        with (run_dir / f"worker-{index}.log").open("wb") as log_file:
+            workers.append(subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL))
+    deadline = time.monotonic() + WORKER_CONNECT_TIMEOUT_S
+    while runner.worker_count < settings.workers:
+        if time.monotonic() > deadline or any(w.poll() is not None for w in workers):
+            for process in workers:
+                _stop_process(process)
+            raise RunError(f"only {runner.worker_count} of {settings.workers} workers connected "
+                           f"(see {run_dir}/worker-*.log)")
+        gevent.sleep(0.2)
+    return workers
+
+
+def drive(env: Environment, settings: LoadSettings, plan: Plan, state: RunState,
+          managed: target.ManagedTarget | None, say: Say) -> None:
+    """Follow the plan second by second until the duration ends or something stops the run."""
+    runner = env.runner
+    assert runner is not None
+    interrupted: list[str] = []
+
+    def on_signal(signum: int) -> None:
+        interrupted.append(signal.Signals(signum).name)
+
+    handlers = [gevent.signal_handler(s, on_signal, s) for s in (signal.SIGINT, signal.SIGTERM)]
+    timeline = (state.recorder.latency_path or Path(".")).parent / rundir.TIMELINE
+    own = [psutil.Process()]
+    for process in own:
+        process.cpu_percent()  # the first reading is meaningless
+    live = progress.LiveView(say, settings, sys.stdout.isatty())
+    step_index = -1
+    try:
+        with timeline.open("w", encoding="utf-8") as timeline_file:
+            timeline_file.write("t,users,rate,loadgen_cpu_percent\n")
+            started = time.time()
+            next_tick = started
+            while True:
+                elapsed = time.time() - started
+                if interrupted:
+                    state.status = "interrupted"
+                    state.message = f"stopped by {interrupted[0]} after {elapsed:.0f} s"
+                    return
+                if managed is not None and managed.process.poll() is not None:
+                    raise TargetError(f"the target exited with code {managed.process.returncode} "
+                                      f"after {elapsed:.0f} s")
+                if managed is None and settings.target_pid and not psutil.pid_exists(
+                        settings.target_pid):
+                    raise TargetError(f"target process {settings.target_pid} exited after "
+                                      f"{elapsed:.0f} s")
+                if elapsed >= settings.duration_s:
+                    return
+                due = [i for i, step in enumerate(plan.steps) if step[0] <= elapsed]
+                if due and due[-1] != step_index:
+                    if step_index >= 0 and plan.on_step_end and plan.on_step_end(step_index, state):
+                        return
+                    step_index = due[-1]
+                    _, users, _ = plan.steps[step_index]
+                    runner.start(users, settings.spawn_rate)
+                if step_index >= 0 and runner.state == STATE_STOPPED:
+                    state.message = "the scenario stopped by itself"
+                    return
+                loadgen_cpu = _loadgen_cpu_percent(runner, own)
+                if loadgen_cpu is not None:
+                    state.max_loadgen_cpu_percent = max(state.max_loadgen_cpu_percent or 0.0,
+                                                        loadgen_cpu)
+                rate = plan.steps[step_index][2] if step_index >= 0 else None
+                timeline_file.write(f"{int(time.time())},{runner.user_count},"
+                                    f"{'' if rate is None else rate},"
+                                    f"{'' if loadgen_cpu is None else round(loadgen_cpu, 1)}\n")
+                timeline_file.flush()
+                state.recorder.flush()
+                live.show(elapsed, runner.user_count, state)
+                next_tick += 1.0
+                gevent.sleep(max(0.0, next_tick - time.time()))
+    finally:
+        for handler in handlers:
+            handler.cancel()
+        live.close()
+
+
+def _loadgen_cpu_percent(runner: Any, own: list[psutil.Process]) -> float | None:
+    """The busiest Locust process, % of one core: this one, or a worker's own report."""
+    readings = [p.cpu_percent() for p in own]
+    if isinstance(runner, MasterRunner):
+        readings += [c.cpu_usage for c in runner.clients.values() if c.cpu_usage is not None]
+    return max(readings) if readings else None
+
+
+def stop_runner(env: Environment) -> None:
+    runner = env.runner
+    if runner is None:
+        return
+    if isinstance(runner, MasterRunner):
+        runner.stop()
+        # Workers send their last buckets with the report that follows "quit"; Locust waits
+        # 0.5 s for it, which a loaded machine can miss, so give it a little longer.
+        runner.quit()
+        gevent.sleep(1.0)
+    else:
+        runner.quit()
+
+
+def finish_meta(meta: dict[str, Any], env: Environment, state: RunState, run_dir: Path) -> None:
+    meta["ended_at"] = time.time()
+    meta["status"] = state.status
+    meta["message"] = state.message
+    meta["loadgen"] = {
+        "max_cpu_percent": state.max_loadgen_cpu_percent,
+        "saturated": (state.max_loadgen_cpu_percent or 0.0) >= LOADGEN_SATURATED_PERCENT,
+    }
+    errors = env.runner.stats.errors.values() if env.runner else []
+    rundir.write_json(run_dir / rundir.FAILURES, [
+        {"name": f"{e.method} {e.name}" if e.method != "JOB" else e.name,
+         "error": str(e.error)[:200], "count": e.occurrences, "example": str(e.error)[:1000]}
+        for e in sorted(errors, key=lambda e: -e.occurrences)
+    ])
+    rundir.write_json(run_dir / rundir.RUN_JSON, meta)
+
+
+def report_run(run_dir: Path, settings: LoadSettings, state: RunState, say: Say) -> int:
+    """Write the report (when the report stage is installed) and map the outcome to an exit code."""
+    verdict = None
+    try:
+        from .report import write_report
+    except ImportError:
+        write_report = None
+    if write_report is not None:
+        verdict, report_path = write_report(run_dir, settings.kpi_file)
+    else:
+        report_path = run_dir
+    if state.status != "completed":
+        say(f"perfkit: run {state.status}: {state.message}")
+    if verdict is not None:
+        say(f"perfkit: verdict {verdict.upper()}")
+    say(f"Report: {report_path}")
+    if state.status == "interrupted":
+        return 130
+    if state.status != "completed" or verdict == "fail":
+        return 1
+    return 0
+
+
+def run_worker(master: str, scenario: str, users: int, rate: float | None, say: Say) -> int:
+    """A Locust worker with perfkit's recorder: its buckets travel to the master."""
+    host, _, port = master.partition(":")
+    user_classes, shape = load_user_classes(resolve_scenario(scenario))
+    env = make_environment(user_classes, None, rate, users, shape)
+    Recorder(None).attach(env)
+    runner = env.create_worker_runner(host, int(port or 5557))
+    say(f"perfkit worker: connected to {host}:{port or 5557}")
+    gevent.signal_handler(signal.SIGINT, runner.quit)
+    gevent.signal_handler(signal.SIGTERM, runner.quit)
+    assert runner.greenlet is not None
+    runner.greenlet.join()
+    return 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _stop_process(process: subprocess.Popen, timeout_s: float = 10.0) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
