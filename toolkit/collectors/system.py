@@ -1,0 +1,288 @@
+"""psutil samples of the target's process tree and of the machine, into resources.csv.
+
+Measurement choices (each is a known pitfall):
+- CPU, I/O and context-switch rates are differences of cumulative counters between two samples,
+  computed here rather than with `Process.cpu_percent()`, whose first call returns a
+  meaningless 0.0 and whose state lives in the Process object. A process seen for the first
+  time has no previous value, so the tree's rate is missing for that sample, never 0 — unless
+  the process was born after the previous sample: then all of its counters accrued within the
+  interval and its rate is exact from zero. A process that lives and dies between two samples
+  is not seen at all; one that dies takes its CPU since the previous sample with it.
+- A tree rate is a sum over every process in the tree; if one process's counter cannot be read
+  (AccessDenied) the sum is missing rather than a silent undercount. USS likewise.
+- `open_files` counts open file descriptors (files, sockets, pipes; `num_fds`), which is what
+  leaks; `Process.open_files()` lists regular files only and costs a readlink per descriptor.
+- Machine CPU is computed from `psutil.cpu_times()` too: `psutil.cpu_percent()` keeps one
+  module-global state, which any other caller in the process would disturb.
+- MB are MiB (2**20 bytes), as `ps` and `top` count them. Network counters include loopback,
+  where the load test's own traffic runs.
+"""
+
+import csv
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import psutil
+
+from ..errors import RunError
+from .sampling import Sampler
+
+log = logging.getLogger(__name__)
+
+COLUMNS = [
+    "t", "procs", "cpu_percent", "cpu_machine_percent", "rss_mb", "uss_mb", "threads",
+    "open_files", "read_mb_s", "write_mb_s", "ctx_switches_s",
+    "sys_cpu_percent", "sys_memory_percent", "sys_disk_read_mb_s", "sys_disk_write_mb_s",
+    "sys_net_sent_mb_s", "sys_net_recv_mb_s",
+]
+MB = 1024 * 1024
+
+# psutil's create_time rests on /proc/stat's btime, which is whole seconds, so a process's
+# birth can appear up to a second earlier than it was.
+_CREATE_TIME_SLACK_S = 1.0
+
+
+@dataclass(frozen=True)
+class ProcessSample:
+    """Cumulative counters and gauges of one process; None where psutil was denied."""
+
+    cpu_s: float
+    rss_bytes: int
+    uss_bytes: int | None
+    threads: int
+    fds: int | None
+    read_bytes: int | None
+    write_bytes: int | None
+    ctx_switches: int
+
+
+_BORN_AT_ZERO = ProcessSample(0.0, 0, 0, 0, 0, 0, 0, 0)
+
+
+def sample_process(proc: psutil.Process) -> ProcessSample | None:
+    """One process's counters, or None if it vanished (or is a zombie) meanwhile."""
+    try:
+        with proc.oneshot():
+            # A zombie's memory reads as 0, which would be a false measurement.
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            cpu = proc.cpu_times()
+            try:
+                full = proc.memory_full_info()
+                rss_bytes, uss_bytes = full.rss, full.uss
+            except psutil.AccessDenied:
+                rss_bytes, uss_bytes = proc.memory_info().rss, None
+            try:
+                fds = proc.num_fds()
+            except psutil.AccessDenied:
+                fds = None
+            try:
+                io = proc.io_counters()
+                read_bytes, write_bytes = io.read_bytes, io.write_bytes
+            except (psutil.AccessDenied, AttributeError):
+                read_bytes = write_bytes = None
+            ctx = proc.num_ctx_switches()
+            return ProcessSample(
+                cpu_s=cpu.user + cpu.system,
+                rss_bytes=rss_bytes,
+                uss_bytes=uss_bytes,
+                threads=proc.num_threads(),
+                fds=fds,
+                read_bytes=read_bytes,
+                write_bytes=write_bytes,
+                ctx_switches=ctx.voluntary + ctx.involuntary,
+            )
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+
+
+def sum_field(samples: list[ProcessSample], name: str) -> float | None:
+    values = [getattr(s, name) for s in samples]
+    return None if not values or any(v is None for v in values) else float(sum(values))
+
+
+def rate_of_field(
+    current: dict[tuple[int, float], ProcessSample],
+    previous: dict[tuple[int, float], ProcessSample],
+    name: str,
+    dt_s: float,
+) -> float | None:
+    """Per-second increase of a counter summed over the tree; missing if any process lacks it."""
+    total = 0.0
+    for key, now in current.items():
+        before = previous.get(key)
+        now_value = getattr(now, name)
+        before_value = None if before is None else getattr(before, name)
+        if now_value is None or before_value is None:
+            return None
+        total += now_value - before_value
+    return total / dt_s
+
+
+def _busy_and_total_s(times: Any) -> tuple[float, float]:
+    # As psutil.cpu_percent counts: guest time is already inside user/nice, iowait is idle.
+    total = sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+    return total - times.idle - getattr(times, "iowait", 0.0), total
+
+
+def _in_mb(value_bytes: float | None, digits: int) -> float | None:
+    return None if value_bytes is None else round(value_bytes / MB, digits)
+
+
+class SystemCollector(Sampler):
+    """Samples a process tree (psutil) every interval into resources.csv, in a daemon thread.
+
+    `pid=None` samples the machine only; the target columns stay empty. A target that exits
+    leaves its columns empty from then on, with a note; the collector itself keeps running.
+    """
+
+    def __init__(self, pid: int | None, out_csv: Path, interval_s: float = 1.0) -> None:
+        super().__init__(interval_s)
+        self.pid = pid
+        self.out_csv = Path(out_csv)
+        self.target_samples = 0
+        self._cpu_count = psutil.cpu_count() or 1
+        self._root: psutil.Process | None = None
+        self._file: IO[str] | None = None
+        self._writer: Any = None
+        self._previous_t: float | None = None
+        self._previous_listed_at: float | None = None
+        self._previous_tree: dict[tuple[int, float], ProcessSample] = {}
+        self._previous_machine: dict[str, Any] | None = None
+
+    def start(self) -> None:
+        if self.pid is None:
+            self.notes.append("no target pid: machine-wide columns only")
+        else:
+            try:
+                self._root = psutil.Process(self.pid)
+            except psutil.NoSuchProcess:
+                self.notes.append(f"target pid {self.pid} not found: machine-wide columns only")
+            except psutil.AccessDenied:
+                self.notes.append(f"target pid {self.pid} not accessible")
+        try:
+            self._file = self.out_csv.open("w", newline="", encoding="utf-8")
+        except OSError as exc:
+            raise RunError(f"cannot write {self.out_csv}: {exc}") from exc
+        self._writer = csv.writer(self._file)
+        self._writer.writerow(COLUMNS)
+        self._file.flush()
+        super().start()
+
+    def take_sample(self) -> dict[str, Any] | None:
+        t = time.time()
+        row: dict[str, Any] = {"t": round(t, 3)}
+        row.update(self._sample_target(t))
+        row.update(self._sample_machine(t))
+        self._previous_t = t
+        if self._file is not None and not self._file.closed:
+            self._writer.writerow([row.get(c) for c in COLUMNS])
+            self._file.flush()
+        return row
+
+    def _sample_target(self, t: float) -> dict[str, Any]:
+        if self._root is None:
+            return {}
+        listed_at = time.time()
+        try:
+            tree = [self._root, *self._root.children(recursive=True)]
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            self._note_target_gone(t)
+            return {}
+        current: dict[tuple[int, float], ProcessSample] = {}
+        for proc in tree:
+            sample = sample_process(proc)
+            if sample is None:
+                if proc is self._root:
+                    self._note_target_gone(t)
+                    return {}
+                continue
+            current[(proc.pid, proc.create_time())] = sample
+        previous = dict(self._previous_tree)
+        if self._previous_listed_at is not None:
+            for key in current.keys() - previous.keys():
+                if key[1] >= self._previous_listed_at - _CREATE_TIME_SLACK_S:
+                    previous[key] = _BORN_AT_ZERO
+        samples = list(current.values())
+        fds = sum_field(samples, "fds")
+        row: dict[str, Any] = {
+            "procs": len(samples),
+            "rss_mb": _in_mb(sum_field(samples, "rss_bytes"), 3),
+            "uss_mb": _in_mb(sum_field(samples, "uss_bytes"), 3),
+            "threads": sum(s.threads for s in samples),
+            "open_files": None if fds is None else int(fds),
+        }
+        if self._previous_t is not None and self._previous_tree:
+            dt_s = t - self._previous_t
+            cpu_s = rate_of_field(current, previous, "cpu_s", dt_s)
+            if cpu_s is not None:
+                row["cpu_percent"] = round(100.0 * cpu_s, 2)
+                row["cpu_machine_percent"] = round(100.0 * cpu_s / self._cpu_count, 2)
+            read = rate_of_field(current, previous, "read_bytes", dt_s)
+            write = rate_of_field(current, previous, "write_bytes", dt_s)
+            ctx = rate_of_field(current, previous, "ctx_switches", dt_s)
+            row["read_mb_s"] = _in_mb(read, 4)
+            row["write_mb_s"] = _in_mb(write, 4)
+            row["ctx_switches_s"] = None if ctx is None else round(ctx, 1)
+        self._previous_tree = current
+        self._previous_listed_at = listed_at
+        self.target_samples += 1
+        return row
+
+    def _note_target_gone(self, t: float) -> None:
+        stamp = time.strftime("%H:%M:%S", time.gmtime(t))
+        self.notes.append(
+            f"target pid {self.pid} exited at {stamp} UTC; target columns empty from then on"
+        )
+        log.info("target pid %s exited; sampling the machine only", self.pid)
+        self._root = None
+        self._previous_tree = {}
+
+    def _sample_machine(self, t: float) -> dict[str, Any]:
+        now: dict[str, Any] = {
+            "cpu": _busy_and_total_s(psutil.cpu_times()),
+            "disk": psutil.disk_io_counters(),  # None where the kernel exposes no disks
+            "net": psutil.net_io_counters(),
+        }
+        row: dict[str, Any] = {"sys_memory_percent": psutil.virtual_memory().percent}
+        before = self._previous_machine
+        self._previous_machine = now
+        if before is None or self._previous_t is None:
+            return row
+        dt_s = t - self._previous_t
+        busy_s = now["cpu"][0] - before["cpu"][0]
+        total_s = now["cpu"][1] - before["cpu"][1]
+        if total_s > 0:
+            row["sys_cpu_percent"] = round(100.0 * max(busy_s, 0.0) / total_s, 2)
+        pairs = [
+            ("sys_disk_read_mb_s", "disk", "read_bytes"),
+            ("sys_disk_write_mb_s", "disk", "write_bytes"),
+            ("sys_net_sent_mb_s", "net", "bytes_sent"),
+            ("sys_net_recv_mb_s", "net", "bytes_recv"),
+        ]
+        for column, source, field in pairs:
+            if now[source] is None or before[source] is None:
+                continue
+            delta = getattr(now[source], field) - getattr(before[source], field)
+            if delta >= 0:  # a counter that went back (device reset) is not a rate
+                row[column] = round(delta / MB / dt_s, 4)
+        return row
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def describe(self) -> dict[str, Any]:
+        notes = [*self.notes, self.failure_note()]
+        return {
+            "available": True,
+            "cpu_s": round(self.cpu_s, 4),
+            "samples": self.samples,
+            "interval_s": self.interval_s,
+            "note": "; ".join(n for n in notes if n),
+            "pid": self.pid,
+            "target_samples": self.target_samples,
+        }
