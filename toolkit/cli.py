@@ -175,6 +175,20 @@ def bench(**opts: Any) -> None:
     quick_bench.run_bench(settings, say)
 
 
+@cli.command()
+@click.argument("run", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--kpi", "kpi_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="KPI targets (TOML) instead of the ones the run recorded.")
+def report(run: Path, kpi_file: Path | None) -> None:
+    """Rebuild report.html, summary.json/.md and junit.xml of a run; exit 1 on a failed KPI."""
+    from .report import write_report
+
+    verdict, report_path = write_report(run, kpi_file)
+    say(f"verdict: {verdict.upper()}")
+    say(f"report: {report_path}")
+    sys.exit(1 if verdict == "fail" else 0)
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)

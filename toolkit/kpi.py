@@ -108,7 +108,7 @@ def format_value(value: float | None, unit: str) -> str:
         text = f"{value:.2f}"
     else:
         text = f"{value:.3g}"
-    return f"{text} {unit}"
+    return f"{text} {unit}".rstrip()
 
 
 def format_percent(value: float) -> str:

@@ -1,0 +1,32 @@
+"""JUnit XML (the Ant/Surefire format Jenkins, GitLab and GitHub test reporters read)."""
+
+import datetime
+import socket
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+
+def write_junit(path: Path, suite_name: str,
+                cases: list[tuple[str, str | None, str | None]]) -> None:
+    """One <testcase> per (name, failure message or None, skipped message or None)."""
+    failures = sum(1 for _, failure, _ in cases if failure is not None)
+    skipped = sum(1 for _, failure, skip in cases if failure is None and skip is not None)
+    counts = {"tests": str(len(cases)), "failures": str(failures), "errors": "0", "time": "0"}
+    root = ET.Element("testsuites", attrib={"name": suite_name, **counts})
+    # Ant's schema requires timestamp and hostname on every suite; Jenkins' accepts them.
+    suite = ET.SubElement(root, "testsuite", attrib={
+        "name": suite_name, **counts, "skipped": str(skipped),
+        "timestamp": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+        "hostname": socket.gethostname()})
+    for name, failure, skip in cases:
+        case = ET.SubElement(suite, "testcase",
+                             attrib={"name": name, "classname": suite_name, "time": "0"})
+        if failure is not None:
+            element = ET.SubElement(case, "failure", attrib={"message": failure, "type": "kpi"})
+            element.text = failure
+        elif skip is not None:
+            ET.SubElement(case, "skipped", attrib={"message": skip})
+    ET.indent(root)
+    tmp = path.with_name(path.name + ".tmp")
+    ET.ElementTree(root).write(tmp, encoding="utf-8", xml_declaration=True)
+    tmp.replace(path)

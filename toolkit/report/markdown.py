@@ -1,0 +1,55 @@
+"""summary.md: the verdict and the KPI table, small enough for a pull-request comment."""
+
+from typing import Any
+
+from ..kpi import format_value
+
+VERDICT_MARK = {"pass": "✅ pass", "warn": "⚠️ warn", "fail": "❌ fail", "missing": "⚪ missing"}
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    """Built from summary.json alone, so a CI job can rebuild it without the run's data."""
+    verdict = summary["verdict"]
+    lines = [f"### perfkit: {VERDICT_MARK[verdict].split(' ')[0]} {verdict.upper()} — "
+             f"{_cell(summary['verdict_reason'])}", ""]
+    window = summary["window"]
+    details = [f"run `{summary['run_id']}`", str(summary.get("command") or ""),
+               f"scenario {summary.get('scenario')}",
+               f"judged {format_value(window['duration_s'], 's')}"
+               + (f" after {format_value(window['warmup_s'], 's')} warm-up"
+                  if window["warmup_s"] else ""),
+               f"status {summary['status']}"]
+    if summary.get("simulated"):
+        details.append("**simulated data**")
+    lines += [" · ".join(part for part in details if part), ""]
+
+    lines += ["| KPI | value | target | allowed | verdict | margin |",
+              "|---|---:|---:|---:|---|---:|"]
+    for kpi in summary["kpis"]:
+        margin = kpi["margin_percent"]
+        lines.append(f"| {_cell(kpi['name'])} | {format_value(kpi['value'], kpi['unit'])} | "
+                     f"{format_value(kpi['target'], kpi['unit'])} | "
+                     f"{format_value(kpi['allowed'], kpi['unit'])} | "
+                     f"{VERDICT_MARK[kpi['verdict']]} | "
+                     f"{'—' if margin is None else f'{margin:+.0f} %'} |")
+    notes = [kpi for kpi in summary["kpis"] if kpi["verdict"] != "pass"]
+    if notes:
+        lines.append("")
+        lines += [f"- **{kpi['verdict']}** {_cell(kpi['name'])}: {_cell(kpi['reason'])}"
+                  for kpi in notes]
+
+    if summary["endpoints"]:
+        lines += ["", "| endpoint | requests | failures | rps | p50 | p95 | p99 | max |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, ep in summary["endpoints"].items():
+            lines.append(f"| {_cell(name)} | {ep['count']} | {ep['failures']} | "
+                         f"{format_value(ep['rps'], '')} | "
+                         + " | ".join(format_value(ep[key], "ms")
+                                      for key in ("p50_ms", "p95_ms", "p99_ms", "max_ms"))
+                         + " |")
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    """Table-safe: a pipe or a newline in a request name would break the row."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
