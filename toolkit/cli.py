@@ -176,6 +176,22 @@ def bench(**opts: Any) -> None:
 
 
 @cli.command()
+@click.option("--pid", type=int, required=True, help="Root of the process tree to watch.")
+@click.option("--interval", default="1s", show_default=True, callback=_duration,
+              help="Time between samples.")
+@click.option("--duration", callback=_duration, help="Stop after this long (default: Ctrl-C).")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also record every sample to this CSV file.")
+def monitor(**opts: Any) -> None:
+    """Live CPU, memory, threads, I/O and network of a process tree, like top."""
+    from . import monitor as live_monitor
+
+    live_monitor.run_monitor(live_monitor.MonitorSettings(
+        pid=opts["pid"], interval_s=opts["interval"], duration_s=opts["duration"],
+        csv_path=opts["csv_path"], live=sys.stdout.isatty()), say)
+
+
+@cli.command()
 @click.argument("run", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--kpi", "kpi_file", type=click.Path(dir_okay=False, path_type=Path),
               help="KPI targets (TOML) instead of the ones the run recorded.")

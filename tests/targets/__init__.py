@@ -1,6 +1,7 @@
 """Small purpose-built targets, each a script run as a real process on 127.0.0.1.
 
-`start_target` starts one and waits for the base URL it prints on its first stdout line.
+`start_target` starts one and waits for the first line it prints once ready: the base URL
+for a server, the listening address for the others.
 """
 
 import subprocess
@@ -8,15 +9,18 @@ import sys
 import threading
 from pathlib import Path
 
+import psutil
+
 from perfkit.errors import TargetError
 
 TARGETS_DIR = Path(__file__).parent
 FIXED_DELAY = TARGETS_DIR / "fixed_delay.py"
+BUSY = TARGETS_DIR / "busy.py"
 
 
 def start_target(script: Path, *args: str,
                  ready_timeout_s: float = 20.0) -> tuple[subprocess.Popen[str], str]:
-    """Start `script` with `args`; return the process and the URL it printed once listening."""
+    """Start `script` with `args`; return the process and the first line it printed."""
     proc = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
@@ -26,13 +30,23 @@ def start_target(script: Path, *args: str,
     reader = threading.Thread(target=lambda: lines.append(stdout.readline()), daemon=True)
     reader.start()
     reader.join(ready_timeout_s)
-    if not lines or not lines[0].startswith("http"):
+    if not lines or not lines[0].strip():
         stop_target(proc)
-        raise TargetError(f"{script.name} printed no URL within {ready_timeout_s:.0f} s")
+        raise TargetError(f"{script.name} was not ready within {ready_timeout_s:.0f} s")
     return proc, lines[0].strip()
 
 
 def stop_target(proc: subprocess.Popen[str]) -> None:
+    """Stop the target and any processes it started."""
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    for child in children:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
     proc.terminate()
     try:
         proc.wait(timeout=5)
