@@ -33,7 +33,9 @@ class RunSpec:
         "GET /api/v1/research/products/{id}": EndpointSpec(rps=5, median_ms=30),
     })
     job_completion_s: float | None = 20.0  # median, or None for no jobs
+    batch_10_completion_s: float | None = None  # median of 10-item jobs, or None for none
     warmup_s: float = 0.0
+    warmup_slowdown: float = 1.0  # request latency multiplier during the warm-up
     rss_mb: float = 120.0
     rss_growth_mb_per_h: float = 0.0
     cpu_percent: float = 20.0
@@ -50,15 +52,20 @@ def make_run(path: Path, spec: RunSpec | None = None) -> dict[str, np.ndarray]:
     samples: dict[str, list[np.ndarray]] = {}
     lines = []
     for t in range(START_T, START_T + spec.duration_s):
+        slowdown = spec.warmup_slowdown if t - START_T < spec.warmup_s else 1.0
         for name, ep in spec.endpoints.items():
             count = rng.poisson(ep.rps)
-            values = rng.lognormal(np.log(ep.median_ms), ep.sigma, count)
+            values = rng.lognormal(np.log(ep.median_ms * slowdown), ep.sigma, count)
             samples.setdefault(name, []).append(values)
             lines.append(_bucket(t, name, values, rng.binomial(count, ep.error_rate)))
         if spec.job_completion_s and (t - START_T) % 5 == 4:
             values = rng.lognormal(np.log(spec.job_completion_s * 1000), 0.2, 1)
             samples.setdefault("job_completion", []).append(values)
             lines.append(_bucket(t, "job_completion", values, 0))
+        if spec.batch_10_completion_s and (t - START_T) % 10 == 9:
+            values = rng.lognormal(np.log(spec.batch_10_completion_s * 1000), 0.2, 1)
+            samples.setdefault("batch_10_completion", []).append(values)
+            lines.append(_bucket(t, "batch_10_completion", values, 0))
     rundir.append_jsonl(path / rundir.LATENCY, lines)
 
     seconds = np.arange(spec.duration_s)
