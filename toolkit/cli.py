@@ -205,6 +205,25 @@ def report(run: Path, kpi_file: Path | None) -> None:
     sys.exit(1 if verdict == "fail" else 0)
 
 
+@cli.command()
+@click.option("--pid", type=int, required=True, help="Python process to record (with children).")
+@click.option("--duration", default="30s", show_default=True, callback=_duration,
+              help="How long to record.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="Directory for profile.svg and profile.speedscope.json.")
+@click.option("--rate", type=click.IntRange(1, 1000), default=100, show_default=True,
+              help="Samples per second.")
+@click.option("--memory", is_flag=True,
+              help="Top allocation sites with memray instead of a CPU flamegraph.")
+def profile(**opts: Any) -> None:
+    """Flamegraph of a running Python process with py-spy (or its allocations with memray)."""
+    from . import profiling
+
+    profiling.run_profile(profiling.ProfileSettings(
+        pid=opts["pid"], duration_s=opts["duration"], out_dir=opts["out"],
+        rate_hz=opts["rate"], memory=opts["memory"]), say)
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)

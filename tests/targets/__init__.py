@@ -21,8 +21,13 @@ BUSY = TARGETS_DIR / "busy.py"
 def start_target(script: Path, *args: str,
                  ready_timeout_s: float = 20.0) -> tuple[subprocess.Popen[str], str]:
     """Start `script` with `args`; return the process and the first line it printed."""
-    proc = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    return start_process([sys.executable, str(script), *args], ready_timeout_s)
+
+
+def start_process(argv: list[str],
+                  ready_timeout_s: float = 20.0) -> tuple[subprocess.Popen[str], str]:
+    """Start `argv`; return the process and the first line it printed on stdout."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
     stdout = proc.stdout
     lines: list[str] = []
@@ -32,7 +37,7 @@ def start_target(script: Path, *args: str,
     reader.join(ready_timeout_s)
     if not lines or not lines[0].strip():
         stop_target(proc)
-        raise TargetError(f"{script.name} was not ready within {ready_timeout_s:.0f} s")
+        raise TargetError(f"{argv} was not ready within {ready_timeout_s:.0f} s")
     return proc, lines[0].strip()
 
 
