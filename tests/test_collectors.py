@@ -21,27 +21,26 @@ from perfkit.collectors.system import COLUMNS, SystemCollector
 TARGET_COLUMNS = COLUMNS[1:11]
 MACHINE_COLUMNS = COLUMNS[11:]
 
-# Allocates 8 MiB (touched, so it is resident) and burns CPU every 0.1 s, up to 64 MiB;
-# spawns a CPU-burning child once it reads a line on stdin. Exits by itself after 30 s.
+# Waits for a line on stdin, then spawns a child that burns 0.4 s of CPU, allocates 8 x 8 MiB
+# (touched, so resident) itself and burns 0.2 s of CPU; then idles, child and parent, so the
+# tree's total CPU time at the end is what the collector must have seen between its samples.
 WORKLOAD = textwrap.dedent("""
-    import subprocess, sys, time, threading
-    BURN = "import time\\nt = time.time()\\nwhile time.time() - t < 30: sum(range(1000))"
-    children = []
-    def spawn_on_request():
-        sys.stdin.readline()
-        children.append(subprocess.Popen([sys.executable, "-c", BURN]))
-        print("spawned", flush=True)
-    threading.Thread(target=spawn_on_request, daemon=True).start()
-    blocks = []
+    import subprocess, sys, time
+    BURN = "import time\\nt = time.process_time()\\nwhile time.process_time() - t < 0.4: pass\\n" \\
+        "print('burnt', flush=True)\\ntime.sleep(60)"
     print("ready", flush=True)
-    started = time.time()
-    while time.time() - started < 30:
-        if len(blocks) < 8:
-            blocks.append(bytearray(8 * 1024 * 1024))
-        t = time.time()
-        while time.time() - t < 0.05:
-            sum(range(1000))
-        time.sleep(0.05)
+    sys.stdin.readline()
+    child = subprocess.Popen([sys.executable, "-c", BURN], stdout=subprocess.PIPE, text=True)
+    blocks = []
+    for _ in range(8):
+        blocks.append(bytearray(8 * 1024 * 1024))
+        time.sleep(0.1)
+    t = time.process_time()
+    while time.process_time() - t < 0.2:
+        pass
+    child.stdout.readline()
+    print("done", flush=True)
+    time.sleep(60)
 """)
 
 # The research API's metrics endpoints, served by the stdlib: "full" serves them with a
@@ -150,21 +149,29 @@ def metrics_server() -> Iterator[Callable[[str], str]]:
         stop_process(proc)
 
 
+def cpu_s_of_tree(pid: int) -> float:
+    root = psutil.Process(pid)
+    times = [p.cpu_times() for p in [root, *root.children(recursive=True)]]
+    return sum(t.user + t.system for t in times)
+
+
 def test_system_collector_samples_a_growing_process_tree(
     workload: subprocess.Popen[str], tmp_path: Path
 ) -> None:
     out = tmp_path / rundir.RESOURCES
+    cpu_before_s = cpu_s_of_tree(workload.pid)  # idle from here until told to start
     collector = SystemCollector(workload.pid, out, interval_s=0.2)
     collector.start()
     wait_until(lambda: csv_rows(out) >= 3)
     assert workload.stdin is not None and workload.stdout is not None
-    workload.stdin.write("spawn\n")
+    workload.stdin.write("go\n")
     workload.stdin.flush()
-    assert workload.stdout.readline().strip() == "spawned"
-    wait_until(lambda: (collector.latest() or {}).get("procs") == 2)
-    wait_until(lambda: csv_rows(out) >= 12)
+    assert workload.stdout.readline().strip() == "done"
+    rows_when_done = csv_rows(out)
+    wait_until(lambda: csv_rows(out) >= rows_when_done + 2)
     latest = collector.latest()
     entry = collector.stop()
+    cpu_used_s = cpu_s_of_tree(workload.pid) - cpu_before_s
 
     frame = pd.read_csv(out)
     assert list(frame.columns) == COLUMNS
@@ -174,21 +181,21 @@ def test_system_collector_samples_a_growing_process_tree(
     # psutil has nothing to diff the first sample against: missing, not 0.
     assert frame.loc[0, ["cpu_percent", "read_mb_s", "ctx_switches_s"]].isna().all()
     assert frame.loc[0, "rss_mb"] > 0 and frame.loc[0, "procs"] == 1
+    assert frame["procs"].max() == 2
     later = frame.iloc[1:]
-    assert (later["cpu_percent"] > 0).all()
+    # The child was born between two samples, so its CPU counts from birth: no gap.
+    assert later[["cpu_percent", "ctx_switches_s"]].notna().all().all()
+    # Every CPU second the tree used between the first and last sample, and nothing else.
+    seen_cpu_s = (later["cpu_percent"] / 100 * frame["t"].diff().iloc[1:]).sum()
+    assert seen_cpu_s == pytest.approx(cpu_used_s, rel=0.05, abs=0.05)
+    assert cpu_used_s > 0.6
     assert later["cpu_machine_percent"].tolist() == pytest.approx(
         (later["cpu_percent"] / psutil.cpu_count()).tolist(), abs=0.011
     )
-    assert frame["rss_mb"].iloc[-1] > frame["rss_mb"].iloc[0] + 30
+    assert frame["rss_mb"].iloc[-1] > frame["rss_mb"].iloc[0] + 50
     assert (frame["uss_mb"] <= frame["rss_mb"]).all() and (frame["uss_mb"] > 0).all()
     assert (frame["threads"] >= 1).all() and (frame["open_files"] >= 3).all()
     assert later[MACHINE_COLUMNS].notna().all().all()
-    assert frame["procs"].max() == 2
-    # The child was born between two samples: its CPU counts from birth, so the first
-    # sample that sees it has a CPU figure, and one above the parent's own burn of ~50 %.
-    first_with_child = frame[frame["procs"] == 2].index[0]
-    assert frame.loc[first_with_child, "cpu_percent"] > 0
-    assert frame[frame["procs"] == 2]["cpu_percent"].max() > 60
     assert 0 < entry["cpu_s"] < 5
 
 

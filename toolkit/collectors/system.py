@@ -20,6 +20,7 @@ Measurement choices (each is a known pitfall):
 
 import csv
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,43 @@ def sample_process(proc: psutil.Process) -> ProcessSample | None:
             )
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return None
+
+
+def list_tree(root: psutil.Process) -> list[psutil.Process]:
+    """root and all its descendants, found anew on every call.
+
+    Reads /proc/PID/task/TID/children, one small file per thread of the tree, where psutil's
+    children(recursive=True) reads /proc/*/stat of every process on the machine: ~0.1 ms
+    instead of 5-10 ms per sample on a machine with a hundred processes. Falls back to psutil
+    where the kernel has no such files. Raises NoSuchProcess if root has gone.
+    """
+    if not root.is_running():
+        raise psutil.NoSuchProcess(root.pid)
+    try:
+        pids = [*_list_children_pids(root.pid)]
+    except FileNotFoundError:
+        return [root, *root.children(recursive=True)]
+    tree = [root]
+    while pids:
+        pid = pids.pop()
+        try:
+            tree.append(psutil.Process(pid))
+            pids.extend(_list_children_pids(pid))
+        except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
+            continue  # exited while we looked
+    return tree
+
+
+def _list_children_pids(pid: int) -> list[int]:
+    children: list[int] = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                children.extend(int(child) for child in f.read().split())
+        except FileNotFoundError:
+            if tid == str(pid):
+                raise
+    return children
 
 
 def sum_field(samples: list[ProcessSample], name: str) -> float | None:
@@ -188,7 +226,7 @@ class SystemCollector(Sampler):
             return {}
         listed_at = time.time()
         try:
-            tree = [self._root, *self._root.children(recursive=True)]
+            tree = list_tree(self._root)
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             self._note_target_gone(t)
             return {}
