@@ -231,7 +231,7 @@ def main() -> None:
         click.echo("perfkit: interrupted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"perfkit: {exc.format_message()}", err=True)  # one line, not click's usage block
         sys.exit(2)
     except PerfkitError as exc:
         click.echo(f"perfkit: {exc}", err=True)

@@ -34,7 +34,7 @@ from .collectors.system import SystemCollector
 from .config import LoadSettings
 from .errors import ConfigError, RunError, TargetError
 from .openloop import make_open_loop
-from .recorder import Recorder
+from .recorder import Recorder, request_name
 
 log = logging.getLogger(__name__)
 
@@ -290,8 +290,7 @@ def drive(env: Environment, settings: LoadSettings, plan: Plan, state: RunState,
                 if managed is not None and managed.process.poll() is not None:
                     raise TargetError(f"the target exited with code {managed.process.returncode} "
                                       f"after {elapsed:.0f} s")
-                if managed is None and settings.target_pid and not psutil.pid_exists(
-                        settings.target_pid):
+                if managed is None and settings.target_pid and not _alive(settings.target_pid):
                     raise TargetError(f"target process {settings.target_pid} exited after "
                                       f"{elapsed:.0f} s")
                 if elapsed >= settings.duration_s:
@@ -356,8 +355,14 @@ def finish_meta(meta: dict[str, Any], env: Environment, state: RunState, run_dir
         "saturated": (state.max_loadgen_cpu_percent or 0.0) >= LOADGEN_SATURATED_PERCENT,
     }
     errors = env.runner.stats.errors.values() if env.runner else []
+    # Locust's own request counts, a cross-check of perfkit's recording (percentiles differ:
+    # Locust rounds response times to two significant digits).
+    meta["locust_counts"] = {
+        request_name(method, name): entry.num_requests
+        for (name, method), entry in (env.runner.stats.entries.items() if env.runner else [])
+    }
     rundir.write_json(run_dir / rundir.FAILURES, [
-        {"name": f"{e.method} {e.name}" if e.method != "JOB" else e.name,
+        {"name": request_name(e.method, e.name),
          "error": str(e.error)[:200], "count": e.occurrences, "example": str(e.error)[:1000]}
         for e in sorted(errors, key=lambda e: -e.occurrences)
     ])
@@ -400,6 +405,13 @@ def run_worker(master: str, scenario: str, users: int, rate: float | None, say: 
     assert runner.greenlet is not None
     runner.greenlet.join()
     return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _free_port() -> int:

@@ -4,7 +4,8 @@
 
 Times count from the first request. During the stall every request (new and in flight) is
 held until the stall ends, as a stop-the-world pause or a saturated pool would. `--die-after`
-exits the process abruptly (exit code 3). Prints its base URL once it listens.
+exits the process abruptly (exit code 3). `GET /__count` tells how many other requests it
+served. Prints its base URL once it listens.
 """
 
 import argparse
@@ -19,8 +20,13 @@ from aiohttp import web
 def build_app(delay_ms: float, stall_at: float | None, stall_s: float,
               die_after: float | None) -> web.Application:
     first: list[float] = []
+    served = {"requests": 0}
+
+    async def count(request: web.Request) -> web.Response:
+        return web.json_response(served)
 
     async def answer(request: web.Request) -> web.Response:
+        served["requests"] += 1
         now = time.monotonic()
         if not first:
             first.append(now)
@@ -37,6 +43,7 @@ def build_app(delay_ms: float, stall_at: float | None, stall_s: float,
         return web.Response(text="ok\n")
 
     app = web.Application()
+    app.router.add_get("/__count", count)
     app.router.add_route("*", "/{tail:.*}", answer)
     return app
 
