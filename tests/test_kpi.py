@@ -394,3 +394,14 @@ def test_run_that_ended_in_its_warmup_judges_nothing(tmp_path: Path) -> None:
     results = evaluate_kpis(rundir.load_run(tmp_path / "run"), load_kpi_targets(None))
     assert {r.verdict for r in results} == {"missing"}
     assert "warm-up" in results[0].reason
+
+
+def test_the_documented_example_loads(tmp_path: Path) -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "kpi.md").read_text()
+    example = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    targets = {(t.metric, t.endpoint): t for t in load_kpi_targets(write_kpi_file(tmp_path,
+                                                                                  example))}
+    assert targets[("p99_ms", HEALTH)].target == 50.0
+    assert targets[("p95_ms", "POST /login")].name == "login p95"
+    assert ("batch_10_completion_s_mean", None) not in targets
+    assert (targets[("rps", None)].target, targets[("rps", None)].allowed) == (200.0, 150.0)
