@@ -405,3 +405,12 @@ def test_the_documented_example_loads(tmp_path: Path) -> None:
     assert targets[("p95_ms", "POST /login")].name == "login p95"
     assert ("batch_10_completion_s_mean", None) not in targets
     assert (targets[("rps", None)].target, targets[("rps", None)].allowed) == (200.0, 150.0)
+
+
+def test_a_run_without_request_records_measures_no_throughput(tmp_path: Path) -> None:
+    make_run(tmp_path / "run", RunSpec(duration_s=10, endpoints={}, job_completion_s=None))
+    results = evaluate_kpis(rundir.load_run(tmp_path / "run"), load_kpi_targets(None))
+    throughput = by_metric(results, "rps")
+    assert (throughput.verdict, throughput.value) == ("missing", None)
+    assert "latency.jsonl" in throughput.reason
+    assert by_metric(results, "error_rate_percent").verdict == "missing"
