@@ -8,7 +8,10 @@ Targets (all real processes on 127.0.0.1): the bundled reference service (`perfk
 holding 20 MiB each, to show how the system collector's cost grows with the tree. Each
 collector samples at --interval (default 0.1 s, so a short run has many samples); its cost at
 the run's real interval (1 s system, 5 s app) is the per-sample cost over that interval.
-`--gevent` monkey-patches first, as Locust does in the runner's process.
+`--gevent` monkey-patches first, as Locust does in the runner's process, and also measures
+what the native sampler thread costs Locust's event loop: the lag of a greenlet that sleeps
+1 ms in a loop (how late it wakes), without and with the system collector sampling every
+--interval, since the thread must hold the GIL for the Python parts of each sample.
 """
 
 import argparse
@@ -59,6 +62,26 @@ def measure(collector: SystemCollector | AppCollector, seconds: float) -> dict:
     time.sleep(seconds)
     entry = collector.stop()
     return entry
+
+
+def measure_loop_lag_ms(seconds: float) -> list[float]:
+    import gevent
+
+    lags_ms = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        t = time.perf_counter()
+        gevent.sleep(0.001)
+        lags_ms.append((time.perf_counter() - t - 0.001) * 1000.0)
+    return lags_ms
+
+
+def lag_line(label: str, lags_ms: list[float]) -> str:
+    ordered = sorted(lags_ms)
+    p99 = ordered[int(0.99 * (len(ordered) - 1))]
+    p999 = ordered[int(0.999 * (len(ordered) - 1))]
+    return (f"{label:<44} wake-ups {len(ordered):6d}  p50 {ordered[len(ordered) // 2]:5.2f} ms"
+            f"  p99 {p99:5.2f} ms  p99.9 {p999:5.2f} ms  max {ordered[-1]:5.2f} ms")
 
 
 def start_reference() -> tuple[subprocess.Popen, str]:
@@ -133,6 +156,13 @@ def main() -> None:
         print(f"{'app: target CPU per scrape':<44} {per_scrape_ms:6.2f} ms "
               f"(target tree {scraped_s:.3f} s while scraped, {idle_s:.3f} s idle, "
               f"same length) = {per_scrape_ms / 50.0:5.3f} % of one core at 5 s")
+        if args.gevent:
+            print(lag_line("event-loop lag: no collector", measure_loop_lag_ms(args.seconds)))
+            collector = SystemCollector(service.pid, out / "resources.csv", args.interval)
+            collector.start()
+            lags_ms = measure_loop_lag_ms(args.seconds)
+            collector.stop()
+            print(lag_line(f"event-loop lag: system every {args.interval:g} s", lags_ms))
     finally:
         stop(service)
         stop(tree)

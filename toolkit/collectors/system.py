@@ -219,6 +219,8 @@ class SystemCollector(Sampler):
         if self._file is not None and not self._file.closed:
             self._writer.writerow([row.get(c) for c in COLUMNS])
             self._file.flush()
+        if "procs" in row:
+            self.target_samples += 1
         return row
 
     def _sample_target(self, t: float) -> dict[str, Any]:
@@ -267,7 +269,6 @@ class SystemCollector(Sampler):
             row["ctx_switches_s"] = None if ctx is None else round(ctx, 1)
         self._previous_tree = current
         self._previous_listed_at = listed_at
-        self.target_samples += 1
         return row
 
     def _note_target_gone(self, t: float) -> None:
