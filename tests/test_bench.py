@@ -5,9 +5,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from perfkit import bench
 from perfkit.errors import ConfigError, TargetError
-
 from tests.targets import FIXED_DELAY, start_target, stop_target
 
 DELAY_MS = 50.0

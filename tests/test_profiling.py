@@ -1,5 +1,6 @@
 import json
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -113,3 +114,45 @@ def test_attach_failures_are_explained_in_one_line() -> None:
         "    0: Permission denied (os error 13)\n")
     assert profiling.explain_attach_failure("Error: something new\nmore\n") == "something new"
     assert profiling.explain_attach_failure("") == "no output"
+
+
+needs_debugger = pytest.mark.skipif(
+    shutil.which("gdb") is None and shutil.which("lldb") is None,
+    reason="memray attaches through gdb or lldb, and neither is installed (apt-get install gdb)")
+
+
+@needs_debugger
+def test_memory_profile_names_the_allocating_function(tmp_path: Path) -> None:
+    proc, _ = start_target(BUSY, "--seconds", "60", "--allocate-kb-s", "2048")
+    try:
+        entry = profiling.profile_memory(proc.pid, 2, tmp_path)
+    finally:
+        stop_target(proc)
+    skip_if_ptrace_denied(entry)
+    assert entry["available"], entry["note"]
+    assert entry["file"] == "memory.memray.bin"
+    assert (tmp_path / "memory.memray.bin").stat().st_size > 0
+    top = entry["sites"][0]
+    assert any("grow_perfkit_cache" in frame for frame in top["stack"])
+    # busy.py keeps every kilobyte it allocates: all of the window's allocation is live at its
+    # peak, which is at least the first slice of 2048 // 10 kB.
+    assert top["size_mb"] >= 0.2
+    assert top["allocations"] >= 200
+    assert entry["peak_mb"] >= top["size_mb"]
+    assert json.loads((tmp_path / "memory.json").read_text())["sites"][0] == top
+
+
+@needs_debugger
+def test_memory_profile_of_a_process_that_is_not_python_is_a_one_line_error(
+        tmp_path: Path) -> None:
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        cli = run_perfkit("profile", "--memory", "--pid", str(sleeper.pid), "--duration", "1s",
+                          "--out", str(tmp_path))
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert cli.returncode == 2
+    assert cli.stderr.strip().count("\n") == 0
+    assert f"cannot profile memory of pid {sleeper.pid}" in cli.stderr
+    assert list(tmp_path.iterdir()) == []

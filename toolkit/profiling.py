@@ -38,6 +38,7 @@ SPEEDSCOPE = "profile.speedscope.json"
 MEMORY_BIN = "memory.memray.bin"
 MEMORY_JSON = "memory.json"
 MAX_DURATION_S = 3600.0
+MB = 1024 * 1024
 _SAMPLES = re.compile(r"Samples: (\d+) Errors: (\d+)")
 # What py-spy says when it cannot read the target, mapped to what the user can do about it.
 _ATTACH_HINTS = [
@@ -47,6 +48,7 @@ _ATTACH_HINTS = [
                                 "(kernel.yama.ptrace_scope=0, or CAP_SYS_PTRACE in a container)"),
     ("Failed to find python version", "the process is not running Python"),
     ("No python processes found", "no Python process in that process tree"),
+    ("Cannot find a supported lldb or gdb", "memray attach needs gdb (apt-get install gdb)"),
     ("No such file or directory", "the process exited"),
 ]
 
@@ -207,8 +209,123 @@ def run_profile(settings: ProfileSettings, say: Callable[[str], None]) -> dict[s
     return result
 
 
+def _read_peak_sites(path: Path, top_n: int) -> tuple[float, list[dict[str, Any]]]:
+    """Peak memory (MB) of the window and the allocation sites live at that peak, largest
+    first. A site is the innermost Python frame; its heaviest full stack is kept as example."""
+    import memray
+
+    reader = memray.FileReader(str(path))
+    try:
+        peak_mb = reader.metadata.peak_memory / MB
+        sites: dict[tuple[str, str, int], dict[str, Any]] = {}
+        for record in reader.get_high_watermark_allocation_records(merge_threads=True):
+            stack = [(function, file, line) for function, file, line in record.stack_trace()]
+            if any(file.endswith("_memray_attach_hook.py") for _, file, _ in stack):
+                continue  # memray's own thread in the target, not the target's memory
+            function, file, line = stack[0] if stack else ("(no Python frame)", "", 0)
+            site = sites.setdefault((function, file, line), {
+                "function": function, "file": file, "line": line, "size_mb": 0.0,
+                "allocations": 0, "stack": [], "_heaviest_b": -1})
+            site["size_mb"] += record.size / MB
+            site["allocations"] += record.n_allocations
+            if record.size > site["_heaviest_b"]:
+                site["_heaviest_b"] = record.size
+                site["stack"] = [f"{f} ({path_}:{n})" for f, path_, n in stack]
+    finally:
+        reader.close()
+    ranked = sorted(sites.values(), key=lambda site: site["size_mb"], reverse=True)[:top_n]
+    for site in ranked:
+        del site["_heaviest_b"]
+    return peak_mb, ranked
+
+
+def profile_memory(pid: int, duration_s: float, out_dir: Path,
+                   top_n: int = 10) -> dict[str, Any]:
+    """Track the allocations of `pid` (that process only) for `duration_s` with memray and
+    write the top allocation sites at the window's peak to memory.json. Like
+    `profile_process`, a target memray cannot attach to gives `available: false` and why."""
+    entry: dict[str, Any] = {"available": False, "pid": pid, "file": None,
+                             "duration_s": duration_s, "peak_mb": None, "sites": [], "note": ""}
+    try:
+        check_process(pid)
+        memray_cli = find_tool("memray")
+    except ConfigError as exc:
+        entry["note"] = str(exc)
+        return entry
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # A new name each time: memray refuses to overwrite, and a failed attempt must not
+    # remove the capture of an earlier one.
+    capture = out_dir / f"{MEMORY_BIN}.{pid}.{int(time.time())}.part"
+    capture.unlink(missing_ok=True)
+    # --aggregate keeps only what the peak needs (a few kB), not every allocation event.
+    command = [memray_cli, "attach", "--aggregate", "--duration", str(max(1, round(duration_s))),
+               "-o", str(capture), str(pid)]
+    attach = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                            timeout=120)
+    if attach.returncode != 0:
+        entry["note"] = explain_attach_failure(attach.stdout + attach.stderr)
+        return entry
+    # memray tracks in a thread inside the target and writes the file when it stops.
+    deadline = time.monotonic() + duration_s + 30.0
+    try:
+        while time.monotonic() < deadline and not _capture_complete(capture):
+            if not psutil.pid_exists(pid):
+                break
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        subprocess.run([memray_cli, "detach", str(pid)], capture_output=True, timeout=60)
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and not _capture_complete(capture):
+            time.sleep(0.2)
+    if not _capture_complete(capture):
+        capture.unlink(missing_ok=True)
+        entry["note"] = f"memray wrote no complete capture for pid {pid}"
+        return entry
+    capture = capture.replace(out_dir / MEMORY_BIN)
+    peak_mb, sites = _read_peak_sites(capture, top_n)
+    entry.update(available=True, file=MEMORY_BIN, peak_mb=peak_mb, sites=sites)
+    _write_json(out_dir / MEMORY_JSON, entry)
+    return entry
+
+
+def _capture_complete(path: Path) -> bool:
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    import memray
+
+    try:
+        memray.FileReader(str(path)).close()
+    except (OSError, ValueError, RuntimeError):
+        return False
+    return True
+
+
+def format_memory_sites(entry: dict[str, Any]) -> str:
+    lines = [f"peak {entry['peak_mb']:.1f} MB allocated during the window and live at its "
+             f"peak; top allocation sites:",
+             f"{'MB':>9}  {'allocs':>8}  site"]
+    for site in entry["sites"]:
+        if site["size_mb"] < entry["peak_mb"] / 1000:
+            break  # the rest is below 0.1 % of the peak (sites are sorted largest first)
+        where = f"{site['file']}:{site['line']}" if site["file"] else ""
+        lines.append(f"{site['size_mb']:>9.2f}  {site['allocations']:>8}  "
+                     f"{site['function']} {where}")
+        for frame in site["stack"][1:4]:
+            lines.append(f"{'':>21}  from {frame}")
+    return "\n".join(lines)
+
+
 def run_memory_profile(settings: ProfileSettings, say: Callable[[str], None]) -> dict[str, Any]:
-    raise ConfigError("--memory is not available yet")
+    check_process(settings.pid)
+    say(f"tracking allocations of pid {settings.pid} with memray for "
+        f"{settings.duration_s:g} s")
+    entry = profile_memory(settings.pid, settings.duration_s, settings.out_dir)
+    if not entry["available"]:
+        raise RunError(f"cannot profile memory of pid {settings.pid}: {entry['note']}")
+    say(format_memory_sites(entry))
+    say(f"wrote {settings.out_dir / MEMORY_JSON} and {settings.out_dir / MEMORY_BIN} "
+        f"(open with: memray flamegraph {settings.out_dir / MEMORY_BIN})")
+    return entry
 
 
 def _write_json(path: Path, data: Any) -> None:
