@@ -213,7 +213,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         try:
             yield {"metrics": metrics, "sessions": sessions, "pool": pool}
         finally:
-            await drain_pool(pool, settings.shutdown_grace_s)
+            await drain_pool(pool, settings.profile.shutdown_grace_s)
             await close_client(provider)
             await stop_simulator(simulator)
             await cache.close()
@@ -237,6 +237,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             "latency_profile": settings.profile.name,
             "simulated": True,
             "version": perfkit_version(),
+            "concurrency": None if settings.has("unbounded") else settings.concurrency,
+            "extra_latency": [{"endpoint": extra.endpoint, "fixed_ms": extra.fixed_ms,
+                               "fraction": extra.fraction} for extra in settings.extra_latency],
         })
 
     @app.post("/api/v1/research/products", status_code=201)

@@ -17,7 +17,6 @@ from typing import Any
 import uvicorn
 
 from ..errors import TargetError
-from .app import create_app
 from .settings import ServiceSettings, build_service_settings
 
 log = logging.getLogger(__name__)
@@ -66,6 +65,9 @@ def serve_forever(
 
 async def run_server(settings: ServiceSettings, say: Callable[[str], None]) -> str:
     """Run until a signal; returns its name. Startup failures become a TargetError."""
+    # Imported here so that a bad option is reported before FastAPI and SQLAlchemy load.
+    from .app import create_app
+
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
                             log_level="warning", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=10)

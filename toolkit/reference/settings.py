@@ -23,7 +23,8 @@ _EXTRA = re.compile(r"^\s*(\w+)\s*[=:]\s*(\d+(?:\.\d+)?)\s*(ms|%)?\s*$")
 @dataclass(frozen=True)
 class LatencyProfile:
     """Simulated LLM behaviour per provider call: lognormal latency, transient errors, thin
-    answers. `backoff_ms` is the first retry delay (doubled per retry)."""
+    answers. `backoff_ms` is the first retry delay (doubled per retry); `shutdown_grace_s` is how
+    long running jobs may go on after SIGINT/SIGTERM before they are marked cancelled."""
 
     name: str
     median_ms: float
@@ -32,15 +33,18 @@ class LatencyProfile:
     error_rate: float
     insufficient_rate: float
     backoff_ms: float
+    shutdown_grace_s: float
 
 
 # The guide's figure: a 10-product batch on 5 slots takes 15-30 s on average. Two waves of five
 # lognormal calls with median 8 s and sigma 0.3 give a mean of about 21 s (5th-95th percentile
 # 17-26 s); the 2 % transient errors retried with a 1 s backoff add little.
 GUIDE = LatencyProfile("guide", median_ms=8000.0, sigma=0.3, max_ms=20000.0,
-                       error_rate=0.02, insufficient_rate=0.05, backoff_ms=1000.0)
+                       error_rate=0.02, insufficient_rate=0.05, backoff_ms=1000.0,
+                       shutdown_grace_s=10.0)
 FAST = LatencyProfile("fast", median_ms=30.0, sigma=0.3, max_ms=200.0,
-                      error_rate=0.0, insufficient_rate=0.0, backoff_ms=10.0)
+                      error_rate=0.0, insufficient_rate=0.0, backoff_ms=10.0,
+                      shutdown_grace_s=2.0)
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,6 @@ class ServiceSettings:
     cache_ttl_s: float = 3600.0
     slow_query_ms: float = 100.0
     provider_attempts: int = 3
-    shutdown_grace_s: float = 5.0
     extra_latency: tuple[ExtraLatency, ...] = field(default_factory=tuple)
     seed: int | None = None
 
@@ -125,6 +128,7 @@ def build_service_settings(
         insufficient_rate=base.insufficient_rate if insufficient_rate is None
         else insufficient_rate,
         backoff_ms=base.backoff_ms,
+        shutdown_grace_s=base.shutdown_grace_s,
     )
     return ServiceSettings(
         host=host,

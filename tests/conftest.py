@@ -1,0 +1,126 @@
+"""Shared fixtures. The reference service runs as a real `python -m perfkit serve --port 0`
+process; its first URL line says where it listens."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+_URL = re.compile(r"http://[\w.\-]+:\d+")
+
+
+@dataclass
+class ServiceProcess:
+    """A running `perfkit serve`; `output` collects every line it prints (stdout and stderr)."""
+
+    proc: subprocess.Popen[str]
+    args: tuple[str, ...]
+    output: list[str] = field(default_factory=list)
+    ready: threading.Event = field(default_factory=threading.Event)
+    url: str = ""
+    reader: threading.Thread | None = None
+    signalled: bool = False
+
+    def read_output(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line.rstrip("\n"))
+            match = _URL.search(line)
+            if match and not self.ready.is_set():
+                self.url = match.group(0)
+                self.ready.set()
+        self.ready.set()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
+        """Send `sig` (once: a second SIGINT means "force"), wait for the exit and return the
+        exit code (killed after the timeout)."""
+        if self.proc.poll() is None and not self.signalled:
+            self.send_signal(sig)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise
+        finally:
+            # The pipe is closed by us once the reader has drained it, or pytest's
+            # warnings-as-errors reports the unclosed file.
+            if self.reader is not None:
+                self.reader.join(5)
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+
+    def send_signal(self, sig: int) -> None:
+        self.signalled = True
+        self.proc.send_signal(sig)
+
+    def get_json(self, path: str) -> dict:  # type: ignore[type-arg]
+        response = httpx.get(self.url + path, timeout=10.0)
+        response.raise_for_status()
+        return dict(response.json())
+
+
+def launch_reference_service(*args: str) -> ServiceProcess:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "perfkit", "serve", "--port", "0", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    service = ServiceProcess(proc=proc, args=args)
+    service.reader = threading.Thread(target=service.read_output, daemon=True)
+    service.reader.start()
+    return service
+
+
+def wait_until_listening(service: ServiceProcess, timeout_s: float = 60.0) -> ServiceProcess:
+    if not service.ready.wait(timeout_s) or not service.url:
+        service.stop(signal.SIGKILL)
+        raise RuntimeError(f"perfkit serve {' '.join(service.args)} did not start:\n"
+                           + "\n".join(service.output[-30:]))
+    return service
+
+
+StartServices = Callable[..., list[ServiceProcess]]
+
+
+@pytest.fixture
+def start_reference_services() -> Iterator[StartServices]:
+    """`start([args...], [args...])` starts several services at once (their imports overlap)
+    and waits until all listen; all are stopped after the test."""
+    started: list[ServiceProcess] = []
+
+    def start(*arg_lists: list[str]) -> list[ServiceProcess]:
+        services = [launch_reference_service(*args) for args in arg_lists]
+        started.extend(services)
+        return [wait_until_listening(service) for service in services]
+
+    yield start
+    # Signal all first, then wait: their shutdowns overlap.
+    for service in started:
+        if service.proc.poll() is None and not service.signalled:
+            service.send_signal(signal.SIGTERM)
+    for service in started:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def reference_service_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The SQLite file behind `reference_service`."""
+    return tmp_path_factory.mktemp("reference-service") / "research.db"
+
+
+@pytest.fixture(scope="session")
+def reference_service(reference_service_database: Path) -> Iterator[str]:
+    """Base URL of one shared `perfkit serve --fast` (no variants, SQLite file
+    `reference_service_database`)."""
+    service = wait_until_listening(launch_reference_service(
+        "--fast", "--database-url", f"sqlite+aiosqlite:///{reference_service_database}"))
+    yield service.url
+    service.stop()
