@@ -68,7 +68,7 @@ def test_flamegraph_of_the_reference_service_names_its_functions(tmp_path: Path)
         assert match, line
         url = match.group(0)
         load = threading.Thread(target=bench.measure_bench, args=(bench.BenchSettings(
-            url=f"{url}/api/v1/health", concurrency=4, duration_s=4),))
+            url=f"{url}/api/v1/health", concurrency=4, duration_s=3),))
         recording = profiling.start_profile(proc.pid, 3, tmp_path, rate_hz=200)
         load.start()
         result = recording.wait()
