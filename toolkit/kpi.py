@@ -341,12 +341,22 @@ def judge_kpi(kpi: KpiTarget, value: float | None, missing_reason: str = "") -> 
     return KpiResult(kpi, value, "fail", margin, f"{label} {shown} is {excess} {ref_text}")
 
 
-def evaluate_kpis(run: Run, targets: list[KpiTarget]) -> list[KpiResult]:
-    """Judge `run` on the judged window (warm-up left out) against each target, in order."""
+def summarize_judged(run: Run) -> dict[str, dict[str, Any]]:
+    """stats.summarize_endpoints of the judged window, per request and per-job name. Merging
+    an hour of 1 s histograms takes seconds: compute it once and pass it on."""
+    start, end = judged_window(run)
+    return stats.summarize_endpoints(judged_latency(run), end - start)
+
+
+def evaluate_kpis(run: Run, targets: list[KpiTarget], *,
+                  summaries: dict[str, dict[str, Any]] | None = None) -> list[KpiResult]:
+    """Judge `run` on the judged window (warm-up left out) against each target, in order.
+    `summaries`: summarize_judged(run), when the caller already has it."""
     start, end = judged_window(run)
     duration_s = end - start
     latency = judged_latency(run)
-    summaries = stats.summarize_endpoints(latency, duration_s)
+    if summaries is None:
+        summaries = summarize_judged(run)
     requests = latency[~latency["name"].isin(JOB_NAMES)]
     context = _Context(run, start, end, duration_s, summaries, requests)
     return [judge_kpi(kpi, *_measure(kpi, context)) for kpi in targets]

@@ -11,9 +11,16 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .. import rundir, stats
+from .. import rundir
 from ..errors import ConfigError
-from ..kpi import JOB_NAMES, KpiResult, evaluate_kpis, load_kpi_targets, overall_verdict
+from ..kpi import (
+    JOB_NAMES,
+    KpiResult,
+    evaluate_kpis,
+    load_kpi_targets,
+    overall_verdict,
+    summarize_judged,
+)
 from .junit import write_junit
 from .markdown import render_markdown
 
@@ -32,8 +39,10 @@ def write_report(run_dir: Path, kpi_file: Path | None = None) -> tuple[str, Path
     """(verdict, path of report.html — or of summary.md while the HTML module is absent)."""
     run = rundir.load_run(run_dir)
     kpi_path = kpi_file if kpi_file is not None else _recorded_kpi_file(run)
-    results = evaluate_kpis(run, load_kpi_targets(kpi_path))
-    summary = build_summary(run, results)
+    targets = load_kpi_targets(kpi_path)
+    summaries = summarize_judged(run)
+    results = evaluate_kpis(run, targets, summaries=summaries)
+    summary = build_summary(run, results, summaries=summaries)
     summary["kpi_file"] = str(kpi_path) if kpi_path is not None else None
     verdict = summary["verdict"]
 
@@ -76,12 +85,14 @@ def _recorded_kpi_file(run: rundir.Run) -> Path | None:
                       f"pass --kpi FILE")
 
 
-def build_summary(run: rundir.Run, results: list[KpiResult]) -> dict[str, Any]:
-    """The content of summary.json: field names are a contract (issue 4), add, never rename."""
+def build_summary(run: rundir.Run, results: list[KpiResult], *,
+                  summaries: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The content of summary.json: field names are a contract (issue 4), add, never rename.
+    `summaries`: kpi.summarize_judged(run), when the caller already has it."""
     start, end = rundir.judged_window(run)
     duration_s = end - start
-    latency = rundir.judged_latency(run)
-    summaries = stats.summarize_endpoints(latency, duration_s)
+    if summaries is None:
+        summaries = summarize_judged(run)
     endpoints = {name: s for name, s in summaries.items() if name not in JOB_NAMES}
     jobs = {name: {"count": s["count"],
                    **{key.replace("_ms", "_s"): (None if s[key] is None else s[key] / 1000.0)
