@@ -8,6 +8,7 @@ import asyncio
 import logging
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any
 
 import uvicorn
 
-from ..errors import TargetError
+from ..errors import ConfigError, TargetError
 from .settings import ServiceSettings, build_service_settings
 
 log = logging.getLogger(__name__)
@@ -63,16 +64,56 @@ def serve_forever(
     say(f"perfkit serve: stopped ({stopped_by})")
 
 
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bound here rather than by uvicorn so a taken port is one clear error, and port 0 is
+    resolved before anything is printed."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise TargetError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+async def check_backends(settings: ServiceSettings) -> None:
+    """Fail with one clear line when the database or Redis cannot be reached, before uvicorn
+    would report the same from inside its lifespan as a traceback."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from .cache import open_cache
+
+    if not settings.database_url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        raise ConfigError(f"unsupported --database-url {settings.database_url!r}: use "
+                          "sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB")
+    engine = create_async_engine(settings.database_url)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception as exc:  # any driver error here is the user's environment
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise TargetError(f"cannot connect to {settings.database_url}: {reason}") from None
+    finally:
+        await engine.dispose()
+    cache = await open_cache(settings.redis_url, settings.cache_ttl_s)
+    await cache.close()
+
+
 async def run_server(settings: ServiceSettings, say: Callable[[str], None]) -> str:
     """Run until a signal; returns its name. Startup failures become a TargetError."""
     # Imported here so that a bad option is reported before FastAPI and SQLAlchemy load.
     from .app import create_app
 
+    await check_backends(settings)
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
                             log_level="warning", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=10)
     server = uvicorn.Server(config)
     received: list[str] = []
+    sock = bind_socket(settings.host, settings.port)
 
     def request_exit(signum: int, frame: Any) -> None:
         received.append(signal.Signals(signum).name)
@@ -85,7 +126,7 @@ async def run_server(settings: ServiceSettings, say: Callable[[str], None]) -> s
     # the signal to whatever handler was there before; installing ours first means that
     # re-raise lands here instead of killing the process before the temp dir is removed.
     previous = {sig: signal.signal(sig, request_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-    serving = asyncio.create_task(server.serve())
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:
             if serving.done():
@@ -93,7 +134,7 @@ async def run_server(settings: ServiceSettings, say: Callable[[str], None]) -> s
                 raise TargetError(f"the reference service stopped while starting on "
                                   f"{settings.host}:{settings.port}")
             await asyncio.sleep(0.02)
-        bound_port = server.servers[0].sockets[0].getsockname()[1]
+        bound_port = sock.getsockname()[1]
         say(f"perfkit serve: listening on http://{settings.host}:{bound_port} "
             f"(variants: {', '.join(settings.variants) or 'none'}, "
             f"profile: {settings.profile.name})")
