@@ -262,6 +262,7 @@ def test_latency_kpis_match_the_raw_samples(tmp_path: Path) -> None:
     total = sum(samples[name].size for name in (HEALTH, CREATE))
     assert throughput.value == pytest.approx(total / 60)
     assert throughput.verdict == "fail"  # about 45 rps against the 50 rps target
+    assert throughput.reason.endswith("under the 50 rps target (closed load of 10 users)")
 
     job = by_metric(results, "job_completion_s_max")
     assert job.value == pytest.approx(samples["job_completion"].max() / 1000, rel=2e-3)

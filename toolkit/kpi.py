@@ -8,7 +8,7 @@ import difflib
 import math
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -359,7 +359,23 @@ def evaluate_kpis(run: Run, targets: list[KpiTarget], *,
         summaries = summarize_judged(run)
     requests = latency[~latency["name"].isin(JOB_NAMES)]
     context = _Context(run, start, end, duration_s, summaries, requests)
-    return [judge_kpi(kpi, *_measure(kpi, context)) for kpi in targets]
+    results = []
+    for kpi in targets:
+        result = judge_kpi(kpi, *_measure(kpi, context))
+        if kpi.metric == "rps" and result.verdict in ("warn", "fail"):
+            # A run only shows the throughput it was offered: say how much load that was.
+            result = replace(result, reason=result.reason + _offered_load(run))
+        results.append(result)
+    return results
+
+
+def _offered_load(run: Run) -> str:
+    settings = run.meta.get("settings") or {}
+    if settings.get("rate"):
+        return f" (open load at {settings['rate']:g} iterations/s)"
+    if settings.get("users"):
+        return f" (closed load of {settings['users']} users)"
+    return ""
 
 
 @dataclass
