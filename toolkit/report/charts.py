@@ -1,0 +1,554 @@
+"""Chart data (pandas) and charts (matplotlib) for the HTML report, as inline SVG.
+
+Time charts show elapsed time since the start of the run. An hour of 1 s buckets is binned
+into at most MAX_POINTS windows; a window's percentiles come from the merged histograms of
+its buckets, so they are exact to the histogram's precision (never averages of percentiles).
+Figures are drawn on `matplotlib.figure.Figure` objects directly, without pyplot, so no GUI
+backend and no global figure registry are involved.
+"""
+
+import io
+import math
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from hdrh.histogram import HdrHistogram
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator, MultipleLocator
+
+from .. import stats
+
+MAX_POINTS = 600
+SATURATED_CPU_PERCENT = 90.0
+PERCENTILES = {"p50_ms": 50.0, "p95_ms": 95.0, "p99_ms": 99.0}
+
+PALETTE = ["#2563eb", "#d97706", "#059669", "#7c3aed", "#db2777", "#0891b2", "#65a30d",
+           "#9333ea", "#475569", "#b45309"]
+PERCENTILE_COLORS = {"p50_ms": "#2563eb", "p95_ms": "#d97706", "p99_ms": "#dc2626"}
+TARGET_COLOR = "#dc2626"
+ALLOWED_COLOR = "#7f1d1d"
+WARMUP_COLOR = "#e5e7eb"
+WARMUP_LABEL = "warm-up (not judged)"
+
+_STYLE: Any = {  # matplotlib types rc keys as Literals
+    # Text stays text (small files, selectable); the page's CSS picks the font.
+    "svg.fonttype": "none",
+    "svg.hashsalt": "perfkit",
+    # Endpoint names are user data: a "$" must not start mathtext.
+    "text.parse_math": False,
+    "font.size": 9.0,
+    "axes.titlesize": 10.0,
+    "axes.titleweight": "bold",
+    "axes.titlelocation": "left",
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.edgecolor": "#9ca3af",
+    "axes.grid": True,
+    "grid.color": "#e5e7eb",
+    "grid.linewidth": 0.6,
+    "xtick.color": "#4b5563",
+    "ytick.color": "#4b5563",
+    "legend.frameon": False,
+    "legend.fontsize": 8.0,
+    "lines.linewidth": 1.2,
+    "path.simplify_threshold": 0.3,
+}
+# Figure geometry in inches: every time chart has the same plot width and a legend column on
+# the right, so the time axes of all charts line up on the page.
+_WIDTH_IN = 11.0
+_LEFT_IN = 0.8
+_LEGEND_IN = 2.9
+_TOP_IN = 0.34
+_BOTTOM_IN = 0.48
+_GAP_IN = 0.22
+# A KPI line further above the data than this factor would flatten the data into the axis:
+# it stays in the legend, marked as above the chart.
+_KPI_ZOOM = 4.0
+_LEGEND_CHARS = 40
+_MARKER_POINTS = 150
+_TICK_STEPS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800,
+                 21600, 43200, 86400)
+
+
+@dataclass(frozen=True)
+class KpiLine:
+    """A KPI level drawn as a horizontal line on a chart."""
+
+    label: str
+    value: float
+    level: str  # "target" or "allowed"
+
+
+def choose_window_s(duration_s: float, bucket_s: float = 1.0,
+                    max_points: int = MAX_POINTS) -> float:
+    """The chart window: a whole number of buckets, so no bucket is split between windows."""
+    buckets = max(1, math.ceil(duration_s / (bucket_s * max_points)))
+    return buckets * bucket_s
+
+
+def _sparse_counts(encoded: str) -> tuple[np.ndarray, np.ndarray]:
+    """(counts-array indices, counts) of one encoded histogram's non-empty cells."""
+    hist = stats.decode_histogram(encoded)
+    if hist.get_total_count() == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    # Only the cells between min and max can be non-zero; slicing first keeps this fast.
+    lo = hist.get_counts_array_index(hist.get_min_value())
+    hi = hist.get_counts_array_index(hist.get_max_value())
+    counts = np.ctypeslib.as_array(hist.counts)[lo:hi + 1]
+    nonzero = np.flatnonzero(counts)
+    return nonzero + lo, counts[nonzero].astype(np.int64)
+
+
+def _percentiles_us(indices: list[np.ndarray], counts: list[np.ndarray],
+                    percentiles: Sequence[float], reference: HdrHistogram) -> list[float]:
+    """HdrHistogram's value-at-percentile of the merge of sparse histograms (same rounding)."""
+    index = np.concatenate(indices)
+    if index.size == 0:
+        return [math.nan] * len(percentiles)
+    order = np.argsort(index, kind="stable")
+    index = index[order]
+    cumulative = np.cumsum(np.concatenate(counts)[order])
+    total = int(cumulative[-1])
+    values = []
+    for percentile in percentiles:
+        wanted = max(int(percentile * total / 100 + 0.5), 1)
+        at = int(np.searchsorted(cumulative, wanted, side="left"))
+        value = reference.get_value_from_index(int(index[at]))
+        values.append(float(reference.get_highest_equivalent_value(value)))
+    return values
+
+
+def bin_latency(latency: pd.DataFrame, started_at: float, ended_at: float,
+                window_s: float, bucket_s: float = 1.0) -> pd.DataFrame:
+    """Per (window, name): t_s (window middle, s since start), rps, failures_s, p50/p95/p99_ms.
+
+    Every window from the start to the end appears for every name; a window without requests
+    has rps 0 and NaN percentiles, so lines break there instead of inventing values.
+    """
+    columns = ["t_s", "name", "count", "failures", "rps", "failures_s", *PERCENTILES]
+    if latency.empty:
+        return pd.DataFrame(columns=columns)
+    duration_s = max(ended_at - started_at, window_s)
+    n_windows = max(1, math.ceil(duration_s / window_s))
+    window = ((latency["t"].to_numpy(float) - started_at) // window_s).astype(np.int64)
+    # Bucket times are whole seconds and the run's start and end are not: a bucket just
+    # outside belongs to the first or last window; one further out to none.
+    inside = (window >= -1) & (window <= n_windows)
+    latency, window = latency[inside], np.clip(window[inside], 0, n_windows - 1)
+    starts = np.arange(n_windows) * window_s
+    # The last window may be cut short by the end of the run, but holds whole buckets.
+    widths = np.minimum(window_s, np.ceil((duration_s - starts) / bucket_s) * bucket_s)
+    widths = np.maximum(widths, bucket_s)
+    reference = stats.new_histogram()  # same layout as every stored histogram
+    rows = []
+    for name, part in latency.assign(window=window).groupby("name", sort=True):
+        indices: dict[int, list[np.ndarray]] = {}
+        counts: dict[int, list[np.ndarray]] = {}
+        for w, encoded in zip(part["window"], part["hist"], strict=True):
+            idx, cnt = _sparse_counts(encoded)
+            indices.setdefault(int(w), []).append(idx)
+            counts.setdefault(int(w), []).append(cnt)
+        totals = part.groupby("window")[["count", "failures"]].sum()
+        for w in range(n_windows):
+            count = int(totals["count"].get(w, 0))
+            failures = int(totals["failures"].get(w, 0))
+            if w in indices:
+                values_us = _percentiles_us(indices[w], counts[w], list(PERCENTILES.values()),
+                                            reference)
+            else:
+                values_us = [math.nan] * len(PERCENTILES)
+            rows.append([starts[w] + widths[w] / 2, str(name), count, failures,
+                         count / widths[w], failures / widths[w],
+                         *(v / 1000.0 for v in values_us)])
+    return pd.DataFrame(rows, columns=columns)
+
+
+def merged_values_ms(latency: pd.DataFrame, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(value ms, count) of every non-empty histogram cell of `name`, over all its buckets."""
+    encoded = latency.loc[latency["name"] == name, "hist"]
+    if encoded.empty:
+        return np.empty(0), np.empty(0, np.int64)
+    parts = [_sparse_counts(e) for e in encoded]
+    index = np.concatenate([p[0] for p in parts])
+    count = np.concatenate([p[1] for p in parts])
+    unique, inverse = np.unique(index, return_inverse=True)
+    totals = np.bincount(inverse, weights=count).astype(np.int64)
+    reference = stats.new_histogram()
+    lowest = [reference.get_value_from_index(int(i)) for i in unique]
+    # The middle of each cell, as HdrHistogram's own mean does.
+    values_ms = np.array([(low + reference.get_highest_equivalent_value(low)) / 2
+                          for low in lowest], float) / 1000.0
+    return values_ms, totals
+
+
+def resample_frame(frame: pd.DataFrame, started_at: float, ended_at: float, window_s: float,
+                   how: str = "mean") -> pd.DataFrame:
+    """Samples with a `t` column → one row per window (t_s = window middle); gaps stay NaN."""
+    duration_s = max(ended_at - started_at, window_s)
+    n_windows = max(1, math.ceil(duration_s / window_s))
+    window = ((frame["t"].astype(float) - started_at) // window_s).astype(np.int64)
+    inside = (window >= 0) & (window < n_windows)
+    values = frame.drop(columns=["t"]).apply(pd.to_numeric, errors="coerce")
+    grouped = values[inside].groupby(window[inside])
+    binned = grouped.max() if how == "max" else grouped.mean()
+    binned = binned.reindex(range(n_windows))
+    binned.insert(0, "t_s", (np.arange(n_windows) + 0.5) * window_s)
+    return binned.reset_index(drop=True)
+
+
+def query_rate(app: pd.DataFrame) -> pd.DataFrame:
+    """t and db queries per second, from the cumulative counter (a reset gives NaN, not < 0)."""
+    t = app["t"].astype(float)
+    queries = pd.to_numeric(app["db_total_queries"], errors="coerce")
+    rate = queries.diff() / t.diff()
+    rate[rate < 0] = math.nan
+    return pd.DataFrame({"t": t, "db_queries_s": rate})
+
+
+@contextmanager
+def _style() -> Iterator[None]:
+    with matplotlib.rc_context(_STYLE):
+        yield
+
+
+def _new_figure(panel_heights_in: Sequence[float],
+                titled: bool = False) -> tuple[Figure, list[Axes]]:
+    """Stacked panels sharing the x axis, with fixed margins (room for a title if `titled`).
+
+    Fixed margins, not constrained layout: that draws every figure twice, and an hour-long
+    report has a dozen figures.
+    """
+    top_in = _TOP_IN if titled else 0.12
+    gaps_in = _GAP_IN * (len(panel_heights_in) - 1)
+    height_in = top_in + sum(panel_heights_in) + gaps_in + _BOTTOM_IN
+    fig = Figure(figsize=(_WIDTH_IN, height_in))
+    fig.subplots_adjust(left=_LEFT_IN / _WIDTH_IN, right=1 - _LEGEND_IN / _WIDTH_IN,
+                        top=1 - top_in / height_in, bottom=_BOTTOM_IN / height_in,
+                        hspace=_GAP_IN / (sum(panel_heights_in) / len(panel_heights_in)))
+    axes = fig.subplots(len(panel_heights_in), 1, sharex=True, squeeze=False,
+                        gridspec_kw={"height_ratios": list(panel_heights_in)})
+    return fig, [ax for (ax,) in axes]
+
+
+def _short(label: str) -> str:
+    """Legend text that fits the legend column: wrapped once, then cut."""
+    if len(label) <= _LEGEND_CHARS:
+        return label
+    cut = label.rfind(" ", 0, _LEGEND_CHARS)
+    if cut <= 0:
+        return label[:_LEGEND_CHARS - 1] + "…"
+    rest = label[cut + 1:]
+    if len(rest) > _LEGEND_CHARS:
+        rest = rest[:_LEGEND_CHARS - 1] + "…"
+    return f"{label[:cut]}\n  {rest}"
+
+
+def _time_axis(axes: list[Axes], duration_s: float, warmup_s: float) -> None:
+    """Elapsed time on the x axis (minutes for long runs) and the warm-up shaded."""
+    minutes = duration_s >= 600
+    scale = 60.0 if minutes else 1.0
+    # Ticks on round seconds, minutes or hours, at most about a dozen.
+    step_s = next((s for s in _TICK_STEPS_S if duration_s / s <= 12), _TICK_STEPS_S[-1])
+    for i, ax in enumerate(axes):
+        ax.set_xlim(0, max(duration_s, 1.0))
+        ax.xaxis.set_major_locator(MultipleLocator(step_s))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x / scale:g}"))
+        if warmup_s > 0:
+            ax.axvspan(0, min(warmup_s, duration_s), color=WARMUP_COLOR, lw=0, zorder=0,
+                       label=WARMUP_LABEL if i == 0 else "_nolegend_")
+    axes[-1].set_xlabel("minutes since start" if minutes else "seconds since start",
+                        color="#4b5563")
+
+
+def _finish(ax: Axes, data_max: float, lines: Sequence[KpiLine] = (),
+            ylabel: str = "", fixed_top: float | None = None) -> None:
+    """KPI lines, a y range from 0 that shows the data, and the legend beside the panel."""
+    if fixed_top is not None:
+        top = fixed_top
+    else:
+        top = data_max if math.isfinite(data_max) and data_max > 0 else 0.0
+        near = [line.value for line in lines
+                if top == 0.0 or line.value <= top * _KPI_ZOOM]
+        top = max([top, *near]) * 1.12 or 1.0
+    for line in lines:
+        above = line.value > top
+        ax.axhline(line.value, color=TARGET_COLOR if line.level == "target" else ALLOWED_COLOR,
+                   linestyle="--" if line.level == "target" else ":", linewidth=1.2, zorder=3,
+                   label=line.label + (" (off chart)" if above else ""))
+    ax.set_ylim(0, top)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    _legend(ax)
+
+
+def _legend(ax: Axes) -> None:
+    """Beside the panel, the warm-up entry last."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    order = sorted(range(len(labels)), key=lambda i: labels[i] == WARMUP_LABEL)
+    ax.legend([handles[i] for i in order], [_short(labels[i]) for i in order],
+              loc="upper left", bbox_to_anchor=(1.015, 1.0), borderaxespad=0.0,
+              handlelength=1.8)
+
+
+def _empty_note(ax: Axes, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes,
+            color="#6b7280", fontsize=8.5)
+
+
+def _nanmax(values: Sequence[float] | np.ndarray | pd.Series | pd.DataFrame) -> float:
+    array = np.asarray(values, float)
+    return float(np.nanmax(array)) if np.isfinite(array).any() else math.nan
+
+
+def _markers(series: pd.Series) -> dict[str, Any]:
+    """Dots on sparse series: a point between two gaps is invisible as a line."""
+    if series.notna().sum() <= _MARKER_POINTS:
+        return {"marker": "o", "markersize": 2.5}
+    return {}
+
+
+def _has(frame: pd.DataFrame, column: str) -> bool:
+    return column in frame and bool(frame[column].notna().any())
+
+
+_ID = re.compile(r'\sid="([^"]+)"')
+_REF = re.compile(r'(url\(#|href="#)([^)"]+)')
+
+
+def _to_svg(fig: Figure, id_prefix: str, title: str) -> str:
+    """Inline SVG: no XML prolog or metadata, ids unique on the page, size set by CSS."""
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", metadata={"Date": None})
+    svg = buffer.getvalue()
+    svg = svg[svg.index("<svg"):]
+    svg = re.sub(r"<metadata>.*?</metadata>\s*", "", svg, flags=re.S)
+    referenced = {m.group(2) for m in _REF.finditer(svg)}
+    # Several charts share one page: ids must be unique there, and unreferenced ones are
+    # dead weight (matplotlib names every group).
+    svg = _ID.sub(lambda m: f' id="{id_prefix}-{m.group(1)}"' if m.group(1) in referenced
+                  else "", svg)
+    svg = _REF.sub(lambda m: f"{m.group(1)}{id_prefix}-{m.group(2)}", svg)
+    svg = re.sub(r"font-family: [^;\"]*;?\s*", "", svg)
+    svg = re.sub(r'<svg ([^>]*?)width="[^"]*" height="[^"]*"',
+                 lambda m: f'<svg class="chart" role="img" aria-label="{_attr(title)}" '
+                           f'{m.group(1)}', svg, count=1)
+    return svg.strip()
+
+
+def _attr(text: str) -> str:
+    return (text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
+            .replace(">", "&gt;"))
+
+
+def draw_throughput(binned: pd.DataFrame, duration_s: float, warmup_s: float,
+                    id_prefix: str, kpi_lines: Sequence[KpiLine] = ()) -> str:
+    title = "Requests per second and failures per second"
+    with _style():
+        fig, (ax_rps, ax_fail) = _new_figure([2.2, 0.8], titled=True)
+        total = binned.groupby("t_s", sort=True)[["rps", "failures_s"]].sum()
+        ax_rps.plot(total.index, total["rps"], color="#111827", linewidth=1.4, label="total")
+        for i, (name, part) in enumerate(binned.groupby("name", sort=True)):
+            ax_rps.plot(part["t_s"], part["rps"], color=PALETTE[i % len(PALETTE)],
+                        linewidth=0.9, label=str(name), **_markers(part["rps"]))
+        ax_rps.set_title(title)
+        _time_axis([ax_rps, ax_fail], duration_s, warmup_s)
+        _finish(ax_rps, _nanmax(total["rps"]), kpi_lines, "requests/s")
+        if (total["failures_s"] > 0).any():
+            ax_fail.fill_between(total.index, total["failures_s"], color="#dc2626", alpha=0.25,
+                                 linewidth=0)
+            ax_fail.plot(total.index, total["failures_s"], color="#dc2626", linewidth=1.0,
+                         label="failures/s")
+        else:
+            _empty_note(ax_fail, "no failed requests")
+        _finish(ax_fail, _nanmax(total["failures_s"]), (), "failures/s")
+        return _to_svg(fig, id_prefix, title)
+
+
+def draw_latency(binned: pd.DataFrame, name: str, duration_s: float, warmup_s: float,
+                 id_prefix: str, kpi_lines: Sequence[KpiLine] = ()) -> str:
+    title = f"{name}: latency"
+    part = binned[binned["name"] == name]
+    with _style():
+        fig, (ax,) = _new_figure([1.9], titled=True)
+        for column in PERCENTILES:
+            ax.plot(part["t_s"], part[column], color=PERCENTILE_COLORS[column],
+                    label=column.removesuffix("_ms"), **_markers(part[column]))
+        ax.set_title(title)
+        _time_axis([ax], duration_s, warmup_s)
+        _finish(ax, _nanmax(part["p99_ms"]), kpi_lines, "ms")
+        return _to_svg(fig, id_prefix, title)
+
+
+def draw_load(timeline: pd.DataFrame, duration_s: float, warmup_s: float,
+              id_prefix: str) -> str:
+    """Users and/or arrival rate, and the load generator's CPU with its saturation marked."""
+    title = "Load: users / arrival rate and load-generator CPU"
+    panels = [c for c in ("users", "rate") if _has(timeline, c)]
+    with _style():
+        fig, axes = _new_figure([1.2] * len(panels) + [1.2])
+        _time_axis(axes, duration_s, warmup_s)
+        for ax, column in zip(axes, panels, strict=False):
+            label = "users" if column == "users" else "target arrival rate"
+            ax.plot(timeline["t_s"], timeline[column],
+                    color=PALETTE[3 if column == "users" else 0], label=label,
+                    drawstyle="steps-mid")
+            _finish(ax, _nanmax(timeline[column]), (),
+                    "users" if column == "users" else "requests/s")
+        ax_cpu = axes[-1]
+        if _has(timeline, "loadgen_cpu_percent"):
+            cpu = timeline["loadgen_cpu_percent"]
+            ax_cpu.plot(timeline["t_s"], cpu, color="#111827", linewidth=1.0,
+                        label="busiest Locust process")
+            saturated = (cpu >= SATURATED_CPU_PERCENT).to_numpy()
+            if saturated.any():
+                ax_cpu.fill_between(timeline["t_s"], 0, 1, where=saturated, color="#dc2626",
+                                    alpha=0.2, linewidth=0, step="mid",
+                                    transform=ax_cpu.get_xaxis_transform(),
+                                    label="saturated: latencies\nnot trustworthy")
+            ax_cpu.axhline(SATURATED_CPU_PERCENT, color=TARGET_COLOR, linestyle="--",
+                           linewidth=1.0, label=f"saturation {SATURATED_CPU_PERCENT:g} %")
+            top = max(_nanmax(cpu), 100.0) * 1.08
+        else:
+            _empty_note(ax_cpu, "load-generator CPU not measured")
+            top = 100.0
+        _finish(ax_cpu, math.nan, (), "CPU, % of a core", fixed_top=top)
+        return _to_svg(fig, id_prefix, title)
+
+
+def draw_cpu_memory(resources: pd.DataFrame, duration_s: float, warmup_s: float,
+                    id_prefix: str, cpu_lines: Sequence[KpiLine] = (),
+                    memory_lines: Sequence[KpiLine] = ()) -> str:
+    """CPU as a share of the whole machine (the KPIs' unit) and memory of the target tree."""
+    title = "Target CPU and memory"
+    with _style():
+        fig, (ax_cpu, ax_mem) = _new_figure([1.5, 1.5])
+        if _has(resources, "cpu_machine_percent"):
+            ax_cpu.plot(resources["t_s"], resources["cpu_machine_percent"], color=PALETTE[0],
+                        label="target process tree")
+        if _has(resources, "sys_cpu_percent"):
+            ax_cpu.plot(resources["t_s"], resources["sys_cpu_percent"], color="#9ca3af",
+                        linewidth=0.9, label="whole machine")
+        if not ax_cpu.lines:
+            _empty_note(ax_cpu, "CPU not measured")
+        if _has(resources, "rss_mb"):
+            ax_mem.plot(resources["t_s"], resources["rss_mb"], color=PALETTE[3], label="RSS")
+        if _has(resources, "uss_mb"):
+            ax_mem.plot(resources["t_s"], resources["uss_mb"], color=PALETTE[4], linewidth=0.9,
+                        label="USS")
+        if not ax_mem.lines:
+            _empty_note(ax_mem, "memory not measured")
+        _time_axis([ax_cpu, ax_mem], duration_s, warmup_s)
+        _finish(ax_cpu, math.nan, cpu_lines, "CPU, % of machine", fixed_top=105.0)
+        _finish(ax_mem, _nanmax(resources[[c for c in ("rss_mb", "uss_mb") if c in resources]]),
+                memory_lines, "MB")
+        return _to_svg(fig, id_prefix, title)
+
+
+IO_SERIES = {"target_disk_mb_s": "target read + write", "sys_disk_read_mb_s": "machine disk read",
+             "sys_disk_write_mb_s": "machine disk write"}
+NET_SERIES = {"sys_net_mb_s": "machine sent + received", "sys_net_sent_mb_s": "machine sent",
+              "sys_net_recv_mb_s": "machine received"}
+
+
+def add_io_totals(resources: pd.DataFrame) -> pd.DataFrame:
+    """The sums the I/O KPIs judge: target read + write, machine network sent + received.
+
+    A sample with one part missing gives NaN (a gap), never a partial sum.
+    """
+    frame = resources.copy()
+    for total, parts in (("target_disk_mb_s", ["read_mb_s", "write_mb_s"]),
+                         ("sys_net_mb_s", ["sys_net_sent_mb_s", "sys_net_recv_mb_s"])):
+        if all(part in frame for part in parts):
+            frame[total] = frame[parts].sum(axis=1, min_count=len(parts))
+    return frame
+
+
+def draw_io_network(resources: pd.DataFrame, duration_s: float, warmup_s: float,
+                    id_prefix: str, io_lines: Sequence[KpiLine] = (),
+                    net_lines: Sequence[KpiLine] = ()) -> str:
+    title = "Disk I/O and network"
+    with _style():
+        fig, (ax_io, ax_net) = _new_figure([1.4, 1.4])
+        _time_axis([ax_io, ax_net], duration_s, warmup_s)
+        for ax, series, lines, label in ((ax_io, IO_SERIES, io_lines, "disk MB/s"),
+                                         (ax_net, NET_SERIES, net_lines, "network MB/s")):
+            present = [c for c in series if _has(resources, c)]
+            for i, column in enumerate(present):
+                ax.plot(resources["t_s"], resources[column], color=PALETTE[i % len(PALETTE)],
+                        linewidth=1.3 if i == 0 else 0.8, label=series[column])
+            if not present:
+                _empty_note(ax, f"{label}: not measured")
+            _finish(ax, _nanmax(resources[present]) if present else math.nan, lines, label)
+        return _to_svg(fig, id_prefix, title)
+
+
+def draw_database(app: pd.DataFrame, rate: pd.DataFrame, duration_s: float, warmup_s: float,
+                  id_prefix: str, time_lines: Sequence[KpiLine] = (),
+                  rate_lines: Sequence[KpiLine] = ()) -> str:
+    """Query time as the target reports it (mean and max since it started) and query rate."""
+    title = "Database: query time and query rate"
+    with _style():
+        fig, (ax_time, ax_rate) = _new_figure([1.5, 1.3])
+        for column, label, color in (("db_average_ms", "mean query time", PALETTE[0]),
+                                     ("db_max_ms", "max query time", PALETTE[1])):
+            if _has(app, column):
+                ax_time.plot(app["t_s"], app[column], color=color, label=label, marker=".",
+                             markersize=2.5)
+        if _has(rate, "db_queries_s"):
+            ax_rate.plot(rate["t_s"], rate["db_queries_s"], color=PALETTE[2],
+                         label="queries/s", marker=".", markersize=2.5)
+        else:
+            _empty_note(ax_rate, "query rate not measured (fewer than two samples)")
+        _time_axis([ax_time, ax_rate], duration_s, warmup_s)
+        time_max = _nanmax(app[[c for c in ("db_average_ms", "db_max_ms") if c in app]])
+        mean_max = _nanmax(app["db_average_ms"]) if "db_average_ms" in app else math.nan
+        if time_max > 0 and mean_max > 0 and time_max / mean_max > 20:
+            # The max is typically 100× the mean: on a linear axis the mean would be flat.
+            for line in time_lines:
+                ax_time.axhline(line.value, color=TARGET_COLOR, linestyle="--",
+                                label=line.label)
+            ax_time.set_yscale("log")
+            # Plain numbers: with mathtext off, the default log labels would print "$10^{2}$".
+            ax_time.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+            ax_time.yaxis.set_minor_formatter(FuncFormatter(lambda v, _pos: ""))
+            ax_time.set_ylabel("ms (log scale)")
+            _legend(ax_time)
+        else:
+            _finish(ax_time, time_max, time_lines, "ms")
+        _finish(ax_rate, _nanmax(rate["db_queries_s"]), rate_lines, "queries/s")
+        return _to_svg(fig, id_prefix, title)
+
+
+def draw_distribution(series: dict[str, tuple[np.ndarray, np.ndarray]], id_prefix: str,
+                      kpi_lines: Sequence[KpiLine] = ()) -> str:
+    """Histogram of per-job durations in seconds; `series` maps a name to (values_ms, counts)."""
+    title = "Job completion time (create → finished)"
+    with _style():
+        fig, (ax,) = _new_figure([1.9])
+        everything = np.concatenate([values for values, _ in series.values()]) / 1000.0
+        high = float(everything.max()) if everything.size else 1.0
+        near = [line.value for line in kpi_lines if line.value <= high * _KPI_ZOOM]
+        bins = np.linspace(0, max([high, *near]) * 1.05, 41)
+        for i, (name, (values_ms, counts)) in enumerate(series.items()):
+            ax.hist(values_ms / 1000.0, bins=list(bins), weights=counts, alpha=0.75,
+                    color=PALETTE[i % len(PALETTE)], label=f"{name} ({int(counts.sum()):,} jobs)")
+        for line in kpi_lines:
+            above = line.value > bins[-1]
+            ax.axvline(line.value, color=TARGET_COLOR if line.level == "target"
+                       else ALLOWED_COLOR, linestyle="--" if line.level == "target" else ":",
+                       label=line.label + (" (off chart)" if above else ""))
+        ax.set_xlim(0, bins[-1])
+        ax.set_xlabel("seconds", color="#4b5563")
+        ax.set_ylabel("jobs")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        _legend(ax)
+        return _to_svg(fig, id_prefix, title)
