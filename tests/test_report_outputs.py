@@ -122,6 +122,9 @@ def test_write_junit_escapes_what_it_is_given(tmp_path: Path) -> None:
     assert cases[0].find("failure").get("message") == "812 ms > 500 ms — über"  # type: ignore[union-attr]
     assert cases[1].find("skipped") is not None and len(cases[2]) == 0
     assert root.find("testsuite").get("failures") == "1"  # type: ignore[union-attr]
+    # The schema does reject what CI readers would: a test case without a name.
+    del cases[2].attrib["name"]
+    assert not etree.XMLSchema(etree.parse(str(JUNIT_XSD))).validate(root.getroottree())
 
 
 def test_a_run_whose_target_died_fails_whatever_its_kpis(tmp_path: Path) -> None:
