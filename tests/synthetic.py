@@ -36,6 +36,8 @@ class RunSpec:
     batch_10_completion_s: float | None = None  # median of 10-item jobs, or None for none
     warmup_s: float = 0.0
     warmup_slowdown: float = 1.0  # request latency multiplier during the warm-up
+    latency_factor: float = 1.0   # multiplies every request latency of the run (a slower build)
+    noise_sigma: float = 0.0      # per-second log-normal factor on all latencies (machine noise)
     rss_mb: float = 120.0
     rss_growth_mb_per_h: float = 0.0
     cpu_percent: float = 20.0
@@ -53,6 +55,9 @@ def make_run(path: Path, spec: RunSpec | None = None) -> dict[str, np.ndarray]:
     lines = []
     for t in range(START_T, START_T + spec.duration_s):
         slowdown = spec.warmup_slowdown if t - START_T < spec.warmup_s else 1.0
+        slowdown *= spec.latency_factor
+        if spec.noise_sigma:
+            slowdown *= rng.lognormal(0.0, spec.noise_sigma)
         for name, ep in spec.endpoints.items():
             count = rng.poisson(ep.rps)
             values = rng.lognormal(np.log(ep.median_ms * slowdown), ep.sigma, count)

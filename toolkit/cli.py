@@ -105,6 +105,56 @@ def load(**opts: Any) -> None:
     sys.exit(exit_code)
 
 
+def _percent(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    from .config import parse_quantity
+
+    return parse_quantity(value if value.strip().endswith("%") else f"{value}%", "%")
+
+
+def _mb_per_h(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    number = value.strip().removesuffix("/h").removesuffix("MB").strip()
+    try:
+        return float(number)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: write MB per hour, e.g. 10MB/h") from None
+
+
+@cli.command()
+@load_options("30m")
+@click.option("--step-users", type=click.IntRange(1),
+              help="Users added per step (closed load; default: --users).")
+@click.option("--step-rate", type=click.FloatRange(min=0, min_open=True),
+              help="Arrivals/s added per step (with --rate; default: --rate).")
+@click.option("--step-duration", default="30s", show_default=True, callback=_duration,
+              help="Length of each step.")
+@click.option("--max-steps", type=click.IntRange(1, 100), default=10, show_default=True)
+@click.option("--max-error-rate", default="1%", show_default=True, callback=_percent,
+              help="A step whose requests fail more often than this breaks.")
+def stress(step_users: int | None, step_rate: float | None, step_duration: float,
+           max_steps: int, max_error_rate: float, **opts: Any) -> None:
+    """Stepwise ramp until a KPI breaks; reports the capacity and how the target broke."""
+    from .stress import StressSettings, run_stress
+
+    _, exit_code = run_stress(StressSettings(
+        load=build_settings("stress", **opts), step_users=step_users, step_rate=step_rate,
+        step_duration_s=step_duration, max_steps=max_steps,
+        max_error_rate_percent=max_error_rate), say)
+    sys.exit(exit_code)
+
+
+@cli.command()
+@load_options("1h")
+@click.option("--leak-threshold", default="10MB/h", show_default=True, callback=_mb_per_h,
+              help="Memory growth that counts as a leak once the whole CI is above it.")
+def endurance(leak_threshold: float, **opts: Any) -> None:
+    """Long steady run: memory growth (MB/h with a CI), latency drift, error budget."""
+    from .endurance import EnduranceSettings, run_endurance
+
+    _, exit_code = run_endurance(EnduranceSettings(
+        load=build_settings("endurance", **opts), leak_threshold_mb_h=leak_threshold), say)
+    sys.exit(exit_code)
+
+
 @cli.command()
 @click.option("--master", required=True, help="HOST[:PORT] of the master (port 5557 by default).")
 @click.option("--scenario", default="research", show_default=True,
@@ -222,6 +272,130 @@ def profile(**opts: Any) -> None:
     profiling.run_profile(profiling.ProfileSettings(
         pid=opts["pid"], duration_s=opts["duration"], out_dir=opts["out"],
         rate_hz=opts["rate"], memory=opts["memory"]), say)
+
+
+def _threshold_option(func: Any) -> Any:
+    options = [
+        click.option("--threshold", "thresholds", multiple=True,
+                     help="Practical threshold: 10% for every metric, p99_ms=20% for one "
+                          "(repeatable; default 10%)."),
+        click.option("--confidence", type=click.FloatRange(0.5, 1.0, max_open=True),
+                     default=0.99, show_default=True,
+                     help="Statistical confidence for the comparison as a whole."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _compare_settings(thresholds: tuple[str, ...], confidence: float,
+                      warmup_s: float | None = None) -> Any:
+    from .compare import CompareSettings, parse_thresholds
+
+    default, per_metric = parse_thresholds(thresholds)
+    return CompareSettings(thresholds=per_metric, default_threshold=default,
+                           confidence=confidence, warmup_s=warmup_s)
+
+
+def _compare_and_report(baseline_dirs: list[Path], current_dirs: list[Path], settings: Any,
+                        out: Path) -> int:
+    """Compare, write compare.* and junit.xml into `out`, print the verdict; 1 on regression."""
+    from . import rundir
+    from .compare import compare_runs
+    from .report.compare_html import headline, write_compare_report
+
+    baselines = [rundir.load_run(path) for path in baseline_dirs]
+    currents = [rundir.load_run(path) for path in current_dirs]
+    comparison = compare_runs(baselines, currents, settings)
+    html_path = write_compare_report(comparison, baselines, currents, out)
+    for m in comparison.regressed:
+        say(f"  regressed: {m.subject} {m.metric} {m.baseline:.4g} -> {m.current:.4g} {m.unit} "
+            f"(x{m.ratio:.3f}, CI {m.ci_low:.3f}..{m.ci_high:.3f})")
+    say(f"compare: {headline(comparison)}")
+    say(f"report: {html_path}")
+    return 1 if comparison.regressed else 0
+
+
+@cli.command()
+@click.argument("baseline_ref", metavar="BASELINE")
+@click.argument("current", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Where compare.html/.md/.json and junit.xml go (default CURRENT/compare).")
+@_threshold_option
+@click.option("--warmup", default=None, callback=_duration,
+              help="Warm-up left out of both runs (default: each run's own).")
+def compare(baseline_ref: str, current: Path, out: Path | None, thresholds: tuple[str, ...],
+            confidence: float, warmup: float | None) -> None:
+    """Compare a baseline (run directory or saved name) with a run; exit 1 on a regression."""
+    from .baseline import resolve_baseline
+
+    settings = _compare_settings(thresholds, confidence, warmup)
+    baseline_dir = resolve_baseline(baseline_ref, Path("reports"))
+    sys.exit(_compare_and_report([baseline_dir], [current], settings, out or current / "compare"))
+
+
+@cli.command()
+@click.option("--baseline", "baseline_ref", required=True,
+              help="Run directory or saved baseline name (reports/baselines/NAME).")
+@click.option("--repeat", type=click.IntRange(1, 20), default=1, show_default=True,
+              help="Run N times and compare all N runs, pooled, with the baseline.")
+@_threshold_option
+@load_options("60s")
+def regression(baseline_ref: str, repeat: int, thresholds: tuple[str, ...], confidence: float,
+               **opts: Any) -> None:
+    """Run the scenario, then compare with a baseline; exit 1 on a regression or failed KPI."""
+    import dataclasses
+
+    from . import baseline as baselines_module
+    from . import runner
+
+    settings = build_settings("regression", **opts)
+    baseline_dir = baselines_module.resolve_baseline(baseline_ref, settings.reports_dir)
+    compare_settings = _compare_settings(thresholds, confidence)
+    run_dirs, worst = [], 0
+    for i in range(repeat):
+        out = settings.out / f"run-{i + 1}" if settings.out and repeat > 1 else settings.out
+        run_dir, exit_code = runner.run_load(dataclasses.replace(settings, out=out), say)
+        run_dirs.append(run_dir)
+        worst = max(worst, exit_code)
+    out_dir = (settings.out if settings.out and repeat > 1 else run_dirs[-1]) / "compare"
+    compared = _compare_and_report([baseline_dir], run_dirs, compare_settings, out_dir)
+    sys.exit(max(worst, compared))
+
+
+@cli.group()
+def baseline() -> None:
+    """Keep runs as baselines under reports/baselines/NAME (small enough to commit)."""
+
+
+@baseline.command("save")
+@click.argument("run", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", required=True, help="Baseline name.")
+@click.option("--reports-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("reports"), show_default=True)
+def baseline_save(run: Path, name: str, reports_dir: Path) -> None:
+    """Copy a run's data files (not its report or profiles) into reports/baselines/NAME."""
+    from .baseline import save_baseline
+
+    path = save_baseline(run, name, reports_dir)
+    size_kb = sum(f.stat().st_size for f in path.iterdir()) / 1024
+    say(f"baseline {name}: {path} ({size_kb:.0f} kB)")
+
+
+@baseline.command("list")
+@click.option("--reports-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("reports"), show_default=True)
+def baseline_list(reports_dir: Path) -> None:
+    """The saved baselines: name, scenario, duration, variants, size."""
+    from .baseline import list_baselines
+
+    rows = list_baselines(reports_dir)
+    if not rows:
+        say(f"no baselines in {reports_dir / 'baselines'}")
+    for row in rows:
+        variants = ",".join(row["variants"]) or "-"
+        say(f"{row['name']:24} {row['scenario']!s:12} {row['duration_s'] or 0:>6.0f} s  "
+            f"variants {variants:10} {row['size_kb']:7.0f} kB")
 
 
 def main() -> None:

@@ -1,8 +1,11 @@
 """Histograms, percentiles and the statistics behind verdicts. Pure functions, no I/O."""
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
+from statistics import NormalDist
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from hdrh.histogram import HdrHistogram
 
@@ -90,3 +93,224 @@ def summarize_endpoints(latency: pd.DataFrame, duration_s: float) -> dict[str, d
             **summarize_histogram(merge_histograms(rows["hist"])),
         }
     return summaries
+
+
+# The regression test (docs/regression.md): block bootstrap over time buckets of
+# histogram counts, Mann-Whitney U on per-block values as a second opinion.
+
+BOOTSTRAP_BIN_WIDTH = 0.005  # log bins 0.5 % wide: far finer than any threshold we judge
+
+
+def block_counts(blocks: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Counts per block on the union of the recorded HdrHistogram cells.
+
+    `blocks` holds, per time block, the encoded histograms of its buckets (possibly none).
+    Returns (values_us, counts): the highest equivalent value of each recorded cell, ascending,
+    and an int64 array [block, cell]. Percentiles read from these equal `percentile_ms`.
+    """
+    rows, indexes, counts = [], [], []
+    for row, encoded in enumerate(blocks):
+        for item in encoded:
+            hist = decode_histogram(item)
+            if hist.get_total_count() == 0:
+                continue
+            # only cells between min and max can be non-zero: slicing first keeps this fast
+            low = hist.get_counts_array_index(hist.get_min_value())
+            high = hist.get_counts_array_index(hist.get_max_value())
+            cells = np.ctypeslib.as_array(hist.counts)[low:high + 1]
+            nonzero = np.flatnonzero(cells)
+            rows.append(np.full(nonzero.size, row))
+            indexes.append(nonzero + low)
+            counts.append(cells[nonzero].astype(np.int64))
+    if not indexes:
+        return np.empty(0), np.zeros((len(blocks), 0), dtype=np.int64)
+    cell_indexes, columns = np.unique(np.concatenate(indexes), return_inverse=True)
+    counts_2d = np.zeros((len(blocks), cell_indexes.size), dtype=np.int64)
+    np.add.at(counts_2d, (np.concatenate(rows), columns), np.concatenate(counts))
+    template = new_histogram()
+    values_us = np.array([template.get_highest_equivalent_value(template.get_value_from_index(i))
+                          for i in cell_indexes.tolist()], dtype=np.float64)
+    return values_us, counts_2d
+
+
+def coarsen_counts(values_us: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Merge cells into log bins BOOTSTRAP_BIN_WIDTH wide, so a long run bootstraps fast."""
+    if values_us.size == 0:
+        return values_us, counts
+    keys = np.floor(np.log(values_us) / np.log1p(BOOTSTRAP_BIN_WIDTH)).astype(np.int64)
+    unique_keys, inverse = np.unique(keys, return_inverse=True)
+    merged = np.zeros((counts.shape[0], unique_keys.size), dtype=counts.dtype)
+    np.add.at(merged.T, inverse, counts.T)
+    bin_values = np.zeros(unique_keys.size)
+    np.maximum.at(bin_values, inverse, values_us)
+    return bin_values, merged
+
+
+def percentiles_of_counts(values_us: np.ndarray, counts: np.ndarray,
+                          percentiles: Sequence[float]) -> np.ndarray:
+    """Percentiles (µs) of each row of `counts` (rows × cells): rows × len(percentiles).
+
+    Same rule as HdrHistogram.get_value_at_percentile; NaN for an empty row.
+    """
+    counts = np.atleast_2d(counts)
+    result = np.full((counts.shape[0], len(percentiles)), np.nan)
+    if values_us.size == 0:
+        return result
+    cumulative = np.cumsum(counts, axis=1)
+    totals = cumulative[:, -1]
+    for j, percentile in enumerate(percentiles):
+        targets = np.maximum((min(percentile, 100.0) * totals / 100 + 0.5).astype(np.int64), 1)
+        cells = (cumulative < targets[:, None]).sum(axis=1)
+        result[:, j] = values_us[np.minimum(cells, values_us.size - 1)]
+    result[totals == 0] = np.nan
+    return result
+
+
+def bootstrap_weights(n_blocks: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """How often each block is drawn in each resample (resamples × n_blocks)."""
+    return rng.multinomial(n_blocks, np.full(n_blocks, 1.0 / n_blocks), size=resamples)
+
+
+def ratio_interval(baseline: np.ndarray, current: np.ndarray, ratio: float,
+                   confidence: float) -> tuple[float | None, float | None]:
+    """Interval of the ratio current/baseline at `confidence`, normal on the log scale around
+    the measured ratio with the spread of the bootstrap log-ratios (independent resamples of
+    each side, paired up). Normal rather than percentile, because the family-wise level asks
+    for tails far thinner than a few thousand resamples can show."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_ratios = np.log(current) - np.log(baseline)
+    log_ratios = log_ratios[np.isfinite(log_ratios)]
+    if log_ratios.size < 0.9 * len(baseline) or ratio <= 0:  # too many empty resamples
+        return None, None
+    z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
+    spread = z * float(np.std(log_ratios, ddof=1))
+    return float(ratio * math.exp(-spread)), float(ratio * math.exp(spread))
+
+
+def family_confidence(confidence: float, tests: int) -> float:
+    """Per-test level that keeps the chance of any false alarm among `tests` below
+    1 - confidence (Bonferroni)."""
+    return 1.0 - (1.0 - confidence) / max(tests, 1)
+
+
+def mann_whitney(current: np.ndarray, baseline: np.ndarray) -> tuple[float | None, float | None]:
+    """Two-sided p-value of Mann-Whitney U (normal approximation, tie-corrected) and the
+    probability that a current value exceeds a baseline value (ties count half)."""
+    current = np.asarray(current, dtype=float)
+    baseline = np.asarray(baseline, dtype=float)
+    current, baseline = current[np.isfinite(current)], baseline[np.isfinite(baseline)]
+    n1, n2 = current.size, baseline.size
+    if n1 < 2 or n2 < 2:
+        return None, None
+    pooled = np.concatenate([current, baseline])
+    unique, inverse, ties = np.unique(pooled, return_inverse=True, return_counts=True)
+    mean_ranks = np.cumsum(ties) - (ties - 1) / 2.0
+    u_current = mean_ranks[inverse[:n1]].sum() - n1 * (n1 + 1) / 2.0
+    n = n1 + n2
+    variance = n1 * n2 / 12.0 * ((n + 1) - (ties**3 - ties).sum() / (n * (n - 1)))
+    prob_greater = float(u_current / (n1 * n2))
+    if variance <= 0:
+        return 1.0, prob_greater
+    z = (abs(u_current - n1 * n2 / 2.0) - 0.5) / math.sqrt(variance)
+    return float(min(1.0, math.erfc(max(z, 0.0) / math.sqrt(2.0)))), prob_greater
+
+
+VERDICTS = ("regressed", "improved", "unchanged", "inconclusive", "missing")
+
+
+def judge_ratio(ratio: float | None, ci_low: float | None, ci_high: float | None,
+                p_value: float | None, prob_greater: float | None, threshold: float,
+                confidence: float, higher_is_worse: bool) -> str:
+    """The verdict of one metric; the rule is spelled out in docs/regression.md."""
+    if ratio is None or not math.isfinite(ratio):
+        return "missing"
+    if ci_low is None or ci_high is None:
+        return "inconclusive"
+    alpha = 1.0 - confidence
+    significant = p_value is not None and p_value < alpha
+    if ci_low >= 1.0 - threshold and ci_high <= 1.0 + threshold:
+        return "unchanged"
+    higher = ratio > 1.0 + threshold and ci_low > 1.0 and significant and (prob_greater or 0) > 0.5
+    lower = ratio < 1.0 - threshold and ci_high < 1.0 and significant and (prob_greater or 1) < 0.5
+    if higher:
+        return "regressed" if higher_is_worse else "improved"
+    if lower:
+        return "improved" if higher_is_worse else "regressed"
+    return "inconclusive"
+
+
+# Trends of resource series (endurance): OLS on block means, autocorrelation-aware t-interval.
+
+def t_quantile(probability: float, df: float) -> float:
+    """Quantile of Student's t with `df` (> 0, not necessarily whole) degrees of freedom,
+    by bisection on the CDF integrated numerically (exact to ~1e-6; no scipy needed)."""
+    if not 0.0 < probability < 1.0 or df <= 0:
+        raise ValueError("probability must be in (0, 1) and df > 0")
+    if probability < 0.5:
+        return -t_quantile(1.0 - probability, df)
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(x: float) -> float:
+        grid = np.linspace(0.0, x, 4001)
+        density = np.exp(log_norm - (df + 1) / 2 * np.log1p(grid * grid / df))
+        return 0.5 + float(np.trapezoid(density, grid))
+
+    low, high = 0.0, 1.0
+    while cdf(high) < probability:
+        high *= 2.0
+        if high > 1e6:
+            return math.inf
+    for _ in range(60):
+        middle = (low + high) / 2
+        if cdf(middle) < probability:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2
+
+
+def trend_interval(t_s: Sequence[float] | np.ndarray, values: Sequence[float] | np.ndarray,
+                   confidence: float = 0.95,
+                   max_blocks: int = 60) -> tuple[float, float, float, int] | None:
+    """Slope of `values` over time (units per second) with its two-sided interval:
+    (slope, low, high, blocks); None with fewer than 5 blocks of data.
+
+    The samples (NaN left out) are averaged in at most `max_blocks` equal time blocks — a 1 h
+    run gives per-minute means, a 30 s run per-second samples — which removes the
+    second-to-second noise (a GC sawtooth, allocator steps). The slope is ordinary least
+    squares on the block means; its standard error is widened for the lag-1 autocorrelation r
+    of the residuals (effective n = n (1 - r) / (1 + r), r > 0 only), as slow cycles longer
+    than a block would otherwise make the interval too narrow, and the t quantile uses
+    n_eff - 2 degrees of freedom. With fewer than 3 effective points the interval is infinite.
+    """
+    t = np.asarray(t_s, dtype=float)
+    y = np.asarray(values, dtype=float)
+    keep = np.isfinite(t) & np.isfinite(y)
+    t, y = t[keep], y[keep]
+    if t.size < 5:
+        return None
+    span = float(t.max() - t.min())
+    blocks = min(max_blocks, t.size)
+    if span <= 0:
+        return None
+    index = np.minimum(((t - t.min()) / span * blocks).astype(int), blocks - 1)
+    filled = np.unique(index)
+    if filled.size < 5:
+        return None
+    block_t = np.array([t[index == i].mean() for i in filled])
+    block_y = np.array([y[index == i].mean() for i in filled])
+    n = block_t.size
+    t_centered = block_t - block_t.mean()
+    sxx = float((t_centered ** 2).sum())
+    slope = float((t_centered * (block_y - block_y.mean())).sum() / sxx)
+    residuals = block_y - block_y.mean() - slope * t_centered
+    rss = float((residuals ** 2).sum())
+    lag1 = 0.0
+    if rss > 0:
+        lag1 = float((residuals[1:] * residuals[:-1]).sum() / rss)
+    n_eff = n * (1 - lag1) / (1 + lag1) if lag1 > 0 else float(n)
+    if n_eff <= 3:
+        return slope, -math.inf, math.inf, n
+    standard_error = math.sqrt(rss / (n - 2) / sxx) * math.sqrt(n / n_eff)
+    half = t_quantile(0.5 + confidence / 2, n_eff - 2) * standard_error
+    return slope, slope - half, slope + half, n

@@ -1,0 +1,386 @@
+"""Compare runs: per endpoint and per target resource, baseline against current, with a verdict
+that needs both a practical threshold and statistical evidence (docs/regression.md).
+
+Pure computation on loaded runs; writing the artefacts is perfkit.report.compare_html's job.
+"""
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import rundir, stats
+from .errors import ConfigError
+
+# metric key -> (percentile or None, higher is worse, unit)
+ENDPOINT_METRICS: dict[str, tuple[float | None, bool, str]] = {
+    "p50_ms": (50.0, True, "ms"),
+    "p95_ms": (95.0, True, "ms"),
+    "p99_ms": (99.0, True, "ms"),
+    "rps": (None, False, "req/s"),
+}
+RESOURCE_METRICS: dict[str, tuple[str, bool, str]] = {
+    "cpu_mean_percent": ("cpu_percent", True, "%"),
+    "rss_peak_mb": ("rss_mb", True, "MB"),
+}
+METRIC_KEYS = (*ENDPOINT_METRICS, *RESOURCE_METRICS)
+TARGET = "target"  # the subject of resource metrics: the target's process tree
+
+# A percentile is judged only when each side has at least this many requests beyond it;
+# below that the bootstrap of a tail percentile is a bootstrap of a handful of maxima.
+MIN_BEYOND_PERCENTILE = 5
+# Long runs are cut into at most this many blocks, so the bootstrap stays fast.
+MAX_BLOCKS = 600
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    thresholds: dict[str, float] = field(default_factory=dict)  # metric key -> fraction
+    default_threshold: float = 0.10
+    confidence: float = 0.99
+    resamples: int = 2000
+    seed: int = 0
+    warmup_s: float | None = None  # None: each run's own warm-up setting
+
+    def threshold_for(self, metric: str) -> float:
+        return self.thresholds.get(metric, self.default_threshold)
+
+
+@dataclass
+class MetricComparison:
+    subject: str          # endpoint name, or TARGET for resource metrics
+    metric: str           # one of METRIC_KEYS
+    unit: str
+    higher_is_worse: bool
+    baseline: float | None
+    current: float | None
+    ratio: float | None   # current / baseline
+    ci_low: float | None
+    ci_high: float | None
+    p_value: float | None  # Mann-Whitney U on per-block values
+    threshold: float
+    verdict: str          # stats.VERDICTS
+    note: str = ""
+
+
+@dataclass
+class Comparison:
+    scenario: str
+    baseline_runs: list[str]
+    current_runs: list[str]
+    confidence: float
+    resamples: int
+    block_s: dict[str, float]  # "baseline" / "current" -> block length used
+    metrics: list[MetricComparison]
+    only_in_baseline: list[str]
+    only_in_current: list[str]
+    notes: list[str]
+
+    @property
+    def regressed(self) -> list[MetricComparison]:
+        return [m for m in self.metrics if m.verdict == "regressed"]
+
+    @property
+    def regressed_subjects(self) -> list[str]:
+        return list(dict.fromkeys(m.subject for m in self.regressed))
+
+
+def parse_thresholds(texts: tuple[str, ...] | list[str]) -> tuple[float, dict[str, float]]:
+    """'10%' sets the default, 'p99_ms=20%' one metric; returns (default, per metric)."""
+    default, per_metric = 0.10, {}
+    for text in texts:
+        key, _, value = text.rpartition("=")
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%?\s*", value)
+        if not match:
+            raise ConfigError(f"bad threshold {text!r}: use e.g. 10% or p99_ms=20%")
+        fraction = float(match.group(1)) / 100.0
+        if not key:
+            default = fraction
+        elif key.strip() in METRIC_KEYS:
+            per_metric[key.strip()] = fraction
+        else:
+            raise ConfigError(f"bad threshold {text!r}: metric must be one of "
+                              f"{', '.join(METRIC_KEYS)}")
+    return default, per_metric
+
+
+@dataclass
+class _Side:
+    """One side of the comparison (one or more pooled runs) cut into time blocks."""
+    block_s: float
+    latency: dict[str, list[list[str]]]     # name -> per block: encoded histograms
+    resources: pd.DataFrame | None           # judged samples with a "block" column
+    n_blocks: int
+
+
+def _judged_start_end(run: rundir.Run, warmup_s: float | None) -> tuple[float, float]:
+    if warmup_s is None:
+        return rundir.judged_window(run)
+    started_at = float(run.meta["started_at"])
+    ended_at = float(run.meta.get("ended_at") or started_at)
+    return min(started_at + warmup_s, ended_at), ended_at
+
+
+def _cut_blocks(runs: list[rundir.Run], warmup_s: float | None) -> _Side:
+    """Blocks of whole buckets inside each run's judged window, runs appended one after the
+    other (pooling runs: one longer sample of the same build)."""
+    bucket_s = float(runs[0].meta.get("settings", {}).get("bucket_s") or 1.0)
+    windows = [_judged_start_end(run, warmup_s) for run in runs]
+    total_buckets = sum(max(0, int((end - math.ceil(start)) // bucket_s)) for start, end in windows)
+    block_s = bucket_s * max(1, math.ceil(total_buckets / MAX_BLOCKS))
+    latency: dict[str, list[list[str]]] = {}
+    resource_frames = []
+    offset = 0
+    for run, (start, end) in zip(runs, windows, strict=True):
+        t0 = math.ceil(start)
+        n_blocks = max(0, int((end - t0) // block_s))
+        rows = run.latency
+        index = ((rows["t"] - t0) // block_s).astype(int) if len(rows) else pd.Series([], dtype=int)
+        inside = (rows["t"] >= t0) & (index < n_blocks)
+        for name in rows["name"].unique():
+            latency.setdefault(str(name), [[] for _ in range(offset)])
+        for name, blocks in latency.items():
+            blocks.extend([] for _ in range(n_blocks))
+            mine = rows[inside & (rows["name"] == name)]
+            for block, encoded in zip(index[mine.index], mine["hist"], strict=True):
+                blocks[offset + int(block)].append(encoded)
+        if run.resources is not None and len(run.resources):
+            res = run.resources
+            block_index = ((res["t"] - t0) // block_s)
+            keep = (res["t"] >= t0) & (block_index < n_blocks)
+            frame = res.loc[keep, [c for c in ("cpu_percent", "rss_mb") if c in res]].copy()
+            frame["block"] = block_index[keep].astype(int) + offset
+            resource_frames.append(frame)
+        offset += n_blocks
+    for blocks in latency.values():
+        blocks.extend([] for _ in range(offset - len(blocks)))
+    resources = pd.concat(resource_frames, ignore_index=True) if resource_frames else None
+    return _Side(block_s=block_s, latency=latency, resources=resources, n_blocks=offset)
+
+
+def _check_comparable(baselines: list[rundir.Run], currents: list[rundir.Run]) -> None:
+    scenarios = {str(run.meta.get("scenario")) for run in [*baselines, *currents]}
+    if len(scenarios) > 1:
+        raise ConfigError("cannot compare runs of different scenarios: "
+                          + ", ".join(f"{run.path} ran {run.meta.get('scenario')!r}"
+                                      for run in [*baselines, *currents]))
+    for group, label in ((baselines, "baseline"), (currents, "current")):
+        if not group:
+            raise ConfigError(f"no {label} run to compare")
+
+
+def _settings_notes(baselines: list[rundir.Run], currents: list[rundir.Run]) -> list[str]:
+    notes = []
+    base, cur = baselines[0].meta, currents[0].meta
+    for key in ("users", "rate", "duration_s", "workers"):
+        b, c = base.get("settings", {}).get(key), cur.get("settings", {}).get(key)
+        if b != c:
+            notes.append(f"settings differ: {key} baseline {b}, current {c}")
+    for key in ("variants", "latency_profile", "target"):
+        if base.get(key) != cur.get(key):
+            notes.append(f"{key} differs: baseline {base.get(key)}, current {cur.get(key)}")
+    if base.get("machine", {}).get("hostname") != cur.get("machine", {}).get("hostname"):
+        notes.append("the runs were made on different machines")
+    for run in [*baselines, *currents]:
+        if run.meta.get("status", "completed") != "completed":
+            notes.append(f"{run.path} did not complete: {run.meta.get('status')}")
+        if (run.meta.get("loadgen") or {}).get("saturated"):
+            notes.append(f"{run.path}: the load generator was saturated; its latencies are "
+                         "not trustworthy")
+    return notes
+
+
+def compare_runs(baselines: list[rundir.Run], currents: list[rundir.Run],
+                 settings: CompareSettings | None = None) -> Comparison:
+    """Compare pooled baseline runs with pooled current runs (usually one of each)."""
+    settings = settings or CompareSettings()
+    _check_comparable(baselines, currents)
+    base, cur = _cut_blocks(baselines, settings.warmup_s), _cut_blocks(currents, settings.warmup_s)
+    base_names = {n for n, blocks in base.latency.items() if any(blocks)}
+    cur_names = {n for n, blocks in cur.latency.items() if any(blocks)}
+    common = sorted(base_names & cur_names)
+    if not common:
+        raise ConfigError("the runs share no endpoint: baseline has "
+                          f"{', '.join(sorted(base_names)) or 'none'}; current has "
+                          f"{', '.join(sorted(cur_names)) or 'none'}")
+    if base.n_blocks < 2 or cur.n_blocks < 2:
+        raise ConfigError("a run is too short to compare (fewer than 2 judged time buckets)")
+    rng = np.random.default_rng(settings.seed)
+    # float weights: numpy multiplies float matrices with BLAS, integer ones without
+    base_weights = stats.bootstrap_weights(base.n_blocks, settings.resamples, rng).astype(float)
+    cur_weights = stats.bootstrap_weights(cur.n_blocks, settings.resamples, rng).astype(float)
+    evidence: list[_Evidence] = []
+    for name in common:
+        evidence.extend(_compare_endpoint(name, base, cur, base_weights, cur_weights, settings))
+    evidence.extend(_compare_resources(base, cur, base_weights, cur_weights, settings))
+    metrics = _judge_all(evidence, settings)
+    return Comparison(
+        scenario=str(baselines[0].meta.get("scenario")),
+        baseline_runs=[str(run.path) for run in baselines],
+        current_runs=[str(run.path) for run in currents],
+        confidence=settings.confidence,
+        resamples=settings.resamples,
+        block_s={"baseline": base.block_s, "current": cur.block_s},
+        metrics=metrics,
+        only_in_baseline=sorted(base_names - cur_names),
+        only_in_current=sorted(cur_names - base_names),
+        notes=_settings_notes(baselines, currents),
+    )
+
+
+@dataclass
+class _Evidence:
+    """A metric's point estimates and what its verdict is judged on."""
+    metric: MetricComparison
+    base_boot: np.ndarray | None = None      # bootstrap replicates of the metric
+    cur_boot: np.ndarray | None = None
+    base_blocks: np.ndarray | None = None    # per-block values, for Mann-Whitney U
+    cur_blocks: np.ndarray | None = None
+
+    @property
+    def judgeable(self) -> bool:
+        m = self.metric
+        return (m.ratio is not None and not m.note and self.base_boot is not None
+                and self.cur_boot is not None)
+
+
+def _measure(subject: str, metric: str, unit: str, higher_is_worse: bool,
+             baseline: float | None, current: float | None, settings: CompareSettings,
+             note: str = "", **evidence: Any) -> _Evidence:
+    ratio = current / baseline if baseline and current is not None else None
+    return _Evidence(MetricComparison(
+        subject, metric, unit, higher_is_worse, baseline, current, ratio, None, None, None,
+        settings.threshold_for(metric), "missing", note), **evidence)
+
+
+def _judge_all(evidence: list[_Evidence], settings: CompareSettings) -> list[MetricComparison]:
+    """Verdicts at a family-wise level: `confidence` holds for the comparison as a whole."""
+    level = stats.family_confidence(settings.confidence, sum(e.judgeable for e in evidence))
+    for e in evidence:
+        m = e.metric
+        prob_greater = None
+        if e.judgeable and m.ratio is not None:
+            assert e.base_boot is not None and e.cur_boot is not None
+            m.ci_low, m.ci_high = stats.ratio_interval(e.base_boot, e.cur_boot, m.ratio, level)
+            if e.base_blocks is not None and e.cur_blocks is not None:
+                m.p_value, prob_greater = stats.mann_whitney(e.cur_blocks, e.base_blocks)
+        m.verdict = stats.judge_ratio(m.ratio, m.ci_low, m.ci_high, m.p_value, prob_greater,
+                                      m.threshold, level, m.higher_is_worse)
+    return [e.metric for e in evidence]
+
+
+@dataclass
+class _Latency:
+    """One side's latency of one endpoint, ready for the bootstrap."""
+    values_us: np.ndarray     # exact HdrHistogram cells
+    counts: np.ndarray        # block × cell
+    point_us: np.ndarray      # percentiles of the whole side
+    boot_us: np.ndarray       # resample × percentile
+    block_us: np.ndarray      # block × percentile (NaN for an empty block)
+    block_totals: np.ndarray  # requests per block
+    duration_s: float
+    block_s: float
+
+
+def _measure_latency(side: _Side, name: str, weights: np.ndarray) -> _Latency:
+    percentiles = [p for p, _, _ in ENDPOINT_METRICS.values() if p is not None]
+    values_us, counts = stats.block_counts(side.latency[name])
+    bin_values, bin_counts = stats.coarsen_counts(values_us, counts)
+    return _Latency(
+        values_us=values_us, counts=counts,
+        point_us=stats.percentiles_of_counts(values_us, counts.sum(axis=0), percentiles)[0],
+        boot_us=stats.percentiles_of_counts(bin_values, weights @ bin_counts.astype(float),
+                                            percentiles),
+        block_us=stats.percentiles_of_counts(values_us, counts, percentiles),
+        block_totals=counts.sum(axis=1).astype(float),
+        duration_s=side.n_blocks * side.block_s, block_s=side.block_s)
+
+
+def _compare_endpoint(name: str, base: _Side, cur: _Side, base_weights: np.ndarray,
+                      cur_weights: np.ndarray, settings: CompareSettings) -> list[_Evidence]:
+    b = _measure_latency(base, name, base_weights)
+    c = _measure_latency(cur, name, cur_weights)
+    b_total, c_total = int(b.block_totals.sum()), int(c.block_totals.sum())
+    results = []
+    column = 0
+    for metric, (percentile, higher_is_worse, unit) in ENDPOINT_METRICS.items():
+        if percentile is None:
+            results.append(_measure(
+                name, metric, unit, higher_is_worse, b_total / b.duration_s,
+                c_total / c.duration_s, settings,
+                base_boot=(base_weights @ b.block_totals) / b.duration_s,
+                cur_boot=(cur_weights @ c.block_totals) / c.duration_s,
+                base_blocks=b.block_totals / b.block_s, cur_blocks=c.block_totals / c.block_s))
+            continue
+        needed = math.ceil(MIN_BEYOND_PERCENTILE / (1.0 - percentile / 100.0))
+        note = ""
+        if min(b_total, c_total) < needed:
+            note = f"too few requests to judge {metric} ({min(b_total, c_total)} < {needed})"
+        b_point, c_point = b.point_us[column], c.point_us[column]
+        results.append(_measure(
+            name, metric, unit, higher_is_worse,
+            None if math.isnan(b_point) else float(b_point) / 1000.0,
+            None if math.isnan(c_point) else float(c_point) / 1000.0, settings, note,
+            base_boot=b.boot_us[:, column], cur_boot=c.boot_us[:, column],
+            base_blocks=b.block_us[:, column], cur_blocks=c.block_us[:, column]))
+        column += 1
+    return results
+
+
+def _resource_blocks(side: _Side, column: str, metric: str) -> pd.DataFrame | None:
+    if side.resources is None or column not in side.resources:
+        return None
+    samples = side.resources[["block", column]].dropna()
+    if samples.empty:
+        return None
+    how = "max" if metric == "rss_peak_mb" else "sum"
+    grouped = samples.groupby("block")[column].agg([how, "count"])
+    return grouped.reindex(range(side.n_blocks))
+
+
+def _compare_resources(base: _Side, cur: _Side, base_weights: np.ndarray,
+                       cur_weights: np.ndarray, settings: CompareSettings) -> list[_Evidence]:
+    results = []
+    for metric, (column, higher_is_worse, unit) in RESOURCE_METRICS.items():
+        points: list[float | None] = []
+        boots: list[np.ndarray | None] = []
+        per_block: list[np.ndarray] = []
+        for side, weights in ((base, base_weights), (cur, cur_weights)):
+            blocks = _resource_blocks(side, column, metric)
+            if blocks is None:
+                points.append(None)
+                boots.append(None)
+                per_block.append(np.array([]))
+                continue
+            present = blocks["count"].fillna(0).to_numpy()
+            if metric == "rss_peak_mb":
+                peaks = blocks["max"].to_numpy(dtype=float)
+                points.append(float(np.nanmax(peaks)))
+                drawn = np.where((weights > 0) & (present > 0), peaks[None, :], -np.inf)
+                boot = drawn.max(axis=1)
+                boots.append(np.where(np.isfinite(boot), boot, np.nan))
+                per_block.append(peaks[present > 0])
+            else:
+                sums = blocks["sum"].fillna(0).to_numpy(dtype=float)
+                points.append(float(sums.sum() / present.sum()))
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    boots.append((weights @ sums) / (weights @ present))
+                    per_block.append((sums / present)[present > 0])
+        note = "" if None not in points else "not measured in both runs"
+        results.append(_measure(TARGET, metric, unit, higher_is_worse, points[0], points[1],
+                                settings, note, base_boot=boots[0], cur_boot=boots[1],
+                                base_blocks=per_block[0], cur_blocks=per_block[1]))
+    return results
+
+
+def comparison_record(comparison: Comparison) -> dict[str, Any]:
+    """compare.json: the comparison as it is, plus the headline."""
+    from dataclasses import asdict
+
+    record = asdict(comparison)
+    record["regression"] = bool(comparison.regressed)
+    record["regressed_endpoints"] = comparison.regressed_subjects
+    return record
