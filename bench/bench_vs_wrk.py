@@ -3,27 +3,26 @@
     .venv/bin/python bench/bench_vs_wrk.py [--concurrency 10] [--duration-s 5] [--rounds 3]
 
 The target is tests/targets/fixed_delay.py with no delay on 127.0.0.1. Both clients share the
-machine with the target, so the RPS figures are of this machine; the client CPU seconds show
-what each client spends per request, which is what differs between an event loop in Python
+machine with the target, so the RPS figures are of this machine; the client CPU per request shows
+what each client spends on one request, which is what differs between an event loop in Python
 and wrk's C. Rounds alternate wrk and perfkit so drifting background load hits both alike.
 Needs `wrk` (apt-get install -y wrk).
 """
 
 import argparse
-import json
 import re
 import resource
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from perfkit import bench  # noqa: E402
 from tests.targets import FIXED_DELAY, start_target, stop_target  # noqa: E402
 
 
@@ -44,18 +43,16 @@ def run_wrk(url: str, concurrency: int, duration_s: int) -> tuple[float, float]:
     return float(match.group(1)), children_cpu_s() - before
 
 
-def run_perfkit(url: str, concurrency: int, duration_s: int,
-                json_path: Path) -> tuple[float, float]:
-    before = children_cpu_s()
-    subprocess.run([sys.executable, "-m", "perfkit", "bench", url, "-c", str(concurrency),
-                    "-d", f"{duration_s}s", "--json", str(json_path)],
-                   capture_output=True, text=True, check=True, timeout=duration_s + 60)
-    cpu_s = children_cpu_s() - before
-    summary = json.loads(json_path.read_text())
-    endpoint = next(iter(summary["endpoints"].values()))
-    if endpoint["failures"]:
-        raise SystemExit(f"perfkit bench saw {endpoint['failures']} failures")
-    return float(endpoint["rps"]), cpu_s
+def run_perfkit(url: str, concurrency: int, duration_s: int) -> tuple[float, float]:
+    """RPS and CPU seconds of `perfkit bench`'s measurement, in this process (the CPU of
+    starting Python and importing perfkit is left out, as wrk's start-up is negligible)."""
+    before = time.process_time()
+    result = bench.measure_bench(bench.BenchSettings(url=url, concurrency=concurrency,
+                                                     duration_s=duration_s))
+    cpu_s = time.process_time() - before
+    if result.failures:
+        raise SystemExit(f"perfkit bench saw {result.failures} failures")
+    return result.count / result.elapsed_s, cpu_s
 
 
 def main() -> None:
@@ -74,18 +71,15 @@ def main() -> None:
     wrk_cpu: list[float] = []
     perfkit_cpu: list[float] = []
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for _ in range(args.rounds):
-                rps, cpu_s = run_wrk(url, args.concurrency, args.duration_s)
-                wrk_rps.append(rps)
-                wrk_cpu.append(cpu_s / (rps * args.duration_s) * 1e6)
-                time.sleep(1)
-                rps, cpu_s = run_perfkit(url, args.concurrency, args.duration_s,
-                                         Path(tmp) / "bench.json")
-                perfkit_rps.append(rps)
-                # The perfkit process's CPU includes Python start-up and imports (~1 s).
-                perfkit_cpu.append(cpu_s / (rps * args.duration_s) * 1e6)
-                time.sleep(1)
+        for _ in range(args.rounds):
+            rps, cpu_s = run_wrk(url, args.concurrency, args.duration_s)
+            wrk_rps.append(rps)
+            wrk_cpu.append(cpu_s / (rps * args.duration_s) * 1e6)
+            time.sleep(1)
+            rps, cpu_s = run_perfkit(url, args.concurrency, args.duration_s)
+            perfkit_rps.append(rps)
+            perfkit_cpu.append(cpu_s / (rps * args.duration_s) * 1e6)
+            time.sleep(1)
     finally:
         stop_target(proc)
 
