@@ -192,7 +192,7 @@ def format_screen(settings: MonitorSettings, row: dict[str, Any],
 
 
 def _write_csv_row(writer: Any, out: TextIO, row: dict[str, Any]) -> None:
-    writer.writerow({k: "" if row[k] is None else row[k] for k in CSV_COLUMNS})
+    writer.writerow({k: "" if row[k] is None else round(row[k], 3) for k in CSV_COLUMNS})
     # Flushed every sample, so Ctrl-C or a killed monitor leaves every row taken so far.
     out.flush()
 
