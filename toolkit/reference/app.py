@@ -41,7 +41,6 @@ from .research import (
     WorkerPool,
     build_pool,
     cancel_job,
-    count_results,
     drain_pool,
     load_job,
     start_job,
@@ -257,8 +256,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                                                       item.currency))
                  for position, item in enumerate(body.items)]
         async with pool.sessions.begin() as session:
+            # The unit of work inserts the job before its items (foreign key order).
             session.add(job)
-            await session.flush()
             session.add_all(items)
         start_job(pool, job.id)
         return json_response(describe_job(job, pool.settings, [], {}, len(items)), 201)
@@ -282,13 +281,15 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     async def read_status(job_id: str, sessions: Sessions) -> Response:
         async with sessions() as session:
             job = await session.get(Job, job_id)
-            total = await session.scalar(
-                select(func.count()).select_from(Item).where(Item.job_id == job_id))
-        if job is None:
-            return not_found(job_id)
-        counts = await count_results(sessions, job_id)
+            if job is None:
+                return not_found(job_id)
+            # One grouped outer join gives the item total and the outcomes so far.
+            rows = (await session.execute(
+                select(Result.status, func.count()).select_from(Item).outerjoin(Result)
+                .where(Item.job_id == job_id).group_by(Result.status))).all()
+        total = sum(int(count) for _, count in rows)
+        counts = {status: int(count) for status, count in rows if status is not None}
         done = sum(counts.values())
-        total = int(total or 0)
         if job.status in FINISHED_STATUSES:
             progress = 1.0
         else:
