@@ -8,6 +8,7 @@ percentiles as one process would.
 
 import logging
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,14 @@ def request_name(request_type: str, name: str) -> str:
 
 
 class Recorder:
-    def __init__(self, latency_path: Path | None) -> None:
+    """`keep_s` > 0 keeps the records written in the last `keep_s` seconds in memory (encoded,
+    a few hundred bytes each), so alarms and stress steps can judge a recent window live;
+    memory stays bounded by keep_s × request names."""
+
+    def __init__(self, latency_path: Path | None, keep_s: float = 0.0) -> None:
         self.latency_path = latency_path  # None on a worker: buckets go to the master instead
+        self.keep_s = keep_s
+        self.kept: deque[dict[str, Any]] = deque()  # written records, oldest first
         self.buckets: dict[tuple[int, str], list[Any]] = {}  # (t, name) -> [hist, count, failures]
         self.totals: dict[str, list[Any]] = {}  # name -> [hist, count, failures], whole run
         self.recent: dict[int, int] = {}  # t -> requests, for the live RPS
@@ -88,7 +95,22 @@ class Recorder:
         if self.latency_path is None:
             return
         older_than = float("inf") if final else time.time() - FLUSH_DELAY_S
-        rundir.append_jsonl(self.latency_path, self.take_buckets(older_than))
+        records = self.take_buckets(older_than)
+        rundir.append_jsonl(self.latency_path, records)
+        if self.keep_s > 0:
+            self.kept.extend(records)
+            while self.kept and self.kept[0]["t"] < time.time() - self.keep_s:
+                self.kept.popleft()
+
+    def window_records(self, start: float, end: float) -> list[dict[str, Any]]:
+        """Records (latency.jsonl lines) of the buckets with start <= t <= end, from the kept
+        ones and from those not yet written; a window older than `keep_s` comes back partial."""
+        records = [r for r in self.kept if start <= r["t"] <= end]
+        for (t, name), (hist, count, failures) in sorted(self.buckets.items()):
+            if start <= t <= end:
+                records.append({"t": t, "name": name, "count": count, "failures": failures,
+                                "hist": stats.encode_histogram(hist)})
+        return records
 
     def on_report_to_master(self, client_id: str, data: dict[str, Any]) -> None:
         # Workers ship every bucket closed so far; the current second stays until it ends,

@@ -29,10 +29,13 @@ from locust.runners import STATE_STOPPED, MasterRunner
 from locust.util.load_locustfile import load_locustfile
 
 from . import progress, rundir, target
+from .alarms import WINDOW_S as ALARM_WINDOW_S
+from .alarms import AlarmWatcher
 from .collectors.app import AppCollector
 from .collectors.system import SystemCollector
 from .config import LoadSettings
 from .errors import ConfigError, RunError, TargetError
+from .kpi import load_kpi_targets
 from .openloop import make_open_loop
 from .recorder import Recorder, request_name
 
@@ -50,11 +53,20 @@ class Plan:
     """How many users (and which arrival rate) to run at each moment of a run.
 
     `steps` lists (start offset s, users, rate); a plain load is one step. Stress and endurance
-    build longer plans; `on_step_end` may end the run early (e.g. a stress test that broke).
+    build longer plans; `on_step_end` may end the run early (e.g. a stress test that broke): it
+    is called when the next step is due and, for the last step, when the duration is over.
+    `on_run_end` adds to the run directory once run.json is final, before the report is
+    written (stress and endurance store their results there).
     """
 
     steps: list[tuple[float, int, float | None]]
     on_step_end: Callable[[int, "RunState"], bool] | None = None
+    on_run_end: Callable[[Path, "RunState"], None] | None = None
+
+    def longest_step_s(self, duration_s: float) -> float:
+        ends = [start for start, _, _ in self.steps[1:]] + [duration_s]
+        return max((end - start for (start, _, _), end in zip(self.steps, ends, strict=True)),
+                   default=0.0)
 
 
 @dataclass
@@ -66,6 +78,8 @@ class RunState:
     status: str = "completed"
     message: str = ""
     max_loadgen_cpu_percent: float | None = None
+    alarms: AlarmWatcher | None = None
+    profile: Any = None  # profiling.CpuRecording while py-spy records, or why it could not
 
 
 def resolve_scenario(scenario: str) -> Path:
@@ -190,9 +204,15 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> tupl
     }
     rundir.write_json(run_dir / rundir.RUN_JSON, meta)
 
-    state = RunState(recorder=Recorder(run_dir / rundir.LATENCY),
+    # The recorder keeps enough recent buckets in memory for the alarm window and for
+    # judging a whole plan step live (stress).
+    keep_s = max(ALARM_WINDOW_S, plan.longest_step_s(settings.duration_s)) + 5.0
+    state = RunState(recorder=Recorder(run_dir / rundir.LATENCY, keep_s=keep_s),
                      system=SystemCollector(pid, run_dir / rundir.RESOURCES),
                      app=AppCollector(url, run_dir))
+    state.alarms = AlarmWatcher(run_dir, load_kpi_targets(settings.kpi_file), say,
+                                settings.alert_webhook, settings.effective_warmup_s,
+                                run_id=run_dir.name)
     env = make_environment(user_classes, url, settings.rate, settings.users, shape)
     state.recorder.attach(env)
     workers: list[subprocess.Popen] = []
@@ -213,6 +233,10 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> tupl
     finally:
         stop_runner(env)
         state.recorder.flush(final=True)
+        meta["alarms"] = state.alarms.close()
+        if state.profile is not None:
+            meta["profile"] = (state.profile if isinstance(state.profile, dict)
+                               else state.profile.stop())
         meta["collectors"] = {"system": state.system.stop(),
                               "app": state.app.stop() if state.app else None}
         for process in workers:
@@ -223,6 +247,8 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> tupl
                 state.message = f"the reference service exited with {managed.process.returncode}"
             target.stop_reference_service(managed)
         finish_meta(meta, env, state, run_dir)
+    if plan.on_run_end is not None:
+        plan.on_run_end(run_dir, state)
     return run_dir, report_run(run_dir, settings, state, say)
 
 
@@ -294,6 +320,8 @@ def drive(env: Environment, settings: LoadSettings, plan: Plan, state: RunState,
                     raise TargetError(f"target process {settings.target_pid} exited after "
                                       f"{elapsed:.0f} s")
                 if elapsed >= settings.duration_s:
+                    if step_index >= 0 and plan.on_step_end:
+                        plan.on_step_end(step_index, state)
                     return
                 due = [i for i, step in enumerate(plan.steps) if step[0] <= elapsed]
                 if due and due[-1] != step_index:
@@ -315,6 +343,17 @@ def drive(env: Environment, settings: LoadSettings, plan: Plan, state: RunState,
                                     f"{'' if loadgen_cpu is None else round(loadgen_cpu, 1)}\n")
                 timeline_file.flush()
                 state.recorder.flush()
+                if settings.profile and state.profile is None \
+                        and elapsed >= settings.effective_warmup_s:
+                    state.profile = start_profile(settings, managed, timeline.parent, elapsed,
+                                                  say)
+                if state.alarms is not None and state.alarms.check(state):
+                    live.close()  # the alarm lines scrolled the live block: draw it anew below
+                    if settings.abort_on_fail:
+                        state.status = "aborted"
+                        state.message = (f"--abort-on-fail: a KPI alarm after {elapsed:.0f} s "
+                                         f"({state.alarms.last_message})")
+                        return
                 live.show(elapsed, runner.user_count, state)
                 next_tick += 1.0
                 gevent.sleep(max(0.0, next_tick - time.time()))
@@ -322,6 +361,25 @@ def drive(env: Environment, settings: LoadSettings, plan: Plan, state: RunState,
         for handler in handlers:
             handler.cancel()
         live.close()
+
+
+def start_profile(settings: LoadSettings, managed: target.ManagedTarget | None, run_dir: Path,
+                  elapsed_s: float, say: Say) -> Any:
+    """py-spy on the target from the end of the warm-up to the end of the run (stopped early
+    by run_load). Returns the recording, or the run.json entry saying why there is none: a
+    target py-spy cannot read is a note, not a failed run."""
+    from . import profiling
+
+    pid = managed.process.pid if managed is not None else settings.target_pid
+    note = "no target pid (use --target-pid with --target)"
+    if pid is not None:
+        duration_s = min(max(settings.duration_s - elapsed_s, 1.0), profiling.MAX_DURATION_S)
+        try:
+            return profiling.start_profile(pid, duration_s, run_dir)
+        except ConfigError as exc:
+            note = str(exc)
+    say(f"perfkit: no profile: {note}")
+    return {"available": False, "svg": None, "speedscope": None, "note": note}
 
 
 def _loadgen_cpu_percent(runner: Any, own: list[psutil.Process]) -> float | None:
