@@ -195,7 +195,7 @@ BODIES = (
 )
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.function_scoped_fixture])
 @given(body=BODIES)
 def test_no_request_body_gives_a_500(reference_service: str, body: Any) -> None:
@@ -356,17 +356,27 @@ def test_each_variant_changes_what_it_claims(start_reference_services: StartServ
                                              reference_service: str,
                                              reference_service_database: Path,
                                              tmp_path: Path) -> None:
-    names = ["n_plus_one", "no_index", "new_client_per_call", "no_cache", "unbounded"]
-    services = dict(zip(names, start_reference_services(*[
-        ["--fast", "--item-latency-ms", "100", "--variant", name,
-         "--database-url", f"sqlite+aiosqlite:///{tmp_path / name}.db"] for name in names]),
-        strict=True))
-    urls = {"baseline": reference_service} | {name: s.url for name, s in services.items()}
-    for name, service in services.items():
-        assert service.get_json("/api/v1/health")["variants"] == [name]
+    # Two instances carry the five variants between them (each variant's effect is read from
+    # its own counter, so they do not mask one another); starting five would double the cost.
+    groups = {"queries_schema_clients": ["n_plus_one", "no_index", "new_client_per_call"],
+              "cache_concurrency": ["no_cache", "unbounded"]}
+    started = start_reference_services(*[
+        ["--fast", "--item-latency-ms", "100",
+         "--database-url", f"sqlite+aiosqlite:///{tmp_path / group}.db"]
+        + [arg for name in names for arg in ("--variant", name)]
+        for group, names in groups.items()])
+    for service, names in zip(started, groups.values(), strict=True):
+        assert service.get_json("/api/v1/health")["variants"] == names
+    urls = {"baseline": reference_service}
+    urls |= {name: service.url for service, names in zip(started, groups.values(), strict=True)
+             for name in names}
+    urls_by_instance = {"baseline": reference_service,
+                        "queries_schema_clients": started[0].url,
+                        "cache_concurrency": started[1].url}
     items = [new_item() for _ in range(10)]
     before = {name: read_metrics(url, "application") for name, url in urls.items()}
-    jobs = {name: run_job(url, items) for name, url in urls.items()}
+    jobs_by_url = {url: run_job(url, items) for url in urls_by_instance.values()}
+    jobs = {name: jobs_by_url[url] for name, url in urls.items()}
     app = {name: read_metrics(url, "application") for name, url in urls.items()}
 
     # n_plus_one: reading 10 results costs one query per item on top of the eager few.
@@ -378,13 +388,13 @@ def test_each_variant_changes_what_it_claims(start_reference_services: StartServ
         queries_per_read[name] = read_metrics(url, "database")["total_queries"] - queries_before
     assert queries_per_read["baseline"] <= 3
     assert queries_per_read["n_plus_one"] >= 2 + 10
-    assert read_metrics(urls["n_plus_one"], "database")["variants"] == ["n_plus_one"]
+    assert "n_plus_one" in read_metrics(urls["n_plus_one"], "database")["variants"]
 
     # no_index: the guide's indexes, partial one included, exist only without the variant.
     indexes = sqlite_indexes(reference_service_database)
     assert {"ix_jobs_status_created_at", "ix_jobs_active", "ix_items_job_id"} <= set(indexes)
     assert "WHERE" in indexes["ix_jobs_active"]
-    assert sqlite_indexes(tmp_path / "no_index.db") == {}
+    assert sqlite_indexes(tmp_path / "queries_schema_clients.db") == {}
 
     # new_client_per_call: one client (and connection) per provider call instead of a pool.
     assert app["baseline"]["provider_clients_created"] == 1
