@@ -35,21 +35,24 @@ def test_monitor_records_the_tree_to_csv(busy_tree: subprocess.Popen[str],
         reader = csv.DictReader(f)
         assert reader.fieldnames == monitor.CSV_COLUMNS
         rows = list(reader)
-    assert len(rows) == 4
+    # Samples due at 0.25, 0.5, 0.75 and 1 s; one the machine delayed past the next one's
+    # due time is not followed by a burst, so a stalled run may have fewer.
+    assert 2 <= len(rows) <= 4
     for row in rows:
         for column in monitor.CSV_COLUMNS:
             assert row[column] != "", column
         assert int(row["procs"]) == 2
-        # The root spins a core; the whole tree can use at most every core there is.
-        assert 0 < float(row["cpu_percent"]) <= 100 * psutil.cpu_count() + 10
+        # The whole tree can use at most every core there is.
+        assert 0 <= float(row["cpu_percent"]) <= 100 * psutil.cpu_count() + 10
         assert float(row["rss_mb"]) > 1
         assert int(row["threads"]) >= 2
         assert int(row["connections"]) >= 1  # the root's listening socket
+    assert sum(float(row["cpu_percent"]) for row in rows) > 0  # the root spins
     # Not a TTY: one plain line per sample, then how it ended.
     lines = result.stdout.strip().splitlines()
-    assert len(lines) == 5
+    assert len(lines) == len(rows) + 1
     assert "\x1b[" not in result.stdout
-    assert "duration 1 s reached, 4 samples" in lines[-1]
+    assert f"duration 1 s reached, {len(rows)} samples" in lines[-1]
 
 
 def test_sample_of_a_known_tree() -> None:
