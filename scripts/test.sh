@@ -13,10 +13,11 @@ if command -v redis-server >/dev/null && ! redis-cli -h 127.0.0.1 ping >/dev/nul
         --dir /tmp --logfile /tmp/perfkit-redis.log || true
 fi
 
-# Headless Chromium opens the HTML report in the report tests.
-if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
-        >/tmp/perfkit-apt.log 2>&1 || echo "warning: chromium could not be installed" >&2
+# Headless Chromium opens the HTML report in the report tests; gdb lets memray attach to a live
+# process (perfkit profile --memory).
+if { ! command -v chromium || ! command -v gdb; } >/dev/null && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium gdb) \
+        >/tmp/perfkit-apt.log 2>&1 || echo "warning: chromium or gdb could not be installed" >&2
 fi
 
 PYTHON=${PYTHON:-python3.11}
