@@ -7,9 +7,12 @@ Figures are drawn on `matplotlib.figure.Figure` objects directly, without pyplot
 backend and no global figure registry are involved.
 """
 
+import base64
 import io
 import math
 import re
+import struct
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,10 +21,9 @@ from typing import Any
 import matplotlib
 import numpy as np
 import pandas as pd
-from hdrh.histogram import HdrHistogram
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator, MultipleLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, MultipleLocator, NullLocator
 
 from .. import stats
 
@@ -93,41 +95,135 @@ def choose_window_s(duration_s: float, bucket_s: float = 1.0,
     return buckets * bucket_s
 
 
-def _sparse_counts(encoded: str) -> tuple[np.ndarray, np.ndarray]:
-    """(counts-array indices, counts) of one encoded histogram's non-empty cells."""
+_COMPRESSION_COOKIE_BASE = 0x1C849304
+_ENCODING_COOKIE_BASE = 0x1C849303
+_COOKIE_WORD_SIZE_BITS = 0xF0
+_EXTERNAL_HEADER = struct.Struct(">II")
+_PAYLOAD_HEADER = struct.Struct(">IIIIQQd")
+
+
+def decode_cells(encoded: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, cell, count): every non-empty counts-array cell of many encoded histograms.
+
+    `row` is the histogram's position in `encoded`. HdrHistogram's V2 wire format is base64 of
+    a header and a zlib-compressed payload of ZigZag LEB128 counts (runs of empty cells as
+    negative numbers); the payloads of all histograms are decoded in one numpy pass. hdrh's
+    own decode builds a 23,552-cell histogram object per 1 s bucket, and an hour-long run has
+    14,400 buckets: that took seconds. A histogram of another layout than
+    stats.new_histogram() goes through hdrh.
+    """
+    bodies: list[bytes] = []
+    rows: list[int] = []
+    foreign: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for row, item in enumerate(encoded):
+        body = _payload_body(item)
+        if body is None:
+            cells, counts = _cells_by_hdrh(item)
+            foreign.append((np.full(cells.size, row, np.int64), cells, counts))
+        elif body:
+            bodies.append(body)
+            rows.append(row)
+    parts = [_decode_bodies(bodies, rows), *foreign]
+    row_all, cell_all, count_all = (np.concatenate([part[i] for part in parts])
+                                    for i in range(3))
+    return row_all, cell_all, count_all
+
+
+def _payload_body(encoded: str) -> bytes | None:
+    """The varint counts of one histogram; None for a layout other than perfkit's."""
+    raw = base64.b64decode(encoded)
+    cookie, length = _EXTERNAL_HEADER.unpack_from(raw)
+    if (cookie & ~_COOKIE_WORD_SIZE_BITS) != _COMPRESSION_COOKIE_BASE \
+            or length != len(raw) - _EXTERNAL_HEADER.size:
+        raise ValueError("not an HdrHistogram V2 compressed histogram")
+    payload = zlib.decompress(raw[_EXTERNAL_HEADER.size:])
+    cookie, body_len, offset, digits, lowest, highest, _ = _PAYLOAD_HEADER.unpack_from(payload)
+    if ((cookie & ~_COOKIE_WORD_SIZE_BITS) != _ENCODING_COOKIE_BASE or offset != 0
+            or (lowest, highest, digits) != (stats.HIST_LOWEST_US, stats.HIST_HIGHEST_US,
+                                             stats.HIST_DIGITS)):
+        return None
+    return payload[_PAYLOAD_HEADER.size:_PAYLOAD_HEADER.size + body_len]
+
+
+def _decode_bodies(bodies: list[bytes],
+                   rows: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    empty = np.empty(0, np.int64)
+    if not bodies:
+        return empty, empty, empty
+    data = np.frombuffer(b"".join(bodies), np.uint8)
+    byte_row = np.repeat(np.asarray(rows, np.int64), [len(body) for body in bodies])
+    # A byte below 0x80 ends a number; every body ends with a whole number. (Counts stay far
+    # below 2^56, where LEB128's ninth byte would use its top bit.)
+    ends = np.flatnonzero(data < 0x80)
+    starts = np.empty_like(ends)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    shifts = 7 * (np.arange(data.size) - np.repeat(starts, ends - starts + 1))
+    unsigned = np.bitwise_or.reduceat((data & 0x7F).astype(np.uint64)
+                                      << shifts.astype(np.uint64), starts)
+    signed = ((unsigned >> np.uint64(1)).astype(np.int64)
+              ^ -(unsigned & np.uint64(1)).astype(np.int64))
+    row = byte_row[starts]
+    steps = np.where(signed < 0, -signed, 1)
+    position = np.cumsum(steps) - steps
+    # Cell index = position relative to the first number of the same histogram.
+    first = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
+    cell = position - np.repeat(position[first], np.diff(np.r_[first, row.size]))
+    filled = signed > 0
+    return row[filled], cell[filled], signed[filled]
+
+
+def _cells_by_hdrh(encoded: str) -> tuple[np.ndarray, np.ndarray]:
     hist = stats.decode_histogram(encoded)
-    if hist.get_total_count() == 0:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    # Only the cells between min and max can be non-zero; slicing first keeps this fast.
-    lo = hist.get_counts_array_index(hist.get_min_value())
-    hi = hist.get_counts_array_index(hist.get_max_value())
-    counts = np.ctypeslib.as_array(hist.counts)[lo:hi + 1]
-    nonzero = np.flatnonzero(counts)
-    return nonzero + lo, counts[nonzero].astype(np.int64)
+    reference = stats.new_histogram()
+    cells, counts = [], []
+    for item in hist.get_recorded_iterator():
+        cells.append(reference.get_counts_array_index(item.value_iterated_to))
+        counts.append(item.count_at_value_iterated_to)
+    return np.array(cells, np.int64), np.array(counts, np.int64)
 
 
-def _percentiles_us(indices: list[np.ndarray], counts: list[np.ndarray],
-                    percentiles: Sequence[float], reference: HdrHistogram) -> list[float]:
-    """HdrHistogram's value-at-percentile of the merge of sparse histograms (same rounding)."""
-    index = np.concatenate(indices)
-    if index.size == 0:
-        return [math.nan] * len(percentiles)
-    order = np.argsort(index, kind="stable")
-    index = index[order]
-    cumulative = np.cumsum(np.concatenate(counts)[order])
-    total = int(cumulative[-1])
+def _cell_values_us(cells: np.ndarray, where: str = "highest") -> np.ndarray:
+    """The value of each cell: its highest equivalent value (what HdrHistogram reports for a
+    percentile) or its middle (what it uses for the mean)."""
+    unique, inverse = np.unique(cells, return_inverse=True)
+    reference = stats.new_histogram()
     values = []
-    for percentile in percentiles:
-        wanted = max(int(percentile * total / 100 + 0.5), 1)
-        at = int(np.searchsorted(cumulative, wanted, side="left"))
-        value = reference.get_value_from_index(int(index[at]))
-        values.append(float(reference.get_highest_equivalent_value(value)))
-    return values
+    for cell in unique.tolist():
+        lowest = reference.get_value_from_index(cell)
+        highest = reference.get_highest_equivalent_value(lowest)
+        values.append(highest if where == "highest" else (lowest + highest) / 2)
+    return np.asarray(values, float)[inverse]
+
+
+def group_percentiles_us(group: np.ndarray, cell: np.ndarray, count: np.ndarray,
+                         n_groups: int, percentiles: Sequence[float]) -> np.ndarray:
+    """Percentiles (µs) of the merged cells of each group: n_groups × len(percentiles).
+
+    Same rule as HdrHistogram.get_value_at_percentile on the merged histogram (so exact to
+    the histogram's precision); NaN for a group without counts.
+    """
+    result = np.full((n_groups, len(percentiles)), math.nan)
+    if count.size == 0:
+        return result
+    order = np.lexsort((cell, group))
+    group, cell = group[order], cell[order]
+    cumulative = np.cumsum(count[order])  # strictly increasing: every count is > 0
+    totals = np.bincount(group, weights=count[order], minlength=n_groups).astype(np.int64)
+    first = np.searchsorted(group, np.arange(n_groups), side="left")
+    before = np.where(first > 0, cumulative[np.maximum(first - 1, 0)], 0)
+    filled = totals > 0
+    for column, percentile in enumerate(percentiles):
+        wanted = np.maximum((percentile * totals / 100 + 0.5).astype(np.int64), 1)
+        at = np.searchsorted(cumulative, before + wanted, side="left")
+        result[filled, column] = _cell_values_us(cell[at[filled]])
+    return result
 
 
 def bin_latency(latency: pd.DataFrame, started_at: float, ended_at: float,
                 window_s: float, bucket_s: float = 1.0) -> pd.DataFrame:
-    """Per (window, name): t_s (window middle, s since start), rps, failures_s, p50/p95/p99_ms.
+    """Per (name, window): t_s (window middle, s since start), count, failures, rps,
+    failures_s and p50/p95/p99_ms of the window's merged histograms.
 
     Every window from the start to the end appears for every name; a window without requests
     has rps 0 and NaN percentiles, so lines break there instead of inventing values.
@@ -142,50 +238,42 @@ def bin_latency(latency: pd.DataFrame, started_at: float, ended_at: float,
     # outside belongs to the first or last window; one further out to none.
     inside = (window >= -1) & (window <= n_windows)
     latency, window = latency[inside], np.clip(window[inside], 0, n_windows - 1)
+    names, name_id = np.unique(latency["name"].astype(str).to_numpy(), return_inverse=True)
+    n_groups = names.size * n_windows
+    group_of_row = name_id * n_windows + window
+    row, cell, count = decode_cells(latency["hist"].tolist())
+    values_ms = group_percentiles_us(group_of_row[row], cell, count, n_groups,
+                                     list(PERCENTILES.values())) / 1000.0
+    counts = np.bincount(group_of_row, weights=latency["count"].to_numpy(float),
+                         minlength=n_groups)
+    failures = np.bincount(group_of_row, weights=latency["failures"].to_numpy(float),
+                           minlength=n_groups)
     starts = np.arange(n_windows) * window_s
     # The last window may be cut short by the end of the run, but holds whole buckets.
-    widths = np.minimum(window_s, np.ceil((duration_s - starts) / bucket_s) * bucket_s)
-    widths = np.maximum(widths, bucket_s)
-    reference = stats.new_histogram()  # same layout as every stored histogram
-    rows = []
-    for name, part in latency.assign(window=window).groupby("name", sort=True):
-        indices: dict[int, list[np.ndarray]] = {}
-        counts: dict[int, list[np.ndarray]] = {}
-        for w, encoded in zip(part["window"], part["hist"], strict=True):
-            idx, cnt = _sparse_counts(encoded)
-            indices.setdefault(int(w), []).append(idx)
-            counts.setdefault(int(w), []).append(cnt)
-        totals = part.groupby("window")[["count", "failures"]].sum()
-        for w in range(n_windows):
-            count = int(totals["count"].get(w, 0))
-            failures = int(totals["failures"].get(w, 0))
-            if w in indices:
-                values_us = _percentiles_us(indices[w], counts[w], list(PERCENTILES.values()),
-                                            reference)
-            else:
-                values_us = [math.nan] * len(PERCENTILES)
-            rows.append([starts[w] + widths[w] / 2, str(name), count, failures,
-                         count / widths[w], failures / widths[w],
-                         *(v / 1000.0 for v in values_us)])
-    return pd.DataFrame(rows, columns=columns)
+    widths = np.maximum(np.minimum(window_s, np.ceil((duration_s - starts) / bucket_s)
+                                   * bucket_s), bucket_s)
+    widths_all = np.tile(widths, names.size)
+    frame = pd.DataFrame({
+        "t_s": np.tile(starts + widths / 2, names.size),
+        "name": np.repeat(names, n_windows),
+        "count": counts.astype(np.int64),
+        "failures": failures.astype(np.int64),
+        "rps": counts / widths_all,
+        "failures_s": failures / widths_all,
+    })
+    for column, key in enumerate(PERCENTILES):
+        frame[key] = values_ms[:, column]
+    return frame
 
 
 def merged_values_ms(latency: pd.DataFrame, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(value ms, count) of every non-empty histogram cell of `name`, over all its buckets."""
-    encoded = latency.loc[latency["name"] == name, "hist"]
-    if encoded.empty:
-        return np.empty(0), np.empty(0, np.int64)
-    parts = [_sparse_counts(e) for e in encoded]
-    index = np.concatenate([p[0] for p in parts])
-    count = np.concatenate([p[1] for p in parts])
-    unique, inverse = np.unique(index, return_inverse=True)
+    encoded = latency.loc[latency["name"] == name, "hist"].tolist()
+    _, cell, count = decode_cells(encoded)
+    unique, inverse = np.unique(cell, return_inverse=True)
     totals = np.bincount(inverse, weights=count).astype(np.int64)
-    reference = stats.new_histogram()
-    lowest = [reference.get_value_from_index(int(i)) for i in unique]
     # The middle of each cell, as HdrHistogram's own mean does.
-    values_ms = np.array([(low + reference.get_highest_equivalent_value(low)) / 2
-                          for low in lowest], float) / 1000.0
-    return values_ms, totals
+    return _cell_values_us(unique, where="middle") / 1000.0, totals
 
 
 def resample_frame(frame: pd.DataFrame, started_at: float, ended_at: float, window_s: float,
@@ -254,8 +342,9 @@ def _time_axis(axes: list[Axes], duration_s: float, warmup_s: float) -> None:
     """Elapsed time on the x axis (minutes for long runs) and the warm-up shaded."""
     minutes = duration_s >= 600
     scale = 60.0 if minutes else 1.0
-    # Ticks on round seconds, minutes or hours, at most about a dozen.
-    step_s = next((s for s in _TICK_STEPS_S if duration_s / s <= 12), _TICK_STEPS_S[-1])
+    # Ticks on round seconds, minutes or hours, at most ten: matplotlib's ticks are costly
+    # objects, and a dozen figures with many ticks take seconds to draw.
+    step_s = next((s for s in _TICK_STEPS_S if duration_s / s <= 10), _TICK_STEPS_S[-1])
     for i, ax in enumerate(axes):
         ax.set_xlim(0, max(duration_s, 1.0))
         ax.xaxis.set_major_locator(MultipleLocator(step_s))
@@ -283,6 +372,7 @@ def _finish(ax: Axes, data_max: float, lines: Sequence[KpiLine] = (),
                    linestyle="--" if line.level == "target" else ":", linewidth=1.2, zorder=3,
                    label=line.label + (" (off chart)" if above else ""))
     ax.set_ylim(0, top)
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
     if ylabel:
         ax.set_ylabel(ylabel)
     _legend(ax)
@@ -519,7 +609,7 @@ def draw_database(app: pd.DataFrame, rate: pd.DataFrame, duration_s: float, warm
             ax_time.set_yscale("log")
             # Plain numbers: with mathtext off, the default log labels would print "$10^{2}$".
             ax_time.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
-            ax_time.yaxis.set_minor_formatter(FuncFormatter(lambda v, _pos: ""))
+            ax_time.yaxis.set_minor_locator(NullLocator())
             ax_time.set_ylabel("ms (log scale)")
             _legend(ax_time)
         else:
@@ -539,8 +629,10 @@ def draw_distribution(series: dict[str, tuple[np.ndarray, np.ndarray]], id_prefi
         near = [line.value for line in kpi_lines if line.value <= high * _KPI_ZOOM]
         bins = np.linspace(0, max([high, *near]) * 1.05, 41)
         for i, (name, (values_ms, counts)) in enumerate(series.items()):
-            ax.hist(values_ms / 1000.0, bins=list(bins), weights=counts, alpha=0.75,
-                    color=PALETTE[i % len(PALETTE)], label=f"{name} ({int(counts.sum()):,} jobs)")
+            heights, _ = np.histogram(values_ms / 1000.0, bins=bins, weights=counts)
+            # One outline per series, not a patch per bar: far cheaper to draw and to ship.
+            ax.stairs(heights, bins, fill=True, alpha=0.6, color=PALETTE[i % len(PALETTE)],
+                      label=f"{name} ({int(counts.sum()):,} jobs)")
         for line in kpi_lines:
             above = line.value > bins[-1]
             ax.axvline(line.value, color=TARGET_COLOR if line.level == "target"
@@ -549,6 +641,6 @@ def draw_distribution(series: dict[str, tuple[np.ndarray, np.ndarray]], id_prefi
         ax.set_xlim(0, bins[-1])
         ax.set_xlabel("seconds", color="#4b5563")
         ax.set_ylabel("jobs")
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
         _legend(ax)
         return _to_svg(fig, id_prefix, title)
