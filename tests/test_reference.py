@@ -292,6 +292,18 @@ def test_pending_and_processing_jobs_can_be_cancelled(slow_service: ServiceProce
     assert httpx.delete(f"{url}{API}/{busy['job_id']}").status_code == 400
 
 
+def test_free_slots_go_to_the_highest_priority_first(slow_service: ServiceProcess) -> None:
+    url = slow_service.url
+    busy = create_job(url, [new_item(), new_item(), new_item()])
+    low = create_job(url, [new_item()], priority=1)
+    high = create_job(url, [new_item()], priority=10)
+    started = {}
+    for name, job in (("busy", busy), ("low", low), ("high", high)):
+        wait_for_status(url, job["job_id"], ("success",))
+        started[name] = read_results(url, job["job_id"])["metadata"]["started_at"]
+    assert started["busy"] < started["high"] < started["low"]
+
+
 def test_provider_failures_are_retried_then_the_job_is_error(
         start_reference_services: StartServices) -> None:
     failing, thin = start_reference_services(["--fast", "--error-rate", "1"],

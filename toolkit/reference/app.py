@@ -259,7 +259,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             # The unit of work inserts the job before its items (foreign key order).
             session.add(job)
             session.add_all(items)
-        start_job(pool, job.id)
+        start_job(pool, job.id, body.priority)
         return json_response(describe_job(job, pool.settings, [], {}, len(items)), 201)
 
     @app.get("/api/v1/research/products/{job_id}")

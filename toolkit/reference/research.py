@@ -1,11 +1,16 @@
 """The in-process research worker pool: one asyncio task per job, items researched under a
-shared semaphore (the guide's 5 slots; none under the `unbounded` variant), results cached by
-normalised item, every state change written to the database as it happens."""
+shared semaphore (the guide's 5 slots; none under the `unbounded` variant) that hands free
+slots to the highest job priority first, results cached by normalised item, every state change
+written to the database as it happens."""
 
 import asyncio
+import heapq
+import itertools
 import logging
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +30,46 @@ log = logging.getLogger(__name__)
 FAILED_ITEM_STATUSES = ("insufficient_sources", "error")
 
 
+class PrioritySemaphore:
+    """A semaphore whose waiters are served by priority (10 before 1), first come first served
+    within one priority, so an urgent job does not queue behind a backlog of routine ones."""
+
+    def __init__(self, slots: int) -> None:
+        self.free = slots
+        self.waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self.arrivals = itertools.count()
+
+    @asynccontextmanager
+    async def slot(self, priority: int) -> AsyncIterator[None]:
+        await self.acquire(priority)
+        try:
+            yield
+        finally:
+            self.release()
+
+    async def acquire(self, priority: int) -> None:
+        if self.free > 0 and not self.waiters:
+            self.free -= 1
+            return
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self.waiters, (-priority, next(self.arrivals), granted))
+        try:
+            await granted
+        except asyncio.CancelledError:
+            # Cancelled after release() chose us: pass the slot on instead of losing it.
+            if granted.done() and not granted.cancelled():
+                self.release()
+            raise
+
+    def release(self) -> None:
+        while self.waiters:
+            _, _, granted = heapq.heappop(self.waiters)
+            if not granted.done():
+                granted.set_result(None)
+                return
+        self.free += 1
+
+
 @dataclass
 class WorkerPool:
     settings: ServiceSettings
@@ -32,7 +77,7 @@ class WorkerPool:
     provider: ProviderClient
     cache: Cache
     metrics: Metrics
-    semaphore: asyncio.Semaphore | None
+    semaphore: PrioritySemaphore | None
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     cancel_messages: dict[str, str] = field(default_factory=dict)
     accepting: bool = True
@@ -40,7 +85,7 @@ class WorkerPool:
 
 def build_pool(settings: ServiceSettings, sessions: async_sessionmaker[Any],
                provider: ProviderClient, cache: Cache, metrics: Metrics) -> WorkerPool:
-    semaphore = None if settings.has("unbounded") else asyncio.Semaphore(settings.concurrency)
+    semaphore = None if settings.has("unbounded") else PrioritySemaphore(settings.concurrency)
     return WorkerPool(settings, sessions, provider, cache, metrics, semaphore)
 
 
@@ -54,8 +99,8 @@ def judge_answer(answer: dict[str, Any]) -> str:
     return "insufficient_sources"
 
 
-def start_job(pool: WorkerPool, job_id: str) -> None:
-    task = asyncio.create_task(run_job(pool, job_id), name=f"research-{job_id}")
+def start_job(pool: WorkerPool, job_id: str, priority: int) -> None:
+    task = asyncio.create_task(run_job(pool, job_id, priority), name=f"research-{job_id}")
     pool.tasks[job_id] = task
     task.add_done_callback(lambda _: pool.tasks.pop(job_id, None))
 
@@ -90,7 +135,7 @@ async def drain_pool(pool: WorkerPool, grace_s: float) -> None:
         await asyncio.wait(remaining, timeout=10.0)
 
 
-async def run_job(pool: WorkerPool, job_id: str) -> None:
+async def run_job(pool: WorkerPool, job_id: str, priority: int) -> None:
     started_at = time.perf_counter()
     async with pool.sessions() as session:
         items = list((await session.scalars(
@@ -103,7 +148,8 @@ async def run_job(pool: WorkerPool, job_id: str) -> None:
     try:
         async with asyncio.TaskGroup() as group:
             for key, same_items in groups.items():
-                group.create_task(research_group(pool, job_id, key, same_items, state))
+                group.create_task(research_group(pool, job_id, priority, key, same_items,
+                                                 state))
     except asyncio.CancelledError:
         await mark_unfinished_cancelled(pool, job_id)
         record_job(pool.metrics, "cancelled", time.perf_counter() - started_at)
@@ -119,12 +165,12 @@ async def run_job(pool: WorkerPool, job_id: str) -> None:
     await send_callback(pool, job_id)
 
 
-async def research_group(pool: WorkerPool, job_id: str, key: str, items: list[Item],
-                         state: dict[str, bool]) -> None:
+async def research_group(pool: WorkerPool, job_id: str, priority: int, key: str,
+                         items: list[Item], state: dict[str, bool]) -> None:
     if pool.semaphore is None:
         await research_items(pool, job_id, key, items, state)
         return
-    async with pool.semaphore:
+    async with pool.semaphore.slot(priority):
         await research_items(pool, job_id, key, items, state)
 
 
