@@ -372,7 +372,10 @@ def _finish(ax: Axes, data_max: float, lines: Sequence[KpiLine] = (),
                    linestyle="--" if line.level == "target" else ":", linewidth=1.2, zorder=3,
                    label=line.label + (" (off chart)" if above else ""))
     ax.set_ylim(0, top)
-    ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
+    figure = ax.get_figure(root=True)
+    panel_in = ax.get_position().height * (figure.get_figheight() if figure else 2.0)
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=max(2, round(panel_in * 3)),
+                                           steps=[1, 2, 2.5, 5, 10]))
     if ylabel:
         ax.set_ylabel(ylabel)
     _legend(ax)
@@ -591,11 +594,11 @@ def draw_database(app: pd.DataFrame, rate: pd.DataFrame, duration_s: float, warm
         for column, label, color in (("db_average_ms", "mean query time", PALETTE[0]),
                                      ("db_max_ms", "max query time", PALETTE[1])):
             if _has(app, column):
-                ax_time.plot(app["t_s"], app[column], color=color, label=label, marker=".",
-                             markersize=2.5)
+                ax_time.plot(app["t_s"], app[column], color=color, label=label,
+                             **_markers(app[column]))
         if _has(rate, "db_queries_s"):
             ax_rate.plot(rate["t_s"], rate["db_queries_s"], color=PALETTE[2],
-                         label="queries/s", marker=".", markersize=2.5)
+                         label="queries/s", **_markers(rate["db_queries_s"]))
         else:
             _empty_note(ax_rate, "query rate not measured (fewer than two samples)")
         _time_axis([ax_time, ax_rate], duration_s, warmup_s)

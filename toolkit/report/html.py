@@ -15,8 +15,10 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup
 
+from ..endurance import report_section as endurance_section
 from ..kpi import JOB_NAMES, METRICS, KpiResult, format_percent, format_value
 from ..rundir import Run
+from ..stress import report_section as stress_section
 from . import charts, worst_offender
 
 PROFILE_SVG = "profile.svg"
@@ -69,6 +71,8 @@ def build_context(run: Run, results: Sequence[KpiResult],
         "slow_queries": _slow_queries(run, started_at),
         "failures": _failures(run.failures),
         "alarms": _alarms(run.alarms, started_at),
+        "stress": stress_section(meta),
+        "endurance": endurance_section(meta),
         "profile": _profile(run),
         "collectors": _collectors(meta, duration_s),
         "environment": _environment(meta, duration_s),
@@ -364,8 +368,12 @@ class _Drawing:
             return self._section("database", title, note=self._collector_note(
                 "app", "the target's metrics endpoints were not scraped (app.csv absent)"))
         rate = charts.query_rate(app)
-        rate["t_s"] = rate["t"] - self.started_at
-        samples = app.assign(t_s=app["t"].astype(float) - self.started_at)
+        if len(app) > charts.MAX_POINTS:
+            # The rate comes from consecutive raw samples first, then both are binned.
+            samples, rate = self._resample(app), self._resample(rate)
+        else:
+            rate["t_s"] = rate["t"] - self.started_at
+            samples = app.assign(t_s=app["t"].astype(float) - self.started_at)
         svg = charts.draw_database(
             samples, rate, self.duration_s, self.warmup_s, self._id(),
             _kpi_lines(self.results, ["db_query_mean_ms"], None),
