@@ -187,6 +187,22 @@ def test_absent_data_is_not_measured_not_an_empty_chart(tmp_path: Path) -> None:
     assert len(charts_in(by_id(page, "traffic"))) == 5
 
 
+def test_run_that_failed_before_any_request_still_renders(tmp_path: Path) -> None:
+    rundir.write_json(tmp_path / rundir.RUN_JSON, {
+        "run_id": "early", "command": "load", "started_at": float(START_T), "ended_at": None,
+        "status": "failed", "message": "the target never became ready",
+        "settings": {"duration_s": 60, "warmup_s": 6}})
+    page = lxml.html.fromstring(render(tmp_path))
+    banner = by_id(page, "verdict")
+    assert banner.get("data-verdict") == "fail"
+    assert "the target never became ready" in plain(banner)
+    for section in ALWAYS_SECTIONS[1:]:
+        assert not charts_in(by_id(page, section)), section
+    for section in ("traffic", "load", "resources", "database", "jobs", "failures"):
+        assert "not measured" in plain(by_id(page, section)), section
+    assert {row[1] for row in kpi_rows(page).values()} == {"missing"}
+
+
 def test_run_data_is_escaped(tmp_path: Path) -> None:
     name = "GET /api/<b>bold</b>"
     make_run(tmp_path, RunSpec(duration_s=10, endpoints={name: EndpointSpec(rps=5)}))

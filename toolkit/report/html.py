@@ -70,6 +70,7 @@ def build_context(run: Run, results: Sequence[KpiResult],
         "sections": drawing.sections(),
         "slow_queries": _slow_queries(run, started_at),
         "failures": _failures(run.failures),
+        "requests_recorded": not run.latency.empty,
         "alarms": _alarms(run.alarms, started_at),
         "stress": stress_section(meta),
         "endurance": endurance_section(meta),
@@ -136,6 +137,8 @@ def _banner(meta: dict[str, Any], results: Sequence[KpiResult], summary: dict[st
         headline = describe_offence(worst)
     elif verdict == "fail":
         headline = str(summary.get("verdict_reason") or "the run failed")
+    elif results and not counts["pass"]:
+        headline = f"None of the {len(results)} KPIs could be measured"
     elif results:
         headline = f"All {counts['pass']} measured KPIs met their targets"
     else:
