@@ -104,7 +104,8 @@ def test_analysis_of_a_run_directory_on_fixed_data() -> None:
 def test_endurance_flags_the_leaking_target_and_not_the_steady_one(tmp_path: Path) -> None:
     # Both runs at once (they share nothing): 64 KiB kept per request at 20 req/s is about
     # 4.5 GB/h. A 16 s judged window cannot resolve 10 MB/h (one allocator arena step is
-    # that much), so the threshold here is 200 MB/h.
+    # that much), so the threshold here is 200 MB/h. The steady run also records a py-spy
+    # profile (--profile), from the end of the warm-up on.
     kpis = tmp_path / "kpi.toml"
     kpis.write_text('replace_defaults = true\n[[kpi]]\nmetric = "error_rate_percent"\n'
                     'target = "1%"\n', "utf-8")
@@ -122,7 +123,8 @@ def test_endurance_flags_the_leaking_target_and_not_the_steady_one(tmp_path: Pat
                  "--target-pid", str(target.pid), "--scenario", "health", "--users", "2",
                  "--rate", "20", "--duration", "20s", "--warmup", "4s",
                  "--leak-threshold", "200MB/h", "--kpi", str(kpis),
-                 "--out", str(tmp_path / f"leak{leak_kb}")],
+                 "--out", str(tmp_path / f"leak{leak_kb}"),
+                 *(["--profile"] if leak_kb == "0" else [])],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         outputs = [run.communicate(timeout=120)[0] for run in runs]
     finally:
@@ -142,3 +144,12 @@ def test_endurance_flags_the_leaking_target_and_not_the_steady_one(tmp_path: Pat
     assert steady["error_budget"]["requests"] > 0
     assert steady["drift"]["endpoints"]["GET /api/v1/health"]["p95_first_ms"] is not None
     json.dumps(steady)
+    report = (tmp_path / "leak64" / "report.html").read_text("utf-8")
+    assert 'id="endurance"' in report and "LEAK" in report
+
+    profile = rundir.load_run(tmp_path / "leak0").meta["profile"]
+    if not profile["available"] and "may not attach" in profile["note"]:
+        pytest.skip(f"py-spy cannot attach here: {profile['note']}")
+    assert profile["available"], profile["note"]
+    assert (tmp_path / "leak0" / "profile.svg").stat().st_size > 0
+    assert (tmp_path / "leak0" / "profile.speedscope.json").stat().st_size > 0

@@ -132,7 +132,8 @@ def test_stress_finds_the_capacity_of_a_worker_pool(tmp_path: Path) -> None:
     assert stress["stopped"] == "broke"
     assert "broke at step 3" in result.stdout
     assert (tmp_path / "run" / "stress.svg").read_text().lstrip().startswith("<?xml")
-    assert (tmp_path / "run" / "report.html").exists()
+    report = (tmp_path / "run" / "report.html").read_text("utf-8")
+    assert 'id="stress"' in report and "data:image/svg+xml;base64" in report
     timeline = (tmp_path / "run" / "timeline.csv").read_text().splitlines()
     assert max(int(line.split(",")[1]) for line in timeline[1:]) == 12
     json.dumps(stress)  # plain JSON, no NaN

@@ -56,17 +56,14 @@ class Plan:
     build longer plans; `on_step_end` may end the run early (e.g. a stress test that broke): it
     is called when the next step is due and, for the last step, when the duration is over.
     `on_run_end` adds to the run directory once run.json is final, before the report is
-    written (stress and endurance store their results there).
+    written (stress and endurance store their results there). `window_s`: how many recent
+    seconds of latency buckets `on_step_end` reads from the recorder (kept in memory).
     """
 
     steps: list[tuple[float, int, float | None]]
     on_step_end: Callable[[int, "RunState"], bool] | None = None
     on_run_end: Callable[[Path, "RunState"], None] | None = None
-
-    def longest_step_s(self, duration_s: float) -> float:
-        ends = [start for start, _, _ in self.steps[1:]] + [duration_s]
-        return max((end - start for (start, _, _), end in zip(self.steps, ends, strict=True)),
-                   default=0.0)
+    window_s: float = 0.0
 
 
 @dataclass
@@ -205,8 +202,8 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> tupl
     rundir.write_json(run_dir / rundir.RUN_JSON, meta)
 
     # The recorder keeps enough recent buckets in memory for the alarm window and for
-    # judging a whole plan step live (stress).
-    keep_s = max(ALARM_WINDOW_S, plan.longest_step_s(settings.duration_s)) + 5.0
+    # judging a whole plan step live (stress); no more, so a long run stays flat.
+    keep_s = max(ALARM_WINDOW_S, plan.window_s) + 5.0
     state = RunState(recorder=Recorder(run_dir / rundir.LATENCY, keep_s=keep_s),
                      system=SystemCollector(pid, run_dir / rundir.RESOURCES),
                      app=AppCollector(url, run_dir))

@@ -24,6 +24,7 @@ stops at the broken step, at `max_steps`, or at --duration, whichever comes firs
 goes to run.json "stress" and the throughput-latency chart to stress.svg.
 """
 
+import base64
 import dataclasses
 import io
 import math
@@ -283,7 +284,8 @@ def run_stress(settings: StressSettings, say: Callable[[str], None]) -> tuple[Pa
         + ", ".join(f"{rate:g}/s" if rate is not None else f"{users}" for _, users, rate in steps)
         + (" arrivals" if load.rate is not None else " users"))
     run_dir, code = runner.run_load(load, say, runner.Plan(
-        steps=steps, on_step_end=on_step_end, on_run_end=on_run_end))
+        steps=steps, on_step_end=on_step_end, on_run_end=on_run_end,
+        window_s=settings.step_duration_s))
     stress = rundir.load_run(run_dir).meta["stress"]
     capacity, broke = stress["capacity"], stress["broke"]
     say("perfkit stress: capacity " + (describe_step(
@@ -308,3 +310,28 @@ def _read_resources(path: Path, start: float, end: float) -> pd.DataFrame | None
     if "t" not in frame.columns:
         return None
     return frame[(frame["t"] >= start) & (frame["t"] <= end)]
+
+
+def report_section(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """What report.html shows of run.json "stress" (None for other runs): the verdict lines,
+    one row per step and the chart, redrawn from run.json."""
+    stress = meta.get("stress")
+    if not stress:
+        return None
+    capacity, broke = stress.get("capacity"), stress.get("broke")
+    by_step = {s["step"]: s for s in stress["steps"]}
+    chart = base64.b64encode(draw_stress_chart(stress).encode("utf-8")).decode("ascii")
+    return {
+        "capacity": (describe_step(by_step[capacity["step"]]) if capacity
+                     else "none: not even the first step held"),
+        "broke": (f"step {broke['step']}: {broke['how']}" if broke
+                  else f"never, within {len(stress['steps'])} steps"),
+        "rows": [{"step": s["step"], "users": s["users"],
+                  "rate": format_value(s["rate"], "/s") if s["rate"] is not None else "—",
+                  "rps": format_value(s["rps"], ""), "p50": format_value(s["p50_ms"], ""),
+                  "p95": format_value(s["p95_ms"], ""), "p99": format_value(s["p99_ms"], ""),
+                  "errors": format_value(s["error_rate_percent"], "%"), "held": s["held"],
+                  "why": "; ".join(describe_breach(b) for b in s["breaches"])}
+                 for s in stress["steps"]],
+        "chart_src": f"data:image/svg+xml;base64,{chart}",
+    }
