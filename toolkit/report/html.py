@@ -159,7 +159,7 @@ def _banner(meta: dict[str, Any], results: Sequence[KpiResult], summary: dict[st
         "counts": counts,
         "status": status,
         "status_label": status.replace("_", " ").upper(),
-        "message": meta.get("message") or "",
+        "message": _sentence(str(meta.get("message") or "")),
         "partial": partial,
         "command": meta.get("command") or "",
         "scenario": meta.get("scenario") or "",
@@ -167,6 +167,11 @@ def _banner(meta: dict[str, Any], results: Sequence[KpiResult], summary: dict[st
         "started": _utc(meta.get("started_at")),
         "duration": _duration(duration_s),
     }
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text + "." if text and text[-1] not in ".!?" else text
 
 
 def _loadgen(meta: dict[str, Any], timeline: pd.DataFrame | None) -> dict[str, Any]:
