@@ -206,6 +206,31 @@ def test_no_request_body_gives_a_500(reference_service: str, body: Any) -> None:
     assert response.status_code in (201, 400, 422), response.text
 
 
+HOSTILE_BODIES = [
+    b'{"items": [{"product_name": "\\ud800", "category": "c", "price_exact": 1}]}',
+    b'{"items": [{"product_name": "ok", "category": "c", "price_exact": 1, '
+    b'"metadata": {"\\udfff": "\\u0000"}}]}',
+    b'{"items": [{"product_name": "ok", "category": "c", "price_exact": 1, '
+    b'"metadata": {"k": "\\udfff"}}]}',
+    b'{"items": [{"product_name": "ok", "category": "c", "price_exact": NaN}]}',
+    b'{"items": [{"product_name": "ok", "category": "c", "price_exact": 1e999}]}',
+    b'{"items": [{"product_name": "ok", "category": "c", "price_exact": 1' + b"0" * 5000 + b"}]}",
+    b'{"items": [{"product_name": "ok", "category": "c", "price_exact": 1, "metadata": '
+    + b"[" * 50_000 + b"]" * 50_000 + b"}]}",
+    b"\xff\xfe not utf-8",
+    b"",
+    b"[]",
+    b'"items"',
+]
+
+
+@pytest.mark.parametrize("content", HOSTILE_BODIES)
+def test_hostile_raw_bodies_are_client_errors(reference_service: str, content: bytes) -> None:
+    response = httpx.post(reference_service + API, content=content,
+                          headers={"content-type": "application/json"}, timeout=10.0)
+    assert 400 <= response.status_code < 500, response.text
+
+
 @pytest.mark.parametrize("path", ["/api/v1/metrics/system", "/api/v1/metrics/database",
                                   "/api/v1/metrics/application"])
 def test_metrics_are_json_with_the_dashboard_field_names(reference_service: str,

@@ -44,13 +44,16 @@ class ProductItem(BaseModel):
     @classmethod
     def check_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
         try:
-            # ensure_ascii keeps NULs and lone surrogates as escapes the databases accept.
-            encoded = json.dumps(value, ensure_ascii=True, allow_nan=False)
+            encoded = json.dumps(value, ensure_ascii=False, allow_nan=False)
+            encoded.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            # PostgreSQL's json type refuses a lone surrogate escape; so does a sane client.
+            raise ValueError("must be valid Unicode (no lone surrogates)") from exc
         except (ValueError, TypeError, RecursionError) as exc:
             raise ValueError(f"must be a JSON object: {exc}") from exc
         if len(encoded) > _METADATA_MAX_CHARS:
             raise ValueError(f"must be at most {_METADATA_MAX_CHARS} characters as JSON")
-        if "\\u0000" in encoded:
+        if "\x00" in encoded:
             raise ValueError("must not contain NUL characters")
         return value
 
