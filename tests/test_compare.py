@@ -156,6 +156,16 @@ def test_pooled_runs_make_a_narrower_interval(tmp_path: Path) -> None:
     assert pooled.ci_high - pooled.ci_low < one.ci_high - one.ci_low
 
 
+def test_spread_between_runs_widens_the_interval(tmp_path: Path) -> None:
+    base = [synthetic(tmp_path, f"b{i}", RunSpec(seed=10 + i)) for i in range(3)]
+    steady = [synthetic(tmp_path, f"s{i}", RunSpec(seed=20 + i)) for i in range(3)]
+    drifting = [synthetic(tmp_path, f"d{i}", RunSpec(seed=20 + i, latency_factor=factor))
+                for i, factor in enumerate([0.8, 1.0, 1.25])]
+    calm = by_key(compare_runs(base, steady), HEALTH, "p50_ms")
+    spread = by_key(compare_runs(base, drifting), HEALTH, "p50_ms")
+    assert spread.ci_high - spread.ci_low > 2 * (calm.ci_high - calm.ci_low)
+
+
 def test_different_scenarios_are_refused(tmp_path: Path) -> None:
     base = synthetic(tmp_path, "base", RunSpec(seed=1))
     other = synthetic(tmp_path, "other", RunSpec(seed=2, scenario="health"))

@@ -114,6 +114,7 @@ class _Side:
     latency: dict[str, list[list[str]]]     # name -> per block: encoded histograms
     resources: pd.DataFrame | None           # judged samples with a "block" column
     n_blocks: int
+    blocks_per_run: list[int]
 
 
 def _judged_start_end(run: rundir.Run, warmup_s: float | None) -> tuple[float, float]:
@@ -134,9 +135,11 @@ def _cut_blocks(runs: list[rundir.Run], warmup_s: float | None) -> _Side:
     latency: dict[str, list[list[str]]] = {}
     resource_frames = []
     offset = 0
+    blocks_per_run = []
     for run, (start, end) in zip(runs, windows, strict=True):
         t0 = math.ceil(start)
         n_blocks = max(0, int((end - t0) // block_s))
+        blocks_per_run.append(n_blocks)
         rows = run.latency
         index = ((rows["t"] - t0) // block_s).astype(int) if len(rows) else pd.Series([], dtype=int)
         inside = (rows["t"] >= t0) & (index < n_blocks)
@@ -158,7 +161,8 @@ def _cut_blocks(runs: list[rundir.Run], warmup_s: float | None) -> _Side:
     for blocks in latency.values():
         blocks.extend([] for _ in range(offset - len(blocks)))
     resources = pd.concat(resource_frames, ignore_index=True) if resource_frames else None
-    return _Side(block_s=block_s, latency=latency, resources=resources, n_blocks=offset)
+    return _Side(block_s=block_s, latency=latency, resources=resources, n_blocks=offset,
+                 blocks_per_run=blocks_per_run)
 
 
 def _check_comparable(baselines: list[rundir.Run], currents: list[rundir.Run]) -> None:
@@ -179,7 +183,10 @@ def _settings_notes(baselines: list[rundir.Run], currents: list[rundir.Run]) -> 
         b, c = base.get("settings", {}).get(key), cur.get("settings", {}).get(key)
         if b != c:
             notes.append(f"settings differ: {key} baseline {b}, current {c}")
-    for key in ("variants", "latency_profile", "target"):
+    # a target perfkit started itself gets a new port every run: that is no difference
+    managed = base.get("target_managed") and cur.get("target_managed")
+    for key in ("variants", "latency_profile") if managed else ("variants", "latency_profile",
+                                                                "target"):
         if base.get(key) != cur.get(key):
             notes.append(f"{key} differs: baseline {base.get(key)}, current {cur.get(key)}")
     if base.get("machine", {}).get("hostname") != cur.get("machine", {}).get("hostname"):
@@ -210,8 +217,10 @@ def compare_runs(baselines: list[rundir.Run], currents: list[rundir.Run],
         raise ConfigError("a run is too short to compare (fewer than 2 judged time buckets)")
     rng = np.random.default_rng(settings.seed)
     # float weights: numpy multiplies float matrices with BLAS, integer ones without
-    base_weights = stats.bootstrap_weights(base.n_blocks, settings.resamples, rng).astype(float)
-    cur_weights = stats.bootstrap_weights(cur.n_blocks, settings.resamples, rng).astype(float)
+    base_weights = stats.bootstrap_weights(base.blocks_per_run, settings.resamples,
+                                           rng).astype(float)
+    cur_weights = stats.bootstrap_weights(cur.blocks_per_run, settings.resamples,
+                                          rng).astype(float)
     evidence: list[_Evidence] = []
     for name in common:
         evidence.extend(_compare_endpoint(name, base, cur, base_weights, cur_weights, settings))
@@ -311,8 +320,9 @@ def _compare_endpoint(name: str, base: _Side, cur: _Side, base_weights: np.ndarr
             results.append(_measure(
                 name, metric, unit, higher_is_worse, b_total / b.duration_s,
                 c_total / c.duration_s, settings,
-                base_boot=(base_weights @ b.block_totals) / b.duration_s,
-                cur_boot=(cur_weights @ c.block_totals) / c.duration_s,
+                # a resample of runs of unequal length covers its own length of time
+                base_boot=(base_weights @ b.block_totals) / (base_weights.sum(axis=1) * b.block_s),
+                cur_boot=(cur_weights @ c.block_totals) / (cur_weights.sum(axis=1) * c.block_s),
                 base_blocks=b.block_totals / b.block_s, cur_blocks=c.block_totals / c.block_s))
             continue
         needed = math.ceil(MIN_BEYOND_PERCENTILE / (1.0 - percentile / 100.0))

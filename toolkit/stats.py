@@ -166,9 +166,18 @@ def percentiles_of_counts(values_us: np.ndarray, counts: np.ndarray,
     return result
 
 
-def bootstrap_weights(n_blocks: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
-    """How often each block is drawn in each resample (resamples × n_blocks)."""
-    return rng.multinomial(n_blocks, np.full(n_blocks, 1.0 / n_blocks), size=resamples)
+def bootstrap_weights(blocks_per_run: Sequence[int], resamples: int,
+                      rng: np.random.Generator) -> np.ndarray:
+    """How often each block is drawn in each resample (resamples × all blocks).
+
+    Blocks of several runs lie one run after another. Runs are resampled first, then blocks
+    within each drawn run, so the spread between runs enters the interval too.
+    """
+    runs = len(blocks_per_run)
+    draws = rng.multinomial(runs, np.full(runs, 1.0 / runs), size=resamples)  # resample × run
+    parts = [rng.multinomial(draws[:, r] * n, np.full(n, 1.0 / n))
+             for r, n in enumerate(blocks_per_run) if n > 0]
+    return np.concatenate(parts, axis=1)
 
 
 def ratio_interval(baseline: np.ndarray, current: np.ndarray, ratio: float,

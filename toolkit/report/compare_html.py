@@ -13,6 +13,7 @@ import jinja2
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from .. import rundir, stats
 from ..compare import TARGET, Comparison, MetricComparison, comparison_record
@@ -160,11 +161,18 @@ def draw_endpoint(name: str, baselines: list[rundir.Run], currents: list[rundir.
             ax_p95.plot(t_s, p95, color=color, linewidth=0.9, label=label)
             ax_rps.plot(t_s, rps, color=color, linewidth=0.9, label=label)
         ax_cdf.set_xscale("log")
+        # plain numbers: with mathtext off (endpoint names may hold "$") 10^x would show raw
+        ax_cdf.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}"))
+        ax_cdf.xaxis.set_minor_formatter(NullFormatter())
         ax_cdf.set_title("latency distribution (judged)")
         ax_cdf.set_xlabel("ms")
         ax_cdf.set_ylabel("fraction of requests ≤ x")
         ax_cdf.legend(loc="lower right")
-        ax_p95.set_title("p95 per second")
+        warmup_s = float(currents[0].meta.get("settings", {}).get("warmup_s") or 0.0)
+        for ax in (ax_p95, ax_rps):
+            if warmup_s > 0:
+                ax.axvspan(0, warmup_s, color="#e5e7eb", alpha=0.7, lw=0, zorder=0)
+        ax_p95.set_title("p95 per second (grey: warm-up)")
         ax_p95.set_xlabel("seconds since start")
         ax_p95.set_ylabel("ms")
         ax_p95.set_ylim(bottom=0)
