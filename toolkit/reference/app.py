@@ -259,7 +259,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             # The unit of work inserts the job before its items (foreign key order).
             session.add(job)
             session.add_all(items)
-        start_job(pool, job.id, body.priority)
+        start_job(pool, job, items)
         return json_response(describe_job(job, pool.settings, [], {}, len(items)), 201)
 
     @app.get("/api/v1/research/products/{job_id}")
@@ -279,26 +279,28 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     @app.get("/api/v1/research/products/{job_id}/status")
     async def read_status(job_id: str, sessions: Sessions) -> Response:
+        # One grouped query: the job's state, its item total and the outcomes so far.
         async with sessions() as session:
-            job = await session.get(Job, job_id)
-            if job is None:
-                return not_found(job_id)
-            # One grouped outer join gives the item total and the outcomes so far.
             rows = (await session.execute(
-                select(Result.status, func.count()).select_from(Item).outerjoin(Result)
-                .where(Item.job_id == job_id).group_by(Result.status))).all()
-        total = sum(int(count) for _, count in rows)
-        counts = {status: int(count) for status, count in rows if status is not None}
+                select(Job.id, Job.status, Job.message, Result.status, func.count(Item.id))
+                .join(Item, Item.job_id == Job.id).outerjoin(Result)
+                .where(Job.id == job_id).group_by(Job.id, Job.status, Job.message, Result.status)
+            )).all()
+        if not rows:
+            return not_found(job_id)
+        _, job_status, job_message, _, _ = rows[0]
+        total = sum(int(row[4]) for row in rows)
+        counts = {row[3]: int(row[4]) for row in rows if row[3] is not None}
         done = sum(counts.values())
-        if job.status in FINISHED_STATUSES:
+        if job_status in FINISHED_STATUSES:
             progress = 1.0
         else:
             progress = done / total if total else 0.0
         return json_response({
-            "job_id": job.id,
-            "status": job.status,
+            "job_id": job_id,
+            "status": job_status,
             "progress": progress,
-            "message": job.message,
+            "message": job_message,
             "metadata": {**summarise_counts(counts), "total": total},
         })
 

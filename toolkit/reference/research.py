@@ -8,16 +8,15 @@ import heapq
 import itertools
 import logging
 import time
-from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlalchemy.orm import selectinload
 
 from .cache import Cache
 from .db import ACTIVE_STATUSES, Item, Job, Result, utc_now
@@ -99,8 +98,12 @@ def judge_answer(answer: dict[str, Any]) -> str:
     return "insufficient_sources"
 
 
-def start_job(pool: WorkerPool, job_id: str, priority: int) -> None:
-    task = asyncio.create_task(run_job(pool, job_id, priority), name=f"research-{job_id}")
+def start_job(pool: WorkerPool, job: Job, items: list[Item]) -> None:
+    """Research a just-created job in the background; `items` are the rows just inserted, so
+    the worker does not read them back."""
+    job_id = job.id
+    task = asyncio.create_task(run_job(pool, job_id, job.priority, job.callback_url, items),
+                               name=f"research-{job_id}")
     pool.tasks[job_id] = task
     task.add_done_callback(lambda _: pool.tasks.pop(job_id, None))
 
@@ -135,21 +138,20 @@ async def drain_pool(pool: WorkerPool, grace_s: float) -> None:
         await asyncio.wait(remaining, timeout=10.0)
 
 
-async def run_job(pool: WorkerPool, job_id: str, priority: int) -> None:
+async def run_job(pool: WorkerPool, job_id: str, priority: int, callback_url: str | None,
+                  items: list[Item]) -> None:
     started_at = time.perf_counter()
-    async with pool.sessions() as session:
-        items = list((await session.scalars(
-            select(Item).where(Item.job_id == job_id).order_by(Item.position))).all())
     # Duplicates within a job (same normalised name and price) are researched once.
     groups: dict[str, list[Item]] = defaultdict(list)
     for item in items:
         groups[item.research_key].append(item)
     state = {"processing": False}
+    outcomes: Counter[str] = Counter()
     try:
         async with asyncio.TaskGroup() as group:
             for key, same_items in groups.items():
                 group.create_task(research_group(pool, job_id, priority, key, same_items,
-                                                 state))
+                                                 state, outcomes))
     except asyncio.CancelledError:
         await mark_unfinished_cancelled(pool, job_id)
         record_job(pool.metrics, "cancelled", time.perf_counter() - started_at)
@@ -159,23 +161,27 @@ async def run_job(pool: WorkerPool, job_id: str, priority: int) -> None:
         await finish_job(pool, job_id, "error", "internal error while researching")
         record_job(pool.metrics, "error", time.perf_counter() - started_at)
         return
-    status, message = await summarise_job(pool, job_id)
+    status, message = summarise_job(outcomes)
     if await finish_job(pool, job_id, status, message):
         record_job(pool.metrics, status, time.perf_counter() - started_at)
-    await send_callback(pool, job_id)
+        if callback_url:
+            await send_callback(pool, callback_url, {
+                "job_id": job_id, "status": status, "message": message,
+                "metadata": summarise_counts(outcomes)})
 
 
 async def research_group(pool: WorkerPool, job_id: str, priority: int, key: str,
-                         items: list[Item], state: dict[str, bool]) -> None:
+                         items: list[Item], state: dict[str, bool],
+                         outcomes: Counter[str]) -> None:
     if pool.semaphore is None:
-        await research_items(pool, job_id, key, items, state)
+        await research_items(pool, job_id, key, items, state, outcomes)
         return
     async with pool.semaphore.slot(priority):
-        await research_items(pool, job_id, key, items, state)
+        await research_items(pool, job_id, key, items, state, outcomes)
 
 
 async def research_items(pool: WorkerPool, job_id: str, key: str, items: list[Item],
-                         state: dict[str, bool]) -> None:
+                         state: dict[str, bool], outcomes: Counter[str]) -> None:
     if not state["processing"]:
         state["processing"] = True
         async with pool.sessions.begin() as session:
@@ -208,18 +214,17 @@ async def research_items(pool: WorkerPool, job_id: str, key: str, items: list[It
         for item in items:
             session.add(Result(item_id=item.id, status=status, data=answer or {}, error=error,
                                cached=cached, duration_s=duration_s, created_at=utc_now()))
+    outcomes[status] += len(items)
     for _ in items:
         record_research(pool.metrics, status, duration_s)
 
 
-async def summarise_job(pool: WorkerPool, job_id: str) -> tuple[str, str]:
-    counts = await count_results(pool.sessions, job_id)
-    successful = counts.get("success", 0)
-    failed = sum(counts.get(status, 0) for status in FAILED_ITEM_STATUSES)
-    total = sum(counts.values())
-    message = f"researched {total} items: {successful} successful, {failed} failed"
+def summarise_job(outcomes: Counter[str]) -> tuple[str, str]:
+    counts = summarise_counts(outcomes)
+    message = (f"researched {counts['total']} items: {counts['successful']} successful, "
+               f"{counts['failed']} failed")
     # The job itself failed only when no item got an answer at all.
-    status = "error" if total and counts.get("error", 0) == total else "success"
+    status = "error" if counts["total"] and outcomes["error"] == counts["total"] else "success"
     return status, message
 
 
@@ -246,29 +251,20 @@ async def mark_unfinished_cancelled(pool: WorkerPool, job_id: str) -> None:
             .values(status="cancelled", message=message, completed_at=utc_now()))
 
 
-async def count_results(sessions: async_sessionmaker[Any], job_id: str) -> dict[str, int]:
-    async with sessions() as session:
-        rows = (await session.execute(
-            select(Result.status, func.count()).join(Item).where(Item.job_id == job_id)
-            .group_by(Result.status))).all()
-    return {status: int(count) for status, count in rows}
-
-
 async def load_job(sessions: async_sessionmaker[Any], job_id: str,
                    n_plus_one: bool) -> tuple[Job, list[tuple[Item, Result | None]]] | None:
-    """The job with its items and results: three queries eagerly, or 2 + N under `n_plus_one`
-    (one query per item for its result, as a lazy ORM loop does)."""
+    """The job with its items and results: two queries (the items outer-joined with their
+    results), or 2 + N under `n_plus_one` (one query per item for its result, as a lazy ORM
+    loop does)."""
     async with sessions() as session:
-        if not n_plus_one:
-            job = await session.scalar(
-                select(Job).where(Job.id == job_id)
-                .options(selectinload(Job.items).selectinload(Item.result)))
-            if job is None:
-                return None
-            return job, [(item, item.result) for item in job.items]
         job = await session.scalar(select(Job).where(Job.id == job_id))
         if job is None:
             return None
+        if not n_plus_one:
+            rows = (await session.execute(
+                select(Item, Result).outerjoin(Result).where(Item.job_id == job_id)
+                .order_by(Item.position))).all()
+            return job, [(item, result) for item, result in rows]
         items = (await session.scalars(
             select(Item).where(Item.job_id == job_id).order_by(Item.position))).all()
         pairs = []
@@ -278,26 +274,19 @@ async def load_job(sessions: async_sessionmaker[Any], job_id: str,
         return job, pairs
 
 
-async def send_callback(pool: WorkerPool, job_id: str) -> None:
+async def send_callback(pool: WorkerPool, callback_url: str, body: dict[str, Any]) -> None:
     """POST the final status to the job's callback_url; failures are logged, never retried."""
-    async with pool.sessions() as session:
-        job = await session.get(Job, job_id)
-    if job is None or not job.callback_url:
-        return
-    counts = await count_results(pool.sessions, job_id)
-    body = {"job_id": job_id, "status": job.status, "message": job.message,
-            "metadata": summarise_counts(counts)}
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5.0)) as session:
-            async with session.post(job.callback_url, json=body) as response:
+            async with session.post(callback_url, json=body) as response:
                 response.raise_for_status()
         pool.metrics.callbacks_sent += 1
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         pool.metrics.callbacks_failed += 1
-        log.warning("callback for job %s to %s failed: %s", job_id, job.callback_url, exc)
+        log.warning("callback for job %s to %s failed: %s", body["job_id"], callback_url, exc)
 
 
-def summarise_counts(counts: dict[str, int]) -> dict[str, int]:
+def summarise_counts(counts: Mapping[str, int]) -> dict[str, int]:
     return {
         "total": sum(counts.values()),
         "successful": counts.get("success", 0),
