@@ -13,6 +13,11 @@ means exactly what a failed KPI in the report means, only over a short window:
 - a window in which nothing completed is "missing", not an alarm: a target that stalls
   completely shows up once its requests come back (or fail).
 
+Judging a window decodes and merges its histograms (tens of ms for a few endpoints); that
+runs in gevent's thread pool, a real OS thread, so it never holds Locust's event loop (which
+would add the pause to the latency of every request in flight); its result is picked up by the
+next check, a second later.
+
 An alarm is a line on the terminal (`say`), a line in alarms.jsonl (`t, kpi, value, limit,
 message`) and, with --alert-webhook, a JSON POST sent from its own greenlet: a few attempts
 with backoff, each with a timeout, all within WEBHOOK_DEADLINE_S, so a dead webhook never
@@ -115,30 +120,49 @@ class AlarmWatcher:
         # Resource samples of the last window, from the system collector's latest row.
         self.resources: deque[dict[str, Any]] = deque(maxlen=window_s * 4)
         self.posts: list[gevent.Greenlet] = []
+        self.pending: Any = None  # gevent AsyncResult of the judgement in the thread pool
+        self.pending_window: tuple[float, float] = (0.0, 0.0)
 
     def check(self, state: Any, now: float | None = None) -> list[dict[str, Any]]:
-        """Judge the window ending now (at most every CHECK_EVERY_S); returns the alarms it
-        raised, already said, written and posted."""
+        """Pick up the last judgement if it is done, and start judging the window ending now
+        (at most every CHECK_EVERY_S); returns the alarms raised, already said, written and
+        posted."""
         now = time.time() if now is None else now
         sample = state.system.latest()
         if sample and (not self.resources or self.resources[-1]["t"] != sample["t"]):
             self.resources.append(sample)
+        raised: list[dict[str, Any]] = []
+        if self.pending is not None and self.pending.ready():
+            pending, self.pending = self.pending, None
+            try:
+                results = pending.get()
+            except Exception:  # the thread's boundary: a failed judgement is a gap, not a crash
+                log.exception("judging the alarm window failed")
+            else:
+                raised = self.apply(results, self.pending_window[1], state.started_at)
         judged_from = state.started_at + self.warmup_s
-        if now - judged_from < self.window_s or now - self.last_check < CHECK_EVERY_S:
-            return []
-        self.last_check = now
-        start = now - self.window_s
-        records = state.recorder.window_records(start, now)
-        resources = pd.DataFrame(list(self.resources)) if self.resources else None
+        if (self.pending is None and now - judged_from >= self.window_s
+                and now - self.last_check >= CHECK_EVERY_S):
+            self.last_check = now
+            start = now - self.window_s
+            records = state.recorder.window_records(start, now)
+            resources = pd.DataFrame(list(self.resources)) if self.resources else None
+            self.pending_window = (start, now)
+            self.pending = gevent.get_hub().threadpool.spawn(
+                judge_window, records, resources, start, now, self.targets)
+        return raised
+
+    def apply(self, results: list[KpiResult], now: float,
+              started_at: float) -> list[dict[str, Any]]:
         raised = []
-        for result in judge_window(records, resources, start, now, self.targets):
+        for result in results:
             name = result.kpi.name
             if result.verdict == "fail" and name not in self.failing:
                 self.failing.add(name)
-                raised.append(self.raise_alarm(result, now, now - state.started_at))
+                raised.append(self.raise_alarm(result, now, now - started_at))
             elif result.verdict in ("pass", "warn") and name in self.failing:
                 self.failing.discard(name)
-                self.say(f"perfkit: alarm cleared +{now - state.started_at:.0f}s {name}")
+                self.say(f"perfkit: alarm cleared +{now - started_at:.0f}s {name}")
         return raised
 
     def raise_alarm(self, result: KpiResult, now: float, elapsed_s: float) -> dict[str, Any]:

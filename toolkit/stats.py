@@ -43,7 +43,17 @@ def percentile_ms(hist: HdrHistogram, percentile: float) -> float | None:
     """The value at `percentile` (0-100) in ms; None for an empty histogram."""
     if hist.get_total_count() == 0:
         return None
-    return hist.get_value_at_percentile(percentile) / 1000.0
+    # hdrh's get_value_at_percentile, with the running count taken by numpy instead of a
+    # Python loop over every cell below the answer (same target count, same cell, same value).
+    target = hist.get_target_count_at_percentile(percentile)
+    counts = np.ctypeslib.as_array(hist.counts)[:hist.counts_len]
+    reached = np.flatnonzero(np.cumsum(counts) >= target)
+    if reached.size == 0:
+        return 0.0
+    value = hist.get_value_from_index(int(reached[0]))
+    if percentile:
+        return hist.get_highest_equivalent_value(value) / 1000.0
+    return hist.get_lowest_equivalent_value(value) / 1000.0
 
 
 def max_ms(hist: HdrHistogram) -> float | None:
@@ -59,9 +69,18 @@ def min_ms(hist: HdrHistogram) -> float | None:
 
 
 def mean_ms(hist: HdrHistogram) -> float | None:
+    """hdrh's get_mean_value, summed over the recorded cells only: hdrh walks every cell up to
+    the maximum in Python (~0.2 s for a wide histogram, too slow for a live alarm window).
+    Each cell counts at its median equivalent value, in integers, so the result is identical."""
     if hist.get_total_count() == 0:
         return None
-    return hist.get_mean_value() / 1000.0
+    counts = np.ctypeslib.as_array(hist.counts)[:hist.counts_len]
+    total = 0
+    for index in np.flatnonzero(counts).tolist():
+        lowest = hist.get_value_from_index(index)
+        highest = hist.get_highest_equivalent_value(lowest)
+        total += int(counts[index]) * (lowest + ((highest - lowest + 1) >> 1))
+    return float(total) / hist.get_total_count() / 1000.0
 
 
 SUMMARY_PERCENTILES = {"p50_ms": 50.0, "p90_ms": 90.0, "p95_ms": 95.0, "p99_ms": 99.0,

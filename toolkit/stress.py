@@ -288,6 +288,9 @@ def run_stress(settings: StressSettings, say: Callable[[str], None]) -> tuple[Pa
         window_s=settings.step_duration_s))
     stress = rundir.load_run(run_dir).meta["stress"]
     capacity, broke = stress["capacity"], stress["broke"]
+    if not stress["steps"]:
+        say(f"perfkit stress: no step was completed ({stress['stopped']})")
+        return run_dir, code if code else 1
     say("perfkit stress: capacity " + (describe_step(
         next(s for s in stress["steps"] if s["step"] == capacity["step"]))
         if capacity else "none: not even the first step held"))
