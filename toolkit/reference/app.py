@@ -120,17 +120,19 @@ def endpoint_name(scope: Scope) -> str | None:
     return ENDPOINTS.get((scope["method"], route_template(scope) or ""))
 
 
-def get_pool(request: Request) -> WorkerPool:
+# Dependencies are `async def` on purpose: FastAPI runs plain `def` ones in a thread pool,
+# a thread hop per request for a dictionary lookup.
+async def get_pool(request: Request) -> WorkerPool:
     pool: WorkerPool = request.state.pool
     return pool
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.state.metrics
     return metrics
 
 
-def get_sessions(request: Request) -> async_sessionmaker[Any]:
+async def get_sessions(request: Request) -> async_sessionmaker[Any]:
     sessions: async_sessionmaker[Any] = request.state.sessions
     return sessions
 
