@@ -2,8 +2,9 @@
 
 Runs `perfkit endurance` (a real subprocess) against tests/targets/fixed_delay.py at a few
 hundred requests per second and samples the RSS of the perfkit process every second. Reports
-its RSS at the start (after the warm-up minute), at the end, and its slope in MB/h with a 95 %
-interval (stats.trend_interval, the same statistics the endurance verdict uses on targets).
+its RSS at the start (after the first minute), at the end of the load, and its slope in MB/h
+with a 95 % interval (stats.trend_interval, the same statistics the endurance verdict uses on
+targets), over the load only: the report stage that follows is a short, separate peak.
 Per-bucket histograms are written out and dropped, so the slope should be ~0.
 
     .venv/bin/python bench/endurance_memory.py --duration 10m --rate 300
@@ -50,46 +51,50 @@ def main() -> None:
                               stdout=subprocess.PIPE, text=True)
     assert target.stdout is not None
     url = target.stdout.readline().strip()
-    run = subprocess.Popen(
+    endurance = subprocess.Popen(
         [sys.executable, "-m", "perfkit", "endurance", "--target", url, "--target-pid",
          str(target.pid), "--scenario", "health", "--users", str(args.users), "--rate",
          str(args.rate), "--duration", f"{duration_s:g}s", "--out", str(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    perfkit = psutil.Process(run.pid)
+    perfkit = psutil.Process(endurance.pid)
     samples: list[tuple[float, float]] = []
-    started = time.time()
     try:
-        while run.poll() is None:
+        while endurance.poll() is None:
             value = rss_mb(perfkit)
             if value is not None:
-                samples.append((time.time() - started, value))
+                samples.append((time.time(), value))
             time.sleep(1.0)
     finally:
-        run.wait()
+        endurance.wait()
         target.kill()
         target.wait()
         target.stdout.close()
 
-    t = np.array([s[0] for s in samples])
+    run = rundir.load_run(out)
+    t_abs = np.array([s[0] for s in samples])
     rss = np.array([s[1] for s in samples])
-    judged = t >= SETTLE_S
+    t = t_abs - float(run.meta["started_at"])
+    load_end_s = float(run.meta["ended_at"]) - float(run.meta["started_at"])
+    judged = (t >= SETTLE_S) & (t <= load_end_s)
     trend = stats.trend_interval(t[judged], rss[judged])
     minute = 60.0
-    start_mb = float(rss[judged & (t < SETTLE_S + minute)].mean()) if judged.any() else None
-    end_mb = float(rss[t >= t.max() - minute].mean()) if t.size else None
-    meta = rundir.load_run(out).meta if (out / rundir.RUN_JSON).exists() else {}
-    latency = rundir.load_run(out).latency if meta else None
-    requests = int(latency["count"].sum()) if latency is not None else None
+    start_mb = float(rss[judged & (t < SETTLE_S + minute)].mean())
+    end_mb = float(rss[judged & (t >= load_end_s - minute)].mean())
+    requests = int(run.latency["count"].sum())
     result = {
         "duration_s": duration_s, "rate": args.rate, "requests": requests,
-        "run_status": meta.get("status"), "run_dir": str(out),
-        "perfkit_rss_mb": {"peak": float(rss.max()) if rss.size else None,
-                           "start_after_settle": start_mb, "end": end_mb},
+        "achieved_rps": requests / load_end_s, "run_status": run.meta.get("status"),
+        "run_dir": str(out),
+        "perfkit_rss_mb": {"peak_during_load": float(rss[judged].max()),
+                           "peak_with_report": float(rss.max()),
+                           "start_after_settle": start_mb, "end_of_load": end_mb},
         "slope_mb_per_h": None if trend is None else {
             "value": trend[0] * 3600, "ci_low": trend[1] * 3600, "ci_high": trend[2] * 3600},
     }
     print(json.dumps(result, indent=2))
     (out.parent / "endurance_memory.json").write_text(json.dumps(result, indent=2), "utf-8")
+    np.savetxt(out.parent / "perfkit_rss.csv", np.column_stack([t, rss]), delimiter=",",
+               header="t_s,rss_mb", comments="", fmt="%.3f")
 
 
 if __name__ == "__main__":

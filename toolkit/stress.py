@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gevent
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -258,9 +259,10 @@ def run_stress(settings: StressSettings, say: Callable[[str], None]) -> tuple[Pa
         settle_s = min(SETTLE_MAX_S, SETTLE_FRACTION * settings.step_duration_s)
         start = state.started_at + offset_s + settle_s
         records = state.recorder.window_records(start, now)
-        resources = _read_resources(state.system.out_csv, start, now)
-        result = judge_step(index + 1, users, rate, records, resources, start, now, targets,
-                            results[-1] if results else None, settings.max_error_rate_percent)
+        # In gevent's thread pool: Locust's users go on while the step's histograms merge.
+        result = gevent.get_hub().threadpool.apply(judge_step_file, (
+            index + 1, users, rate, records, state.system.out_csv, start, now, targets,
+            results[-1] if results else None, settings.max_error_rate_percent))
         results.append(result)
         if result["held"]:
             say(f"perfkit stress: {describe_step(result)} held")
@@ -303,6 +305,15 @@ def run_stress(settings: StressSettings, say: Callable[[str], None]) -> tuple[Pa
     if code == 130 or stress["stopped"] not in ("broke", "max_steps"):
         return run_dir, code
     return run_dir, 0 if capacity else 1
+
+
+def judge_step_file(step: int, users: int, rate: float | None, records: list[dict[str, Any]],
+                    resources_csv: Path, start: float, end: float, targets: list[KpiTarget],
+                    previous: dict[str, Any] | None,
+                    max_error_rate_percent: float) -> dict[str, Any]:
+    """judge_step with the step's resource samples read from resources.csv."""
+    return judge_step(step, users, rate, records, _read_resources(resources_csv, start, end),
+                      start, end, targets, previous, max_error_rate_percent)
 
 
 def _read_resources(path: Path, start: float, end: float) -> pd.DataFrame | None:
