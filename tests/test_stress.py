@@ -137,3 +137,17 @@ def test_stress_finds_the_capacity_of_a_worker_pool(tmp_path: Path) -> None:
     timeline = (tmp_path / "run" / "timeline.csv").read_text().splitlines()
     assert max(int(line.split(",")[1]) for line in timeline[1:]) == 12
     json.dumps(stress)  # plain JSON, no NaN
+
+
+def test_a_saturated_closed_load_breaks_when_waits_grow_instead_of_throughput() -> None:
+    targets = load_kpi_targets(None)
+    # 10 -> 15 users (+50 %): throughput stays at 100/s, the median goes 60 -> 90 ms (+50 %).
+    before = judge_step(3, 10, None, [bucket(t, [60.0] * 100) for t in range(0, 10)], None,
+                        0, 10, targets, None, 100.0)
+    saturated = judge_step(4, 15, None, [bucket(t, [90.0] * 100) for t in range(10, 20)],
+                           None, 10, 20, targets, before, 100.0)
+    assert [b["kpi"] for b in saturated["breaches"]] == ["latency growth across steps"]
+    # The same latency growth with throughput growing along with the users is not saturation.
+    scaling = judge_step(4, 15, None, [bucket(t, [90.0] * 150) for t in range(10, 20)],
+                         None, 10, 20, targets, before, 100.0)
+    assert scaling["held"]

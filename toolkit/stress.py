@@ -13,12 +13,13 @@ Each step is judged live at its end, on its own window with the first SETTLE par
 - latency growing without bound: the median of the step's last third at least GROWTH_RATIO ×
   that of its first third while the per-second medians rise steadily (Kendall's tau at least
   GROWTH_TAU: a queue that grows all through the step, as an open load past capacity shows,
-  not one pause of the machine at the end); or the median at least GROWTH_RATIO × the
-  previous step's while throughput grew by less than half as much as the offered load (a
-  closed load past capacity: more users, same throughput, longer waits). The median, not a
-  tail percentile: a growing queue delays every request, while a pause of a busy machine
-  moves only the tail. Both rules need the increase to be at least GROWTH_FLOOR_MS, so
-  millisecond jitter never counts.
+  not one pause of the machine at the end); or, against the previous step, throughput grew
+  by less than half as much as the offered load while the median grew by at least half as
+  much (a closed load past capacity: more users, the same throughput, waits growing with the
+  load instead: "latency doubled while throughput did not grow" when the load doubles).
+  The median, not a tail percentile: a growing queue delays every request, while a pause of
+  a busy machine moves only the tail. Both rules need the increase to be at least
+  GROWTH_FLOOR_MS, so millisecond jitter never counts.
 The capacity is the last step before the first broken one (every KPI held there); the run
 stops at the broken step, at `max_steps`, or at --duration, whichever comes first. The result
 goes to run.json "stress" and the throughput-latency chart to stress.svg.
@@ -151,14 +152,16 @@ def judge_step(step: int, users: int, rate: float | None, records: list[dict[str
                                    f"the first third of the step to "
                                    f"{format_value(last, 'ms')} in the last, rising second "
                                    f"by second (tau {tau:.2f}): a queue that keeps growing"})
-    if previous is not None and _grew(previous["p50_ms"], total["p50_ms"]):
+    before, now_ms = (previous or {}).get("p50_ms"), total["p50_ms"]
+    if previous is not None and before and now_ms is not None \
+            and now_ms - before >= GROWTH_FLOOR_MS:
         offered = rate if rate is not None else float(users)
         offered_before = (previous["rate"] if previous["rate"] is not None
                           else float(previous["users"]))
         offered_growth = offered / offered_before - 1 if offered_before else 0.0
         rps_growth = (total["rps"] / previous["rps"] - 1
                       if total["rps"] is not None and previous["rps"] else 0.0)
-        if rps_growth < offered_growth / 2:
+        if rps_growth < offered_growth / 2 and now_ms / before - 1 >= offered_growth / 2:
             breaches.append({
                 "kind": "latency_growth", "kpi": "latency growth across steps", "endpoint": None,
                 "value": total["p50_ms"], "limit": previous["p50_ms"],
