@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from .cache import Cache
@@ -80,6 +80,7 @@ class WorkerPool:
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     cancel_messages: dict[str, str] = field(default_factory=dict)
     accepting: bool = True
+    draining: bool = False
 
 
 def build_pool(settings: ServiceSettings, sessions: async_sessionmaker[Any],
@@ -125,17 +126,21 @@ async def cancel_job(pool: WorkerPool, job_id: str, message: str) -> bool:
 
 
 async def drain_pool(pool: WorkerPool, grace_s: float) -> None:
-    """Shutdown: running jobs get `grace_s` to finish, the rest are marked cancelled."""
+    """Shutdown: running jobs get `grace_s` to finish; the rest are stopped and marked
+    cancelled in a few bulk statements (a backlog of thousands of queued jobs must not turn
+    into thousands of transactions while the process is asked to exit)."""
     pool.accepting = False
     running = list(pool.tasks.values())
     if running:
         await asyncio.wait(running, timeout=grace_s)
-    for job_id, task in list(pool.tasks.items()):
-        if not task.done():
-            await cancel_job(pool, job_id, "cancelled: the service shut down")
-    remaining = [task for task in running if not task.done()]
-    if remaining:
-        await asyncio.wait(remaining, timeout=10.0)
+    unfinished = {job_id: task for job_id, task in pool.tasks.items() if not task.done()}
+    if not unfinished:
+        return
+    pool.draining = True
+    for task in unfinished.values():
+        task.cancel()
+    await asyncio.wait(unfinished.values(), timeout=10.0)
+    await mark_cancelled(pool.sessions, list(unfinished), "cancelled: the service shut down")
 
 
 async def run_job(pool: WorkerPool, job_id: str, priority: int, callback_url: str | None,
@@ -153,7 +158,9 @@ async def run_job(pool: WorkerPool, job_id: str, priority: int, callback_url: st
                 group.create_task(research_group(pool, job_id, priority, key, same_items,
                                                  state, outcomes))
     except asyncio.CancelledError:
-        await mark_unfinished_cancelled(pool, job_id)
+        if not pool.draining:  # at shutdown drain_pool marks all of them at once
+            await mark_cancelled(pool.sessions, [job_id],
+                                 pool.cancel_messages.pop(job_id, "cancelled"))
         record_job(pool.metrics, "cancelled", time.perf_counter() - started_at)
         raise
     except Exception:
@@ -236,19 +243,24 @@ async def finish_job(pool: WorkerPool, job_id: str, status: str, message: str) -
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def mark_unfinished_cancelled(pool: WorkerPool, job_id: str) -> None:
-    message = pool.cancel_messages.pop(job_id, "cancelled")
-    async with pool.sessions.begin() as session:
-        done = set((await session.scalars(
-            select(Result.item_id).join(Item).where(Item.job_id == job_id))).all())
-        pending = (await session.scalars(select(Item.id).where(Item.job_id == job_id))).all()
-        for item_id in pending:
-            if item_id not in done:
-                session.add(Result(item_id=item_id, status="cancelled", data={}, error=message,
-                                   cached=False, duration_s=None, created_at=utc_now()))
-        await session.execute(
-            update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE_STATUSES))
-            .values(status="cancelled", message=message, completed_at=utc_now()))
+async def mark_cancelled(sessions: async_sessionmaker[Any], job_ids: list[str],
+                         message: str) -> None:
+    """Active jobs become cancelled and their items without a result get a `cancelled` one."""
+    for start in range(0, len(job_ids), 500):  # well under SQLite's bound-parameter limit
+        chunk = job_ids[start:start + 500]
+        async with sessions.begin() as session:
+            missing = (await session.scalars(
+                select(Item.id).outerjoin(Result)
+                .where(Item.job_id.in_(chunk), Result.id.is_(None)))).all()
+            if missing:
+                now = utc_now()
+                await session.execute(insert(Result), [
+                    {"item_id": item_id, "status": "cancelled", "data": {}, "error": message,
+                     "cached": False, "duration_s": None, "created_at": now}
+                    for item_id in missing])
+            await session.execute(
+                update(Job).where(Job.id.in_(chunk), Job.status.in_(ACTIVE_STATUSES))
+                .values(status="cancelled", message=message, completed_at=utc_now()))
 
 
 async def load_job(sessions: async_sessionmaker[Any], job_id: str,
