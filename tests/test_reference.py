@@ -281,6 +281,7 @@ def slow_service(start_reference_services: StartServices, tmp_path: Path) -> Ser
     (service,) = start_reference_services(
         ["--fast", "--concurrency", "1", "--item-latency-ms", "400", "--latency-sigma", "0",
          "--extra-latency", "results=25ms", "--extra-latency", "status:10%",
+         "--slow-query-ms", "0",
          "--database-url", f"sqlite+aiosqlite:///{tmp_path / 'slow.db'}"])
     return service
 
@@ -315,6 +316,20 @@ def test_pending_and_processing_jobs_can_be_cancelled(slow_service: ServiceProce
     assert busy_results["status"] == "cancelled"
     assert "cancelled" in {r["status"] for r in busy_results["results"]}
     assert httpx.delete(f"{url}{API}/{busy['job_id']}").status_code == 400
+
+
+def test_slow_queries_are_listed_cut_to_200_characters(slow_service: ServiceProcess) -> None:
+    # With a 0 ms threshold every statement counts as slow; the five most recent are listed.
+    run_job(slow_service.url, [new_item()])
+    database = read_metrics(slow_service.url, "database")
+    assert database["slow_queries_count"] == database["total_queries"] > 5
+    assert database["slow_query_threshold"] == 0.0
+    recent = database["recent_slow_queries"]
+    assert len(recent) == 5
+    assert any(len(entry["query"]) == 200 for entry in recent)  # the long INSERT, cut
+    for entry in recent:
+        assert set(entry) == {"query", "time", "timestamp"}
+        assert 0 < len(entry["query"]) <= 200 and entry["time"] >= 0 and entry["timestamp"] > 0
 
 
 def test_free_slots_go_to_the_highest_priority_first(slow_service: ServiceProcess) -> None:

@@ -191,6 +191,8 @@ def worker(master: str, scenario: str, users: int, rate: float | None) -> None:
               help="Known slowdown for one endpoint: results=20ms or results=20% "
                    "(health, create, status, results, cancel; repeatable).")
 @click.option("--seed", type=int, help="Seed of the simulated LLM's randomness.")
+@click.option("--slow-query-ms", type=click.FloatRange(0), default=100.0, show_default=True,
+              help="Queries at least this slow are listed in /api/v1/metrics/database.")
 def serve(**opts: Any) -> None:
     """Run the bundled reference research service until interrupted."""
     from .reference import server

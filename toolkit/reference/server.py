@@ -40,6 +40,7 @@ def serve_forever(
     concurrency: int = 5,
     extra_latency: tuple[str, ...] = (),
     seed: int | None = None,
+    slow_query_ms: float = 100.0,
 ) -> None:
     """Serve until interrupted. Without `database_url`, the SQLite file lives in a fresh
     temporary directory (removed at exit) so concurrent instances never share a database."""
@@ -51,7 +52,8 @@ def serve_forever(
         host=host, port=port, database_url=database_url, redis_url=redis_url,
         variants=tuple(variants), fast=fast, item_latency_ms=item_latency_ms,
         latency_sigma=latency_sigma, error_rate=error_rate, insufficient_rate=insufficient_rate,
-        concurrency=concurrency, extra_latency=tuple(extra_latency), seed=seed)
+        concurrency=concurrency, extra_latency=tuple(extra_latency), seed=seed,
+        slow_query_ms=slow_query_ms)
     try:
         # uvloop and httptools (what `uvicorn[standard]` brings) roughly double the requests a
         # core serves compared with asyncio's loop and h11.

@@ -104,6 +104,7 @@ def build_service_settings(
     concurrency: int = 5,
     extra_latency: tuple[str, ...] = (),
     seed: int | None = None,
+    slow_query_ms: float = 100.0,
 ) -> ServiceSettings:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
@@ -140,4 +141,5 @@ def build_service_settings(
         concurrency=concurrency,
         extra_latency=tuple(parse_extra_latency(text) for text in extra_latency),
         seed=seed,
+        slow_query_ms=slow_query_ms,
     )
