@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from perfkit import rundir
 from perfkit.compare import CompareSettings, compare_runs
@@ -92,7 +93,7 @@ def main() -> None:
     root = args.out or Path(tempfile.mkdtemp(prefix="gate-power-"))
     root.mkdir(parents=True, exist_ok=True)
     settings = CompareSettings()
-    rows = []
+    rows: list[dict[str, Any]] = []
     started = time.monotonic()
     for i in range(args.pairs):
         base = run_once(root / f"{i:02d}-a", args, [])
@@ -104,6 +105,9 @@ def main() -> None:
         ratio = next((m.ratio for m in ab.metrics
                       if m.subject == RESULTS and m.metric == "p50_ms"), None)
         row = {"pair": i, "aa_regressed": [f"{m.subject} {m.metric}" for m in aa.regressed],
+               # the mirror image of a false alarm: equally likely, and equally telling
+               "aa_improved": [f"{m.subject} {m.metric}" for m in aa.metrics
+                               if m.verdict == "improved"],
                "ab_regressed": [f"{m.subject} {m.metric}" for m in ab.regressed],
                "ab_results_p50_ratio": ratio,
                "requests_per_run": int(base_run.latency["count"].sum())}
@@ -116,7 +120,8 @@ def main() -> None:
           f"{'rate ' + str(args.rate) + '/s' if args.rate else 'closed loop'}, "
           f"{args.users} users, fast profile; slowdown {args.slowdown}; "
           f"gate defaults (10 %, 99 % family-wise)")
-    print(f"A/A false alarms: {false_alarms}/{len(rows)}")
+    print(f"A/A false alarms: {false_alarms}/{len(rows)} (false improvements, the mirror "
+          f"image: {sum(bool(r['aa_improved']) for r in rows)}/{len(rows)})")
     print(f"A/B detected (results endpoint named): {detected}/{len(rows)}; "
           f"pairs that also named another endpoint: {wrong_endpoint}")
     print(f"wall time: {time.monotonic() - started:.0f} s; runs kept in {root}")
