@@ -89,6 +89,7 @@ def test_analysis_of_a_run_directory_on_fixed_data() -> None:
     memory = result["memory"]
     assert memory["per_h"] == pytest.approx(36.0)
     assert memory["verdict"] == "leak"
+    assert memory["note"].startswith("short run (100 s judged)")
     drift = result["drift"]["endpoints"]["all"]
     assert drift["p95_first_ms"] == pytest.approx(10.0, rel=1e-3)
     assert drift["p95_last_ms"] == pytest.approx(30.0, rel=1e-3)
