@@ -174,6 +174,7 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> tupl
 
     run_dir = make_run_dir(settings)
     managed = None
+    pid: int | None
     if settings.target is None:
         say("perfkit: starting the bundled reference service "
             f"({settings.latency_profile} profile{', ' if settings.variants else ''}"
@@ -430,7 +431,7 @@ def report_run(run_dir: Path, settings: LoadSettings, state: RunState, say: Say)
     try:
         from .report import write_report
     except ImportError:
-        write_report = None
+        write_report = None  # type: ignore[assignment]
     if write_report is not None:
         verdict, report_path = write_report(run_dir, settings.kpi_file)
     else:
