@@ -81,7 +81,8 @@ def make_run(path: Path, spec: RunSpec | None = None) -> dict[str, np.ndarray]:
                 "read_mb_s,write_mb_s,ctx_switches_s,sys_cpu_percent,sys_memory_percent,"
                 "sys_disk_read_mb_s,sys_disk_write_mb_s,sys_net_sent_mb_s,sys_net_recv_mb_s\n")
         for i in seconds:
-            f.write(f"{START_T + i},2,{cpu[i]:.1f},{cpu[i] / 2:.1f},{rss[i]:.1f},{rss[i] * 0.8:.1f},"
+            f.write(f"{START_T + i},2,{cpu[i]:.1f},{cpu[i] / 2:.1f},"
+                    f"{rss[i]:.1f},{rss[i] * 0.8:.1f},"
                     f"12,9,0.0,0.1,150,{cpu[i] + 5:.1f},40.0,0.0,0.2,1.5,1.5\n")
     if spec.with_app:
         with (path / rundir.APP).open("w") as f:

@@ -27,7 +27,8 @@ def load_options(default_duration: str) -> Any:
 
     def decorate(func: Any) -> Any:
         options = [
-            click.option("--target", help="Base URL of the target; default: start the bundled service."),
+            click.option("--target",
+                         help="Base URL of the target; default: start the bundled service."),
             click.option("--scenario", default="research", show_default=True,
                          help="Scenario name (scenarios/) or path of a Locust file."),
             click.option("--users", type=click.IntRange(1), default=10, show_default=True),
@@ -44,7 +45,8 @@ def load_options(default_duration: str) -> Any:
                          help="Run directory (default reports/<timestamp>-<scenario>)."),
             click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
                          help="Local Locust worker processes under one master."),
-            click.option("--target-pid", type=int, help="PID of the target to sample (with --target)."),
+            click.option("--target-pid", type=int,
+                         help="PID of the target to sample (with --target)."),
             click.option("--variant", "variants", multiple=True,
                          help="Reference-service variant (repeatable): n_plus_one, no_index, "
                               "new_client_per_call, no_cache, unbounded."),
@@ -54,7 +56,8 @@ def load_options(default_duration: str) -> Any:
                          help="Warm-up shown but kept out of the verdict (default: 10%, max 30s)."),
             click.option("--profile", is_flag=True, help="Record the target with py-spy."),
             click.option("--alert-webhook", help="POST alarms as JSON to this URL."),
-            click.option("--abort-on-fail", is_flag=True, help="Stop early when a KPI alarm fires."),
+            click.option("--abort-on-fail", is_flag=True,
+                         help="Stop early when a KPI alarm fires."),
         ]
         for option in reversed(options):
             func = option(func)
@@ -407,7 +410,8 @@ def main() -> None:
         click.echo("perfkit: interrupted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        click.echo(f"perfkit: {exc.format_message()}", err=True)  # one line, not click's usage block
+        # One line, not click's usage block.
+        click.echo(f"perfkit: {exc.format_message()}", err=True)
         sys.exit(2)
     except PerfkitError as exc:
         click.echo(f"perfkit: {exc}", err=True)

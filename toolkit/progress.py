@@ -41,7 +41,7 @@ class LiveView:
         self.duration_s = settings.duration_s
         self.tty = tty
         self.drawn = 0
-        self.last_plain = -PLAIN_EVERY_S
+        self.last_plain = -float(PLAIN_EVERY_S)
 
     def show(self, elapsed_s: float, users: int, state: Any) -> None:
         if not self.tty:

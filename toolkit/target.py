@@ -59,7 +59,8 @@ def wait_until_healthy(url: str, timeout_s: float,
     error = ""
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise TargetError(f"the target exited with code {process.returncode} before it was ready")
+            raise TargetError(f"the target exited with code {process.returncode} "
+                              "before it was ready")
         try:
             with urllib.request.urlopen(url + HEALTH_PATH, timeout=2) as response:
                 if response.status == 200:
