@@ -23,4 +23,10 @@ fi
 PYTHON=${PYTHON:-python3.11}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+.venv/bin/ruff check .
+.venv/bin/mypy toolkit
+# A short real regression check of the reference service against its committed baseline, so a
+# change that slows the service down fails this project's CI too (bounded to 150 s). Skipped
+# when only some tests are asked for.
+if [ $# -eq 0 ]; then bash .ci/regression-check; fi
 exec .venv/bin/python -m pytest "$@"
