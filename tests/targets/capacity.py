@@ -11,10 +11,10 @@ first request on: a target that becomes slow mid-run. Prints its base URL once i
 
 import argparse
 import asyncio
-import socket
 import time
 
 from aiohttp import web
+from serving import run_app
 
 
 def build_app(workers: int, service_ms: float, slow_from_s: float | None,
@@ -43,18 +43,6 @@ def build_app(workers: int, service_ms: float, slow_from_s: float | None,
     return app
 
 
-async def serve(args: argparse.Namespace) -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", args.port))
-    app = build_app(args.workers, args.service_ms, args.slow_from, args.slow_factor)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.SockSite(runner, sock, backlog=1024).start()
-    print(f"http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
-    await asyncio.Event().wait()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
@@ -62,7 +50,8 @@ def main() -> None:
     parser.add_argument("--service-ms", type=float, default=40.0)
     parser.add_argument("--slow-from", type=float, default=None)
     parser.add_argument("--slow-factor", type=float, default=1.0)
-    asyncio.run(serve(parser.parse_args()))
+    args = parser.parse_args()
+    run_app(build_app(args.workers, args.service_ms, args.slow_from, args.slow_factor), args.port)
 
 
 if __name__ == "__main__":

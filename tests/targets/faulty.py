@@ -11,10 +11,10 @@ served. Prints its base URL once it listens.
 import argparse
 import asyncio
 import os
-import socket
 import time
 
 from aiohttp import web
+from serving import run_app
 
 
 def build_app(delay_ms: float, stall_at: float | None, stall_s: float,
@@ -48,18 +48,6 @@ def build_app(delay_ms: float, stall_at: float | None, stall_s: float,
     return app
 
 
-async def serve(args: argparse.Namespace) -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", args.port))
-    app = build_app(args.delay_ms, args.stall_at, args.stall_s, args.die_after)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.SockSite(runner, sock, backlog=1024).start()
-    print(f"http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
-    await asyncio.Event().wait()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
@@ -67,7 +55,8 @@ def main() -> None:
     parser.add_argument("--stall-at", type=float, default=None)
     parser.add_argument("--stall-s", type=float, default=0.0)
     parser.add_argument("--die-after", type=float, default=None)
-    asyncio.run(serve(parser.parse_args()))
+    args = parser.parse_args()
+    run_app(build_app(args.delay_ms, args.stall_at, args.stall_s, args.die_after), args.port)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ listens, then serves until killed.
 
 import argparse
 import asyncio
-import socket
 
 from aiohttp import web
+from serving import run_app
 
 
 def build_app(delay_ms: float, fail_every: int) -> web.Application:
@@ -33,19 +33,6 @@ def build_app(delay_ms: float, fail_every: int) -> web.Application:
     return app
 
 
-async def serve(host: str, port: int, delay_ms: float, fail_every: int) -> None:
-    # Bind the socket ourselves so that port 0 gives a free port we can print before serving.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    runner = web.AppRunner(build_app(delay_ms, fail_every), access_log=None)
-    await runner.setup()
-    await web.SockSite(runner, sock, backlog=1024).start()
-    bound_host, bound_port = sock.getsockname()[:2]
-    print(f"http://{bound_host}:{bound_port}", flush=True)
-    await asyncio.Event().wait()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -55,7 +42,7 @@ def main() -> None:
                         help="answer 500 to every N-th request (0: never)")
     args = parser.parse_args()
     try:
-        asyncio.run(serve(args.host, args.port, args.delay_ms, args.fail_every))
+        run_app(build_app(args.delay_ms, args.fail_every), args.port, args.host)
     except KeyboardInterrupt:
         pass
 

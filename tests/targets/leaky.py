@@ -8,10 +8,9 @@ Prints its base URL once it listens.
 """
 
 import argparse
-import asyncio
-import socket
 
 from aiohttp import web
+from serving import run_app
 
 
 def build_app(leak_kb: int) -> web.Application:
@@ -28,22 +27,12 @@ def build_app(leak_kb: int) -> web.Application:
     return app
 
 
-async def serve(args: argparse.Namespace) -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", args.port))
-    runner = web.AppRunner(build_app(args.leak_kb), access_log=None)
-    await runner.setup()
-    await web.SockSite(runner, sock, backlog=1024).start()
-    print(f"http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
-    await asyncio.Event().wait()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--leak-kb", type=int, default=64)
-    asyncio.run(serve(parser.parse_args()))
+    args = parser.parse_args()
+    run_app(build_app(args.leak_kb), args.port)
 
 
 if __name__ == "__main__":
