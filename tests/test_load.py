@@ -185,3 +185,13 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, args: list[str],
     assert result.returncode == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_bad_kpi_file_fails_before_the_run(tmp_path: Path) -> None:
+    kpi_file = tmp_path / "kpi.toml"
+    kpi_file.write_text('[[kpi]]\nmetric = "p99_msec"\nendpoint = "GET /api/v1/health"\n'
+                        'target = "100ms"\n')
+    result = perfkit("load", "--kpi", str(kpi_file), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "kpi.toml:2" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

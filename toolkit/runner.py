@@ -38,6 +38,7 @@ from .errors import ConfigError, RunError, TargetError
 from .kpi import load_kpi_targets
 from .openloop import make_open_loop
 from .recorder import Recorder, request_name
+from .report import write_report
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> tupl
         raise ConfigError(f"--target-pid {settings.target_pid}: no such process")
     scenario_path = resolve_scenario(settings.scenario)
     user_classes, shape = load_user_classes(scenario_path)
-    check_kpi_file(settings.kpi_file)
+    kpi_targets = load_kpi_targets(settings.kpi_file)  # a bad KPI file fails before the run
     plan = plan or Plan(steps=[(0.0, settings.users, settings.rate)])
 
     run_dir = make_run_dir(settings)
@@ -208,7 +209,7 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> tupl
     state = RunState(recorder=Recorder(run_dir / rundir.LATENCY, keep_s=keep_s),
                      system=SystemCollector(pid, run_dir / rundir.RESOURCES),
                      app=AppCollector(url, run_dir))
-    state.alarms = AlarmWatcher(run_dir, load_kpi_targets(settings.kpi_file), say,
+    state.alarms = AlarmWatcher(run_dir, kpi_targets, say,
                                 settings.alert_webhook, settings.effective_warmup_s,
                                 run_id=run_dir.name)
     env = make_environment(user_classes, url, settings.rate, settings.users, shape)
@@ -248,15 +249,6 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> tupl
     if plan.on_run_end is not None:
         plan.on_run_end(run_dir, state)
     return run_dir, report_run(run_dir, settings, state, say)
-
-
-def check_kpi_file(kpi_file: Path | None) -> None:
-    """Reject a bad KPI file before the run, not after it."""
-    try:
-        from . import kpi
-    except ImportError:
-        return
-    kpi.load_kpi_targets(kpi_file)
 
 
 def start_local_workers(env: Environment, settings: LoadSettings, scenario: Path,
@@ -426,20 +418,11 @@ def finish_meta(meta: dict[str, Any], env: Environment, state: RunState, run_dir
 
 
 def report_run(run_dir: Path, settings: LoadSettings, state: RunState, say: Say) -> int:
-    """Write the report (when the report stage is installed) and map the outcome to an exit code."""
-    verdict = None
-    try:
-        from .report import write_report
-    except ImportError:
-        write_report = None  # type: ignore[assignment]
-    if write_report is not None:
-        verdict, report_path = write_report(run_dir, settings.kpi_file)
-    else:
-        report_path = run_dir
+    """Write the report and map the outcome to an exit code."""
+    verdict, report_path = write_report(run_dir, settings.kpi_file)
     if state.status != "completed":
         say(f"perfkit: run {state.status}: {state.message}")
-    if verdict is not None:
-        say(f"perfkit: verdict {verdict.upper()}")
+    say(f"perfkit: verdict {verdict.upper()}")
     say(f"Report: {report_path}")
     if state.status == "interrupted":
         return 130
