@@ -430,8 +430,9 @@ def test_collectors_sample_beside_a_real_locust_run(tmp_path: Path) -> None:
     assert system["samples"] == len(frame) and system["target_samples"] == len(frame)
     assert frame["cpu_percent"].iloc[1:].gt(0).any()
     assert app["available"] is True and csv_rows(tmp_path / rundir.APP) == app["samples"] > 3
-    # A greenlet sampler could not have sampled while the main greenlet computed.
-    assert report["rows_while_busy"] >= 3
+    # A greenlet sampler could not have sampled at all while the main greenlet computed (how
+    # many samples a native thread gets meanwhile depends on the GIL and the machine's load).
+    assert report["rows_while_busy"] >= 1
     # thread_time() in the collectors' own threads: the busy loop's CPU second is not in what
     # they used meanwhile (a greenlet's thread_time would include all of it).
     assert report["main_cpu_s"] >= 1.0
