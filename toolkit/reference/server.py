@@ -24,36 +24,16 @@ from .settings import ServiceSettings, build_service_settings
 log = logging.getLogger(__name__)
 
 
-def serve_forever(
-    *,
-    say: Callable[[str], None],
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    database_url: str | None = None,
-    redis_url: str | None = None,
-    variants: tuple[str, ...] = (),
-    fast: bool = False,
-    item_latency_ms: float | None = None,
-    latency_sigma: float | None = None,
-    error_rate: float | None = None,
-    insufficient_rate: float | None = None,
-    concurrency: int = 5,
-    extra_latency: tuple[str, ...] = (),
-    seed: int | None = None,
-    slow_query_ms: float = 100.0,
-) -> None:
+def serve_forever(*, say: Callable[[str], None], database_url: str | None = None,
+                  **options: Any) -> None:
     """Serve until interrupted. Without `database_url`, the SQLite file lives in a fresh
     temporary directory (removed at exit) so concurrent instances never share a database."""
     temp_dir: Path | None = None
     if not database_url:
         temp_dir = Path(tempfile.mkdtemp(prefix="perfkit-serve-"))
         database_url = f"sqlite+aiosqlite:///{temp_dir / 'research.db'}"
-    settings = build_service_settings(
-        host=host, port=port, database_url=database_url, redis_url=redis_url,
-        variants=tuple(variants), fast=fast, item_latency_ms=item_latency_ms,
-        latency_sigma=latency_sigma, error_rate=error_rate, insufficient_rate=insufficient_rate,
-        concurrency=concurrency, extra_latency=tuple(extra_latency), seed=seed,
-        slow_query_ms=slow_query_ms)
+    # The remaining options are build_service_settings' keyword arguments (the serve command's).
+    settings = build_service_settings(database_url=database_url, **options)
     try:
         # uvloop and httptools (what `uvicorn[standard]` brings) roughly double the requests a
         # core serves compared with asyncio's loop and h11.
@@ -62,7 +42,8 @@ def serve_forever(
     except SystemExit as exc:
         # uvicorn exits this way when the port is taken or the lifespan (database, Redis)
         # failed; its log line above says which.
-        raise TargetError(f"the reference service could not start on {host}:{port} "
+        raise TargetError(f"the reference service could not start on {settings.host}:"
+                          f"{settings.port} "
                           f"(exit {exc.code}); see the error above") from None
     finally:
         if temp_dir is not None:
