@@ -6,31 +6,17 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 
 from perfkit import rundir, stats
+from tests.targets import FAULTY, running_target
 
-FAULTY = Path(__file__).parent / "targets" / "faulty.py"
 
-
-@contextmanager
-def faulty_target(*args: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    process = subprocess.Popen([sys.executable, str(FAULTY), *args], stdout=subprocess.PIPE,
-                               text=True)
-    try:
-        assert process.stdout is not None
-        url = process.stdout.readline().strip()
-        assert url.startswith("http://127.0.0.1:"), url
-        yield url, process
-    finally:
-        process.kill()
-        process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+def faulty_target(*args: str) -> AbstractContextManager[tuple[str, subprocess.Popen[str]]]:
+    return running_target(FAULTY, *args)
 
 
 def perfkit(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -15,25 +15,15 @@ from perfkit.config import LoadSettings
 from perfkit.errors import ConfigError
 from perfkit.kpi import load_kpi_targets
 from perfkit.stress import StressSettings, judge_step, kendall_tau, plan_steps, summarize_stress
+from tests.targets import CAPACITY, running_target
 
-CAPACITY = Path(__file__).parent / "targets" / "capacity.py"
 HEALTH = "GET /api/v1/health"
 
 
 @contextmanager
 def capacity_target(*args: str) -> Iterator[tuple[str, int]]:
-    process = subprocess.Popen([sys.executable, str(CAPACITY), *args], stdout=subprocess.PIPE,
-                               text=True)
-    try:
-        assert process.stdout is not None
-        url = process.stdout.readline().strip()
-        assert url.startswith("http://127.0.0.1:"), url
+    with running_target(CAPACITY, *args) as (url, process):
         yield url, process.pid
-    finally:
-        process.kill()
-        process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
 
 
 def kpi_file(tmp_path: Path, body: str) -> Path:

@@ -7,6 +7,8 @@ for a server, the listening address for the others.
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -16,12 +18,25 @@ from perfkit.errors import TargetError
 TARGETS_DIR = Path(__file__).parent
 FIXED_DELAY = TARGETS_DIR / "fixed_delay.py"
 BUSY = TARGETS_DIR / "busy.py"
+FAULTY = TARGETS_DIR / "faulty.py"
+CAPACITY = TARGETS_DIR / "capacity.py"
 
 
 def start_target(script: Path, *args: str,
                  ready_timeout_s: float = 20.0) -> tuple[subprocess.Popen[str], str]:
     """Start `script` with `args`; return the process and the first line it printed."""
     return start_process([sys.executable, str(script), *args], ready_timeout_s)
+
+
+@contextmanager
+def running_target(script: Path, *args: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """A target server for the length of a `with` block: (its base URL, its process)."""
+    proc, url = start_target(script, *args)
+    assert url.startswith("http://127.0.0.1:"), url
+    try:
+        yield url, proc
+    finally:
+        stop_target(proc)
 
 
 def start_process(argv: list[str],
@@ -58,5 +73,7 @@ def stop_target(proc: subprocess.Popen[str]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=5)
+    if proc.stdout is not None:
+        proc.stdout.close()
     if proc.stdout is not None:
         proc.stdout.close()
