@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from perfkit import rundir, stats
-from perfkit.config import parse_duration
+from perfkit import rundir
+from perfkit.analysis import stats
+from perfkit.units import parse_duration
 
 FIXED_DELAY = Path(__file__).resolve().parent.parent / "tests" / "targets" / "fixed_delay.py"
 SETTLE_S = 60.0  # imports, first allocations, Locust's spawn: not growth

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from perfkit import rundir
-from perfkit.compare import CompareSettings, compare_runs
-from perfkit.config import parse_duration
+from perfkit.analysis.compare import CompareSettings, compare_runs
+from perfkit.units import parse_duration
 
 RESULTS = "GET /api/v1/research/products/{id}"
 _URL = re.compile(r"(http://127\.0\.0\.1:\d+)")

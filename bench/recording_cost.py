@@ -20,7 +20,7 @@ import gevent
 from locust import FastHttpUser, HttpUser, constant, task
 from locust.env import Environment
 
-from perfkit.recorder import Recorder
+from perfkit.run.recorder import Recorder
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,7 +5,7 @@
 A SIMULATED run directory (tests/synthetic.py): 500 RPS in total over 4 endpoints, 1 s buckets,
 one hour, resources every second, app metrics every 5 s. Writing it is not timed. Then, timed
 one after the other: loading the run, KPI evaluation, the chart data alone, render_html (the
-chart data included), and the whole `perfkit.report.write_report` (summary.json, summary.md,
+chart data included), and the whole `perfkit.report.rebuild_report` (summary.json, summary.md,
 junit.xml, report.html) as `perfkit report RUN` runs it. Prints the times and report.html's size.
 """
 
@@ -21,8 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from perfkit import rundir  # noqa: E402
-from perfkit.kpi import evaluate_kpis, load_kpi_targets  # noqa: E402
-from perfkit.report import REPORT_HTML, build_summary, charts, write_report  # noqa: E402
+from perfkit.analysis.kpi import evaluate_kpis, judge_run  # noqa: E402
+from perfkit.config import load_kpi_targets  # noqa: E402
+from perfkit.report import REPORT_HTML, charts, rebuild_report  # noqa: E402
 from perfkit.report.html import render_html  # noqa: E402
 from tests.synthetic import EndpointSpec, RunSpec, make_run  # noqa: E402
 
@@ -59,15 +60,17 @@ def main() -> None:
 
         times: list[tuple[str, float, float]] = []
         run = timed("load_run", times, rundir.load_run, path)
-        results = timed("evaluate_kpis", times, evaluate_kpis, run, load_kpi_targets(None))
-        summary = timed("build_summary", times, build_summary, run, results)
-        start, end = float(run.meta["started_at"]), float(run.meta["ended_at"])
+        targets = load_kpi_targets(None)
+        timed("evaluate_kpis", times, evaluate_kpis, run, targets)
+        timed("judge_run (KPIs and summary)", times, judge_run, run, targets)
+        summary = run.summary
+        start, end = float(run.meta.started_at), float(run.meta.ended_at or run.meta.started_at)
         window_s = charts.choose_window_s(end - start)
         requests = run.latency[~run.latency["name"].str.startswith(("job_", "batch_"))]
         binned = timed("chart data (bin_latency)", times, charts.bin_latency, requests, start,
                        end, window_s)
-        html = timed("render_html (incl. chart data)", times, render_html, run, results, summary)
-        timed("write_report (whole report stage)", times, write_report, path)
+        html = timed("render_html (incl. chart data)", times, render_html, run)
+        timed("rebuild_report (whole report stage)", times, rebuild_report, path)
         size_bytes = (path / REPORT_HTML).stat().st_size
 
         print(f"perfkit report benchmark — SIMULATED run, {args.duration_s} s, "

@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 import psutil
 
-from perfkit.stats import max_ms, new_histogram, percentile_ms, record_ms
+from perfkit.analysis.stats import max_ms, new_histogram, percentile_ms, record_ms
 
 API = "/api/v1/research/products"
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from perfkit import rundir, stats
+from perfkit import rundir
+from perfkit.analysis import stats
 
 START_T = 1_764_130_000
 

@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perfkit import rundir, stats
-from perfkit.alarms import judge_window, post_json, window_kpis
-from perfkit.kpi import load_kpi_targets
-from perfkit.recorder import Recorder
+from perfkit import rundir
+from perfkit.analysis import stats
+from perfkit.analysis.kpi import judge_window, window_kpis
+from perfkit.config import load_kpi_targets
+from perfkit.run.alarms import post_json
+from perfkit.run.recorder import Recorder
 
 CAPACITY = Path(__file__).parent / "targets" / "capacity.py"
 HEALTH = "GET /api/v1/health"
@@ -143,15 +145,15 @@ def test_a_target_that_turns_slow_raises_an_alarm_and_aborts_the_run(tmp_path: P
     alarm_lines = [line for line in result.stdout.splitlines() if "ALARM" in line]
     assert alarm_lines and "GET /api/v1/health p95" in alarm_lines[0]
     run = rundir.load_run(tmp_path / "run")
-    assert run.meta["status"] == "aborted"
-    assert "--abort-on-fail" in run.meta["message"]
-    assert run.meta["ended_at"] - run.meta["started_at"] < run.meta["settings"]["duration_s"]
+    assert run.meta.status == "aborted"
+    assert "--abort-on-fail" in run.meta.message
+    assert run.meta.ended_at - run.meta.started_at < run.meta.settings.duration_s
     assert run.alarms[0]["kpi"] == "GET /api/v1/health p95"
     assert run.alarms[0]["value"] > run.alarms[0]["limit"] == 100.0
     assert set(run.alarms[0]) == {"t", "kpi", "value", "limit", "message"}
     assert received and received[0]["kpi"] == "GET /api/v1/health p95"
     assert received[0]["run_id"] == "run"
-    assert run.meta["alarms"]["webhook"]["posted"] == 1
+    assert run.meta.alarms["webhook"]["posted"] == 1
     assert (tmp_path / "run" / "report.html").exists()
     assert (tmp_path / "run" / "summary.json").exists()
 

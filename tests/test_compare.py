@@ -6,10 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perfkit import rundir, stats
-from perfkit.compare import CompareSettings, compare_runs, parse_thresholds
+from perfkit import rundir
+from perfkit.analysis import stats
+from perfkit.analysis.compare import CompareSettings, compare_runs, parse_thresholds
 from perfkit.errors import ConfigError
 from perfkit.report.compare_html import write_compare_report
+from perfkit.result import RunResult
 from tests.synthetic import EndpointSpec, RunSpec, make_run
 
 RESULTS = "GET /api/v1/research/products/{id}"
@@ -25,7 +27,7 @@ def slower(spec: RunSpec, name: str, factor: float) -> RunSpec:
     return replace(spec, endpoints=endpoints)
 
 
-def synthetic(tmp_path: Path, label: str, spec: RunSpec) -> rundir.Run:
+def synthetic(tmp_path: Path, label: str, spec: RunSpec) -> RunResult:
     make_run(tmp_path / label, spec)
     return rundir.load_run(tmp_path / label)
 
@@ -102,9 +104,9 @@ def test_thresholds_parse() -> None:
 
 
 @pytest.fixture(scope="module")
-def gate_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[rundir.Run]]:
+def gate_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[RunResult]]:
     tmp = tmp_path_factory.mktemp("gate")
-    runs: dict[str, list[rundir.Run]] = {"base": [], "same": [], "slower": []}
+    runs: dict[str, list[RunResult]] = {"base": [], "same": [], "slower": []}
     for i in range(20):
         runs["base"].append(synthetic(tmp, f"base{i}", noisy_spec(1000 + i)))
         runs["same"].append(synthetic(tmp, f"same{i}", noisy_spec(2000 + i)))
@@ -113,13 +115,13 @@ def gate_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[rundir
     return runs
 
 
-def test_aa_pairs_pass(gate_runs: dict[str, list[rundir.Run]]) -> None:
+def test_aa_pairs_pass(gate_runs: dict[str, list[RunResult]]) -> None:
     passed = sum(not compare_runs([base], [same]).regressed
                  for base, same in zip(gate_runs["base"], gate_runs["same"], strict=True))
     assert passed >= 19
 
 
-def test_ab_pairs_fail_naming_the_endpoint(gate_runs: dict[str, list[rundir.Run]]) -> None:
+def test_ab_pairs_fail_naming_the_endpoint(gate_runs: dict[str, list[RunResult]]) -> None:
     named = 0
     for base, slow in zip(gate_runs["base"], gate_runs["slower"], strict=True):
         named += RESULTS in compare_runs([base], [slow]).regressed_subjects
@@ -210,6 +212,6 @@ def test_report_files(tmp_path: Path) -> None:
     assert int(suite.get("failures", "0")) == len(comparison.regressed) >= 1
     markdown = (tmp_path / "out" / "compare.md").read_text("utf-8")
     assert "**regressed**" in markdown
-    record = rundir.load_run(base.path)  # the runs themselves are left untouched
-    assert not (record.path / "compare.json").exists()
+    record = rundir.load_run(base.run_dir)  # the runs themselves are left untouched
+    assert not (record.run_dir / "compare.json").exists()
     assert (tmp_path / "out" / "compare.json").exists()

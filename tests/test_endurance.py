@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from perfkit import rundir, stats
-from perfkit.endurance import analyze_endurance, judge_leak
-from perfkit.kpi import load_kpi_targets
-from perfkit.rundir import LATENCY_COLUMNS, Run
+from perfkit import rundir
+from perfkit.analysis import stats
+from perfkit.analysis.endurance import analyze_endurance, judge_leak
+from perfkit.config import load_kpi_targets
+from perfkit.result import LATENCY_COLUMNS, RunMeta, RunResult, RunSettings
 
 LEAKY = Path(__file__).parent / "targets" / "leaky.py"
 
@@ -82,9 +83,9 @@ def test_analysis_of_a_run_directory_on_fixed_data() -> None:
     resources = pd.DataFrame({"t": started + np.arange(101.0),
                               "rss_mb": 200.0 + 0.01 * np.arange(101.0),
                               "threads": np.full(101, 8.0)})
-    run = Run(path=Path("."), meta={"started_at": started, "ended_at": started + 100,
-                                    "settings": {"warmup_s": 0}},
-              latency=latency, resources=resources)
+    run = RunResult(run_dir=Path("."), meta=RunMeta(started_at=started, ended_at=started + 100,
+                                                    settings=RunSettings(warmup_s=0)),
+                    latency=latency, resources=resources)
     result = analyze_endurance(run, load_kpi_targets(None), leak_threshold_mb_h=10.0)
     memory = result["memory"]
     assert memory["per_h"] == pytest.approx(36.0)
@@ -134,8 +135,8 @@ def test_endurance_flags_the_leaking_target_and_not_the_steady_one(tmp_path: Pat
             process.wait()
             if process.stdout is not None:
                 process.stdout.close()
-    leaky = rundir.load_run(tmp_path / "leak64").meta["endurance"]
-    steady = rundir.load_run(tmp_path / "leak0").meta["endurance"]
+    leaky = rundir.load_run(tmp_path / "leak64").meta.endurance
+    steady = rundir.load_run(tmp_path / "leak0").meta.endurance
     assert leaky["memory"]["verdict"] == "leak", outputs[0]
     assert leaky["memory"]["ci_low_per_h"] > 1000.0
     assert runs[0].returncode == 1  # a leak fails the command
@@ -148,7 +149,7 @@ def test_endurance_flags_the_leaking_target_and_not_the_steady_one(tmp_path: Pat
     report = (tmp_path / "leak64" / "report.html").read_text("utf-8")
     assert 'id="endurance"' in report and "LEAK" in report
 
-    profile = rundir.load_run(tmp_path / "leak0").meta["profile"]
+    profile = rundir.load_run(tmp_path / "leak0").meta.profile
     if not profile["available"] and "may not attach" in profile["note"]:
         pytest.skip(f"py-spy cannot attach here: {profile['note']}")
     assert profile["available"], profile["note"]

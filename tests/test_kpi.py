@@ -1,5 +1,6 @@
 """KPI targets and evaluation on fixed data with hand-checked answers."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -7,15 +8,10 @@ import numpy as np
 import pytest
 
 from perfkit import rundir
+from perfkit.analysis.kpi import evaluate_kpis, judge_kpi, overall_verdict
+from perfkit.config import KpiTarget, load_kpi_targets
 from perfkit.errors import ConfigError
-from perfkit.kpi import (
-    KpiResult,
-    KpiTarget,
-    evaluate_kpis,
-    judge_kpi,
-    load_kpi_targets,
-    overall_verdict,
-)
+from perfkit.result import KpiResult
 from tests.synthetic import START_T, EndpointSpec, RunSpec, make_run
 
 HEALTH = "GET /api/v1/health"
@@ -310,7 +306,7 @@ def test_endpoint_only_seen_in_warmup_and_typo_hint(tmp_path: Path) -> None:
     run = rundir.load_run(tmp_path / "run")
     late_creates = (run.latency["name"] == CREATE) & (run.latency["t"] >= START_T + 5)
     run.latency = run.latency[~late_creates]
-    run.meta["settings"]["warmup_s"] = 5
+    run.meta.settings = dataclasses.replace(run.meta.settings, warmup_s=5)
     create, typo = evaluate_kpis(run, [kpi(endpoint=CREATE), kpi(endpoint="GET /api/v1/healht")])
     assert create.verdict == "missing"
     assert "no requests in the judged window" in create.reason and "during warm-up" in create.reason

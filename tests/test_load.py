@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from perfkit import rundir, stats
+from perfkit import rundir
+from perfkit.analysis import stats
 from tests.targets import FAULTY, running_target
 
 
@@ -30,7 +31,7 @@ def served_requests(url: str) -> int:
 
 
 def locust_count(run_dir: Path, name: str) -> int:
-    return int(rundir.load_run(run_dir).meta["locust_counts"][name])
+    return int(rundir.load_run(run_dir).meta.locust_counts[name])
 
 
 def endpoint_totals(run_dir: Path) -> dict[str, dict]:
@@ -83,9 +84,9 @@ def test_a_target_that_dies_leaves_a_readable_partial_run(tmp_path: Path) -> Non
                          "--out", str(tmp_path / "run"))
     assert result.returncode == 1, result.stderr
     run = rundir.load_run(tmp_path / "run")
-    assert run.meta["status"] == "target_died"
-    assert "exited" in run.meta["message"]
-    assert run.meta["ended_at"] - run.meta["started_at"] < 25
+    assert run.meta.status == "target_died"
+    assert "exited" in run.meta.message
+    assert run.meta.ended_at - run.meta.started_at < 25
     assert run.latency["count"].sum() > 0
     assert (tmp_path / "run" / "summary.json").exists()
     assert "target_died" in result.stdout
@@ -98,7 +99,7 @@ def test_two_workers_merge_exactly(tmp_path: Path) -> None:
         served = served_requests(url)
     assert result.returncode in (0, 1), result.stderr + result.stdout
     run = rundir.load_run(tmp_path / "run")
-    assert run.meta["settings"]["workers"] == 2
+    assert run.meta.settings.workers == 2
     health = stats.summarize_endpoints(run.latency, 1.0)["GET /api/v1/health"]
     # Nothing lost or counted twice on the way from the workers to the master: the same count
     # as Locust's own, and no more than the target served.
@@ -116,8 +117,8 @@ def test_research_scenario_against_the_reference_service(tmp_path: Path) -> None
     names = set(run.latency["name"])
     assert {"POST /api/v1/research/products", "GET /api/v1/research/products/{id}/status",
             "job_completion"} <= names
-    assert run.meta["target_managed"] and run.meta["status"] == "completed"
-    assert run.meta["collectors"]["app"]["available"] is True
+    assert run.meta.target_managed and run.meta.status == "completed"
+    assert run.meta.collectors["app"]["available"] is True
     assert run.resources is not None and run.resources["rss_mb"].notna().any()
     assert run.app is not None and run.app["db_total_queries"].max() > 0
     assert (tmp_path / "run" / "target.log").exists()
@@ -137,7 +138,7 @@ def test_ctrl_c_stops_the_run_and_leaves_a_report(tmp_path: Path) -> None:
         stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     run = rundir.load_run(tmp_path / "run")
-    assert run.meta["status"] == "interrupted"
+    assert run.meta.status == "interrupted"
     assert run.latency["count"].sum() > 0
     assert (tmp_path / "run" / "summary.json").exists()
 

@@ -21,9 +21,11 @@ import lxml.html
 import numpy as np
 import pytest
 
-from perfkit import rundir, stats
-from perfkit.kpi import evaluate_kpis, load_kpi_targets
-from perfkit.report import build_summary, charts
+from perfkit import rundir
+from perfkit.analysis import stats
+from perfkit.analysis.kpi import judge_run
+from perfkit.config import load_kpi_targets
+from perfkit.report import charts
 from perfkit.report.html import render_html
 from tests.synthetic import START_T, EndpointSpec, RunSpec, make_run
 
@@ -35,8 +37,7 @@ ALWAYS_SECTIONS = ("verdict", "kpis", "endpoints", *CHART_SECTIONS, "slow-querie
 
 def render(path: Path) -> str:
     run = rundir.load_run(path)
-    results = evaluate_kpis(run, load_kpi_targets(None))
-    return render_html(run, results, build_summary(run, results))
+    return render_html(judge_run(run, load_kpi_targets(None)))
 
 
 def edit_meta(path: Path, **changes: Any) -> None:

@@ -9,9 +9,10 @@ import pytest
 from lxml import etree
 
 from perfkit import rundir
+from perfkit.analysis.kpi import evaluate_kpis, judge_run
+from perfkit.config import load_kpi_targets
 from perfkit.errors import ConfigError
-from perfkit.kpi import evaluate_kpis, load_kpi_targets
-from perfkit.report import build_summary, write_report
+from perfkit.report import rebuild_report
 from perfkit.report.junit import write_junit
 from tests.synthetic import EndpointSpec, RunSpec, make_run
 
@@ -40,8 +41,7 @@ def failing_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_run(path, RunSpec(duration_s=30, warmup_s=3, endpoints={
         HEALTH: EndpointSpec(rps=60, median_ms=60, sigma=0.4),
         CREATE: EndpointSpec(rps=10, median_ms=400, sigma=0.4)}))
-    verdict, _ = write_report(path)
-    assert verdict == "fail"
+    assert rebuild_report(path).verdict == "fail"
     return path
 
 
@@ -135,11 +135,10 @@ def test_a_run_whose_target_died_fails_whatever_its_kpis(tmp_path: Path) -> None
     run = rundir.load_run(tmp_path / "died")
     results = evaluate_kpis(run, load_kpi_targets(None))
     assert "fail" not in {r.verdict for r in results}
-    summary = build_summary(run, results)
+    summary = judge_run(run, load_kpi_targets(None)).summary
     assert summary["verdict"] == "fail"
     assert "target_died" in summary["verdict_reason"]
-    verdict, _ = write_report(tmp_path / "died")
-    assert verdict == "fail"
+    assert rebuild_report(tmp_path / "died").verdict == "fail"
     root = validate_junit(tmp_path / "died" / "junit.xml")
     status = root.find("testsuite/testcase[@name='run status']/failure")
     assert status is not None and "exited with code -9" in (status.get("message") or "")
@@ -153,13 +152,13 @@ def test_kpi_file_recorded_in_the_run_is_used(tmp_path: Path) -> None:
     meta = json.loads((tmp_path / "run" / "run.json").read_text())
     meta["kpi_file"] = str(kpi_file)
     (tmp_path / "run" / "run.json").write_text(json.dumps(meta))
-    assert write_report(tmp_path / "run")[0] == "fail"  # health p50 is about 3 ms
+    assert rebuild_report(tmp_path / "run").verdict == "fail"  # health p50 is about 3 ms
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert [k["name"] for k in summary["kpis"]] == [f"{HEALTH} p50"]
     assert summary["kpi_file"] == str(kpi_file)
     kpi_file.unlink()
     with pytest.raises(ConfigError, match="pass --kpi FILE"):
-        write_report(tmp_path / "run")
+        rebuild_report(tmp_path / "run")
 
 
 def test_perfkit_report_exit_codes(failing_run: Path, tmp_path: Path) -> None:

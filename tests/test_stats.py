@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from perfkit import rundir, stats
+from perfkit import rundir
+from perfkit.analysis import stats
+from perfkit.analysis.kpi import judged_latency
 from tests.synthetic import EndpointSpec, RunSpec, make_run
 
 
@@ -58,6 +60,6 @@ def test_summaries_of_a_synthetic_run_match_numpy(tmp_path) -> None:
 def test_warmup_is_left_out_of_the_judged_window(tmp_path) -> None:
     make_run(tmp_path / "run", RunSpec(duration_s=30, warmup_s=10))
     run = rundir.load_run(tmp_path / "run")
-    judged = rundir.judged_latency(run)
-    assert judged["t"].min() == run.meta["started_at"] + 10
+    judged = judged_latency(run)
+    assert judged["t"].min() == run.meta.started_at + 10
     assert len(judged) < len(run.latency)

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from perfkit import rundir, stats
-from perfkit.config import LoadSettings
+from perfkit import rundir
+from perfkit.analysis import stats
+from perfkit.analysis.stress import judge_step, kendall_tau, plan_steps, summarize_stress
+from perfkit.config import LoadSettings, StressSettings, load_kpi_targets
 from perfkit.errors import ConfigError
-from perfkit.kpi import load_kpi_targets
-from perfkit.stress import StressSettings, judge_step, kendall_tau, plan_steps, summarize_stress
 from tests.targets import CAPACITY, running_target
 
 HEALTH = "GET /api/v1/health"
@@ -114,7 +114,7 @@ def test_stress_finds_the_capacity_of_a_worker_pool(tmp_path: Path) -> None:
              "--kpi", str(kpis), "--out", str(tmp_path / "run")],
             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    stress = rundir.load_run(tmp_path / "run").meta["stress"]
+    stress = rundir.load_run(tmp_path / "run").meta.stress
     assert [s["step"] for s in stress["steps"]] == [1, 2, 3]  # it stopped by itself
     assert stress["capacity"]["step"] == 2
     assert stress["capacity"]["rate"] == 16.0

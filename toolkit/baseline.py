@@ -8,6 +8,7 @@ from typing import Any
 
 from . import rundir
 from .errors import ConfigError
+from .result import meta_from_json
 
 BASELINES_DIR = "baselines"
 # The data files a comparison and a report need; not report.html, not profiles, not logs.
@@ -46,14 +47,14 @@ def list_baselines(reports_dir: Path) -> list[dict[str, Any]]:
         meta_path = path / rundir.RUN_JSON
         if not meta_path.is_file():
             continue
-        meta = json.loads(meta_path.read_text("utf-8"))
+        meta = meta_from_json(json.loads(meta_path.read_text("utf-8")))
         rows.append({
             "name": path.name,
             "path": path,
-            "scenario": meta.get("scenario"),
-            "started_at": meta.get("started_at"),
-            "duration_s": (meta.get("settings") or {}).get("duration_s"),
-            "variants": meta.get("variants") or [],
+            "scenario": meta.scenario,
+            "started_at": meta.started_at,
+            "duration_s": meta.settings.duration_s,
+            "variants": meta.variants or [],
             "size_kb": sum(f.stat().st_size for f in path.iterdir()) / 1024,
         })
     return rows

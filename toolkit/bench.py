@@ -21,7 +21,8 @@ from urllib.parse import urlsplit
 import aiohttp
 from hdrh.histogram import HdrHistogram
 
-from . import rundir, stats
+from . import rundir
+from .analysis import stats
 from .errors import ConfigError, TargetError
 
 log = logging.getLogger(__name__)

@@ -7,8 +7,9 @@ from typing import Any
 
 import click
 
-from .config import LoadSettings, parse_duration
+from .config import LoadSettings, build_load_settings
 from .errors import PerfkitError
+from .units import parse_duration, parse_quantity
 
 log = logging.getLogger(__name__)
 
@@ -67,26 +68,14 @@ def load_options(default_duration: str) -> Any:
 
 
 def build_settings(command: str, **opts: Any) -> LoadSettings:
-    return LoadSettings(
-        command=command,
-        target=opts["target"],
-        scenario=opts["scenario"],
-        users=opts["users"],
-        spawn_rate=opts["spawn_rate"],
-        duration_s=opts["duration"],
-        rate=opts["rate"],
-        kpi_file=opts["kpi_file"],
-        out=opts["out"],
-        workers=opts["workers"],
-        target_pid=opts["target_pid"],
-        variants=tuple(opts["variants"]),
-        latency_profile="fast" if opts["fast"] else "guide",
-        warmup_s=opts["warmup"],
-        profile=opts["profile"],
-        alert_webhook=opts["alert_webhook"],
-        abort_on_fail=opts["abort_on_fail"],
-        argv=tuple(sys.argv),
-    )
+    """Settings of a load-generating command, KPI targets included, built once."""
+    return build_load_settings(
+        command, target=opts["target"], scenario=opts["scenario"], users=opts["users"],
+        spawn_rate=opts["spawn_rate"], duration=opts["duration"], rate=opts["rate"],
+        kpi=opts["kpi_file"], out=opts["out"], workers=opts["workers"],
+        target_pid=opts["target_pid"], variants=opts["variants"], fast=opts["fast"],
+        warmup=opts["warmup"], profile=opts["profile"], alert_webhook=opts["alert_webhook"],
+        abort_on_fail=opts["abort_on_fail"], argv=tuple(sys.argv))
 
 
 @click.group()
@@ -102,15 +91,12 @@ def cli(verbose: bool) -> None:
 @load_options("60s")
 def load(**opts: Any) -> None:
     """Steady load for a duration; writes a run directory and report.html."""
-    from . import runner
+    from .run import runner
 
-    run_dir, exit_code = runner.run_load(build_settings("load", **opts), say)
-    sys.exit(exit_code)
+    sys.exit(runner.run_load(build_settings("load", **opts), say).exit_code)
 
 
 def _percent(ctx: click.Context, param: click.Parameter, value: str) -> float:
-    from .config import parse_quantity
-
     return parse_quantity(value if value.strip().endswith("%") else f"{value}%", "%")
 
 
@@ -136,13 +122,13 @@ def _mb_per_h(ctx: click.Context, param: click.Parameter, value: str) -> float:
 def stress(step_users: int | None, step_rate: float | None, step_duration: float,
            max_steps: int, max_error_rate: float, **opts: Any) -> None:
     """Stepwise ramp until a KPI breaks; reports the capacity and how the target broke."""
-    from .stress import StressSettings, run_stress
+    from .config import StressSettings
+    from .run.stress import run_stress
 
-    _, exit_code = run_stress(StressSettings(
+    sys.exit(run_stress(StressSettings(
         load=build_settings("stress", **opts), step_users=step_users, step_rate=step_rate,
         step_duration_s=step_duration, max_steps=max_steps,
-        max_error_rate_percent=max_error_rate), say)
-    sys.exit(exit_code)
+        max_error_rate_percent=max_error_rate), say).exit_code)
 
 
 @cli.command()
@@ -151,11 +137,12 @@ def stress(step_users: int | None, step_rate: float | None, step_duration: float
               help="Memory growth that counts as a leak once the whole CI is above it.")
 def endurance(leak_threshold: float, **opts: Any) -> None:
     """Long steady run: memory growth (MB/h with a CI), latency drift, error budget."""
-    from .endurance import EnduranceSettings, run_endurance
+    from .config import EnduranceSettings
+    from .run.endurance import run_endurance
 
-    _, exit_code = run_endurance(EnduranceSettings(
-        load=build_settings("endurance", **opts), leak_threshold_mb_h=leak_threshold), say)
-    sys.exit(exit_code)
+    sys.exit(run_endurance(EnduranceSettings(
+        load=build_settings("endurance", **opts), leak_threshold_mb_h=leak_threshold),
+        say).exit_code)
 
 
 @cli.command()
@@ -168,7 +155,7 @@ def endurance(leak_threshold: float, **opts: Any) -> None:
               help="The master's --rate, for an open load.")
 def worker(master: str, scenario: str, users: int, rate: float | None) -> None:
     """Join a perfkit master as a Locust worker (distributed load)."""
-    from . import runner
+    from .run import runner
 
     sys.exit(runner.run_worker(master, scenario, users, rate, say))
 
@@ -252,12 +239,12 @@ def monitor(**opts: Any) -> None:
               help="KPI targets (TOML) instead of the ones the run recorded.")
 def report(run: Path, kpi_file: Path | None) -> None:
     """Rebuild report.html, summary.json/.md and junit.xml of a run; exit 1 on a failed KPI."""
-    from .report import write_report
+    from .report import REPORT_HTML, rebuild_report
 
-    verdict, report_path = write_report(run, kpi_file)
-    say(f"verdict: {verdict.upper()}")
-    say(f"report: {report_path}")
-    sys.exit(1 if verdict == "fail" else 0)
+    result = rebuild_report(run, kpi_file)
+    say(f"verdict: {(result.verdict or '').upper()}")
+    say(f"report: {result.run_dir / REPORT_HTML}")
+    sys.exit(1 if result.verdict == "fail" else 0)
 
 
 @cli.command()
@@ -295,22 +282,20 @@ def _threshold_option(func: Any) -> Any:
 
 def _compare_settings(thresholds: tuple[str, ...], confidence: float,
                       warmup_s: float | None = None) -> Any:
-    from .compare import CompareSettings, parse_thresholds
+    from .analysis.compare import CompareSettings, parse_thresholds
 
     default, per_metric = parse_thresholds(thresholds)
     return CompareSettings(thresholds=per_metric, default_threshold=default,
                            confidence=confidence, warmup_s=warmup_s)
 
 
-def _compare_and_report(baseline_dirs: list[Path], current_dirs: list[Path], settings: Any,
+def _compare_and_report(baselines: list[Any], currents: list[Any], settings: Any,
                         out: Path) -> int:
-    """Compare, write compare.* and junit.xml into `out`, print the verdict; 1 on regression."""
-    from . import rundir
-    from .compare import compare_runs
+    """Compare runs (RunResults), write compare.* and junit.xml into `out`, print the verdict;
+    1 on regression."""
+    from .analysis.compare import compare_runs
     from .report.compare_html import headline, write_compare_report
 
-    baselines = [rundir.load_run(path) for path in baseline_dirs]
-    currents = [rundir.load_run(path) for path in current_dirs]
     comparison = compare_runs(baselines, currents, settings)
     html_path = write_compare_report(comparison, baselines, currents, out)
     for m in comparison.regressed:
@@ -332,11 +317,13 @@ def _compare_and_report(baseline_dirs: list[Path], current_dirs: list[Path], set
 def compare(baseline_ref: str, current: Path, out: Path | None, thresholds: tuple[str, ...],
             confidence: float, warmup: float | None) -> None:
     """Compare a baseline (run directory or saved name) with a run; exit 1 on a regression."""
+    from . import rundir
     from .baseline import resolve_baseline
 
     settings = _compare_settings(thresholds, confidence, warmup)
-    baseline_dir = resolve_baseline(baseline_ref, Path("reports"))
-    sys.exit(_compare_and_report([baseline_dir], [current], settings, out or current / "compare"))
+    baseline_run = rundir.load_run(resolve_baseline(baseline_ref, Path("reports")))
+    sys.exit(_compare_and_report([baseline_run], [rundir.load_run(current)], settings,
+                                 out or current / "compare"))
 
 
 @cli.command()
@@ -351,21 +338,20 @@ def regression(baseline_ref: str, repeat: int, thresholds: tuple[str, ...], conf
     """Run the scenario, then compare with a baseline; exit 1 on a regression or failed KPI."""
     import dataclasses
 
-    from . import baseline as baselines_module
-    from . import runner
+    from . import rundir
+    from .baseline import resolve_baseline
+    from .run import runner
 
     settings = build_settings("regression", **opts)
-    baseline_dir = baselines_module.resolve_baseline(baseline_ref, settings.reports_dir)
+    baseline_run = rundir.load_run(resolve_baseline(baseline_ref, settings.reports_dir))
     compare_settings = _compare_settings(thresholds, confidence)
-    run_dirs, worst = [], 0
+    runs = []
     for i in range(repeat):
         out = settings.out / f"run-{i + 1}" if settings.out and repeat > 1 else settings.out
-        run_dir, exit_code = runner.run_load(dataclasses.replace(settings, out=out), say)
-        run_dirs.append(run_dir)
-        worst = max(worst, exit_code)
-    out_dir = (settings.out if settings.out and repeat > 1 else run_dirs[-1]) / "compare"
-    compared = _compare_and_report([baseline_dir], run_dirs, compare_settings, out_dir)
-    sys.exit(max(worst, compared))
+        runs.append(runner.run_load(dataclasses.replace(settings, out=out), say))
+    out_dir = (settings.out if settings.out and repeat > 1 else runs[-1].run_dir) / "compare"
+    compared = _compare_and_report([baseline_run], runs, compare_settings, out_dir)
+    sys.exit(max(max(run.exit_code for run in runs), compared))
 
 
 @cli.group()

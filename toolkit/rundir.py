@@ -2,13 +2,13 @@
 
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from .errors import ReportError
+from .result import LATENCY_COLUMNS, RunMeta, RunResult, json_safe, meta_from_json
 
 RUN_JSON = "run.json"
 LATENCY = "latency.jsonl"
@@ -18,21 +18,6 @@ RESOURCES = "resources.csv"
 APP = "app.csv"
 SLOW_QUERIES = "slow_queries.json"
 ALARMS = "alarms.jsonl"
-
-LATENCY_COLUMNS = ["t", "name", "count", "failures", "hist"]
-
-
-@dataclass
-class Run:
-    path: Path
-    meta: dict[str, Any]
-    latency: pd.DataFrame
-    timeline: pd.DataFrame | None = None
-    resources: pd.DataFrame | None = None
-    app: pd.DataFrame | None = None
-    failures: list[dict[str, Any]] = field(default_factory=list)
-    slow_queries: list[dict[str, Any]] = field(default_factory=list)
-    alarms: list[dict[str, Any]] = field(default_factory=list)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -77,18 +62,28 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
         return None
 
 
-def load_run(path: Path | str) -> Run:
+def write_meta(run_dir: Path, meta: RunMeta) -> None:
+    """run.json: once when a run starts, once when it ends (and when a report is rebuilt)."""
+    write_json(run_dir / RUN_JSON, json_safe(meta))
+
+
+def load_run(path: Path | str, meta: RunMeta | None = None) -> RunResult:
+    """The run directory at `path` as a RunResult (not judged: verdict None). `meta`: the
+    run's metadata when the caller has it in memory (the runner), instead of run.json."""
     path = Path(path)
     meta_path = path / RUN_JSON
-    if not meta_path.exists():
+    if meta is None and not meta_path.exists():
         raise ReportError(f"{path} is not a run directory (no {RUN_JSON})")
     try:
-        meta = json.loads(meta_path.read_text("utf-8"))
-        latency = pd.DataFrame(_read_jsonl(path / LATENCY), columns=LATENCY_COLUMNS)
-        return Run(
-            path=path,
+        if meta is None:
+            data = json.loads(meta_path.read_text("utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError(f"{RUN_JSON} holds {type(data).__name__}, not an object")
+            meta = meta_from_json(data)
+        return RunResult(
+            run_dir=path,
             meta=meta,
-            latency=latency,
+            latency=pd.DataFrame(_read_jsonl(path / LATENCY), columns=LATENCY_COLUMNS),
             timeline=_read_csv(path / TIMELINE),
             resources=_read_csv(path / RESOURCES),
             app=_read_csv(path / APP),
@@ -96,18 +91,5 @@ def load_run(path: Path | str) -> Run:
             slow_queries=_read_json(path / SLOW_QUERIES, []),
             alarms=_read_jsonl(path / ALARMS),
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError) as exc:
         raise ReportError(f"cannot read run directory {path}: {exc}") from exc
-
-
-def judged_window(run: Run) -> tuple[float, float]:
-    """(start, end) of the part of the run that verdicts judge: the warm-up is left out."""
-    started_at = float(run.meta["started_at"])
-    ended_at = float(run.meta.get("ended_at") or started_at)
-    warmup_s = float(run.meta.get("settings", {}).get("warmup_s") or 0.0)
-    return min(started_at + warmup_s, ended_at), ended_at
-
-
-def judged_latency(run: Run) -> pd.DataFrame:
-    start, end = judged_window(run)
-    return run.latency[(run.latency["t"] >= start) & (run.latency["t"] <= end)]

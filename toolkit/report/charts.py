@@ -25,7 +25,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, MultipleLocator, NullLocator
 
-from .. import stats
+from ..analysis import stats
 
 MAX_POINTS = 600
 SATURATED_CPU_PERCENT = 90.0

@@ -15,8 +15,11 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from .. import rundir, stats
-from ..compare import TARGET, Comparison, MetricComparison, comparison_record
+from .. import rundir
+from ..analysis import stats
+from ..analysis.compare import TARGET, Comparison, MetricComparison, comparison_record
+from ..analysis.kpi import judged_window
+from ..result import RunResult
 from .junit import write_junit
 
 COMPARE_HTML = "compare.html"
@@ -34,8 +37,8 @@ _STYLE: dict[Any, Any] = {
 }
 
 
-def write_compare_report(comparison: Comparison, baselines: list[rundir.Run],
-                         currents: list[rundir.Run], out_dir: Path) -> Path:
+def write_compare_report(comparison: Comparison, baselines: list[RunResult],
+                         currents: list[RunResult], out_dir: Path) -> Path:
     """Write the four artefacts into out_dir; returns the path of compare.html."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rundir.write_json(out_dir / COMPARE_JSON, comparison_record(comparison))
@@ -115,10 +118,10 @@ def _to_svg(fig: Figure, id_prefix: str) -> str:
                   count=1)
 
 
-def _merged_cdf(runs: list[rundir.Run], name: str) -> tuple[np.ndarray, np.ndarray]:
+def _merged_cdf(runs: list[RunResult], name: str) -> tuple[np.ndarray, np.ndarray]:
     blocks = []
     for run in runs:
-        start, end = rundir.judged_window(run)
+        start, end = judged_window(run)
         rows = run.latency[(run.latency["name"] == name) & (run.latency["t"] >= start)
                            & (run.latency["t"] <= end)]
         blocks.append(list(rows["hist"]))
@@ -129,24 +132,24 @@ def _merged_cdf(runs: list[rundir.Run], name: str) -> tuple[np.ndarray, np.ndarr
     return values_us / 1000.0, np.cumsum(counts.sum(axis=0)) / total
 
 
-def _series(runs: list[rundir.Run], name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _series(runs: list[RunResult], name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Seconds since the start, p95 ms and requests/s of every bucket (runs one after another)."""
     t_all, p95_all, rps_all = [], [], []
     offset = 0.0
     for run in runs:
         rows = run.latency[run.latency["name"] == name].sort_values("t")
-        started_at = float(run.meta["started_at"])
-        bucket_s = float(run.meta.get("settings", {}).get("bucket_s") or 1.0)
+        started_at = float(run.meta.started_at)
+        bucket_s = float(run.meta.settings.bucket_s or 1.0)
         values_us, counts = stats.block_counts([[h] for h in rows["hist"]])
         p95 = stats.percentiles_of_counts(values_us, counts, [95.0])[:, 0] / 1000.0
         t_all.append(rows["t"].to_numpy(float) - started_at + offset)
         p95_all.append(p95)
         rps_all.append(rows["count"].to_numpy(float) / bucket_s)
-        offset += float(run.meta.get("ended_at") or started_at) - started_at
+        offset += float(run.meta.ended_at or started_at) - started_at
     return np.concatenate(t_all), np.concatenate(p95_all), np.concatenate(rps_all)
 
 
-def draw_endpoint(name: str, baselines: list[rundir.Run], currents: list[rundir.Run],
+def draw_endpoint(name: str, baselines: list[RunResult], currents: list[RunResult],
                   id_prefix: str) -> str:
     """Latency CDFs of both sides, and p95 and throughput over time, overlaid."""
     with matplotlib.rc_context(_STYLE):
@@ -168,7 +171,7 @@ def draw_endpoint(name: str, baselines: list[rundir.Run], currents: list[rundir.
         ax_cdf.set_xlabel("ms")
         ax_cdf.set_ylabel("fraction of requests ≤ x")
         ax_cdf.legend(loc="lower right")
-        warmup_s = float(currents[0].meta.get("settings", {}).get("warmup_s") or 0.0)
+        warmup_s = float(currents[0].meta.settings.warmup_s or 0.0)
         for ax in (ax_p95, ax_rps):
             if warmup_s > 0:
                 ax.axvspan(0, warmup_s, color="#e5e7eb", alpha=0.7, lw=0, zorder=0)
@@ -182,7 +185,7 @@ def draw_endpoint(name: str, baselines: list[rundir.Run], currents: list[rundir.
         return _to_svg(fig, id_prefix)
 
 
-def draw_resources(baselines: list[rundir.Run], currents: list[rundir.Run],
+def draw_resources(baselines: list[RunResult], currents: list[RunResult],
                    id_prefix: str) -> str | None:
     with matplotlib.rc_context(_STYLE):
         fig = Figure(figsize=(9.0, 2.4), layout="constrained")
@@ -192,7 +195,7 @@ def draw_resources(baselines: list[rundir.Run], currents: list[rundir.Run],
                                    (currents, "current", CURRENT_COLOR)):
             offset = 0.0
             for i, run in enumerate(runs):
-                started_at = float(run.meta["started_at"])
+                started_at = float(run.meta.started_at)
                 if run.resources is not None and len(run.resources):
                     t_s = run.resources["t"].to_numpy(float) - started_at + offset
                     for ax, column in ((ax_cpu, "cpu_percent"), (ax_rss, "rss_mb")):
@@ -200,7 +203,7 @@ def draw_resources(baselines: list[rundir.Run], currents: list[rundir.Run],
                             ax.plot(t_s, run.resources[column], color=color, linewidth=0.9,
                                     label=label if i == 0 else "_")
                             drawn = True
-                offset += float(run.meta.get("ended_at") or started_at) - started_at
+                offset += float(run.meta.ended_at or started_at) - started_at
         ax_cpu.set_title("target CPU (% of one core)")
         ax_rss.set_title("target RSS (MB)")
         for ax in (ax_cpu, ax_rss):
@@ -210,8 +213,8 @@ def draw_resources(baselines: list[rundir.Run], currents: list[rundir.Run],
         return _to_svg(fig, id_prefix) if drawn else None
 
 
-def render_compare_html(comparison: Comparison, baselines: list[rundir.Run],
-                        currents: list[rundir.Run]) -> str:
+def render_compare_html(comparison: Comparison, baselines: list[RunResult],
+                        currents: list[RunResult]) -> str:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("perfkit.report", "templates"),
         autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)

@@ -6,6 +6,7 @@ that charts.py produced from matplotlib is inserted as markup.
 """
 
 import base64
+import dataclasses
 import shlex
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -15,11 +16,13 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup
 
-from ..endurance import report_section as endurance_section
-from ..kpi import JOB_NAMES, METRICS, KpiResult, format_percent, format_value
-from ..rundir import Run
-from ..stress import report_section as stress_section
-from . import charts, worst_offender
+from ..analysis.kpi import worst_offender
+from ..config import JOB_NAMES, METRICS
+from ..result import KpiResult, RunMeta, RunResult
+from ..units import format_percent, format_value
+from . import charts
+from .endurance import report_section as endurance_section
+from .stress import report_section as stress_section
 
 PROFILE_SVG = "profile.svg"
 MAX_TABLE_ROWS = 25
@@ -30,35 +33,33 @@ _SEVERITY = {"fail": 0, "warn": 1, "missing": 2, "pass": 3}
 _ENDPOINT_STATS = ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms")
 
 
-def render_html(run: Run, results: Sequence[KpiResult], summary: dict[str, Any]) -> str:
-    """report.html of `run`, judged by `results`; `summary` is summary.json's dict."""
+def render_html(run: RunResult) -> str:
+    """report.html of a judged run."""
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("perfkit.report", "templates"),
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
         lstrip_blocks=True)
     env.filters["value"] = _format_or_dash
     template = env.get_template("report.html.j2")
-    return template.render(**build_context(run, results, summary))
+    return template.render(**build_context(run))
 
 
-def build_context(run: Run, results: Sequence[KpiResult],
-                  summary: dict[str, Any]) -> dict[str, Any]:
+def build_context(run: RunResult) -> dict[str, Any]:
     """Everything the template shows, already formatted: the template only lays it out."""
-    meta = run.meta
-    started_at = float(meta["started_at"])
-    ended_at = float(meta.get("ended_at") or started_at)
+    meta, results, summary = run.meta, run.kpis, run.summary
+    started_at = float(meta.started_at)
+    ended_at = float(meta.ended_at or started_at)
     duration_s = max(ended_at - started_at, 0.0)
-    settings = meta.get("settings") or {}
-    warmup_s = min(float(settings.get("warmup_s") or 0.0), duration_s)
-    bucket_s = float(settings.get("bucket_s") or 1.0)
+    warmup_s = min(float(meta.settings.warmup_s), duration_s)
+    bucket_s = float(meta.settings.bucket_s or 1.0)
     window_s = charts.choose_window_s(duration_s, bucket_s)
     drawing = _Drawing(run, results, started_at, ended_at, duration_s, warmup_s, window_s,
                        bucket_s)
 
     endpoints = summary.get("endpoints") or {}
     return {
-        "run_id": meta.get("run_id") or run.path.name,
-        "simulated": bool(meta.get("simulated")),
+        "run_id": run.run_id,
+        "simulated": bool(meta.simulated),
         "banner": _banner(meta, results, summary, duration_s),
         "loadgen": _loadgen(meta, run.timeline),
         # Failures first: the first screen should show what went wrong.
@@ -127,7 +128,7 @@ def describe_offence(result: KpiResult) -> str:
     return text
 
 
-def _banner(meta: dict[str, Any], results: Sequence[KpiResult], summary: dict[str, Any],
+def _banner(meta: RunMeta, results: Sequence[KpiResult], summary: dict[str, Any],
             duration_s: float) -> dict[str, Any]:
     verdict = str(summary.get("verdict") or "pass")
     counts = {v: sum(1 for r in results if r.verdict == v)
@@ -143,8 +144,8 @@ def _banner(meta: dict[str, Any], results: Sequence[KpiResult], summary: dict[st
         headline = f"All {counts['pass']} measured KPIs met their targets"
     else:
         headline = "No KPI targets were evaluated"
-    status = str(meta.get("status") or "completed")
-    planned_s = (meta.get("settings") or {}).get("duration_s")
+    status = str(meta.status or "completed")
+    planned_s = meta.settings.duration_s
     partial = ""
     if status != "completed":
         partial = f"Partial run: the figures cover {_duration(duration_s)}"
@@ -159,12 +160,12 @@ def _banner(meta: dict[str, Any], results: Sequence[KpiResult], summary: dict[st
         "counts": counts,
         "status": status,
         "status_label": status.replace("_", " ").upper(),
-        "message": _sentence(str(meta.get("message") or "")),
+        "message": _sentence(str(meta.message or "")),
         "partial": partial,
-        "command": meta.get("command") or "",
-        "scenario": meta.get("scenario") or "",
-        "target": meta.get("target") or "",
-        "started": _utc(meta.get("started_at")),
+        "command": meta.command or "",
+        "scenario": meta.scenario or "",
+        "target": meta.target or "",
+        "started": _utc(meta.started_at),
         "duration": _duration(duration_s),
     }
 
@@ -174,9 +175,9 @@ def _sentence(text: str) -> str:
     return text + "." if text and text[-1] not in ".!?" else text
 
 
-def _loadgen(meta: dict[str, Any], timeline: pd.DataFrame | None) -> dict[str, Any]:
+def _loadgen(meta: RunMeta, timeline: pd.DataFrame | None) -> dict[str, Any]:
     """Was the load generator saturated? run.json says so; the timeline is the fallback."""
-    info = meta.get("loadgen") or {}
+    info = meta.loadgen or {}
     max_cpu = info.get("max_cpu_percent")
     if max_cpu is None and timeline is not None and "loadgen_cpu_percent" in timeline:
         column = pd.to_numeric(timeline["loadgen_cpu_percent"], errors="coerce")
@@ -269,7 +270,7 @@ def _kpi_lines(results: Sequence[KpiResult], metrics: Sequence[str], endpoint: s
 class _Drawing:
     """The chart sections of one report; each is charts or a 'not measured' note."""
 
-    def __init__(self, run: Run, results: Sequence[KpiResult], started_at: float,
+    def __init__(self, run: RunResult, results: Sequence[KpiResult], started_at: float,
                  ended_at: float, duration_s: float, warmup_s: float, window_s: float,
                  bucket_s: float) -> None:
         self.run = run
@@ -290,7 +291,7 @@ class _Drawing:
         return charts.resample_frame(frame, self.started_at, self.ended_at, self.window_s, how)
 
     def _collector_note(self, name: str, default: str) -> str:
-        info = (self.run.meta.get("collectors") or {}).get(name) or {}
+        info = (self.run.meta.collectors or {}).get(name) or {}
         note = str(info.get("note") or "").strip()
         return f"not measured: {note}" if note and note != "simulated" else \
             f"not measured: {default}"
@@ -410,9 +411,9 @@ class _Drawing:
                                   "(warm-up included).")
 
 
-def _slow_queries(run: Run, started_at: float) -> dict[str, Any]:
+def _slow_queries(run: RunResult, started_at: float) -> dict[str, Any]:
     if run.app is None:
-        note = ((run.meta.get("collectors") or {}).get("app") or {}).get("note") or \
+        note = ((run.meta.collectors or {}).get("app") or {}).get("note") or \
             "the target's database metrics were not scraped"
         return {"rows": [], "more": 0, "note": f"not measured: {note}"}
     ordered = sorted(run.slow_queries, key=lambda q: -(q.get("time_ms") or 0.0))
@@ -450,8 +451,8 @@ def _alarms(alarms: list[dict[str, Any]], started_at: float) -> list[dict[str, A
              "message": a.get("message") or ""} for a in alarms[:MAX_TABLE_ROWS * 4]]
 
 
-def _profile(run: Run) -> dict[str, Any]:
-    path = run.path / PROFILE_SVG
+def _profile(run: RunResult) -> dict[str, Any]:
+    path = run.run_dir / PROFILE_SVG
     if not path.is_file():
         return {"src": None, "note": "not captured (run with --profile to record a flamegraph "
                                      "of the target)"}
@@ -461,9 +462,9 @@ def _profile(run: Run) -> dict[str, Any]:
     return {"src": f"data:image/svg+xml;base64,{data}", "note": "", "file": PROFILE_SVG}
 
 
-def _collectors(meta: dict[str, Any], duration_s: float) -> list[dict[str, Any]]:
+def _collectors(meta: RunMeta, duration_s: float) -> list[dict[str, Any]]:
     rows = []
-    for name, info in (meta.get("collectors") or {}).items():
+    for name, info in (meta.collectors or {}).items():
         info = info or {}
         cpu_s = info.get("cpu_s")
         share = None
@@ -481,36 +482,36 @@ def _collectors(meta: dict[str, Any], duration_s: float) -> list[dict[str, Any]]
     return rows
 
 
-def _environment(meta: dict[str, Any], duration_s: float) -> list[tuple[str, str]]:
-    settings = meta.get("settings") or {}
-    machine = meta.get("machine") or {}
-    versions = meta.get("versions") or {}
-    argv = meta.get("argv") or []
-    target = str(meta.get("target") or "—")
-    if meta.get("target_managed"):
+def _environment(meta: RunMeta, duration_s: float) -> list[tuple[str, str]]:
+    settings = {k: v for k, v in dataclasses.asdict(meta.settings).items() if k != "steps"}
+    machine = meta.machine or {}
+    versions = meta.versions or {}
+    argv = meta.argv or []
+    target = str(meta.target or "—")
+    if meta.target_managed:
         target += " (bundled reference service, started by perfkit)"
-    if meta.get("target_pid"):
-        target += f", pid {meta['target_pid']}"
+    if meta.target_pid:
+        target += f", pid {meta.target_pid}"
     items = [
-        ("command", str(meta.get("command") or "—")),
+        ("command", str(meta.command or "—")),
         ("argv", shlex.join(str(a) for a in argv) if argv else "—"),
-        ("scenario", str(meta.get("scenario") or "—")),
+        ("scenario", str(meta.scenario or "—")),
         ("target", target),
-        ("variants", ", ".join(meta.get("variants") or []) or "none"),
-        ("latency profile", str(meta.get("latency_profile") or "—")),
+        ("variants", ", ".join(meta.variants or []) or "none"),
+        ("latency profile", str(meta.latency_profile or "—")),
         ("settings", ", ".join(f"{k} {v}" for k, v in settings.items() if v is not None)
          or "—"),
-        ("KPI file", str(meta.get("kpi_file") or "defaults")),
-        ("git revision", str(meta.get("git_revision") or "—")),
+        ("KPI file", str(meta.kpi_file or "defaults")),
+        ("git revision", str(meta.git_revision or "—")),
         ("machine", ", ".join(f"{k} {v}" for k, v in machine.items()) or "—"),
         ("versions", ", ".join(f"{k} {v}" for k, v in versions.items()) or "—"),
-        ("started", _utc(meta.get("started_at"))),
-        ("ended", _utc(meta.get("ended_at"))),
+        ("started", _utc(meta.started_at)),
+        ("ended", _utc(meta.ended_at)),
         ("duration", _duration(duration_s)),
-        ("status", str(meta.get("status") or "—")),
+        ("status", str(meta.status or "—")),
     ]
-    if meta.get("message"):
-        items.append(("message", str(meta["message"])))
-    if meta.get("simulated"):
+    if meta.message:
+        items.append(("message", str(meta.message)))
+    if meta.simulated:
         items.append(("data", "SIMULATED (tests/synthetic.py), not a measurement"))
     return items

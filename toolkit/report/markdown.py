@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from ..kpi import format_value
+from ..units import format_value
 
 VERDICT_MARK = {"pass": "✅ pass", "warn": "⚠️ warn", "fail": "❌ fail", "missing": "⚪ missing"}
 

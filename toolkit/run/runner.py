@@ -28,17 +28,20 @@ from locust.env import Environment
 from locust.runners import STATE_STOPPED, MasterRunner
 from locust.util.load_locustfile import load_locustfile
 
-from . import progress, rundir, target
+from .. import rundir
+from ..analysis.kpi import judge_run
+from ..collectors.app import AppCollector
+from ..collectors.system import SystemCollector
+from ..config import LoadSettings
+from ..errors import ConfigError, RunError, TargetError
+from ..report import write_report
+from ..result import RunMeta, RunResult, RunSettings
+from . import target
 from .alarms import WINDOW_S as ALARM_WINDOW_S
 from .alarms import AlarmWatcher
-from .collectors.app import AppCollector
-from .collectors.system import SystemCollector
-from .config import LoadSettings
-from .errors import ConfigError, RunError, TargetError
-from .kpi import load_kpi_targets
+from .live import LiveView
 from .openloop import make_open_loop
 from .recorder import Recorder, request_name
-from .report import write_report
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +59,14 @@ class Plan:
     `steps` lists (start offset s, users, rate); a plain load is one step. Stress and endurance
     build longer plans; `on_step_end` may end the run early (e.g. a stress test that broke): it
     is called when the next step is due and, for the last step, when the duration is over.
-    `on_run_end` adds to the run directory once run.json is final, before the report is
-    written (stress and endurance store their results there). `window_s`: how many recent
+    `on_run_end` adds to the result once the run has ended, before it is judged and
+    reported (stress and endurance store their results in its metadata). `window_s`: how many recent
     seconds of latency buckets `on_step_end` reads from the recorder (kept in memory).
     """
 
     steps: list[tuple[float, int, float | None]]
     on_step_end: Callable[[int, "RunState"], bool] | None = None
-    on_run_end: Callable[[Path, "RunState"], None] | None = None
+    on_run_end: Callable[[RunResult, "RunState"], None] | None = None
     window_s: float = 0.0
 
 
@@ -78,6 +81,10 @@ class RunState:
     max_loadgen_cpu_percent: float | None = None
     alarms: AlarmWatcher | None = None
     profile: Any = None  # profiling.CpuRecording while py-spy records, or why it could not
+    # What the stopped parts said, for run.json.
+    alarm_summary: dict[str, Any] | None = None
+    profile_entry: dict[str, Any] | None = None
+    collectors: dict[str, Any] = field(default_factory=dict)
 
 
 def resolve_scenario(scenario: str) -> Path:
@@ -159,49 +166,26 @@ def _version(package: str) -> str | None:
         return None
 
 
-def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> tuple[Path, int]:
-    """Run one load test end to end; returns the run directory and the exit code."""
-    if settings.target and settings.variants:
-        raise ConfigError("--variant applies to the bundled service only, not to --target")
-    unknown = sorted(set(settings.variants) - set(VARIANTS))
-    if unknown:
-        raise ConfigError(f"unknown variant {unknown[0]!r}; known: {', '.join(VARIANTS)}")
-    if settings.target_pid is not None and not psutil.pid_exists(settings.target_pid):
-        raise ConfigError(f"--target-pid {settings.target_pid}: no such process")
+def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> RunResult:
+    """Run one load test end to end: the judged result, its run directory written."""
+    check_settings(settings)
     scenario_path = resolve_scenario(settings.scenario)
     user_classes, shape = load_user_classes(scenario_path)
-    kpi_targets = load_kpi_targets(settings.kpi_file)  # a bad KPI file fails before the run
     plan = plan or Plan(steps=[(0.0, settings.users, settings.rate)])
-
     run_dir = make_run_dir(settings)
-    managed = None
-    pid: int | None
-    if settings.target is None:
-        say("perfkit: starting the bundled reference service "
-            f"({settings.latency_profile} profile{', ' if settings.variants else ''}"
-            f"{', '.join(settings.variants)})")
-        managed = target.start_reference_service(run_dir / "target.log", settings.variants,
-                                                 settings.latency_profile)
-        url, pid = managed.url, managed.process.pid
-    else:
-        url, pid = settings.target.rstrip("/"), settings.target_pid
-        target.check_target(url)
-
-    meta: dict[str, Any] = {
-        "run_id": run_dir.name, "command": settings.command, "argv": list(settings.argv),
-        "scenario": settings.scenario, "scenario_path": str(scenario_path), "target": url,
-        "target_managed": managed is not None, "target_pid": pid,
-        "variants": list(settings.variants),
-        "latency_profile": settings.latency_profile if managed else None,
-        "settings": {"users": settings.users, "spawn_rate": settings.spawn_rate,
-                     "duration_s": settings.duration_s, "rate": settings.rate,
-                     "workers": settings.workers, "warmup_s": settings.effective_warmup_s,
-                     "bucket_s": 1, "steps": plan.steps},
-        "kpi_file": str(settings.kpi_file.resolve()) if settings.kpi_file else None,
-        **describe_environment(),
-        "started_at": time.time(), "ended_at": None, "status": "running", "message": "",
-    }
-    rundir.write_json(run_dir / rundir.RUN_JSON, meta)
+    managed, url, pid = start_target(settings, run_dir, say)
+    meta = RunMeta(
+        run_id=run_dir.name, command=settings.command, argv=list(settings.argv),
+        scenario=settings.scenario, scenario_path=str(scenario_path), target=url,
+        target_managed=managed is not None, target_pid=pid, variants=list(settings.variants),
+        latency_profile=settings.latency_profile if managed else None,
+        settings=RunSettings(users=settings.users, spawn_rate=settings.spawn_rate,
+                             duration_s=settings.duration_s, rate=settings.rate,
+                             workers=settings.workers, warmup_s=settings.effective_warmup_s,
+                             steps=tuple(plan.steps)),
+        kpi_file=str(settings.kpi_file.resolve()) if settings.kpi_file else None,
+        **describe_environment(), started_at=time.time())
+    rundir.write_meta(run_dir, meta)
 
     # The recorder keeps enough recent buckets in memory for the alarm window and for
     # judging a whole plan step live (stress); no more, so a long run stays flat.
@@ -209,9 +193,8 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> tupl
     state = RunState(recorder=Recorder(run_dir / rundir.LATENCY, keep_s=keep_s),
                      system=SystemCollector(pid, run_dir / rundir.RESOURCES),
                      app=AppCollector(url, run_dir))
-    state.alarms = AlarmWatcher(run_dir, kpi_targets, say,
-                                settings.alert_webhook, settings.effective_warmup_s,
-                                run_id=run_dir.name)
+    state.alarms = AlarmWatcher(run_dir, settings.targets, say, settings.alert_webhook,
+                                settings.effective_warmup_s, run_id=run_dir.name)
     env = make_environment(user_classes, url, settings.rate, settings.users, shape)
     state.recorder.attach(env)
     workers: list[subprocess.Popen] = []
@@ -223,32 +206,79 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> tupl
         state.system.start()
         if state.app is not None:
             state.app.start()
-        state.started_at = meta["started_at"] = time.time()
+        state.started_at = meta.started_at = time.time()
         drive(env, settings, plan, state, managed, say)
     except TargetError as exc:
         state.status, state.message = "target_died", str(exc)
     except RunError as exc:
         state.status, state.message = "failed", str(exc)
     finally:
-        stop_runner(env)
-        state.recorder.flush(final=True)
-        meta["alarms"] = state.alarms.close()
-        if state.profile is not None:
-            meta["profile"] = (state.profile if isinstance(state.profile, dict)
-                               else state.profile.stop())
-        meta["collectors"] = {"system": state.system.stop(),
-                              "app": state.app.stop() if state.app else None}
-        for process in workers:
-            _stop_process(process)
-        if managed is not None:
-            if managed.process.poll() is not None and state.status == "completed":
-                state.status = "target_died"
-                state.message = f"the reference service exited with {managed.process.returncode}"
-            target.stop_reference_service(managed)
+        stop_run(env, state, workers, managed)
         finish_meta(meta, env, state, run_dir)
+    return judge_and_report(rundir.load_run(run_dir, meta), settings, state, plan, say)
+
+
+def check_settings(settings: LoadSettings) -> None:
+    if settings.target and settings.variants:
+        raise ConfigError("--variant applies to the bundled service only, not to --target")
+    unknown = sorted(set(settings.variants) - set(VARIANTS))
+    if unknown:
+        raise ConfigError(f"unknown variant {unknown[0]!r}; known: {', '.join(VARIANTS)}")
+    if settings.target_pid is not None and not psutil.pid_exists(settings.target_pid):
+        raise ConfigError(f"--target-pid {settings.target_pid}: no such process")
+
+
+def start_target(settings: LoadSettings, run_dir: Path,
+                 say: Say) -> tuple[target.ManagedTarget | None, str, int | None]:
+    """(the managed reference service or None, the target's URL, the PID to sample)."""
+    if settings.target is not None:
+        url = settings.target.rstrip("/")
+        target.check_target(url)
+        return None, url, settings.target_pid
+    say("perfkit: starting the bundled reference service "
+        f"({settings.latency_profile} profile{', ' if settings.variants else ''}"
+        f"{', '.join(settings.variants)})")
+    managed = target.start_reference_service(run_dir / "target.log", settings.variants,
+                                             settings.latency_profile)
+    return managed, managed.url, managed.process.pid
+
+
+def stop_run(env: Environment, state: "RunState", workers: list[subprocess.Popen],
+             managed: target.ManagedTarget | None) -> None:
+    """Stop the load, the recorder, the collectors, the workers and the target, in order."""
+    stop_runner(env)
+    state.recorder.flush(final=True)
+    if state.alarms is not None:
+        state.alarm_summary = state.alarms.close()
+    if state.profile is not None:
+        state.profile_entry = (state.profile if isinstance(state.profile, dict)
+                               else state.profile.stop())
+    state.collectors = {"system": state.system.stop(),
+                        "app": state.app.stop() if state.app else None}
+    for process in workers:
+        _stop_process(process)
+    if managed is not None:
+        if managed.process.poll() is not None and state.status == "completed":
+            state.status = "target_died"
+            state.message = f"the reference service exited with {managed.process.returncode}"
+        target.stop_reference_service(managed)
+
+
+def judge_and_report(result: RunResult, settings: LoadSettings, state: "RunState", plan: Plan,
+                     say: Say) -> RunResult:
+    """Add the plan's own results, judge the run, write run.json (its second and last time)
+    and the report files."""
     if plan.on_run_end is not None:
-        plan.on_run_end(run_dir, state)
-    return run_dir, report_run(run_dir, settings, state, say)
+        plan.on_run_end(result, state)
+    judge_run(result, settings.targets)
+    result.meta.verdict = result.verdict
+    rundir.write_meta(result.run_dir, result.meta)
+    report_path = write_report(result)
+    if result.meta.status != "completed":
+        say(f"perfkit: run {result.meta.status}: {result.meta.message}")
+    say(f"perfkit: verdict {(result.verdict or '').upper()}")
+    say(f"Report: {report_path}")
+    return result
 
 
 def start_local_workers(env: Environment, settings: LoadSettings, scenario: Path,
@@ -290,7 +320,7 @@ def drive(env: Environment, settings: LoadSettings, plan: Plan, state: RunState,
     own = [psutil.Process()]
     for process in own:
         process.cpu_percent()  # the first reading is meaningless
-    live = progress.LiveView(say, settings, sys.stdout.isatty())
+    live = LiveView(say, settings, sys.stdout.isatty())
     step_index = -1
     try:
         with timeline.open("w", encoding="utf-8") as timeline_file:
@@ -358,7 +388,7 @@ def start_profile(settings: LoadSettings, managed: target.ManagedTarget | None, 
     """py-spy on the target from the end of the warm-up to the end of the run (stopped early
     by run_load). Returns the recording, or the run.json entry saying why there is none: a
     target py-spy cannot read is a note, not a failed run."""
-    from . import profiling
+    from .. import profiling
 
     pid = managed.process.pid if managed is not None else settings.target_pid
     note = "no target pid (use --target-pid with --target)"
@@ -394,18 +424,22 @@ def stop_runner(env: Environment) -> None:
         runner.quit()
 
 
-def finish_meta(meta: dict[str, Any], env: Environment, state: RunState, run_dir: Path) -> None:
-    meta["ended_at"] = time.time()
-    meta["status"] = state.status
-    meta["message"] = state.message
-    meta["loadgen"] = {
+def finish_meta(meta: RunMeta, env: Environment, state: "RunState", run_dir: Path) -> None:
+    """How the run ended, in `meta`; failures.json from Locust's error table."""
+    meta.ended_at = time.time()
+    meta.status = state.status
+    meta.message = state.message
+    meta.alarms = state.alarm_summary
+    meta.profile = state.profile_entry
+    meta.collectors = state.collectors
+    meta.loadgen = {
         "max_cpu_percent": state.max_loadgen_cpu_percent,
         "saturated": (state.max_loadgen_cpu_percent or 0.0) >= LOADGEN_SATURATED_PERCENT,
     }
     errors = env.runner.stats.errors.values() if env.runner else []
     # Locust's own request counts, a cross-check of perfkit's recording (percentiles differ:
     # Locust rounds response times to two significant digits).
-    meta["locust_counts"] = {
+    meta.locust_counts = {
         request_name(method, name): entry.num_requests
         for (name, method), entry in (env.runner.stats.entries.items() if env.runner else [])
     }
@@ -414,21 +448,6 @@ def finish_meta(meta: dict[str, Any], env: Environment, state: RunState, run_dir
          "error": str(e.error)[:200], "count": e.occurrences, "example": str(e.error)[:1000]}
         for e in sorted(errors, key=lambda e: -e.occurrences)
     ])
-    rundir.write_json(run_dir / rundir.RUN_JSON, meta)
-
-
-def report_run(run_dir: Path, settings: LoadSettings, state: RunState, say: Say) -> int:
-    """Write the report and map the outcome to an exit code."""
-    verdict, report_path = write_report(run_dir, settings.kpi_file)
-    if state.status != "completed":
-        say(f"perfkit: run {state.status}: {state.message}")
-    say(f"perfkit: verdict {verdict.upper()}")
-    say(f"Report: {report_path}")
-    if state.status == "interrupted":
-        return 130
-    if state.status != "completed" or verdict == "fail":
-        return 1
-    return 0
 
 
 def run_worker(master: str, scenario: str, users: int, rate: float | None, say: Say) -> int:

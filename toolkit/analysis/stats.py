@@ -94,6 +94,13 @@ def summarize_histogram(hist: HdrHistogram) -> dict[str, float | None]:
     return summary
 
 
+def request_rates(count: int, failures: int, duration_s: float) -> dict[str, float | None]:
+    """rps and error_rate_percent of `count` requests, `failures` of them failed, in
+    `duration_s`; None where there is nothing to divide by."""
+    return {"rps": count / duration_s if duration_s > 0 else None,
+            "error_rate_percent": 100.0 * failures / count if count else None}
+
+
 def summarize_endpoints(latency: pd.DataFrame, duration_s: float) -> dict[str, dict[str, Any]]:
     """Per name: count, failures, rps, error_rate_percent and percentiles of the given buckets.
 
@@ -107,8 +114,7 @@ def summarize_endpoints(latency: pd.DataFrame, duration_s: float) -> dict[str, d
         summaries[str(name)] = {
             "count": count,
             "failures": failures,
-            "rps": count / duration_s if duration_s > 0 else None,
-            "error_rate_percent": 100.0 * failures / count if count else None,
+            **request_rates(count, failures, duration_s),
             **summarize_histogram(merge_histograms(rows["hist"])),
         }
     return summaries

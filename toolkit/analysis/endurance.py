@@ -14,19 +14,14 @@ directory) over the judged window (warm-up left out), stored in run.json "endura
 A leak verdict fails the command (exit 1) like a failed KPI does.
 """
 
-import dataclasses
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from . import rundir, stats
-from .config import LoadSettings
-from .kpi import JOB_NAMES, KpiTarget, format_value, load_kpi_targets
-from .rundir import Run
+from ..config import JOB_NAMES, KpiTarget
+from ..result import RunResult, json_safe
+from . import stats
+from .kpi import judged_window
 
-DEFAULT_LEAK_THRESHOLD_MB_H = 10.0
 # Below this, a service still filling its caches, pools and tables grows like a leak would:
 # the verdict stands (it is what the window shows) but says so.
 SHORT_RUN_S = 600.0
@@ -36,13 +31,7 @@ TREND_COLUMNS = {"rss_mb": "MB", "uss_mb": "MB", "cpu_percent": "%", "threads": 
                  "open_files": "fds"}
 
 
-@dataclass(frozen=True)
-class EnduranceSettings:
-    load: LoadSettings
-    leak_threshold_mb_h: float = DEFAULT_LEAK_THRESHOLD_MB_H
-
-
-def measure_trend(run: Run, column: str, start: float, end: float) -> dict[str, Any]:
+def measure_trend(run: RunResult, column: str, start: float, end: float) -> dict[str, Any]:
     """Slope per hour of one resources.csv column over [start, end], with its interval."""
     frame = run.resources
     missing = {"per_h": None, "ci_low_per_h": None, "ci_high_per_h": None, "first": None,
@@ -70,7 +59,7 @@ def judge_leak(trend: dict[str, Any], threshold_mb_h: float) -> str:
     return "inconclusive"
 
 
-def measure_drift(run: Run, start: float, end: float) -> dict[str, Any]:
+def measure_drift(run: RunResult, start: float, end: float) -> dict[str, Any]:
     """p95 of the first and last DRIFT_FRACTION of [start, end], per request name and for
     all requests ("all"), and last / first."""
     part_s = (end - start) * DRIFT_FRACTION
@@ -89,7 +78,7 @@ def measure_drift(run: Run, start: float, end: float) -> dict[str, Any]:
     return {"fraction": DRIFT_FRACTION, "part_s": part_s, "endpoints": drift}
 
 
-def measure_error_budget(run: Run, targets: list[KpiTarget], start: float,
+def measure_error_budget(run: RunResult, targets: list[KpiTarget], start: float,
                          end: float) -> dict[str, Any]:
     """Failures against what the run-wide error-rate KPI allows for the requests made."""
     latency = run.latency[(run.latency["t"] >= start) & (run.latency["t"] <= end)]
@@ -109,10 +98,10 @@ def measure_error_budget(run: Run, targets: list[KpiTarget], start: float,
             "note": "" if kpi is not None else "no error-rate KPI: no budget to use"}
 
 
-def analyze_endurance(run: Run, targets: list[KpiTarget],
+def analyze_endurance(run: RunResult, targets: list[KpiTarget],
                       leak_threshold_mb_h: float) -> dict[str, Any]:
     """run.json "endurance" of a run directory."""
-    start, end = rundir.judged_window(run)
+    start, end = judged_window(run)
     trends = {column: measure_trend(run, column, start, end) for column in TREND_COLUMNS}
     memory = trends["rss_mb"]
     note = ""
@@ -120,7 +109,7 @@ def analyze_endurance(run: Run, targets: list[KpiTarget],
         note = (f"short run ({end - start:.0f} s judged): a working set still warming up (caches, "
                 f"pools, stored data) grows like a leak; judge leaks on runs of "
                 f"{SHORT_RUN_S / 60:.0f} min or more")
-    return {
+    return json_safe({
         "window": {"start": start, "end": end, "duration_s": end - start},
         "memory": {**memory, "unit": "MB/h", "confidence": CONFIDENCE,
                    "threshold_mb_h": leak_threshold_mb_h,
@@ -129,7 +118,7 @@ def analyze_endurance(run: Run, targets: list[KpiTarget],
         "error_budget": measure_error_budget(run, targets, start, end),
         "trends": {column: {**trend, "unit": f"{TREND_COLUMNS[column]}/h"}
                    for column, trend in trends.items()},
-    }
+    })
 
 
 def describe_memory(memory: dict[str, Any]) -> str:
@@ -140,81 +129,3 @@ def describe_memory(memory: dict[str, Any]) -> str:
             f"({100 * memory['confidence']:.0f} % CI {memory['ci_low_per_h']:+.1f} .. "
             f"{memory['ci_high_per_h']:+.1f}), threshold {memory['threshold_mb_h']:g} MB/h: "
             f"{words[memory['verdict']]}")
-
-
-def run_endurance(settings: EnduranceSettings, say: Callable[[str], None]) -> tuple[Path, int]:
-    """The `perfkit endurance` command: exit 1 on a leak, as on a failed KPI."""
-    from . import runner
-
-    targets = load_kpi_targets(settings.load.kpi_file)
-    load = dataclasses.replace(settings.load, command="endurance")
-
-    def on_run_end(run_dir: Path, state: Any) -> None:
-        run = rundir.load_run(run_dir)
-        run.meta["endurance"] = stats_safe(analyze_endurance(run, targets,
-                                                             settings.leak_threshold_mb_h))
-        rundir.write_json(run_dir / rundir.RUN_JSON, run.meta)
-
-    run_dir, code = runner.run_load(load, say, runner.Plan(
-        steps=[(0.0, load.users, load.rate)], on_run_end=on_run_end))
-    endurance = rundir.load_run(run_dir).meta["endurance"]
-    say(f"perfkit endurance: {describe_memory(endurance['memory'])}")
-    if endurance["memory"]["note"]:
-        say(f"perfkit endurance: note: {endurance['memory']['note']}")
-    overall = endurance["drift"]["endpoints"]["all"]
-    say(f"perfkit endurance: p95 {format_value(overall['p95_first_ms'], 'ms')} in the first "
-        f"{100 * DRIFT_FRACTION:.0f} % -> {format_value(overall['p95_last_ms'], 'ms')} in the "
-        f"last" + (f" (x{overall['ratio']:.2f})" if overall["ratio"] is not None else ""))
-    budget = endurance["error_budget"]
-    say("perfkit endurance: error budget " + (
-        f"{budget['used_percent']:.0f} % used ({budget['failures']} failures of "
-        f"{budget['allowed_failures']:.1f} allowed)" if budget["used_percent"] is not None
-        and math.isfinite(budget["used_percent"]) else budget["note"] or "not measurable"))
-    if endurance["memory"]["verdict"] == "leak" and code == 0:
-        code = 1
-    return run_dir, code
-
-
-def stats_safe(value: Any) -> Any:
-    """JSON has no NaN or infinity: what is not finite is null."""
-    if isinstance(value, dict):
-        return {key: stats_safe(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [stats_safe(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def report_section(meta: dict[str, Any]) -> dict[str, Any] | None:
-    """What report.html shows of run.json "endurance" (None for other runs)."""
-    endurance = meta.get("endurance")
-    if not endurance:
-        return None
-
-    def trend_text(trend: dict[str, Any]) -> str:
-        if trend.get("per_h") is None:
-            return "—"
-        unit = trend["unit"]
-        return (f"{trend['per_h']:+,.1f} {unit} (CI {trend['ci_low_per_h']:+,.1f} .. "
-                f"{trend['ci_high_per_h']:+,.1f})")
-
-    budget = endurance["error_budget"]
-    used = budget.get("used_percent")
-    return {
-        "memory": describe_memory(endurance["memory"]),
-        "note": endurance["memory"].get("note") or "",
-        "verdict": endurance["memory"]["verdict"],
-        "drift": [{"name": name, "first": format_value(d["p95_first_ms"], "ms"),
-                   "last": format_value(d["p95_last_ms"], "ms"),
-                   "ratio": "—" if d["ratio"] is None else f"×{d['ratio']:.2f}"}
-                  for name, d in endurance["drift"]["endpoints"].items()],
-        "drift_percent": f"{100 * endurance['drift']['fraction']:.0f} %",
-        "budget": (f"{used:.0f} % used: {budget['failures']} failures of "
-                   f"{budget['allowed_failures']:.1f} allowed ({budget['limit_percent']:g} % "
-                   f"of {budget['requests']} requests)" if used is not None
-                   else budget.get("note") or "not measurable"),
-        "trends": [{"name": name, "first": format_value(t["first"], ""),
-                    "last": format_value(t["last"], ""), "slope": trend_text(t)}
-                   for name, t in endurance["trends"].items()],
-    }

@@ -37,9 +37,10 @@ from typing import Any
 import gevent
 import pandas as pd
 
-from . import rundir
-from .kpi import KpiResult, KpiTarget, evaluate_kpis
-from .rundir import LATENCY_COLUMNS, Run
+from .. import rundir
+from ..analysis.kpi import judge_window, kpi_limit, window_kpis
+from ..config import KpiTarget
+from ..result import KpiResult
 
 log = logging.getLogger(__name__)
 
@@ -50,27 +51,6 @@ WEBHOOK_DEADLINE_S = 30.0
 WEBHOOK_BACKOFF_S = (0.5, 1.0, 2.0, 4.0)
 # At the end of a run, webhook posts still in flight get this long before they are dropped.
 WEBHOOK_DRAIN_S = 10.0
-
-
-def window_kpis(targets: list[KpiTarget]) -> list[KpiTarget]:
-    """The KPIs a few seconds of a run can judge: upper bounds, not database timings (whose
-    app.csv samples come every few seconds and are cumulative)."""
-    return [kpi for kpi in targets if kpi.bound == "upper" and not kpi.metric.startswith("db_")]
-
-
-def judge_window(records: list[dict[str, Any]], resources: pd.DataFrame | None, start: float,
-                 end: float, targets: list[KpiTarget]) -> list[KpiResult]:
-    """Judge the latency records (latency.jsonl lines) and resource samples of [start, end]
-    against `targets`, exactly as evaluate_kpis judges a whole run."""
-    run = Run(path=Path("."), meta={"started_at": start, "ended_at": end,
-                                    "settings": {"warmup_s": 0.0}},
-              latency=pd.DataFrame(records, columns=LATENCY_COLUMNS), resources=resources)
-    return evaluate_kpis(run, window_kpis(targets))
-
-
-def kpi_limit(kpi: KpiTarget) -> float | None:
-    """The level whose crossing fails the KPI: allowed if given, else the target."""
-    return kpi.allowed if kpi.allowed is not None else kpi.target
 
 
 def post_json(url: str, payload: dict[str, Any], deadline_s: float = WEBHOOK_DEADLINE_S) -> str:

@@ -25,42 +25,22 @@ stops at the broken step, at `max_steps`, or at --duration, whichever comes firs
 goes to run.json "stress" and the throughput-latency chart to stress.svg.
 """
 
-import base64
-import dataclasses
-import io
-import math
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import gevent
 import pandas as pd
-from matplotlib.figure import Figure
 
-from . import rundir, stats
-from .alarms import judge_window, kpi_limit
-from .config import LoadSettings
-from .errors import ConfigError
-from .kpi import JOB_NAMES, KpiTarget, format_value, load_kpi_targets
+from ..config import JOB_NAMES, KpiTarget, StressSettings
+from ..errors import ConfigError
+from ..result import LATENCY_COLUMNS
+from ..units import format_value
+from . import stats
+from .kpi import judge_window, kpi_limit
 
 SETTLE_FRACTION = 0.2
 SETTLE_MAX_S = 5.0
 GROWTH_RATIO = 2.0
 GROWTH_FLOOR_MS = 20.0
 GROWTH_TAU = 0.6
-CHART_SVG = "stress.svg"
-
-
-@dataclass(frozen=True)
-class StressSettings:
-    load: LoadSettings
-    step_users: int | None = None    # closed load; default: the starting --users
-    step_rate: float | None = None   # open load; default: the starting --rate
-    step_duration_s: float = 30.0
-    max_steps: int = 10
-    max_error_rate_percent: float = 1.0
 
 
 def plan_steps(settings: StressSettings) -> list[tuple[float, int, float | None]]:
@@ -93,8 +73,7 @@ def summarize_requests(records: list[dict[str, Any]], duration_s: float) -> dict
     failures = sum(int(r["failures"]) for r in requests)
     hist = stats.merge_histograms(r["hist"] for r in requests)
     return {"count": count, "failures": failures,
-            "rps": count / duration_s if duration_s > 0 else None,
-            "error_rate_percent": 100.0 * failures / count if count else None,
+            **stats.request_rates(count, failures, duration_s),
             "p50_ms": stats.percentile_ms(hist, 50), "p95_ms": stats.percentile_ms(hist, 95),
             "p99_ms": stats.percentile_ms(hist, 99)}
 
@@ -174,7 +153,7 @@ def judge_step(step: int, users: int, rate: float | None, records: list[dict[str
             "endpoints": {name: {key: s[key] for key in ("count", "rps", "error_rate_percent",
                                                          "p50_ms", "p95_ms", "p99_ms")}
                           for name, s in stats.summarize_endpoints(
-                              pd.DataFrame(records, columns=rundir.LATENCY_COLUMNS),
+                              pd.DataFrame(records, columns=LATENCY_COLUMNS),
                               duration_s).items()},
             "held": not breaches, "breaches": breaches}
 
@@ -213,142 +192,18 @@ def describe_step(step: dict[str, Any]) -> str:
             f"p95 {format_value(step['p95_ms'], 'ms')}")
 
 
-def draw_stress_chart(stress: dict[str, Any]) -> str:
-    """SVG of throughput (x) against p95 and p99 latency (y, log scale) per step; held steps
-    in green, the broken one in red, each labelled with its step number."""
-    steps = [s for s in stress["steps"] if s["rps"] is not None]
-    fig = Figure(figsize=(7.0, 3.6), dpi=100)
-    ax = fig.add_subplot()
-    xs = [s["rps"] for s in steps]
-    for key, style in (("p95_ms", "o-"), ("p99_ms", "s--")):
-        ys = [s[key] if s[key] is not None else math.nan for s in steps]
-        ax.plot(xs, ys, style, color="#555555", label=key.replace("_ms", ""), markersize=4,
-                zorder=1)
-        ax.scatter(xs, ys, c=["#2e7d32" if s["held"] else "#c62828" for s in steps], zorder=2,
-                   s=30)
-    for s in steps:
-        if s["p95_ms"] is not None:
-            ax.annotate(f"{s['step']}", (s["rps"], s["p95_ms"]), textcoords="offset points",
-                        xytext=(4, -12), fontsize=8)
-    if any(s["p95_ms"] for s in steps):
-        ax.set_yscale("log")
-    ax.set_xlabel("throughput (requests/s)")
-    ax.set_ylabel("latency (ms)")
-    ax.set_title("stress: throughput against latency per step (green held, red broke)",
-                 fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    out = io.StringIO()
-    fig.savefig(out, format="svg")
-    return out.getvalue()
-
-
-def run_stress(settings: StressSettings, say: Callable[[str], None]) -> tuple[Path, int]:
-    """The `perfkit stress` command; returns the run directory and the exit code (0: a
-    capacity was found, 1: not even the first step held or the run did not complete)."""
-    from . import runner
-
-    targets = load_kpi_targets(settings.load.kpi_file)
-    steps = plan_steps(settings)
-    load = dataclasses.replace(settings.load, command="stress", duration_s=min(
-        settings.load.duration_s, settings.max_steps * settings.step_duration_s))
-    results: list[dict[str, Any]] = []
-    stopped = ["max_steps"]
-
-    def on_step_end(index: int, state: Any) -> bool:
-        now = time.time()
-        offset_s, users, rate = steps[index]
-        settle_s = min(SETTLE_MAX_S, SETTLE_FRACTION * settings.step_duration_s)
-        start = state.started_at + offset_s + settle_s
-        records = state.recorder.window_records(start, now)
-        # In gevent's thread pool: Locust's users go on while the step's histograms merge.
-        result = gevent.get_hub().threadpool.apply(judge_step_file, (
-            index + 1, users, rate, records, state.system.out_csv, start, now, targets,
-            results[-1] if results else None, settings.max_error_rate_percent))
-        results.append(result)
-        if result["held"]:
-            say(f"perfkit stress: {describe_step(result)} held")
-            return False
-        stopped[0] = "broke"
-        how = describe_breach(result["breaches"][0])
-        say(f"perfkit stress: {describe_step(result)} BROKE: {how}")
-        state.message = f"stopped at step {index + 1}, which broke: {how}"
-        return True
-
-    def on_run_end(run_dir: Path, state: Any) -> None:
-        if state.status != "completed":
-            stopped[0] = state.status
-        stress = summarize_stress(settings, results, stopped[0])
-        meta = rundir.load_run(run_dir).meta
-        meta["stress"] = stress
-        rundir.write_json(run_dir / rundir.RUN_JSON, meta)
-        (run_dir / CHART_SVG).write_text(draw_stress_chart(stress), "utf-8")
-
-    say(f"perfkit stress: up to {len(steps)} steps of {settings.step_duration_s:g} s, "
-        + ", ".join(f"{rate:g}/s" if rate is not None else f"{users}" for _, users, rate in steps)
-        + (" arrivals" if load.rate is not None else " users"))
-    run_dir, code = runner.run_load(load, say, runner.Plan(
-        steps=steps, on_step_end=on_step_end, on_run_end=on_run_end,
-        window_s=settings.step_duration_s))
-    stress = rundir.load_run(run_dir).meta["stress"]
+def describe_stress(stress: dict[str, Any]) -> list[str]:
+    """The lines that say what a ramp found: its capacity and where and how it broke."""
+    steps = stress.get("steps") or []
+    if not steps:
+        return [f"no step was completed ({stress.get('stopped')})"]
     capacity, broke = stress["capacity"], stress["broke"]
-    if not stress["steps"]:
-        say(f"perfkit stress: no step was completed ({stress['stopped']})")
-        return run_dir, code if code else 1
-    say("perfkit stress: capacity " + (describe_step(
-        next(s for s in stress["steps"] if s["step"] == capacity["step"]))
-        if capacity else "none: not even the first step held"))
+    lines = ["capacity " + (describe_step(next(s for s in steps if s["step"] == capacity["step"]))
+                            if capacity else "none: not even the first step held")]
     if broke:
-        say(f"perfkit stress: broke at step {broke['step']}: {broke['how']}")
+        lines.append(f"broke at step {broke['step']}: {broke['how']}")
     else:
-        say(f"perfkit stress: never broke within {len(stress['steps'])} steps")
-    say("perfkit stress: the KPI verdict above judges the whole ramp, breaking step included; "
-        "the capacity is the stress result")
-    if code == 130 or stress["stopped"] not in ("broke", "max_steps"):
-        return run_dir, code
-    return run_dir, 0 if capacity else 1
-
-
-def judge_step_file(step: int, users: int, rate: float | None, records: list[dict[str, Any]],
-                    resources_csv: Path, start: float, end: float, targets: list[KpiTarget],
-                    previous: dict[str, Any] | None,
-                    max_error_rate_percent: float) -> dict[str, Any]:
-    """judge_step with the step's resource samples read from resources.csv."""
-    return judge_step(step, users, rate, records, _read_resources(resources_csv, start, end),
-                      start, end, targets, previous, max_error_rate_percent)
-
-
-def _read_resources(path: Path, start: float, end: float) -> pd.DataFrame | None:
-    try:
-        frame = pd.read_csv(path)
-    except (OSError, pd.errors.EmptyDataError, pd.errors.ParserError):
-        return None  # no samples yet: resource KPIs are missing for this step, not failed
-    if "t" not in frame.columns:
-        return None
-    return frame[(frame["t"] >= start) & (frame["t"] <= end)]
-
-
-def report_section(meta: dict[str, Any]) -> dict[str, Any] | None:
-    """What report.html shows of run.json "stress" (None for other runs): the verdict lines,
-    one row per step and the chart, redrawn from run.json."""
-    stress = meta.get("stress")
-    if not stress:
-        return None
-    capacity, broke = stress.get("capacity"), stress.get("broke")
-    by_step = {s["step"]: s for s in stress["steps"]}
-    chart = base64.b64encode(draw_stress_chart(stress).encode("utf-8")).decode("ascii")
-    return {
-        "capacity": (describe_step(by_step[capacity["step"]]) if capacity
-                     else "none: not even the first step held"),
-        "broke": (f"step {broke['step']}: {broke['how']}" if broke
-                  else f"never, within {len(stress['steps'])} steps"),
-        "rows": [{"step": s["step"], "users": s["users"],
-                  "rate": format_value(s["rate"], "/s") if s["rate"] is not None else "—",
-                  "rps": format_value(s["rps"], ""), "p50": format_value(s["p50_ms"], ""),
-                  "p95": format_value(s["p95_ms"], ""), "p99": format_value(s["p99_ms"], ""),
-                  "errors": format_value(s["error_rate_percent"], "%"), "held": s["held"],
-                  "why": "; ".join(describe_breach(b) for b in s["breaches"])}
-                 for s in stress["steps"]],
-        "chart_src": f"data:image/svg+xml;base64,{chart}",
-    }
+        lines.append(f"never broke within {len(steps)} steps")
+    lines.append("the KPI verdict above judges the whole ramp, breaking step included; "
+                 "the capacity is the stress result")
+    return lines

@@ -11,7 +11,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import TargetError
+from ..errors import TargetError
 
 log = logging.getLogger(__name__)
 

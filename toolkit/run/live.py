@@ -3,8 +3,8 @@
 from collections.abc import Callable
 from typing import Any
 
-from . import stats
-from .config import LoadSettings
+from ..analysis import stats
+from ..config import LoadSettings
 
 PLAIN_EVERY_S = 10  # CI logs: one line every 10 s is plenty
 

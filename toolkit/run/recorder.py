@@ -14,7 +14,8 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from . import rundir, stats
+from .. import rundir
+from ..analysis import stats
 
 log = logging.getLogger(__name__)
 

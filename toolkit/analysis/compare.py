@@ -12,8 +12,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import rundir, stats
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..result import RunResult
+from . import stats
+from .kpi import judged_window
 
 # metric key -> (percentile or None, higher is worse, unit)
 ENDPOINT_METRICS: dict[str, tuple[float | None, bool, str]] = {
@@ -117,19 +119,11 @@ class _Side:
     blocks_per_run: list[int]
 
 
-def _judged_start_end(run: rundir.Run, warmup_s: float | None) -> tuple[float, float]:
-    if warmup_s is None:
-        return rundir.judged_window(run)
-    started_at = float(run.meta["started_at"])
-    ended_at = float(run.meta.get("ended_at") or started_at)
-    return min(started_at + warmup_s, ended_at), ended_at
-
-
-def _cut_blocks(runs: list[rundir.Run], warmup_s: float | None) -> _Side:
+def _cut_blocks(runs: list[RunResult], warmup_s: float | None) -> _Side:
     """Blocks of whole buckets inside each run's judged window, runs appended one after the
     other (pooling runs: one longer sample of the same build)."""
-    bucket_s = float(runs[0].meta.get("settings", {}).get("bucket_s") or 1.0)
-    windows = [_judged_start_end(run, warmup_s) for run in runs]
+    bucket_s = float(runs[0].meta.settings.bucket_s or 1.0)
+    windows = [judged_window(run, warmup_s) for run in runs]
     total_buckets = sum(max(0, int((end - math.ceil(start)) // bucket_s)) for start, end in windows)
     block_s = bucket_s * max(1, math.ceil(total_buckets / MAX_BLOCKS))
     latency: dict[str, list[list[str]]] = {}
@@ -165,42 +159,43 @@ def _cut_blocks(runs: list[rundir.Run], warmup_s: float | None) -> _Side:
                  blocks_per_run=blocks_per_run)
 
 
-def _check_comparable(baselines: list[rundir.Run], currents: list[rundir.Run]) -> None:
-    scenarios = {str(run.meta.get("scenario")) for run in [*baselines, *currents]}
+def _check_comparable(baselines: list[RunResult], currents: list[RunResult]) -> None:
+    scenarios = {str(run.meta.scenario) for run in [*baselines, *currents]}
     if len(scenarios) > 1:
         raise ConfigError("cannot compare runs of different scenarios: "
-                          + ", ".join(f"{run.path} ran {run.meta.get('scenario')!r}"
+                          + ", ".join(f"{run.run_dir} ran {run.meta.scenario!r}"
                                       for run in [*baselines, *currents]))
     for group, label in ((baselines, "baseline"), (currents, "current")):
         if not group:
             raise ConfigError(f"no {label} run to compare")
 
 
-def _settings_notes(baselines: list[rundir.Run], currents: list[rundir.Run]) -> list[str]:
+def _settings_notes(baselines: list[RunResult], currents: list[RunResult]) -> list[str]:
     notes = []
     base, cur = baselines[0].meta, currents[0].meta
     for key in ("users", "rate", "duration_s", "workers"):
-        b, c = base.get("settings", {}).get(key), cur.get("settings", {}).get(key)
+        b, c = getattr(base.settings, key), getattr(cur.settings, key)
         if b != c:
             notes.append(f"settings differ: {key} baseline {b}, current {c}")
     # a target perfkit started itself gets a new port every run: that is no difference
-    managed = base.get("target_managed") and cur.get("target_managed")
+    managed = base.target_managed and cur.target_managed
     for key in ("variants", "latency_profile") if managed else ("variants", "latency_profile",
                                                                 "target"):
-        if base.get(key) != cur.get(key):
-            notes.append(f"{key} differs: baseline {base.get(key)}, current {cur.get(key)}")
-    if base.get("machine", {}).get("hostname") != cur.get("machine", {}).get("hostname"):
+        b, c = getattr(base, key), getattr(cur, key)
+        if b != c:
+            notes.append(f"{key} differs: baseline {b}, current {c}")
+    if base.machine.get("hostname") != cur.machine.get("hostname"):
         notes.append("the runs were made on different machines")
     for run in [*baselines, *currents]:
-        if run.meta.get("status", "completed") != "completed":
-            notes.append(f"{run.path} did not complete: {run.meta.get('status')}")
-        if (run.meta.get("loadgen") or {}).get("saturated"):
-            notes.append(f"{run.path}: the load generator was saturated; its latencies are "
+        if run.meta.status != "completed":
+            notes.append(f"{run.run_dir} did not complete: {run.meta.status}")
+        if (run.meta.loadgen or {}).get("saturated"):
+            notes.append(f"{run.run_dir}: the load generator was saturated; its latencies are "
                          "not trustworthy")
     return notes
 
 
-def compare_runs(baselines: list[rundir.Run], currents: list[rundir.Run],
+def compare_runs(baselines: list[RunResult], currents: list[RunResult],
                  settings: CompareSettings | None = None) -> Comparison:
     """Compare pooled baseline runs with pooled current runs (usually one of each)."""
     settings = settings or CompareSettings()
@@ -227,9 +222,9 @@ def compare_runs(baselines: list[rundir.Run], currents: list[rundir.Run],
     evidence.extend(_compare_resources(base, cur, base_weights, cur_weights, settings))
     metrics = _judge_all(evidence, settings)
     return Comparison(
-        scenario=str(baselines[0].meta.get("scenario")),
-        baseline_runs=[str(run.path) for run in baselines],
-        current_runs=[str(run.path) for run in currents],
+        scenario=str(baselines[0].meta.scenario),
+        baseline_runs=[str(run.run_dir) for run in baselines],
+        current_runs=[str(run.run_dir) for run in currents],
         confidence=settings.confidence,
         resamples=settings.resamples,
         block_s={"baseline": base.block_s, "current": cur.block_s},

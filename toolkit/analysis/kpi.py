@@ -1,0 +1,346 @@
+"""The verdict of a run against its KPI targets: pass / warn / fail / missing, with why.
+
+Pure computation on a RunResult in memory (the KPI file is read by perfkit.config), so it is
+tested on fixed data. The judged window leaves the warm-up out; alarms and stress steps judge
+their own short windows with the same definitions (`judge_window`).
+"""
+
+import difflib
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..config import JOB_NAMES, METRICS, KpiTarget
+from ..result import (
+    FAILED_STATUSES,
+    LATENCY_COLUMNS,
+    KpiResult,
+    RunMeta,
+    RunResult,
+    RunSettings,
+    json_safe,
+)
+from ..units import format_percent, format_value
+from . import stats
+
+
+def judged_window(run: RunResult, warmup_s: float | None = None) -> tuple[float, float]:
+    """(start, end) of the part of the run that verdicts judge: the warm-up (the run's own,
+    or `warmup_s`) is left out."""
+    started_at = float(run.meta.started_at)
+    ended_at = float(run.meta.ended_at or started_at)
+    warmup_s = run.meta.settings.warmup_s if warmup_s is None else warmup_s
+    return min(started_at + warmup_s, ended_at), ended_at
+
+
+def judged_latency(run: RunResult) -> pd.DataFrame:
+    start, end = judged_window(run)
+    return run.latency[(run.latency["t"] >= start) & (run.latency["t"] <= end)]
+
+
+def overall_verdict(results: list[KpiResult]) -> str:
+    """A failed KPI fails the run, a warning warns; missing data never decides either way."""
+    verdicts = {result.verdict for result in results}
+    if "fail" in verdicts:
+        return "fail"
+    if "warn" in verdicts:
+        return "warn"
+    return "pass"
+
+
+def judge_kpi(kpi: KpiTarget, value: float | None, missing_reason: str = "") -> KpiResult:
+    """The verdict of one measured value. Limits are inclusive: a value equal to the target
+    passes and one equal to the allowed level warns (histograms resolve 0.1 %, so "< 100 ms"
+    and "≤ 100 ms" cannot be told apart anyway)."""
+    if value is None or math.isnan(value):
+        return KpiResult(kpi, None, "missing", None, missing_reason or "no data")
+    label = METRICS[kpi.metric].label
+    shown = format_value(value, kpi.unit)
+    target, allowed = kpi.target, kpi.allowed
+    reference = target if target is not None else allowed
+    assert reference is not None  # load_kpi_targets refuses a KPI without either
+    ref_name = "target" if target is not None else "allowed"
+    upper = kpi.bound == "upper"
+
+    def within(limit: float) -> bool:
+        return value <= limit if upper else value >= limit
+
+    margin = None
+    if reference > 0:
+        margin = 100.0 * ((reference - value) if upper else (value - reference)) / reference
+    ref_text = f"the {format_value(reference, kpi.unit)} {ref_name}"
+    beyond = "over" if upper else "under"
+    excess = f"{format_percent(margin)} {beyond}" if margin is not None else beyond
+
+    if within(reference):
+        headroom = f" ({format_percent(margin)} headroom)" if margin is not None else ""
+        verb = "is within" if upper else "meets"
+        return KpiResult(kpi, value, "pass", margin, f"{label} {shown} {verb} {ref_text}{headroom}")
+    if target is not None and allowed is not None:
+        allowed_text = f"the {format_value(allowed, kpi.unit)} allowed"
+        if within(allowed):
+            return KpiResult(kpi, value, "warn", margin,
+                             f"{label} {shown} is {excess} {ref_text}, within {allowed_text}")
+        return KpiResult(kpi, value, "fail", margin,
+                         f"{label} {shown} is {excess} {ref_text} and beyond {allowed_text}")
+    return KpiResult(kpi, value, "fail", margin, f"{label} {shown} is {excess} {ref_text}")
+
+
+def summarize_judged(run: RunResult) -> dict[str, dict[str, Any]]:
+    """stats.summarize_endpoints of the judged window, per request and per-job name. Merging
+    an hour of 1 s histograms takes seconds: compute it once and pass it on."""
+    start, end = judged_window(run)
+    return stats.summarize_endpoints(judged_latency(run), end - start)
+
+
+def evaluate_kpis(run: RunResult, targets: list[KpiTarget], *,
+                  summaries: dict[str, dict[str, Any]] | None = None) -> list[KpiResult]:
+    """Judge `run` on the judged window (warm-up left out) against each target, in order.
+    `summaries`: summarize_judged(run), when the caller already has it."""
+    start, end = judged_window(run)
+    duration_s = end - start
+    latency = judged_latency(run)
+    if summaries is None:
+        summaries = summarize_judged(run)
+    requests = latency[~latency["name"].isin(JOB_NAMES)]
+    context = _Context(run, start, end, duration_s, summaries, requests)
+    results = []
+    for kpi in targets:
+        result = judge_kpi(kpi, *_measure(kpi, context))
+        if kpi.metric == "rps" and result.verdict in ("warn", "fail"):
+            # A run only shows the throughput it was offered: say how much load that was.
+            result = replace(result, reason=result.reason + _offered_load(run))
+        results.append(result)
+    return results
+
+
+def _offered_load(run: RunResult) -> str:
+    settings = run.meta.settings
+    if settings.rate:
+        return f" (open load at {settings.rate:g} iterations/s)"
+    if settings.users:
+        return f" (closed load of {settings.users} users)"
+    return ""
+
+
+@dataclass
+class _Context:
+    run: RunResult
+    start: float
+    end: float
+    duration_s: float
+    summaries: dict[str, dict[str, Any]]
+    requests: pd.DataFrame
+
+
+def _measure(kpi: KpiTarget, ctx: _Context) -> tuple[float | None, str]:
+    """(value, why it is missing): the value is None when the run cannot tell."""
+    metric = kpi.metric
+    if ctx.duration_s <= 0:
+        return None, "the judged window is empty (the run ended within its warm-up)"
+    if kpi.endpoint is not None:
+        summary = ctx.summaries.get(kpi.endpoint)
+        if summary is None or not summary["count"]:
+            return None, _no_requests(kpi.endpoint, ctx)
+        if metric == "rps":
+            return summary["rps"], ""
+        if metric == "error_rate_percent":
+            return summary["error_rate_percent"], ""
+        return summary[metric], ""
+    if metric == "rps":
+        if ctx.run.latency.empty:
+            # No records at all is a recorder that wrote nothing, not a target that served 0.
+            return None, "no request records in this run (latency.jsonl empty or absent)"
+        return float(ctx.requests["count"].sum()) / ctx.duration_s, ""
+    if metric == "error_rate_percent":
+        count = int(ctx.requests["count"].sum())
+        if count == 0:
+            return None, "no requests in the judged window"
+        return 100.0 * float(ctx.requests["failures"].sum()) / count, ""
+    for job in JOB_NAMES:
+        if metric.startswith(f"{job}_s_"):
+            return _measure_job(job, metric.removeprefix(f"{job}_s_"), ctx)
+    if metric.startswith("db_"):
+        return _measure_database(kpi, ctx)
+    return _measure_resource(metric, ctx)
+
+
+def _no_requests(endpoint: str, ctx: _Context) -> str:
+    in_run = ctx.run.latency[ctx.run.latency["name"] == endpoint]
+    if len(in_run):
+        return f"no requests in the judged window ({int(in_run['count'].sum())} during warm-up)"
+    seen = sorted(set(ctx.run.latency["name"]) - set(JOB_NAMES))
+    close = difflib.get_close_matches(endpoint, seen, n=1, cutoff=0.8)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"no requests: this run never called {endpoint}{hint}"
+
+
+def _measure_job(job: str, stat: str, ctx: _Context) -> tuple[float | None, str]:
+    summary = ctx.summaries.get(job)
+    if summary is None or not summary["count"]:
+        return None, f"no {job.replace('_', ' ')} records in the judged window"
+    value_ms = summary["mean_ms" if stat == "mean" else f"{stat}_ms"]
+    return (None if value_ms is None else value_ms / 1000.0), ""
+
+
+_RESOURCE_COLUMNS = {
+    "rss_mb": ["rss_mb"],
+    "cpu_machine_percent": ["cpu_machine_percent"],
+    "disk_mb_s": ["read_mb_s", "write_mb_s"],
+    "net_mb_s": ["sys_net_sent_mb_s", "sys_net_recv_mb_s"],
+}
+
+
+def _measure_resource(metric: str, ctx: _Context) -> tuple[float | None, str]:
+    base, _, stat = metric.rpartition("_")
+    columns = _RESOURCE_COLUMNS[base]
+    frame = ctx.run.resources
+    if frame is None:
+        note = ctx.run.meta.collector_note("system")
+        return None, "no resource samples (resources.csv absent" + (f": {note})" if note else ")")
+    if any(column not in frame.columns for column in columns):
+        return None, f"resources.csv has no {' / '.join(columns)} column"
+    window = frame[(frame["t"] >= ctx.start) & (frame["t"] <= ctx.end)]
+    # A sample with any part missing is a gap, not a zero (docs/run-directory.md).
+    series = window[columns].dropna().sum(axis=1)
+    if series.empty:
+        return None, f"no {' / '.join(columns)} samples in the judged window"
+    return float(series.max() if stat == "peak" else series.mean()), ""
+
+
+def _measure_database(kpi: KpiTarget, ctx: _Context) -> tuple[float | None, str]:
+    frame = ctx.run.app
+    if frame is None:
+        note = ctx.run.meta.collector_note("app")
+        return None, "no database timings (app.csv absent" + (f": {note})" if note else ")")
+    window = frame[(frame["t"] >= ctx.start) & (frame["t"] <= ctx.end)]
+    window = window.dropna(subset=["db_total_queries", "db_average_ms"])
+    if len(window) < 2:
+        return None, "fewer than two database samples in the judged window"
+    first, last = window.iloc[0], window.iloc[-1]
+    queries = float(last["db_total_queries"] - first["db_total_queries"])
+    elapsed_s = float(last["t"] - first["t"])
+    # The target reports cumulative counts and a cumulative mean: the window's own mean
+    # is the growth of total time over the growth of the count.
+    total_ms = (float(last["db_total_queries"] * last["db_average_ms"])
+                - float(first["db_total_queries"] * first["db_average_ms"]))
+    mean_ms = total_ms / queries if queries > 0 else None
+    if kpi.metric == "db_query_mean_ms":
+        return (mean_ms, "") if mean_ms is not None else (None, "no queries in the judged window")
+    observed_qps = queries / elapsed_s
+    # Capacity is the most the database could serve; the run shows only what it was asked
+    # for. Reaching the target proves it; falling short proves nothing either way.
+    needed = kpi.target if kpi.target is not None else kpi.allowed
+    if needed is not None and observed_qps >= needed:
+        return observed_qps, ""
+    estimate = ""
+    if mean_ms:
+        estimate = (f"; at {format_value(mean_ms, 'ms')} per query one connection would serve "
+                    f"about {format_value(1000.0 / mean_ms, 'queries/s')} (an estimate, "
+                    f"not judged)")
+    return None, (f"capacity not measured: the run drove only "
+                  f"{format_value(observed_qps, 'queries/s')}, a lower bound below the "
+                  f"{format_value(needed, 'queries/s')} target{estimate}")
+
+
+def window_kpis(targets: list[KpiTarget]) -> list[KpiTarget]:
+    """The KPIs a few seconds of a run can judge: upper bounds, not database timings (whose
+    app.csv samples come every few seconds and are cumulative)."""
+    return [kpi for kpi in targets if kpi.bound == "upper" and not kpi.metric.startswith("db_")]
+
+
+def judge_window(records: list[dict[str, Any]], resources: pd.DataFrame | None, start: float,
+                 end: float, targets: list[KpiTarget]) -> list[KpiResult]:
+    """Judge the latency records (latency.jsonl lines) and resource samples of [start, end]
+    against `targets`, exactly as evaluate_kpis judges a whole run."""
+    run = RunResult(run_dir=Path("."), meta=RunMeta(started_at=start, ended_at=end,
+                                                    settings=RunSettings(warmup_s=0.0)),
+                    latency=pd.DataFrame(records, columns=LATENCY_COLUMNS), resources=resources)
+    return evaluate_kpis(run, window_kpis(targets))
+
+
+def kpi_limit(kpi: KpiTarget) -> float | None:
+    """The level whose crossing fails the KPI: allowed if given, else the target."""
+    return kpi.allowed if kpi.allowed is not None else kpi.target
+
+
+def judge_run(run: RunResult, targets: list[KpiTarget]) -> RunResult:
+    """Fill in `run`'s verdict, KPI results, endpoint and job summaries and summary.json's
+    content (field names are a contract: add, never rename); returns `run`."""
+    start, end = judged_window(run)
+    summaries = summarize_judged(run)
+    results = evaluate_kpis(run, targets, summaries=summaries)
+    run.kpis = results
+    run.endpoints = {name: s for name, s in summaries.items() if name not in JOB_NAMES}
+    run.jobs = {name: {"count": s["count"],
+                       **{key.replace("_ms", "_s"): (None if s[key] is None else s[key] / 1000.0)
+                          for key in ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms")}}
+                for name, s in summaries.items() if name in JOB_NAMES}
+    run.verdict, run.verdict_reason = _verdict(run.meta, results)
+    count = sum(ep["count"] for ep in run.endpoints.values())
+    failures = sum(ep["failures"] for ep in run.endpoints.values())
+    meta = run.meta
+    run.summary = json_safe({
+        "run_id": run.run_id,
+        "verdict": run.verdict,
+        "verdict_reason": run.verdict_reason,
+        "status": meta.status or "unknown",
+        "message": meta.message,
+        "command": meta.command,
+        "scenario": meta.scenario,
+        "target": meta.target,
+        "simulated": meta.simulated,
+        "window": {"start": start, "end": end, "duration_s": end - start,
+                   "warmup_s": start - float(meta.started_at)},
+        "totals": {"count": count, "failures": failures,
+                   **stats.request_rates(count, failures, end - start)},
+        "endpoints": run.endpoints,
+        "jobs": run.jobs,
+        "kpis": [kpi_record(result) for result in results],
+        "counts": {v: sum(1 for r in results if r.verdict == v)
+                   for v in ("pass", "warn", "fail", "missing")},
+        "worst": _record_or_none(worst_offender(results)),
+        "loadgen": meta.loadgen,
+        "kpi_file": meta.kpi_file,
+    })
+    return run
+
+
+def _verdict(meta: RunMeta, results: list[KpiResult]) -> tuple[str, str]:
+    """(verdict, the sentence that says why)."""
+    if meta.status in FAILED_STATUSES:
+        return "fail", f"the run ended with status {meta.status}" + (
+            f": {meta.message}" if meta.message else "")
+    worst = worst_offender(results)
+    if worst is not None:
+        return overall_verdict(results), f"{worst.kpi.name}: {worst.reason}"
+    missing = sum(1 for result in results if result.verdict == "missing")
+    return "pass", "every measured KPI met its target" + (
+        f" ({missing} of {len(results)} could not be measured)" if missing else "")
+
+
+def _record_or_none(result: KpiResult | None) -> dict[str, Any] | None:
+    return None if result is None else kpi_record(result)
+
+
+def kpi_record(result: KpiResult) -> dict[str, Any]:
+    kpi = result.kpi
+    return {"name": kpi.name, "metric": kpi.metric, "endpoint": kpi.endpoint,
+            "value": result.value, "target": kpi.target, "allowed": kpi.allowed,
+            "unit": kpi.unit, "bound": kpi.bound, "verdict": result.verdict,
+            "margin_percent": result.margin_percent, "reason": result.reason,
+            "source": kpi.source}
+
+
+def worst_offender(results: list[KpiResult]) -> KpiResult | None:
+    """The failing KPI (else the warning one) furthest beyond its target, relatively."""
+    for verdict in ("fail", "warn"):
+        offenders = [result for result in results if result.verdict == verdict]
+        if offenders:
+            # No margin means a zero target: any excess over zero is infinitely relative.
+            return max(offenders, key=lambda r: math.inf if r.margin_percent is None
+                       else -r.margin_percent)
+    return None

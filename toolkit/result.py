@@ -1,0 +1,179 @@
+"""A run in memory: what `perfkit.load` (and stress, endurance) return, and what reading a run
+directory back gives (docs/run-directory.md is the file contract).
+
+`RunMeta` is run.json, `RunSettings` its "settings"; `RunResult` adds the data files as pandas
+frames and, once judged, the verdict. Plain data: no I/O here (perfkit.rundir reads and
+writes it), so importing it never imports Locust or gevent.
+"""
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .config import JOB_NAMES, KpiTarget
+
+__all__ = ["JOB_NAMES", "LATENCY_COLUMNS", "KpiResult", "RunMeta", "RunResult", "RunSettings"]
+
+LATENCY_COLUMNS = ["t", "name", "count", "failures", "hist"]
+
+# A run that could not be carried to its end cannot pass, whatever its KPIs say.
+FAILED_STATUSES = ("target_died", "failed")
+
+Step = tuple[float, int, float | None]  # (start offset s, users, arrival rate or None)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The load a run applied (run.json "settings")."""
+
+    users: int = 0
+    spawn_rate: float = 0.0
+    duration_s: float = 0.0
+    rate: float | None = None
+    workers: int = 0
+    warmup_s: float = 0.0
+    bucket_s: float = 1.0
+    steps: tuple[Step, ...] = ()
+
+
+@dataclass
+class RunMeta:
+    """run.json: what ran, where, how it ended. Sections a run adds when they apply (alarms,
+    profile, stress, endurance) are None otherwise."""
+
+    run_id: str = ""
+    command: str = "load"
+    argv: list[str] = field(default_factory=list)
+    scenario: str = ""
+    scenario_path: str | None = None
+    target: str | None = None
+    target_managed: bool = False
+    target_pid: int | None = None
+    variants: list[str] = field(default_factory=list)
+    latency_profile: str | None = None
+    settings: RunSettings = field(default_factory=RunSettings)
+    kpi_file: str | None = None
+    git_revision: str | None = None
+    machine: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, Any] = field(default_factory=dict)
+    started_at: float = 0.0
+    ended_at: float | None = None
+    status: str = "running"
+    message: str = ""
+    simulated: bool = False
+    collectors: dict[str, Any] = field(default_factory=dict)
+    loadgen: dict[str, Any] | None = None
+    locust_counts: dict[str, int] = field(default_factory=dict)
+    alarms: dict[str, Any] | None = None
+    profile: dict[str, Any] | None = None
+    stress: dict[str, Any] | None = None
+    endurance: dict[str, Any] | None = None
+    baseline: dict[str, Any] | None = None
+    verdict: str | None = None
+
+    def collector_note(self, name: str) -> str:
+        return str((self.collectors.get(name) or {}).get("note") or "")
+
+
+@dataclass(frozen=True)
+class KpiResult:
+    kpi: KpiTarget
+    value: float | None
+    verdict: str
+    margin_percent: float | None
+    reason: str
+
+
+@dataclass
+class RunResult:
+    """A run: its metadata, its data and (once judged) its verdict.
+
+    `endpoints` and `jobs` summarise the judged window per request name and per job metric
+    (count, failures, rps, error_rate_percent, p50_ms … max_ms, mean_ms); `kpis` are the KPI
+    verdicts in the order of the KPI file; `verdict` is pass, warn, fail, or None before
+    judging.
+    """
+
+    run_dir: Path
+    meta: RunMeta
+    latency: pd.DataFrame
+    timeline: pd.DataFrame | None = None
+    resources: pd.DataFrame | None = None
+    app: pd.DataFrame | None = None
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    slow_queries: list[dict[str, Any]] = field(default_factory=list)
+    alarms: list[dict[str, Any]] = field(default_factory=list)
+    verdict: str | None = None
+    verdict_reason: str = ""
+    kpis: list[KpiResult] = field(default_factory=list)
+    endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_id(self) -> str:
+        return self.meta.run_id or self.run_dir.name
+
+    @property
+    def exit_code(self) -> int:
+        """perfkit's exit code for this run: 0 pass or warn, 1 a KPI failed (or a leak, or a
+        ramp without capacity) or the run did not complete, 130 interrupted."""
+        if self.meta.status == "interrupted":
+            return 130
+        code = 1 if self.meta.status != "completed" or self.verdict == "fail" else 0
+        stress, endurance = self.meta.stress, self.meta.endurance
+        if stress is not None:
+            if not stress.get("steps"):
+                return 1
+            if stress.get("stopped") not in ("broke", "max_steps"):
+                return code
+            return 0 if stress.get("capacity") else 1
+        if endurance is not None and endurance["memory"]["verdict"] == "leak":
+            return 1
+        return code
+
+
+def empty_latency() -> pd.DataFrame:
+    return pd.DataFrame([], columns=LATENCY_COLUMNS)
+
+
+def json_safe(value: Any) -> Any:
+    """JSON has no NaN or infinity and no numpy scalars: what was not measured is null."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return json_safe(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and not isinstance(value, str):
+        value = value.item()  # numpy scalars
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# run.json keys of earlier versions, read under their current name.
+_OLD_META_KEYS: dict[str, str] = {}
+
+
+def meta_from_json(data: dict[str, Any]) -> RunMeta:
+    """RunMeta from run.json's content; unknown keys are ignored, missing ones take defaults."""
+    data = {_OLD_META_KEYS.get(key, key): value for key, value in data.items()}
+    names = {f.name for f in dataclasses.fields(RunMeta)}
+    known = {key: value for key, value in data.items() if key in names}
+    settings = known.get("settings")
+    if isinstance(settings, dict):
+        setting_names = {f.name for f in dataclasses.fields(RunSettings)}
+        values = {key: value for key, value in settings.items()
+                  if key in setting_names and value is not None or key == "rate"}
+        values["steps"] = tuple(tuple(step) for step in values.get("steps") or ())
+        known["settings"] = RunSettings(**values)
+    else:
+        known.pop("settings", None)
+    return RunMeta(**known)
