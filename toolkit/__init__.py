@@ -29,7 +29,7 @@ def load(*, target: str | None = None, scenario: str = "research", users: int = 
          target_pid: int | None = None, variants: tuple[str, ...] | list[str] = (),
          fast: bool = False, warmup: float | str | None = None, profile: bool = False,
          alert_webhook: str | None = None, abort_on_fail: bool = False,
-         reports_dir: Path | str = "reports",
+         reports_dir: Path | str = "reports", request_timeout: float | str = 60.0,
          say: Callable[[str], None] = print) -> "RunResult":
     """`perfkit load` with the same options (durations as "30s" or seconds): runs the load,
     writes the run directory and its report, and returns the judged RunResult (`.verdict`,
@@ -42,7 +42,8 @@ def load(*, target: str | None = None, scenario: str = "research", users: int = 
         "load", target=target, scenario=scenario, users=users, spawn_rate=spawn_rate,
         duration=duration, rate=rate, kpi=kpi, out=out, workers=workers,
         target_pid=target_pid, variants=variants, fast=fast, warmup=warmup, profile=profile,
-        alert_webhook=alert_webhook, abort_on_fail=abort_on_fail, reports_dir=reports_dir)
+        alert_webhook=alert_webhook, abort_on_fail=abort_on_fail, reports_dir=reports_dir,
+        request_timeout=request_timeout)
     return runner.run_load(settings, say)
 
 

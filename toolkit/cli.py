@@ -59,6 +59,10 @@ def load_options(default_duration: str) -> Any:
             click.option("--alert-webhook", help="POST alarms as JSON to this URL."),
             click.option("--abort-on-fail", is_flag=True,
                          help="Stop early when a KPI alarm fires."),
+            click.option("--request-timeout", default="60s", show_default=True,
+                         callback=_duration,
+                         help="A request unanswered this long is a failure (scenarios that "
+                              "set their own timeout keep it)."),
         ]
         for option in reversed(options):
             func = option(func)
@@ -75,7 +79,8 @@ def build_settings(command: str, **opts: Any) -> LoadSettings:
         kpi=opts["kpi_file"], out=opts["out"], workers=opts["workers"],
         target_pid=opts["target_pid"], variants=opts["variants"], fast=opts["fast"],
         warmup=opts["warmup"], profile=opts["profile"], alert_webhook=opts["alert_webhook"],
-        abort_on_fail=opts["abort_on_fail"], argv=tuple(sys.argv))
+        abort_on_fail=opts["abort_on_fail"], request_timeout=opts["request_timeout"],
+        argv=tuple(sys.argv))
 
 
 @click.group()
@@ -153,11 +158,14 @@ def endurance(leak_threshold: float, **opts: Any) -> None:
               help="The master's --users (paces an open load).")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True),
               help="The master's --rate, for an open load.")
-def worker(master: str, scenario: str, users: int, rate: float | None) -> None:
+@click.option("--request-timeout", default="60s", show_default=True, callback=_duration,
+              help="The master's --request-timeout.")
+def worker(master: str, scenario: str, users: int, rate: float | None,
+           request_timeout: float) -> None:
     """Join a perfkit master as a Locust worker (distributed load)."""
     from .run import runner
 
-    sys.exit(runner.run_worker(master, scenario, users, rate, say))
+    sys.exit(runner.run_worker(master, scenario, users, rate, say, request_timeout))
 
 
 @cli.command()
@@ -244,7 +252,7 @@ def report(run: Path, kpi_file: Path | None) -> None:
     result = rebuild_report(run, kpi_file)
     say(f"verdict: {(result.verdict or '').upper()}")
     say(f"report: {result.run_dir / REPORT_HTML}")
-    sys.exit(1 if result.verdict == "fail" else 0)
+    sys.exit({"error": 3, "fail": 1}.get(result.verdict or "", 0))
 
 
 @cli.command()

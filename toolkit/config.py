@@ -257,6 +257,9 @@ def _check_endpoint(endpoint: object, fail: Any) -> str:
     return endpoint
 
 
+DEFAULT_REQUEST_TIMEOUT_S = 60.0
+
+
 @dataclass(frozen=True)
 class LoadSettings:
     """One run of load, stress, endurance or regression, as the user asked for it.
@@ -284,6 +287,7 @@ class LoadSettings:
     abort_on_fail: bool = False
     reports_dir: Path = Path("reports")
     argv: tuple[str, ...] = field(default_factory=tuple)
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     kpi_targets: tuple[KpiTarget, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -330,6 +334,7 @@ def build_load_settings(command: str = "load", *, target: str | None = None,
                         warmup: float | str | None = None, profile: bool = False,
                         alert_webhook: str | None = None, abort_on_fail: bool = False,
                         reports_dir: Path | str = "reports",
+                        request_timeout: float | str = DEFAULT_REQUEST_TIMEOUT_S,
                         argv: tuple[str, ...] = ()) -> LoadSettings:
     """LoadSettings from the options of `perfkit load` (durations as "30s" or seconds)."""
     return LoadSettings(
@@ -340,7 +345,7 @@ def build_load_settings(command: str = "load", *, target: str | None = None,
         latency_profile="fast" if fast else "guide",
         warmup_s=None if warmup is None else _seconds(warmup), profile=profile,
         alert_webhook=alert_webhook, abort_on_fail=abort_on_fail, reports_dir=Path(reports_dir),
-        argv=tuple(argv))
+        request_timeout_s=_seconds(request_timeout), argv=tuple(argv))
 
 
 def _seconds(value: float | str) -> float:

@@ -121,9 +121,12 @@ class RunResult:
     @property
     def exit_code(self) -> int:
         """perfkit's exit code for this run: 0 pass or warn, 1 a KPI failed (or a leak, or a
-        ramp without capacity) or the run did not complete, 130 interrupted."""
+        ramp without capacity) or the run did not complete, 3 not judged (verdict error:
+        nothing measured, the run failed), 130 interrupted."""
         if self.meta.status == "interrupted":
             return 130
+        if self.verdict == "error":
+            return 3
         code = 1 if self.meta.status != "completed" or self.verdict == "fail" else 0
         stress, endurance = self.meta.stress, self.meta.endurance
         if stress is not None:

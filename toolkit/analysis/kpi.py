@@ -279,7 +279,7 @@ def judge_run(run: RunResult, targets: list[KpiTarget]) -> RunResult:
                        **{key.replace("_ms", "_s"): (None if s[key] is None else s[key] / 1000.0)
                           for key in ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms")}}
                 for name, s in summaries.items() if name in JOB_NAMES}
-    run.verdict, run.verdict_reason = _verdict(run.meta, results)
+    run.verdict, run.verdict_reason = _verdict(run, results)
     count = sum(ep["count"] for ep in run.endpoints.values())
     failures = sum(ep["failures"] for ep in run.endpoints.values())
     meta = run.meta
@@ -309,11 +309,31 @@ def judge_run(run: RunResult, targets: list[KpiTarget]) -> RunResult:
     return run
 
 
-def _verdict(meta: RunMeta, results: list[KpiResult]) -> tuple[str, str]:
-    """(verdict, the sentence that says why)."""
+# A run that ended like this measured nothing that can be trusted: verdict "error".
+UNJUDGED_STATUSES = ("failed", "running")
+
+
+def _verdict(run: RunResult, results: list[KpiResult]) -> tuple[str, str]:
+    """(verdict, the sentence that says why): error when nothing can be judged (the run failed
+    or never ended, or no request was recorded in the judged window: no data is never a
+    pass), fail when the target died, the scenario raised, or a KPI failed."""
+    meta = run.meta
+    if meta.status in UNJUDGED_STATUSES:
+        what = "never finished (no end was recorded)" if meta.status == "running" else "failed"
+        return "error", f"the run {what}" + (f": {meta.message}" if meta.message else "")
+    if not sum(int(s["count"]) for s in run.endpoints.values()):
+        recorded = int(run.latency["count"].sum()) if not run.latency.empty else 0
+        return "error", ("no requests were recorded in the judged window" + (
+            f" ({recorded} during the warm-up)" if recorded else
+            ": the target never answered, or the scenario sent nothing"))
     if meta.status in FAILED_STATUSES:
         return "fail", f"the run ended with status {meta.status}" + (
             f": {meta.message}" if meta.message else "")
+    raised = [f for f in run.failures if f.get("kind") == "scenario_error"]
+    if raised:
+        count = sum(int(f.get("count") or 0) for f in raised)
+        return "fail", (f"the scenario raised {count} errors ({raised[0]['error']}); its "
+                        f"requests are counted as failures")
     worst = worst_offender(results)
     if worst is not None:
         return overall_verdict(results), f"{worst.kpi.name}: {worst.reason}"

@@ -38,7 +38,8 @@ def write_report(run: RunResult) -> Path:
     status = run.meta.status
     cases.append(("run status", f"the run ended with status {status}: {run.meta.message}"
                   if status in FAILED_STATUSES else None, None))
-    write_junit(run.run_dir / JUNIT_XML, f"perfkit {run.run_id}", cases)
+    errors = [("verdict", run.verdict_reason)] if run.verdict == "error" else []
+    write_junit(run.run_dir / JUNIT_XML, f"perfkit {run.run_id}", cases, errors)
     if run.meta.stress is not None:
         (run.run_dir / CHART_SVG).write_text(draw_stress_chart(run.meta.stress), "utf-8")
     report_path = run.run_dir / REPORT_HTML

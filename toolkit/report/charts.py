@@ -7,12 +7,9 @@ Figures are drawn on `matplotlib.figure.Figure` objects directly, without pyplot
 backend and no global figure registry are involved.
 """
 
-import base64
 import io
 import math
 import re
-import struct
-import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -95,131 +92,6 @@ def choose_window_s(duration_s: float, bucket_s: float = 1.0,
     return buckets * bucket_s
 
 
-_COMPRESSION_COOKIE_BASE = 0x1C849304
-_ENCODING_COOKIE_BASE = 0x1C849303
-_COOKIE_WORD_SIZE_BITS = 0xF0
-_EXTERNAL_HEADER = struct.Struct(">II")
-_PAYLOAD_HEADER = struct.Struct(">IIIIQQd")
-
-
-def decode_cells(encoded: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(row, cell, count): every non-empty counts-array cell of many encoded histograms.
-
-    `row` is the histogram's position in `encoded`. HdrHistogram's V2 wire format is base64 of
-    a header and a zlib-compressed payload of ZigZag LEB128 counts (runs of empty cells as
-    negative numbers); the payloads of all histograms are decoded in one numpy pass. hdrh's
-    own decode builds a 23,552-cell histogram object per 1 s bucket, and an hour-long run has
-    14,400 buckets: that took seconds. A histogram of another layout than
-    stats.new_histogram() goes through hdrh.
-    """
-    bodies: list[bytes] = []
-    rows: list[int] = []
-    foreign: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for row, item in enumerate(encoded):
-        body = _payload_body(item)
-        if body is None:
-            cells, counts = _cells_by_hdrh(item)
-            foreign.append((np.full(cells.size, row, np.int64), cells, counts))
-        elif body:
-            bodies.append(body)
-            rows.append(row)
-    parts = [_decode_bodies(bodies, rows), *foreign]
-    row_all, cell_all, count_all = (np.concatenate([part[i] for part in parts])
-                                    for i in range(3))
-    return row_all, cell_all, count_all
-
-
-def _payload_body(encoded: str) -> bytes | None:
-    """The varint counts of one histogram; None for a layout other than perfkit's."""
-    raw = base64.b64decode(encoded)
-    cookie, length = _EXTERNAL_HEADER.unpack_from(raw)
-    if (cookie & ~_COOKIE_WORD_SIZE_BITS) != _COMPRESSION_COOKIE_BASE \
-            or length != len(raw) - _EXTERNAL_HEADER.size:
-        raise ValueError("not an HdrHistogram V2 compressed histogram")
-    payload = zlib.decompress(raw[_EXTERNAL_HEADER.size:])
-    cookie, body_len, offset, digits, lowest, highest, _ = _PAYLOAD_HEADER.unpack_from(payload)
-    if ((cookie & ~_COOKIE_WORD_SIZE_BITS) != _ENCODING_COOKIE_BASE or offset != 0
-            or (lowest, highest, digits) != (stats.HIST_LOWEST_US, stats.HIST_HIGHEST_US,
-                                             stats.HIST_DIGITS)):
-        return None
-    return payload[_PAYLOAD_HEADER.size:_PAYLOAD_HEADER.size + body_len]
-
-
-def _decode_bodies(bodies: list[bytes],
-                   rows: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    empty = np.empty(0, np.int64)
-    if not bodies:
-        return empty, empty, empty
-    data = np.frombuffer(b"".join(bodies), np.uint8)
-    byte_row = np.repeat(np.asarray(rows, np.int64), [len(body) for body in bodies])
-    # A byte below 0x80 ends a number; every body ends with a whole number. (Counts stay far
-    # below 2^56, where LEB128's ninth byte would use its top bit.)
-    ends = np.flatnonzero(data < 0x80)
-    starts = np.empty_like(ends)
-    starts[0] = 0
-    starts[1:] = ends[:-1] + 1
-    shifts = 7 * (np.arange(data.size) - np.repeat(starts, ends - starts + 1))
-    unsigned = np.bitwise_or.reduceat((data & 0x7F).astype(np.uint64)
-                                      << shifts.astype(np.uint64), starts)
-    signed = ((unsigned >> np.uint64(1)).astype(np.int64)
-              ^ -(unsigned & np.uint64(1)).astype(np.int64))
-    row = byte_row[starts]
-    steps = np.where(signed < 0, -signed, 1)
-    position = np.cumsum(steps) - steps
-    # Cell index = position relative to the first number of the same histogram.
-    first = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
-    cell = position - np.repeat(position[first], np.diff(np.r_[first, row.size]))
-    filled = signed > 0
-    return row[filled], cell[filled], signed[filled]
-
-
-def _cells_by_hdrh(encoded: str) -> tuple[np.ndarray, np.ndarray]:
-    hist = stats.decode_histogram(encoded)
-    reference = stats.new_histogram()
-    cells, counts = [], []
-    for item in hist.get_recorded_iterator():
-        cells.append(reference.get_counts_array_index(item.value_iterated_to))
-        counts.append(item.count_at_value_iterated_to)
-    return np.array(cells, np.int64), np.array(counts, np.int64)
-
-
-def _cell_values_us(cells: np.ndarray, where: str = "highest") -> np.ndarray:
-    """The value of each cell: its highest equivalent value (what HdrHistogram reports for a
-    percentile) or its middle (what it uses for the mean)."""
-    unique, inverse = np.unique(cells, return_inverse=True)
-    reference = stats.new_histogram()
-    values = []
-    for cell in unique.tolist():
-        lowest = reference.get_value_from_index(cell)
-        highest = reference.get_highest_equivalent_value(lowest)
-        values.append(highest if where == "highest" else (lowest + highest) / 2)
-    return np.asarray(values, float)[inverse]
-
-
-def group_percentiles_us(group: np.ndarray, cell: np.ndarray, count: np.ndarray,
-                         n_groups: int, percentiles: Sequence[float]) -> np.ndarray:
-    """Percentiles (µs) of the merged cells of each group: n_groups × len(percentiles).
-
-    Same rule as HdrHistogram.get_value_at_percentile on the merged histogram (so exact to
-    the histogram's precision); NaN for a group without counts.
-    """
-    result = np.full((n_groups, len(percentiles)), math.nan)
-    if count.size == 0:
-        return result
-    order = np.lexsort((cell, group))
-    group, cell = group[order], cell[order]
-    cumulative = np.cumsum(count[order])  # strictly increasing: every count is > 0
-    totals = np.bincount(group, weights=count[order], minlength=n_groups).astype(np.int64)
-    first = np.searchsorted(group, np.arange(n_groups), side="left")
-    before = np.where(first > 0, cumulative[np.maximum(first - 1, 0)], 0)
-    filled = totals > 0
-    for column, percentile in enumerate(percentiles):
-        wanted = np.maximum((percentile * totals / 100 + 0.5).astype(np.int64), 1)
-        at = np.searchsorted(cumulative, before + wanted, side="left")
-        result[filled, column] = _cell_values_us(cell[at[filled]])
-    return result
-
-
 def bin_latency(latency: pd.DataFrame, started_at: float, ended_at: float,
                 window_s: float, bucket_s: float = 1.0) -> pd.DataFrame:
     """Per (name, window): t_s (window middle, s since start), count, failures, rps,
@@ -241,9 +113,16 @@ def bin_latency(latency: pd.DataFrame, started_at: float, ended_at: float,
     names, name_id = np.unique(latency["name"].astype(str).to_numpy(), return_inverse=True)
     n_groups = names.size * n_windows
     group_of_row = name_id * n_windows + window
-    row, cell, count = decode_cells(latency["hist"].tolist())
-    values_ms = group_percentiles_us(group_of_row[row], cell, count, n_groups,
-                                     list(PERCENTILES.values())) / 1000.0
+    values_ms = np.full((n_groups, len(PERCENTILES)), math.nan)
+    hists, window_of = latency["hist"].tolist(), window.tolist()
+    for name in range(names.size):
+        # One name at a time: windows × cells of one name stays small, of all names it need not.
+        blocks: list[list[str]] = [[] for _ in range(n_windows)]
+        for i in np.flatnonzero(name_id == name).tolist():
+            blocks[window_of[i]].append(hists[i])
+        values_us, cell_counts = stats.block_counts(blocks)
+        values_ms[name * n_windows:(name + 1) * n_windows] = stats.percentiles_of_counts(
+            values_us, cell_counts, list(PERCENTILES.values())) / 1000.0
     counts = np.bincount(group_of_row, weights=latency["count"].to_numpy(float),
                          minlength=n_groups)
     failures = np.bincount(group_of_row, weights=latency["failures"].to_numpy(float),
@@ -269,11 +148,11 @@ def bin_latency(latency: pd.DataFrame, started_at: float, ended_at: float,
 def merged_values_ms(latency: pd.DataFrame, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(value ms, count) of every non-empty histogram cell of `name`, over all its buckets."""
     encoded = latency.loc[latency["name"] == name, "hist"].tolist()
-    _, cell, count = decode_cells(encoded)
+    _, cell, count = stats.decode_cells(encoded)
     unique, inverse = np.unique(cell, return_inverse=True)
     totals = np.bincount(inverse, weights=count).astype(np.int64)
     # The middle of each cell, as HdrHistogram's own mean does.
-    return _cell_values_us(unique, where="middle") / 1000.0, totals
+    return stats.cell_values_us(unique, where="middle") / 1000.0, totals
 
 
 def resample_frame(frame: pd.DataFrame, started_at: float, ended_at: float, window_s: float,

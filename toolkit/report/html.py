@@ -134,7 +134,10 @@ def _banner(meta: RunMeta, results: Sequence[KpiResult], summary: dict[str, Any]
     counts = {v: sum(1 for r in results if r.verdict == v)
               for v in ("pass", "warn", "fail", "missing")}
     worst = worst_offender(list(results))
-    if worst is not None:
+    reason = str(summary.get("verdict_reason") or "")
+    if verdict == "error" or (worst is not None and not reason.startswith(worst.kpi.name)):
+        headline = _sentence(reason[:1].upper() + reason[1:])
+    elif worst is not None:
         headline = describe_offence(worst)
     elif verdict == "fail":
         headline = str(summary.get("verdict_reason") or "the run failed")

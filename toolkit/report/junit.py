@@ -6,12 +6,14 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 
-def write_junit(path: Path, suite_name: str,
-                cases: list[tuple[str, str | None, str | None]]) -> None:
-    """One <testcase> per (name, failure message or None, skipped message or None)."""
+def write_junit(path: Path, suite_name: str, cases: list[tuple[str, str | None, str | None]],
+                errors: list[tuple[str, str]] = ()) -> None:  # type: ignore[assignment]
+    """One <testcase> per (name, failure message or None, skipped message or None), and one
+    with an <error> per (name, message) in `errors`: what could not be judged at all."""
     failures = sum(1 for _, failure, _ in cases if failure is not None)
     skipped = sum(1 for _, failure, skip in cases if failure is None and skip is not None)
-    counts = {"tests": str(len(cases)), "failures": str(failures), "errors": "0", "time": "0"}
+    counts = {"tests": str(len(cases) + len(errors)), "failures": str(failures),
+              "errors": str(len(errors)), "time": "0"}
     root = ET.Element("testsuites", attrib={"name": suite_name, **counts})
     # Ant's schema requires timestamp and hostname on every suite; Jenkins' accepts them.
     suite = ET.SubElement(root, "testsuite", attrib={
@@ -26,6 +28,11 @@ def write_junit(path: Path, suite_name: str,
             element.text = failure
         elif skip is not None:
             ET.SubElement(case, "skipped", attrib={"message": skip})
+    for name, message in errors:
+        case = ET.SubElement(suite, "testcase",
+                             attrib={"name": name, "classname": suite_name, "time": "0"})
+        element = ET.SubElement(case, "error", attrib={"message": message, "type": "run"})
+        element.text = message
     ET.indent(root)
     tmp = path.with_name(path.name + ".tmp")
     ET.ElementTree(root).write(tmp, encoding="utf-8", xml_declaration=True)

@@ -4,7 +4,8 @@ from typing import Any
 
 from ..units import format_value
 
-VERDICT_MARK = {"pass": "✅ pass", "warn": "⚠️ warn", "fail": "❌ fail", "missing": "⚪ missing"}
+VERDICT_MARK = {"pass": "✅ pass", "warn": "⚠️ warn", "fail": "❌ fail", "missing": "⚪ missing",
+                "error": "⛔ error"}
 
 
 def render_markdown(summary: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ def format_progress(elapsed_s: float, duration_s: float, users: int, state: Any)
         f"  users {users}  rps {recorder.rps():.1f}  requests {requests}  failures {failures}"
         f"  target cpu {'-' if cpu is None or cpu != cpu else f'{cpu:.0f}%'}"
         f"  rss {'-' if rss is None or rss != rss else f'{rss:.0f}MB'}"
+        + (f"  scenario errors {state.errors.count}" if state.errors.count else "")
     ]
     for name in sorted(recorder.totals):
         hist, count, failed = recorder.totals[name]

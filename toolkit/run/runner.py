@@ -32,7 +32,7 @@ from .. import rundir
 from ..analysis.kpi import judge_run
 from ..collectors.app import AppCollector
 from ..collectors.system import SystemCollector
-from ..config import LoadSettings
+from ..config import DEFAULT_REQUEST_TIMEOUT_S, LoadSettings
 from ..errors import ConfigError, RunError, TargetError
 from ..report import write_report
 from ..result import RunMeta, RunResult, RunSettings
@@ -42,6 +42,7 @@ from .alarms import AlarmWatcher
 from .live import LiveView
 from .openloop import make_open_loop
 from .recorder import Recorder, request_name
+from .scenario_errors import ScenarioErrors, guard_on_start
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class RunState:
     alarm_summary: dict[str, Any] | None = None
     profile_entry: dict[str, Any] | None = None
     collectors: dict[str, Any] = field(default_factory=dict)
+    errors: ScenarioErrors = field(default_factory=ScenarioErrors)
 
 
 def resolve_scenario(scenario: str) -> Path:
@@ -116,7 +118,9 @@ def load_user_classes(path: Path) -> tuple[list[type[User]], Any]:
 
 
 def make_environment(user_classes: list[type[User]], host: str | None, rate: float | None,
-                     users: int, shape: Any = None) -> Environment:
+                     users: int, shape: Any = None,
+                     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> Environment:
+    user_classes = [guard_on_start(cls, request_timeout_s) for cls in user_classes]
     if rate is not None:
         user_classes = [make_open_loop(cls, rate, users) for cls in user_classes]
     options = get_empty_argument_parser()
@@ -195,8 +199,10 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> RunR
                      app=AppCollector(url, run_dir))
     state.alarms = AlarmWatcher(run_dir, settings.targets, say, settings.alert_webhook,
                                 settings.effective_warmup_s, run_id=run_dir.name)
-    env = make_environment(user_classes, url, settings.rate, settings.users, shape)
+    env = make_environment(user_classes, url, settings.rate, settings.users, shape,
+                           settings.request_timeout_s)
     state.recorder.attach(env)
+    state.errors.attach(env)
     workers: list[subprocess.Popen] = []
     try:
         if settings.workers:
@@ -276,7 +282,10 @@ def judge_and_report(result: RunResult, settings: LoadSettings, state: "RunState
     report_path = write_report(result)
     if result.meta.status != "completed":
         say(f"perfkit: run {result.meta.status}: {result.meta.message}")
-    say(f"perfkit: verdict {(result.verdict or '').upper()}")
+    if state.errors.count:
+        say(f"perfkit: the scenario raised {state.errors.count} errors: "
+            f"{state.errors.describe()} (tracebacks in failures.json and the report)")
+    say(f"perfkit: verdict {(result.verdict or '').upper()}: {result.verdict_reason}")
     say(f"Report: {report_path}")
     return result
 
@@ -286,7 +295,8 @@ def start_local_workers(env: Environment, settings: LoadSettings, scenario: Path
     port = _free_port()
     runner = env.create_master_runner(master_bind_host="127.0.0.1", master_bind_port=port)
     command = [sys.executable, "-m", "perfkit", "worker", "--master", f"127.0.0.1:{port}",
-               "--scenario", str(scenario), "--users", str(settings.users)]
+               "--scenario", str(scenario), "--users", str(settings.users),
+               "--request-timeout", f"{settings.request_timeout_s:g}s"]
     if settings.rate is not None:
         command += ["--rate", str(settings.rate)]
     workers = []
@@ -447,15 +457,17 @@ def finish_meta(meta: RunMeta, env: Environment, state: "RunState", run_dir: Pat
         {"name": request_name(e.method, e.name),
          "error": str(e.error)[:200], "count": e.occurrences, "example": str(e.error)[:1000]}
         for e in sorted(errors, key=lambda e: -e.occurrences)
-    ])
+    ] + state.errors.records())
 
 
-def run_worker(master: str, scenario: str, users: int, rate: float | None, say: Say) -> int:
+def run_worker(master: str, scenario: str, users: int, rate: float | None, say: Say,
+               request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> int:
     """A Locust worker with perfkit's recorder: its buckets travel to the master."""
     host, _, port = master.partition(":")
     user_classes, shape = load_user_classes(resolve_scenario(scenario))
-    env = make_environment(user_classes, None, rate, users, shape)
+    env = make_environment(user_classes, None, rate, users, shape, request_timeout_s)
     Recorder(None).attach(env)
+    ScenarioErrors().attach(env)
     runner = env.create_worker_runner(host, int(port or 5557))
     say(f"perfkit worker: connected to {host}:{port or 5557}")
     gevent.signal_handler(signal.SIGINT, runner.quit)
