@@ -18,7 +18,6 @@ from typing import Any
 
 import aiohttp
 import lxml.html
-import numpy as np
 import pytest
 
 from perfkit import rundir
@@ -253,25 +252,6 @@ def test_chart_points_merge_the_histograms_of_their_window(tmp_path: Path) -> No
         assert row.t_s == 8 * i + 4
         for column, q in charts.PERCENTILES.items():
             assert getattr(row, column) == stats.percentile_ms(merged, q), (i, column)
-
-
-def test_decode_cells_reads_what_hdrh_wrote() -> None:
-    """The numpy decoder against hdrh's own, on edge values, huge counts and empty buckets."""
-    crafted = [[], [(1, 1)], [(2047, 3), (2048, 1), (2049, 7)],
-               [(1, 5), (3_600_000_000, 2), (123_456, 10**12), (999, 300)],
-               [(v, 1 + v % 7) for v in range(1, 200_000, 997)]]
-    encoded = []
-    for values in crafted:
-        hist = stats.new_histogram()
-        for value, count in values:
-            hist.record_value(value, count)
-        encoded.append(stats.encode_histogram(hist))
-    row, cell, count = charts.decode_cells(encoded)
-    for i, item in enumerate(encoded):
-        counts = np.ctypeslib.as_array(stats.decode_histogram(item).counts)
-        expected = np.flatnonzero(counts)
-        assert cell[row == i].tolist() == expected.tolist(), i
-        assert count[row == i].tolist() == counts[expected].tolist(), i
 
 
 def test_an_hour_is_drawn_with_at_most_600_points() -> None:

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from hdrh.histogram import HdrHistogram
 
 from perfkit import rundir
 from perfkit.analysis import stats
@@ -40,6 +41,25 @@ def test_merge_is_exact() -> None:
         assert stats.percentile_ms(merged, q) == stats.percentile_ms(whole, q)
 
 
+def test_decode_cells_reads_what_hdrh_wrote() -> None:
+    """The numpy decoder against hdrh's own, on edge values, huge counts and empty buckets."""
+    crafted = [[], [(1, 1)], [(2047, 3), (2048, 1), (2049, 7)],
+               [(1, 5), (3_600_000_000, 2), (123_456, 10**12), (999, 300)],
+               [(v, 1 + v % 7) for v in range(1, 200_000, 997)]]
+    encoded = []
+    for values in crafted:
+        hist = stats.new_histogram()
+        for value, count in values:
+            hist.record_value(value, count)
+        encoded.append(stats.encode_histogram(hist))
+    row, cell, count = stats.decode_cells(encoded)
+    for i, item in enumerate(encoded):
+        counts = np.ctypeslib.as_array(stats.decode_histogram(item).counts)
+        expected = np.flatnonzero(counts)
+        assert cell[row == i].tolist() == expected.tolist(), i
+        assert count[row == i].tolist() == counts[expected].tolist(), i
+
+
 def test_summaries_of_a_synthetic_run_match_numpy(tmp_path) -> None:
     spec = RunSpec(duration_s=20, endpoints={"GET /x": EndpointSpec(rps=200, median_ms=15,
                                                                     error_rate=0.1)})
@@ -63,3 +83,16 @@ def test_warmup_is_left_out_of_the_judged_window(tmp_path) -> None:
     judged = judged_latency(run)
     assert judged["t"].min() == run.meta.started_at + 10
     assert len(judged) < len(run.latency)
+
+
+def test_block_counts_read_a_histogram_of_another_layout() -> None:
+    """A bucket written with other precision goes through hdrh, onto perfkit's cells."""
+    other = HdrHistogram(1, 60_000_000, 2)
+    ours = stats.new_histogram()
+    for value_us in (5, 1_234, 1_250, 98_765, 4_000_000):
+        other.record_value(value_us, 3)
+        ours.record_value(other.get_highest_equivalent_value(value_us), 3)
+    values_us, counts = stats.block_counts([[other.encode().decode("ascii")]])
+    found = stats.percentiles_of_counts(values_us, counts, [10, 50, 90, 100])[0]
+    for q, value_us in zip([10, 50, 90, 100], found, strict=True):
+        assert value_us / 1000.0 == stats.percentile_ms(ours, q)
