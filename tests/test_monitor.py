@@ -87,3 +87,20 @@ def test_unknown_pid_is_a_one_line_error_with_exit_code_2() -> None:
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert f"no process with pid {pid}" in result.stderr
+
+
+def test_a_child_born_between_samples_counts_from_zero() -> None:
+    """As in resources.csv: a process that did not exist at the previous sample accrued all of
+    its CPU since, so the tree's CPU stays known instead of missing or undercounted."""
+    state = monitor.open_tree(psutil.Process().pid)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        sample = monitor.sample_process_tree(state)
+        assert sample is not None
+        row, per_process = sample
+        born = next(p for p in per_process if p["pid"] == child.pid)
+        assert born["cpu_percent"] is not None and born["cpu_percent"] >= 0
+        assert row["cpu_percent"] is not None
+    finally:
+        child.kill()
+        child.wait()

@@ -9,18 +9,18 @@ import csv
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
 import psutil
 
+from .collectors.system import MB, TreeSample, rate_baseline, rate_of_field, sample_tree
 from .errors import ConfigError, TargetError
 
 log = logging.getLogger(__name__)
 
-MB = 1024 * 1024
 CSV_COLUMNS = ["t", "procs", "cpu_percent", "rss_mb", "threads", "read_mb_s", "write_mb_s",
                "connections", "sys_net_sent_mb_s", "sys_net_recv_mb_s"]
 TOP_PROCESSES = 10
@@ -38,19 +38,17 @@ class MonitorSettings:
 
 @dataclass
 class TreeState:
-    """What one sample needs from the previous: psutil keeps the CPU baseline inside each
-    Process object, so the same objects must be asked again; I/O and net are deltas."""
+    """What the next sample is diffed against: CPU, I/O and network are differences of
+    cumulative counters between two samples, as in the run's system collector."""
 
     root: psutil.Process
-    procs: dict[int, psutil.Process] = field(default_factory=dict)
-    io_bytes: dict[int, tuple[int, int]] = field(default_factory=dict)
+    previous: TreeSample | None = None
+    sampled_at: float = 0.0  # time.monotonic() of `previous`
     net_bytes: tuple[int, int] | None = None
-    sampled_at: float = 0.0
 
 
 def open_tree(pid: int) -> TreeState:
-    """The tree under `pid`, primed: psutil's first cpu_percent() of a process has nothing to
-    compare with and returns a meaningless 0.0, so a first sample is taken here and discarded."""
+    """The tree under `pid`, with a first sample taken (and not shown) to diff against."""
     try:
         root = psutil.Process(pid)
     except psutil.NoSuchProcess as exc:
@@ -62,24 +60,8 @@ def open_tree(pid: int) -> TreeState:
     return state
 
 
-def _is_alive(proc: psutil.Process) -> bool:
-    # An exited child that its parent has not reaped yet is a zombie: still "running" to
-    # psutil, with zeros for memory, but gone for anyone watching it.
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def _count_connections(proc: psutil.Process) -> int:
     return len(proc.net_connections(kind="inet"))
-
-
-def _list_tree(root: psutil.Process) -> list[psutil.Process]:
-    try:
-        return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return [root] if _is_alive(root) else []
 
 
 def _value_or_none(read: Callable[[], Any]) -> Any:
@@ -89,68 +71,63 @@ def _value_or_none(read: Callable[[], Any]) -> Any:
         return None
 
 
+def _name_and_connections(proc: psutil.Process) -> tuple[str, int | None]:
+    """What the top view reads beyond the collector's counters; a process that exited since
+    it was sampled has no connections left."""
+    try:
+        with proc.oneshot():
+            return proc.name(), _value_or_none(partial(_count_connections, proc))
+    except psutil.NoSuchProcess:
+        return "(exited)", 0
+
+
+def _times(value: float | None, factor: float) -> float | None:
+    return None if value is None else value * factor
+
+
 def sample_process_tree(state: TreeState) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
     """One row for the whole tree (CSV_COLUMNS) and one per process; None once the root is
-    gone. A value psutil may not read (permissions) is None, never 0."""
-    if not _is_alive(state.root):
+    gone. The tree is sampled by the system collector's functions, so CPU %, RSS, threads and
+    I/O mean what they mean in resources.csv; a value psutil may not read is None, never 0."""
+    tree = sample_tree(state.root)
+    if tree is None:
         return None
     now = time.monotonic()
-    elapsed_s = now - state.sampled_at if state.sampled_at else None
-    current: dict[int, psutil.Process] = {}
-    per_process: list[dict[str, Any]] = []
-    io_now: dict[int, tuple[int, int]] = {}
-    read_b = write_b = 0
-    io_known = True
-    connections: int | None = 0
-    for found in _list_tree(state.root):
-        proc = state.procs.get(found.pid, found)
-        primed = found.pid in state.procs
-        try:
-            with proc.oneshot():
-                if proc.status() == psutil.STATUS_ZOMBIE:
-                    continue
-                cpu = proc.cpu_percent(None)
-                memory = proc.memory_info()
-                threads = proc.num_threads()
-                name = proc.name()
-                io = _value_or_none(proc.io_counters)
-                conns = _value_or_none(partial(_count_connections, proc))
-        except psutil.NoSuchProcess:
-            continue
-        current[proc.pid] = proc
-        if io is None:
-            io_known = False
-        else:
-            io_now[proc.pid] = (io.read_bytes, io.write_bytes)
-            before = state.io_bytes.get(proc.pid)
-            if before is not None:
-                read_b += io.read_bytes - before[0]
-                write_b += io.write_bytes - before[1]
-        connections = None if conns is None or connections is None else connections + conns
-        per_process.append({"pid": proc.pid, "name": name,
-                            # A process seen for the first time has no CPU baseline yet.
-                            "cpu_percent": cpu if primed else None,
-                            "rss_mb": memory.rss / MB, "threads": threads})
+    elapsed_s = now - state.sampled_at if state.previous is not None else None
     net = psutil.net_io_counters()
     net_now = (net.bytes_sent, net.bytes_recv) if net is not None else None
+    baseline = rate_baseline(tree, state.previous) if state.previous is not None else {}
+    per_process: list[dict[str, Any]] = []
+    connections: int | None = 0
+    for key, sample in tree.samples.items():
+        before = baseline.get(key)
+        name, conns = _name_and_connections(tree.processes[key])
+        connections = None if conns is None or connections is None else connections + conns
+        per_process.append({
+            "pid": key[0], "name": name,
+            # A process seen for the first time (and not born since) has no baseline yet.
+            "cpu_percent": 100.0 * (sample.cpu_s - before.cpu_s) / elapsed_s
+            if before is not None and elapsed_s else None,
+            "rss_mb": sample.rss_bytes / MB, "threads": sample.threads})
     row: dict[str, Any] = {
         "t": round(time.time(), 3),
         "procs": len(per_process),
-        "cpu_percent": sum(p["cpu_percent"] or 0.0 for p in per_process)
-        if elapsed_s is not None else None,
-        "rss_mb": sum(p["rss_mb"] for p in per_process),
+        "cpu_percent": None, "rss_mb": sum(p["rss_mb"] for p in per_process),
         "threads": sum(p["threads"] for p in per_process),
-        "read_mb_s": read_b / MB / elapsed_s if elapsed_s and io_known else None,
-        "write_mb_s": write_b / MB / elapsed_s if elapsed_s and io_known else None,
+        "read_mb_s": None, "write_mb_s": None,
         "connections": connections,
         "sys_net_sent_mb_s": None, "sys_net_recv_mb_s": None,
     }
-    if elapsed_s and net_now is not None and state.net_bytes is not None:
-        row["sys_net_sent_mb_s"] = (net_now[0] - state.net_bytes[0]) / MB / elapsed_s
-        row["sys_net_recv_mb_s"] = (net_now[1] - state.net_bytes[1]) / MB / elapsed_s
-    state.procs, state.io_bytes, state.net_bytes, state.sampled_at = current, io_now, net_now, now
-    if not per_process:
-        return None
+    if elapsed_s:
+        row["cpu_percent"] = _times(rate_of_field(tree.samples, baseline, "cpu_s", elapsed_s),
+                                    100.0)
+        for column, field_name in (("read_mb_s", "read_bytes"), ("write_mb_s", "write_bytes")):
+            row[column] = _times(rate_of_field(tree.samples, baseline, field_name, elapsed_s),
+                                 1.0 / MB)
+        if net_now is not None and state.net_bytes is not None:
+            row["sys_net_sent_mb_s"] = (net_now[0] - state.net_bytes[0]) / MB / elapsed_s
+            row["sys_net_recv_mb_s"] = (net_now[1] - state.net_bytes[1]) / MB / elapsed_s
+    state.previous, state.sampled_at, state.net_bytes = tree, now, net_now
     return row, per_process
 
 

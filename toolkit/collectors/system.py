@@ -137,6 +137,48 @@ def _list_children_pids(pid: int) -> list[int]:
     return children
 
 
+@dataclass(frozen=True)
+class TreeSample:
+    """The live processes of a tree at one moment, keyed by (pid, create time): a pid the
+    kernel hands to a new process is another key, never a continuation of the old one."""
+
+    listed_at: float  # time.time() before the tree was listed
+    samples: dict[tuple[int, float], ProcessSample]
+    processes: dict[tuple[int, float], psutil.Process]  # for reads beyond the counters
+
+
+def sample_tree(root: psutil.Process) -> TreeSample | None:
+    """Counters of every process of the tree under `root`; None once root has gone (or is a
+    zombie). A child that exits while it is sampled is left out."""
+    listed_at = time.time()
+    try:
+        tree = list_tree(root)
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    samples: dict[tuple[int, float], ProcessSample] = {}
+    processes: dict[tuple[int, float], psutil.Process] = {}
+    for proc in tree:
+        sample = sample_process(proc)
+        if sample is None:
+            if proc is root:
+                return None
+            continue
+        key = (proc.pid, proc.create_time())
+        samples[key], processes[key] = sample, proc
+    return TreeSample(listed_at, samples, processes)
+
+
+def rate_baseline(current: TreeSample,
+                  previous: TreeSample) -> dict[tuple[int, float], ProcessSample]:
+    """What each process's counters are diffed against: its sample in `previous`, or zero
+    for a process born after `previous` was listed (all of its counters accrued since)."""
+    baseline = dict(previous.samples)
+    for key in current.samples.keys() - previous.samples.keys():
+        if key[1] >= previous.listed_at - _CREATE_TIME_SLACK_S:
+            baseline[key] = _BORN_AT_ZERO
+    return baseline
+
+
 def sum_field(samples: list[ProcessSample], name: str) -> float | None:
     values = [getattr(s, name) for s in samples]
     return None if not values or any(v is None for v in values) else float(sum(values))
@@ -187,8 +229,7 @@ class SystemCollector(Sampler):
         self._file: IO[str] | None = None
         self._writer: Any = None
         self._previous_t: float | None = None
-        self._previous_listed_at: float | None = None
-        self._previous_tree: dict[tuple[int, float], ProcessSample] = {}
+        self._previous_tree: TreeSample | None = None
         self._previous_machine: dict[str, Any] | None = None
 
     def start(self) -> None:
@@ -226,27 +267,11 @@ class SystemCollector(Sampler):
     def _sample_target(self, t: float) -> dict[str, Any]:
         if self._root is None:
             return {}
-        listed_at = time.time()
-        try:
-            tree = list_tree(self._root)
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        tree = sample_tree(self._root)
+        if tree is None:
             self._note_target_gone(t)
             return {}
-        current: dict[tuple[int, float], ProcessSample] = {}
-        for proc in tree:
-            sample = sample_process(proc)
-            if sample is None:
-                if proc is self._root:
-                    self._note_target_gone(t)
-                    return {}
-                continue
-            current[(proc.pid, proc.create_time())] = sample
-        previous = dict(self._previous_tree)
-        if self._previous_listed_at is not None:
-            for key in current.keys() - previous.keys():
-                if key[1] >= self._previous_listed_at - _CREATE_TIME_SLACK_S:
-                    previous[key] = _BORN_AT_ZERO
-        samples = list(current.values())
+        samples = list(tree.samples.values())
         fds = sum_field(samples, "fds")
         row: dict[str, Any] = {
             "procs": len(samples),
@@ -255,20 +280,20 @@ class SystemCollector(Sampler):
             "threads": sum(s.threads for s in samples),
             "open_files": None if fds is None else int(fds),
         }
-        if self._previous_t is not None and self._previous_tree:
+        if self._previous_t is not None and self._previous_tree is not None:
             dt_s = t - self._previous_t
-            cpu_s = rate_of_field(current, previous, "cpu_s", dt_s)
+            baseline = rate_baseline(tree, self._previous_tree)
+            cpu_s = rate_of_field(tree.samples, baseline, "cpu_s", dt_s)
             if cpu_s is not None:
                 row["cpu_percent"] = round(100.0 * cpu_s, 2)
                 row["cpu_machine_percent"] = round(100.0 * cpu_s / self._cpu_count, 2)
-            read = rate_of_field(current, previous, "read_bytes", dt_s)
-            write = rate_of_field(current, previous, "write_bytes", dt_s)
-            ctx = rate_of_field(current, previous, "ctx_switches", dt_s)
+            read = rate_of_field(tree.samples, baseline, "read_bytes", dt_s)
+            write = rate_of_field(tree.samples, baseline, "write_bytes", dt_s)
+            ctx = rate_of_field(tree.samples, baseline, "ctx_switches", dt_s)
             row["read_mb_s"] = _in_mb(read, 4)
             row["write_mb_s"] = _in_mb(write, 4)
             row["ctx_switches_s"] = None if ctx is None else round(ctx, 1)
-        self._previous_tree = current
-        self._previous_listed_at = listed_at
+        self._previous_tree = tree
         return row
 
     def _note_target_gone(self, t: float) -> None:
@@ -278,7 +303,7 @@ class SystemCollector(Sampler):
         )
         log.info("target pid %s exited; sampling the machine only", self.pid)
         self._root = None
-        self._previous_tree = {}
+        self._previous_tree = None
 
     def _sample_machine(self, t: float) -> dict[str, Any]:
         now: dict[str, Any] = {
