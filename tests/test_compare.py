@@ -97,6 +97,9 @@ def test_verdict_rule(ratio: float, low: float, high: float, p: float, expected:
 
 def test_thresholds_parse() -> None:
     assert parse_thresholds(["15%", "p99_ms=20%"]) == (0.15, {"p99_ms": 0.20})
+    # the resource metrics' names before they were named like the KPIs still work
+    assert parse_thresholds(["rss_peak_mb=25%", "cpu_mean_percent=30%"]) == (
+        0.10, {"rss_mb_peak": 0.25, "cpu_percent_mean": 0.30})
     with pytest.raises(ConfigError, match="metric must be one of"):
         parse_thresholds(["p42_ms=5%"])
     with pytest.raises(ConfigError, match="bad threshold"):
@@ -194,8 +197,9 @@ def test_unmeasured_resources_are_missing_not_zero(tmp_path: Path) -> None:
     make_run(tmp_path / "cur", RunSpec(seed=2))
     (tmp_path / "cur" / rundir.RESOURCES).unlink()
     comparison = compare_runs([base], [rundir.load_run(tmp_path / "cur")])
-    cpu = by_key(comparison, "target", "cpu_mean_percent")
+    cpu = by_key(comparison, "target", "cpu_percent_mean")
     assert cpu.verdict == "missing" and cpu.current is None
+    assert by_key(comparison, "target", "rss_mb_peak").verdict == "missing"
 
 
 def test_report_files(tmp_path: Path) -> None:

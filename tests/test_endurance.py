@@ -148,6 +148,11 @@ def test_endurance_flags_the_leaking_target_and_not_the_steady_one(tmp_path: Pat
     json.dumps(steady)
     report = (tmp_path / "leak64" / "report.html").read_text("utf-8")
     assert 'id="endurance"' in report and "LEAK" in report
+    summary = json.loads((tmp_path / "leak64" / "summary.json").read_text())
+    assert summary["endurance"]["leak_verdict"] == "leak"
+    assert summary["endurance"]["ci_mb_per_h"][0] > 1000.0
+    assert "**leak**" in (tmp_path / "leak64" / "summary.md").read_text()
+    assert "<failure" in (tmp_path / "leak64" / "junit.xml").read_text()
 
     profile = rundir.load_run(tmp_path / "leak0").meta.profile
     if not profile["available"] and "may not attach" in profile["note"]:

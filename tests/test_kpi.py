@@ -11,7 +11,7 @@ from perfkit import rundir
 from perfkit.analysis.kpi import evaluate_kpis, judge_kpi, overall_verdict
 from perfkit.config import KpiTarget, load_kpi_targets
 from perfkit.errors import ConfigError
-from perfkit.result import KpiResult
+from perfkit.result import KpiResult, RunSettings
 from tests.synthetic import START_T, EndpointSpec, RunSpec, make_run
 
 HEALTH = "GET /api/v1/health"
@@ -258,7 +258,9 @@ def test_latency_kpis_match_the_raw_samples(tmp_path: Path) -> None:
     total = sum(samples[name].size for name in (HEALTH, CREATE))
     assert throughput.value == pytest.approx(total / 60)
     assert throughput.verdict == "fail"  # about 45 rps against the 50 rps target
-    assert throughput.reason.endswith("under the 50 rps target (closed load of 10 users)")
+    # Create's p99 failed: the closed load was not served in time, so the shortfall counts.
+    assert throughput.reason.endswith("under the 50 rps target (closed load of 10 users: the "
+                                      "target could not serve it)")
 
     job = by_metric(results, "job_completion_s_max")
     assert job.value == pytest.approx(samples["job_completion"].max() / 1000, rel=2e-3)
@@ -411,3 +413,41 @@ def test_a_run_without_request_records_measures_no_throughput(tmp_path: Path) ->
     assert (throughput.verdict, throughput.value) == ("missing", None)
     assert "latency.jsonl" in throughput.reason
     assert by_metric(results, "error_rate_percent").verdict == "missing"
+
+
+def throughput_of(tmp_path: Path, median_ms: float, rps: float, **meta: object) -> KpiResult:
+    make_run(tmp_path / "run", RunSpec(duration_s=30, warmup_s=0, endpoints={
+        HEALTH: EndpointSpec(rps=rps, median_ms=median_ms, sigma=0.2)}))
+    run = rundir.load_run(tmp_path / "run")
+    for key, value in meta.items():
+        setattr(run.meta, key, value)
+    targets = [t for t in load_kpi_targets(None) if t.metric in ("rps", "p99_ms")]
+    return by_metric(evaluate_kpis(run, targets), "rps")
+
+
+def test_throughput_below_the_target_is_missing_when_the_target_kept_up(tmp_path) -> None:
+    """The quick start's case: 41 rps offered by users who think, every latency KPI met."""
+    result = throughput_of(tmp_path, median_ms=5, rps=40)
+    assert result.verdict == "missing" and result.value is None
+    assert result.reason.startswith("this run offered only")
+    assert "perfkit stress" in result.reason
+
+
+def test_an_open_load_that_was_served_is_not_a_capacity_failure(tmp_path) -> None:
+    settings = RunSettings(rate=40.0, users=10, warmup_s=0)
+    assert throughput_of(tmp_path, 5, 40, settings=settings).verdict == "missing"
+
+
+def test_an_open_load_at_the_target_rate_that_was_not_served_fails(tmp_path) -> None:
+    settings = RunSettings(rate=60.0, users=10, warmup_s=0)
+    result = throughput_of(tmp_path, 5, 40, settings=settings)
+    assert result.verdict == "fail" and "could not serve it" in result.reason
+
+
+def test_a_stress_ramp_judges_throughput_by_its_capacity(tmp_path) -> None:
+    capacity = {"step": 2, "users": 20, "rate": None, "rps": 64.0, "p95_ms": 20.0,
+                "p99_ms": 30.0}
+    result = throughput_of(tmp_path, 5, 40, stress={"capacity": capacity, "steps": [{}]})
+    assert (result.verdict, result.value) == ("pass", 64.0)
+    result = throughput_of(tmp_path, 5, 40, stress={"capacity": None, "steps": [{}]})
+    assert result.verdict == "fail"

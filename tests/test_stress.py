@@ -127,6 +127,13 @@ def test_stress_finds_the_capacity_of_a_worker_pool(tmp_path: Path) -> None:
     timeline = (tmp_path / "run" / "timeline.csv").read_text().splitlines()
     assert max(int(line.split(",")[1]) for line in timeline[1:]) == 12
     json.dumps(stress)  # plain JSON, no NaN
+    # The ramp's result reaches CI: summary.json, summary.md and junit.xml say it.
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["stress"]["capacity"]["step"] == 2
+    assert summary["stress"]["broke_at"]["step"] == 3
+    assert summary["verdict_reason"].startswith("capacity step 2:")
+    assert "**Stress capacity:** step 2" in (tmp_path / "run" / "summary.md").read_text()
+    assert 'name="stress capacity"' in (tmp_path / "run" / "junit.xml").read_text()
 
 
 def test_a_saturated_closed_load_breaks_when_waits_grow_instead_of_throughput() -> None:

@@ -30,8 +30,10 @@ from . import stats
 def judged_window(run: RunResult, warmup_s: float | None = None) -> tuple[float, float]:
     """(start, end) of the part of the run that verdicts judge: the warm-up (the run's own,
     or `warmup_s`) is left out."""
-    started_at = float(run.meta.started_at)
-    ended_at = float(run.meta.ended_at or started_at)
+    # Buckets start on whole seconds: the run's first, partial second starts at the floor of
+    # its start, and without it a short run would lose its first second of requests.
+    started_at = math.floor(float(run.meta.started_at))
+    ended_at = float(run.meta.ended_at or run.meta.started_at)
     warmup_s = run.meta.settings.warmup_s if warmup_s is None else warmup_s
     return min(started_at + warmup_s, ended_at), ended_at
 
@@ -107,23 +109,41 @@ def evaluate_kpis(run: RunResult, targets: list[KpiTarget], *,
         summaries = summarize_judged(run)
     requests = latency[~latency["name"].isin(JOB_NAMES)]
     context = _Context(run, start, end, duration_s, summaries, requests)
-    results = []
-    for kpi in targets:
-        result = judge_kpi(kpi, *_measure(kpi, context))
-        if kpi.metric == "rps" and result.verdict in ("warn", "fail"):
-            # A run only shows the throughput it was offered: say how much load that was.
-            result = replace(result, reason=result.reason + _offered_load(run))
-        results.append(result)
-    return results
+    results = [judge_kpi(kpi, *_measure(kpi, context)) for kpi in targets]
+    return [_judge_capacity(result, run, results)
+            if result.kpi.metric == "rps" and result.kpi.endpoint is None
+            and result.verdict in ("warn", "fail") else result for result in results]
 
 
-def _offered_load(run: RunResult) -> str:
+# An open load "kept up" when it achieved at least this share of the rate it offered.
+KEPT_UP_SHARE = 0.97
+
+
+def _judge_capacity(result: KpiResult, run: RunResult, results: list[KpiResult]) -> KpiResult:
+    """Throughput is a capacity: the target must be able to serve the target rate, not serve
+    what one run happened to offer. Below the target it fails only when the load offered at
+    least the target (or the ramp of a stress run found no more) and the target could not
+    serve it; a run that offered less and was served in time did not measure capacity."""
     settings = run.meta.settings
+    value = result.value or 0.0
+    needed = result.kpi.target if result.kpi.target is not None else result.kpi.allowed
+    if run.meta.stress is not None:
+        return replace(result, reason=result.reason + " (the highest load at which every KPI "
+                                                      "held, found by the stress ramp)")
     if settings.rate:
-        return f" (open load at {settings.rate:g} iterations/s)"
-    if settings.users:
-        return f" (closed load of {settings.users} users)"
-    return ""
+        offered = f"open load at {settings.rate:g} iterations/s"
+        kept_up = value >= KEPT_UP_SHARE * settings.rate
+        served_everything = kept_up or settings.rate < (needed or 0.0)
+    else:
+        offered = f"closed load of {settings.users} users"
+        served_everything = not any(r.verdict == "fail" and r.kpi.unit == "ms" for r in results)
+    if not served_everything:
+        return replace(result, reason=f"{result.reason} ({offered}: the target could not "
+                                      f"serve it)")
+    return KpiResult(result.kpi, None, "missing", None,
+                     f"this run offered only {format_value(value, 'rps')} ({offered}), and the "
+                     f"target kept up; use --rate {format_value(needed, '')} or more, or "
+                     f"perfkit stress, to measure capacity")
 
 
 @dataclass
@@ -150,6 +170,9 @@ def _measure(kpi: KpiTarget, ctx: _Context) -> tuple[float | None, str]:
         if metric == "error_rate_percent":
             return summary["error_rate_percent"], ""
         return summary[metric], ""
+    if metric == "rps" and ctx.run.meta.stress is not None:
+        capacity = ctx.run.meta.stress.get("capacity")
+        return (float(capacity["rps"] or 0.0) if capacity else 0.0), ""
     if metric == "rps":
         if ctx.run.latency.empty:
             # No records at all is a recorder that wrote nothing, not a target that served 0.
@@ -280,6 +303,7 @@ def judge_run(run: RunResult, targets: list[KpiTarget]) -> RunResult:
                           for key in ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms")}}
                 for name, s in summaries.items() if name in JOB_NAMES}
     run.verdict, run.verdict_reason = _verdict(run, results)
+    run.verdict_reason = _stress_lead(run.meta.stress) + run.verdict_reason
     count = sum(ep["count"] for ep in run.endpoints.values())
     failures = sum(ep["failures"] for ep in run.endpoints.values())
     meta = run.meta
@@ -294,7 +318,7 @@ def judge_run(run: RunResult, targets: list[KpiTarget]) -> RunResult:
         "target": meta.target,
         "simulated": meta.simulated,
         "window": {"start": start, "end": end, "duration_s": end - start,
-                   "warmup_s": start - float(meta.started_at)},
+                   "warmup_s": max(0.0, start - float(meta.started_at))},
         "totals": {"count": count, "failures": failures,
                    **stats.request_rates(count, failures, end - start)},
         "endpoints": run.endpoints,
@@ -305,8 +329,56 @@ def judge_run(run: RunResult, targets: list[KpiTarget]) -> RunResult:
         "worst": _record_or_none(worst_offender(results)),
         "loadgen": meta.loadgen,
         "kpi_file": meta.kpi_file,
+        "stress": _stress_summary(meta.stress),
+        "endurance": _endurance_summary(meta.endurance),
     })
     return run
+
+
+def _stress_summary(stress: dict[str, Any] | None) -> dict[str, Any] | None:
+    """summary.json "stress": the capacity, where it broke and every step, in brief."""
+    if stress is None:
+        return None
+    capacity, broke = stress.get("capacity"), stress.get("broke")
+    return {
+        "capacity": None if capacity is None else {
+            key: capacity.get(key) for key in ("step", "users", "rate", "rps", "p95_ms")},
+        "broke_at": None if broke is None else {"step": broke["step"], "reason": broke["how"]},
+        "stopped": stress.get("stopped"),
+        "steps": [{key: step.get(key) for key in ("step", "users", "rate", "rps", "p95_ms",
+                                                  "error_rate_percent", "held")}
+                  for step in stress.get("steps") or []],
+    }
+
+
+def _endurance_summary(endurance: dict[str, Any] | None) -> dict[str, Any] | None:
+    """summary.json "endurance": the leak verdict with its slope and interval, drift, budget."""
+    if endurance is None:
+        return None
+    memory, drift = endurance["memory"], endurance["drift"]["endpoints"].get("all", {})
+    return {
+        "leak_verdict": memory["verdict"],
+        "slope_mb_per_h": memory["per_h"],
+        "ci_mb_per_h": [memory["ci_low_per_h"], memory["ci_high_per_h"]],
+        "confidence": memory["confidence"],
+        "threshold_mb_h": memory["threshold_mb_h"],
+        "note": memory.get("note") or "",
+        "drift": {key: drift.get(key) for key in ("p95_first_ms", "p95_last_ms", "ratio")},
+        "error_budget_used_percent": endurance["error_budget"].get("used_percent"),
+    }
+
+
+def _stress_lead(stress: dict[str, Any] | None) -> str:
+    """A stress run's verdict line leads with what the ramp found."""
+    if stress is None:
+        return ""
+    capacity, broke = stress.get("capacity"), stress.get("broke")
+    found = ("capacity: none, not even the first step held" if capacity is None else
+             f"capacity step {capacity['step']}: {format_value(capacity['rps'], 'rps')}, "
+             f"p95 {format_value(capacity['p95_ms'], 'ms')}")
+    where = (f"broke at step {broke['step']}: {broke['how']}" if broke else
+             f"never broke within {len(stress.get('steps') or [])} steps")
+    return f"{found}; {where}. KPIs over the whole ramp: "
 
 
 # A run that ended like this measured nothing that can be trusted: verdict "error".

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from .. import rundir
+from ..analysis.endurance import describe_memory
 from ..analysis.kpi import judge_run
 from ..config import load_kpi_targets
 from ..errors import ConfigError
@@ -38,6 +39,13 @@ def write_report(run: RunResult) -> Path:
     status = run.meta.status
     cases.append(("run status", f"the run ended with status {status}: {run.meta.message}"
                   if status in FAILED_STATUSES else None, None))
+    if run.meta.stress is not None:
+        cases.append(("stress capacity", None if run.meta.stress.get("capacity") else
+                      "no capacity: not even the first step held", None))
+    if run.meta.endurance is not None:
+        memory = run.meta.endurance["memory"]
+        cases.append(("endurance memory growth",
+                       describe_memory(memory) if memory["verdict"] == "leak" else None, None))
     errors = [("verdict", run.verdict_reason)] if run.verdict == "error" else []
     write_junit(run.run_dir / JUNIT_XML, f"perfkit {run.run_id}", cases, errors)
     if run.meta.stress is not None:

@@ -23,6 +23,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
     if summary.get("simulated"):
         details.append("**simulated data**")
     lines += [" · ".join(part for part in details if part), ""]
+    lines += [*_stress_lines(summary.get("stress")), *_endurance_lines(summary.get("endurance"))]
 
     lines += ["| KPI | value | target | allowed | verdict | margin |",
               "|---|---:|---:|---:|---|---:|"]
@@ -54,3 +55,26 @@ def render_markdown(summary: dict[str, Any]) -> str:
 def _cell(text: str) -> str:
     """Table-safe: a pipe or a newline in a request name would break the row."""
     return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _stress_lines(stress: dict[str, Any] | None) -> list[str]:
+    if not stress:
+        return []
+    capacity, broke = stress["capacity"], stress["broke_at"]
+    return [("**Stress capacity:** " + (
+        f"step {capacity['step']}, {format_value(capacity['rps'], 'rps')}, p95 "
+        f"{format_value(capacity['p95_ms'], 'ms')}" if capacity else "none (not even the "
+                                                                    "first step held)"))
+            + " · **broke:** " + (f"step {broke['step']}: {_cell(broke['reason'])}" if broke
+                                  else f"never, within {len(stress['steps'])} steps"), ""]
+
+
+def _endurance_lines(endurance: dict[str, Any] | None) -> list[str]:
+    if not endurance:
+        return []
+    if endurance["slope_mb_per_h"] is None:
+        return ["**Memory growth:** not measured", ""]
+    low, high = endurance["ci_mb_per_h"]
+    return [f"**Memory growth:** {endurance['slope_mb_per_h']:+.1f} MB/h "
+            f"({100 * endurance['confidence']:.0f} % CI {low:+.1f} .. {high:+.1f}), threshold "
+            f"{endurance['threshold_mb_h']:g} MB/h: **{endurance['leak_verdict']}**", ""]

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 VARIANTS = ("n_plus_one", "no_index", "new_client_per_call", "no_cache", "unbounded")
 LOADGEN_SATURATED_PERCENT = 90.0
+SATURATED_SHARE = 0.1
 WORKER_CONNECT_TIMEOUT_S = 30.0
 
 Say = Callable[[str], None]
@@ -79,7 +80,7 @@ class RunState:
     started_at: float = field(default_factory=time.time)
     status: str = "completed"
     message: str = ""
-    max_loadgen_cpu_percent: float | None = None
+    loadgen_cpu: list[tuple[float, float]] = field(default_factory=list)  # (t, % of a core)
     alarms: AlarmWatcher | None = None
     profile: Any = None  # profiling.CpuRecording while py-spy records, or why it could not
     # What the stopped parts said, for run.json.
@@ -365,8 +366,7 @@ def drive(env: Environment, settings: LoadSettings, plan: Plan, state: RunState,
                     return
                 loadgen_cpu = _loadgen_cpu_percent(runner, own)
                 if loadgen_cpu is not None:
-                    state.max_loadgen_cpu_percent = max(state.max_loadgen_cpu_percent or 0.0,
-                                                        loadgen_cpu)
+                    state.loadgen_cpu.append((time.time(), loadgen_cpu))
                 rate = plan.steps[step_index][2] if step_index >= 0 else None
                 timeline_file.write(f"{int(time.time())},{runner.user_count},"
                                     f"{'' if rate is None else rate},"
@@ -412,6 +412,19 @@ def start_profile(settings: LoadSettings, managed: target.ManagedTarget | None, 
     return {"available": False, "svg": None, "speedscope": None, "note": note}
 
 
+def judge_loadgen(samples: list[tuple[float, float]], judged_from: float) -> dict[str, Any]:
+    """Was the load generator saturated while the run was judged? Only samples after the
+    warm-up count (the first readings, users spawning and imports settling, are not the
+    run's), and the flag needs SATURATED_SHARE of them at LOADGEN_SATURATED_PERCENT or more:
+    one busy second is not an untrustworthy run."""
+    judged = [cpu for t, cpu in samples if t >= judged_from]
+    busy = sum(cpu >= LOADGEN_SATURATED_PERCENT for cpu in judged)
+    share = busy / len(judged) if judged else None
+    return {"max_cpu_percent": max(judged) if judged else None,
+            "saturated_share": share, "samples": len(judged),
+            "saturated": share is not None and share >= SATURATED_SHARE}
+
+
 def _loadgen_cpu_percent(runner: Any, own: list[psutil.Process]) -> float | None:
     """The busiest Locust process, % of one core: this one, or a worker's own report."""
     readings = [p.cpu_percent() for p in own]
@@ -442,10 +455,7 @@ def finish_meta(meta: RunMeta, env: Environment, state: "RunState", run_dir: Pat
     meta.alarms = state.alarm_summary
     meta.profile = state.profile_entry
     meta.collectors = state.collectors
-    meta.loadgen = {
-        "max_cpu_percent": state.max_loadgen_cpu_percent,
-        "saturated": (state.max_loadgen_cpu_percent or 0.0) >= LOADGEN_SATURATED_PERCENT,
-    }
+    meta.loadgen = judge_loadgen(state.loadgen_cpu, meta.started_at + meta.settings.warmup_s)
     errors = env.runner.stats.errors.values() if env.runner else []
     # Locust's own request counts, a cross-check of perfkit's recording (percentiles differ:
     # Locust rounds response times to two significant digits).
