@@ -20,6 +20,7 @@ FIXED_DELAY = TARGETS_DIR / "fixed_delay.py"
 BUSY = TARGETS_DIR / "busy.py"
 FAULTY = TARGETS_DIR / "faulty.py"
 CAPACITY = TARGETS_DIR / "capacity.py"
+ENVELOPE = TARGETS_DIR / "envelope.py"
 
 
 def start_target(script: Path, *args: str,
