@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 CATALOGUE: list[dict[str, Any]] = json.loads(
     (Path(__file__).with_name("catalogue.json")).read_text("utf-8"))
 PRODUCTS = "/api/v1/research/products"
-FINISHED = shapes.FINISHED
 POLL_INTERVAL_S = 2.0
 JOB_TIMEOUT_S = 300.0
 
@@ -81,7 +80,7 @@ def wait_for_job(user: HttpUser, job_id: str, started_at: float, timeout_s: floa
     while time.time() - started_at < timeout_s:
         time.sleep(poll_interval_s)  # gevent-patched: yields to other users
         status = get_status(user, job_id)
-        if status in FINISHED:
+        if status in shapes.FINISHED:
             break
     return status
 
@@ -103,7 +102,7 @@ def research_flow(user: HttpUser, rng: random.Random) -> None:
     record_job(user, "job_completion", started_at, error)
     if len(body["items"]) == 10:
         record_job(user, "batch_10_completion", started_at, error)
-    if status in FINISHED:
+    if status in shapes.FINISHED:
         get_results(user, job_id)
 
 
