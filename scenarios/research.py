@@ -44,6 +44,9 @@ def read_or_fail(response: ResponseContextManager, what: str,
     Only a ShapeError is expected here; anything else escaping `catch_response` would leave
     the request unrecorded, so it is recorded as a failure too, with its type.
     """
+    if response.error is not None:
+        response.failure(response.error)  # no answer at all: keep the connection error's words
+        return None
     try:
         return read(response.status_code, response.content)
     except shapes.ShapeError as exc:

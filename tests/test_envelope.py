@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from perfkit import rundir
-from tests.targets import ENVELOPE, running_target
+from tests.targets import ENVELOPE, FAULTY, running_target
 
 USERS = 4
 CREATE = "POST /api/v1/research/products"
@@ -102,6 +102,25 @@ def test_an_unknown_create_answer_is_a_recorded_failure(tmp_path: Path) -> None:
     failures = json.loads((tmp_path / "run" / rundir.FAILURES).read_text())
     assert [(f["name"], f["error"]) for f in failures] == [
         (CREATE, "create: no job_id in the answer (fields: id)")]
+
+
+def test_a_target_that_is_not_the_api_and_then_dies_gives_failures_with_reasons(
+        tmp_path: Path) -> None:
+    # The faulty target answers every request `200 ok` in plain text, then exits after 2 s:
+    # first answers of the wrong shape, then no answers at all.
+    with running_target(FAULTY, "--die-after", "2") as (url, _):
+        result = perfkit_load(url, "create", tmp_path / "run", duration="5s")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    recorded = recorded_totals(tmp_path / "run")
+    locust_counts = rundir.load_run(tmp_path / "run").meta["locust_counts"]
+    assert recorded[CREATE]["failures"] == recorded[CREATE]["count"] == locust_counts[CREATE]
+    failures = json.loads((tmp_path / "run" / rundir.FAILURES).read_text())
+    examples = [failure["example"] for failure in failures]
+    assert "create: answered 200, expected 201" in examples
+    # After the exit, the connection error itself, not a status code of 0.
+    assert any("Connection refused" in example for example in examples), examples
+    assert not any("answered 0" in example for example in examples), examples
 
 
 @pytest.mark.xfail(strict=True, reason="rundir.judged_latency compares each 1 s bucket's "
