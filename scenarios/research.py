@@ -41,8 +41,9 @@ def read_or_fail(response: ResponseContextManager, what: str,
                  read: Callable[[int, bytes | None], T]) -> T | None:
     """`read` the answer, or mark the request failed with the reason and return None.
 
-    Only a ShapeError is expected here; anything else escaping `catch_response` would leave
-    the request unrecorded, so it is recorded as a failure too, with its type.
+    A request that got no answer fails with its connection error, one in neither shape with
+    the ShapeError's reason. Any other exception escaping `catch_response` would leave the
+    request unrecorded, so it is a failure too (and logged: it is a bug of the reader).
     """
     if response.error is not None:
         response.failure(response.error)  # no answer at all: keep the connection error's words
