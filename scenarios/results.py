@@ -6,21 +6,26 @@ import time
 
 from locust import HttpUser, constant, task
 
-from perfkit.scenarios.research import FINISHED, create_job, get_results, get_status, make_job_body
+from perfkit.scenarios.research import create_job, get_results, make_job_body, wait_for_job
+
+JOB_TIMEOUT_S = 120.0
+POLL_INTERVAL_S = 0.5
 
 
 class ResultsUser(HttpUser):
     wait_time = constant(0)
 
     def on_start(self) -> None:
-        self.job_id = create_job(self, make_job_body(random.Random(), items=10))
-        deadline = time.time() + 120
-        while self.job_id is not None and time.time() < deadline:
-            if get_status(self, self.job_id) in FINISHED:
-                break
-            time.sleep(0.5)
+        self.rng = random.Random()
+        self.job_id: str | None = None
 
     @task
     def results(self) -> None:
-        if self.job_id is not None:
-            get_results(self, self.job_id)
+        if self.job_id is None:
+            # Retried (each failure recorded) rather than skipped: a task that sends nothing
+            # would spin the load generator at no think time.
+            self.job_id = create_job(self, make_job_body(self.rng, items=10))
+            if self.job_id is not None:
+                wait_for_job(self, self.job_id, time.time(), JOB_TIMEOUT_S, POLL_INTERVAL_S)
+            return
+        get_results(self, self.job_id)

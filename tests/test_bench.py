@@ -118,3 +118,48 @@ def test_bad_header_is_refused() -> None:
     assert bench.parse_header("X-A:  b ") == ("X-A", "b")
     with pytest.raises(ConfigError):
         bench.parse_header("no colon")
+
+
+@pytest.mark.parametrize("max_failures, exit_code", [
+    (None, 1), ("24", 1), ("25", 0), ("24%", 1), ("25%", 0), ("100%", 0),
+])
+def test_exit_code_is_1_when_more_requests_failed_than_allowed(
+        failing_url: str, tmp_path: Path, max_failures: str | None, exit_code: int) -> None:
+    # The target fails every 4th request it serves: exactly 25 of any 100 in a row.
+    allowance = [] if max_failures is None else ["--max-failures", max_failures]
+    out = tmp_path / "bench.json"
+    result = run_perfkit("bench", failing_url, "-c", "3", "-n", "100", "--json", str(out),
+                         *allowance)
+    assert result.returncode == exit_code, result.stdout + result.stderr
+    assert "requests      100" in result.stdout
+    summary = json.loads(out.read_text())
+    assert summary["endpoints"]["GET /"]["failures"] == 25
+    assert summary["bench"]["exit_code"] == exit_code
+    if exit_code:
+        assert "FAILED: 25 of 100 requests failed" in result.stdout
+    else:
+        assert "25 of 100 requests failed, within --max-failures" in result.stdout
+
+
+def test_no_failures_is_exit_code_0_and_says_nothing_of_failures(delayed_url: str) -> None:
+    result = run_perfkit("bench", delayed_url, "-c", "2", "-n", "10")
+    assert result.returncode == 0, result.stderr
+    assert "failed" not in result.stdout.lower()
+
+
+@pytest.mark.parametrize("text", ["-1", "1.5", "x", "101%", "-2%", "%"])
+def test_a_bad_max_failures_is_a_one_line_error_with_exit_code_2(delayed_url: str,
+                                                                 text: str) -> None:
+    with pytest.raises(ConfigError):
+        bench.parse_max_failures(text)
+    result = run_perfkit("bench", delayed_url, "-n", "1", "--max-failures", text)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "--max-failures" in result.stderr
+
+
+def test_max_failures_reads_a_count_or_a_percentage() -> None:
+    assert bench.parse_max_failures("0") == (0, None)
+    assert bench.parse_max_failures(" 5 ") == (5, None)
+    assert bench.parse_max_failures("1%") == (0, 1.0)
+    assert bench.parse_max_failures("0.5%") == (0, 0.5)

@@ -3,7 +3,9 @@
 What `ab` and `wrk` give, closed-loop: each of `concurrency` workers sends its next request as
 soon as its previous one has answered, so latency is measured from the actual send (a stalled
 server lowers the request rate instead of showing its queueing; use `perfkit load --rate` for
-an open load). Every request, failed or not, goes into one HDR histogram.
+an open load). Every request, failed or not, goes into one HDR histogram. A request fails on a
+non-2xx answer, a timeout or a connection error; more failures than `--max-failures` allows
+make the exit code 1, so a script or CI job cannot take a benchmark of errors for a result.
 """
 
 import asyncio
@@ -44,6 +46,8 @@ class BenchSettings:
     body: bytes | None = None
     timeout_s: float = 30.0
     json_path: Path | None = None
+    max_failures: int = 0
+    max_failures_percent: float | None = None  # when given, replaces max_failures
 
 
 @dataclass
@@ -68,6 +72,22 @@ def parse_header(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
+def parse_max_failures(text: str) -> tuple[int, float | None]:
+    """`--max-failures`: a count of requests (`5`) or a share of them (`1%`), as
+    (max_failures, max_failures_percent)."""
+    value = text.strip()
+    try:
+        if value.endswith("%"):
+            percent = float(value[:-1])
+            if 0 <= percent <= 100:
+                return 0, percent
+        elif int(value) >= 0:
+            return int(value), None
+    except ValueError:
+        pass
+    raise ConfigError(f"bad --max-failures {text!r}: use a count (5) or a percentage (1%)")
+
+
 def check_bench_settings(settings: BenchSettings) -> None:
     parts = urlsplit(settings.url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -82,6 +102,8 @@ def check_bench_settings(settings: BenchSettings) -> None:
         raise ConfigError(f"-c must be between 1 and {MAX_CONCURRENCY}")
     if settings.timeout_s <= 0:
         raise ConfigError("--timeout must be more than 0")
+    if settings.max_failures < 0 or not 0 <= (settings.max_failures_percent or 0) <= 100:
+        raise ConfigError("--max-failures must be a count from 0 or a percentage up to 100%")
 
 
 async def _check_reachable(url: str, timeout_s: float) -> None:
@@ -149,6 +171,24 @@ def measure_bench(settings: BenchSettings) -> BenchResult:
     return asyncio.run(_measure(settings))
 
 
+def allowed_failures(result: BenchResult) -> float:
+    settings = result.settings
+    if settings.max_failures_percent is not None:
+        return result.count * settings.max_failures_percent / 100.0
+    return float(settings.max_failures)
+
+
+def bench_exit_code(result: BenchResult) -> int:
+    """1 when more requests failed than --max-failures allows, else 0."""
+    return 1 if result.failures > allowed_failures(result) else 0
+
+
+def _allowance(settings: BenchSettings) -> str:
+    if settings.max_failures_percent is not None:
+        return f"{settings.max_failures_percent:g} %"
+    return str(settings.max_failures)
+
+
 def summarize_bench(result: BenchResult) -> dict[str, Any]:
     """The summary.json shape of a run, so scripts and `perfkit compare` read both alike."""
     endpoint: dict[str, Any] = {
@@ -168,7 +208,9 @@ def summarize_bench(result: BenchResult) -> dict[str, Any]:
                   "concurrency": settings.concurrency, "requests": settings.requests,
                   "duration_s": settings.duration_s, "elapsed_s": result.elapsed_s,
                   "successes": result.count - result.failures,
-                  "errors": dict(result.errors.most_common())},
+                  "errors": dict(result.errors.most_common()),
+                  "failures_allowed": allowed_failures(result),
+                  "exit_code": bench_exit_code(result)},
     }
 
 
@@ -196,6 +238,12 @@ def format_bench(result: BenchResult) -> str:
     ]
     for error, count in result.errors.most_common(5):
         lines.append(f"  failed {count:>7}  {error}")
+    if bench_exit_code(result):
+        lines.append(f"  FAILED: {result.failures} of {result.count} requests failed, "
+                     f"more than --max-failures {_allowance(result.settings)} allows")
+    elif result.failures:
+        lines.append(f"  {result.failures} of {result.count} requests failed, within "
+                     f"--max-failures {_allowance(result.settings)}")
     return "\n".join(lines)
 
 

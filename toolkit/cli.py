@@ -212,17 +212,27 @@ def serve(**opts: Any) -> None:
               show_default=True, help="Per-request timeout in seconds.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the result in the summary.json shape of a run.")
+@click.option("--max-failures", default="0", show_default=True,
+              help="Failed requests (non-2xx, timeout, connection error) allowed before the "
+                   "exit code is 1: a count (5) or a share of the requests (1%).")
 def bench(**opts: Any) -> None:
-    """Quick fixed-concurrency HTTP benchmark of one URL, with exact percentiles."""
+    """Quick fixed-concurrency HTTP benchmark of one URL, with exact percentiles.
+
+    Exit code: 0 when no request failed, or no more than --max-failures allows; 1 when more
+    failed; 2 on a usage error or an unreachable target.
+    """
     from . import bench as quick_bench
 
+    max_failures, max_failures_percent = quick_bench.parse_max_failures(opts["max_failures"])
     settings = quick_bench.BenchSettings(
         url=opts["url"], concurrency=opts["concurrency"], requests=opts["requests"],
         duration_s=opts["duration"], method=opts["method"].upper(),
         headers=tuple(quick_bench.parse_header(h) for h in opts["headers"]),
         body=opts["body"].read_bytes() if opts["body"] else None,
-        timeout_s=opts["timeout"], json_path=opts["json_path"])
-    quick_bench.run_bench(settings, say)
+        timeout_s=opts["timeout"], json_path=opts["json_path"], max_failures=max_failures,
+        max_failures_percent=max_failures_percent)
+    result = quick_bench.run_bench(settings, say)
+    sys.exit(quick_bench.bench_exit_code(result))
 
 
 @cli.command()

@@ -21,6 +21,7 @@ BUSY = TARGETS_DIR / "busy.py"
 FAULTY = TARGETS_DIR / "faulty.py"
 CAPACITY = TARGETS_DIR / "capacity.py"
 HANG = TARGETS_DIR / "hang.py"
+ENVELOPE = TARGETS_DIR / "envelope.py"
 
 
 def start_target(script: Path, *args: str,

@@ -1,0 +1,111 @@
+"""The two answer shapes of the research API, read per response.
+
+The bundled service answers flat (`{"job_id": ..., "status": ..., "progress": ...}`); the
+original backend the guide describes wraps the same fields in an envelope
+(`{"success": true, "data": {...}, "message": "..."}`). A body with a `success` key is read as
+an envelope, any other JSON object as flat. Anything else (not JSON, `success: false`, a
+missing field) raises `ShapeError`, whose message the scenario records as the request's
+failure: an answer perfkit cannot read must show as a failed request, never as a missing one
+(issue 10: a KeyError inside `catch_response` escapes Locust, which then records nothing).
+
+The functions take the status code and raw body, not a Locust response, so they are pure.
+"""
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+# Job states by meaning. The bundled service says success/error/cancelled; a Celery-backed
+# service may pass Celery's own states through (SUCCESS, FAILURE, REVOKED, ...) or say
+# completed/failed. A state in none of these sets is a failure of the status request, so a
+# vocabulary perfkit does not know shows up at once instead of as jobs that never finish.
+ACTIVE = frozenset({"pending", "queued", "processing", "running", "started", "retry"})
+SUCCEEDED = frozenset({"success", "completed"})
+ENDED_BADLY = frozenset({"error", "failed", "failure", "cancelled", "revoked"})
+FINISHED = SUCCEEDED | ENDED_BADLY
+
+# How much of an unreadable body goes into a failure message: enough to recognise it, and
+# few distinct messages, since Locust groups failures by message.
+EXCERPT_CHARS = 80
+
+
+class ShapeError(ValueError):
+    """An answer in neither shape; the message says what was wrong with it."""
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    status: str
+    progress: float | None
+
+
+def read_data(status_code: int, body: bytes | None, expected_status: int) -> dict[str, Any]:
+    """The fields of an answer: the envelope's `data`, or the flat body itself."""
+    if status_code != expected_status:
+        raise ShapeError(f"answered {status_code}, expected {expected_status}"
+                         + _envelope_message(body))
+    if not body:
+        raise ShapeError("answered with an empty body")
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        excerpt = body[:EXCERPT_CHARS].decode("utf-8", "replace")
+        raise ShapeError(f"answer is not JSON: {excerpt!r}") from None
+    if not isinstance(answer, dict):
+        raise ShapeError(f"answer is a JSON {type(answer).__name__}, not an object")
+    if "success" not in answer:
+        return answer
+    if answer["success"] is not True:
+        raise ShapeError(f"envelope says success: {json.dumps(answer['success'])}"
+                         + _envelope_message(body))
+    data = answer.get("data")
+    if not isinstance(data, dict):
+        raise ShapeError("envelope has no data object")
+    return data
+
+
+def read_job_id(status_code: int, body: bytes | None) -> str:
+    data = read_data(status_code, body, 201)
+    job_id = data.get("job_id")
+    if not isinstance(job_id, str | int) or isinstance(job_id, bool) or job_id == "":
+        raise ShapeError(f"no job_id in the answer (fields: {_field_names(data)})")
+    return str(job_id)
+
+
+def read_status(status_code: int, body: bytes | None) -> JobStatus:
+    data = read_data(status_code, body, 200)
+    status = data.get("status")
+    if not isinstance(status, str):
+        raise ShapeError(f"no status in the answer (fields: {_field_names(data)})")
+    status = status.lower()
+    if status not in ACTIVE and status not in FINISHED:
+        raise ShapeError(f"unknown job status {status!r}")
+    progress = data.get("progress")
+    if progress is not None and (isinstance(progress, bool)
+                                 or not isinstance(progress, int | float)):
+        raise ShapeError(f"progress is not a number: {progress!r}")
+    return JobStatus(status, None if progress is None else float(progress))
+
+
+def read_results(status_code: int, body: bytes | None) -> list[Any]:
+    data = read_data(status_code, body, 200)
+    results = data.get("results")
+    if not isinstance(results, list):
+        raise ShapeError(f"no results list in the answer (fields: {_field_names(data)})")
+    return results
+
+
+def _field_names(data: dict[str, Any]) -> str:
+    return ", ".join(sorted(data)[:10]) or "none"
+
+
+def _envelope_message(body: bytes | None) -> str:
+    """`: <message>` of an error envelope (or a FastAPI `detail`), so a failure says why."""
+    try:
+        answer = json.loads(body or b"")
+    except ValueError:
+        return ""
+    if not isinstance(answer, dict):
+        return ""
+    message = answer.get("message") or answer.get("detail")
+    return f": {str(message)[:EXCERPT_CHARS]}" if message else ""
