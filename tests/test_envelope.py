@@ -66,7 +66,7 @@ def test_every_answer_of_an_envelope_target_is_recorded(tmp_path: Path, scenario
     assert result.returncode in (0, 1), result.stderr
     assert "Traceback" not in result.stderr
     recorded = recorded_totals(tmp_path / "run")
-    locust_counts = rundir.load_run(tmp_path / "run").meta["locust_counts"]
+    locust_counts = rundir.load_run(tmp_path / "run").meta.locust_counts
     for name in names:
         assert served[name] > 0, (name, served)
         assert recorded[name]["count"] == locust_counts[name]
@@ -113,7 +113,7 @@ def test_a_target_that_is_not_the_api_and_then_dies_gives_failures_with_reasons(
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     recorded = recorded_totals(tmp_path / "run")
-    locust_counts = rundir.load_run(tmp_path / "run").meta["locust_counts"]
+    locust_counts = rundir.load_run(tmp_path / "run").meta.locust_counts
     assert recorded[CREATE]["failures"] == recorded[CREATE]["count"] == locust_counts[CREATE]
     failures = json.loads((tmp_path / "run" / rundir.FAILURES).read_text())
     examples = [failure["example"] for failure in failures]
