@@ -8,7 +8,7 @@ from pathlib import Path
 
 from perfkit.report import rebuild_report
 from tests.synthetic import RunSpec, make_run
-from tests.targets import FIXED_DELAY, HANG, running_target
+from tests.targets import CPU_BURNER, FIXED_DELAY, HANG, running_target
 
 
 def perfkit(*args: str) -> subprocess.CompletedProcess[str]:
@@ -112,3 +112,23 @@ def test_no_requests_in_the_judged_window_is_an_error(tmp_path: Path) -> None:
     make_run(tmp_path / "run", RunSpec(duration_s=5, endpoints={}))
     result = rebuild_report(tmp_path / "run")
     assert result.verdict == "error" and result.exit_code == 3
+
+
+def test_a_single_process_server_pinned_at_one_core_fails_the_cpu_kpi(tmp_path: Path) -> None:
+    """One core of a two-core machine is 50 % of the machine: judged per process, as top
+    shows it, a pegged server is at ~100 % and fails "CPU peak < 80 %"."""
+    scenario = tmp_path / "busy.py"
+    scenario.write_text("from locust import HttpUser, constant, task\n\n\n"
+                        "class Busy(HttpUser):\n    wait_time = constant(0)\n\n"
+                        "    @task\n    def work(self):\n        self.client.get('/work')\n")
+    run_dir = tmp_path / "run"
+    # 8 users without think time keep a queue in front of the one process: it never idles.
+    with running_target(CPU_BURNER, "--burn-ms", "30") as (url, proc):
+        done = perfkit("load", "--target", url, "--target-pid", str(proc.pid), "--scenario",
+                       str(scenario), "--users", "8", "--duration", "6s", "--warmup", "1s",
+                       "--out", str(run_dir))
+    assert done.returncode == 1, done.stdout + done.stderr
+    kpis = {k["name"]: k for k in summary_of(run_dir)["kpis"]}
+    peak = kpis["target CPU peak"]
+    assert peak["metric"] == "cpu_busiest_percent_peak" and peak["unit"] == "%"
+    assert peak["verdict"] == "fail" and peak["value"] > 80.0

@@ -21,6 +21,7 @@ BUSY = TARGETS_DIR / "busy.py"
 FAULTY = TARGETS_DIR / "faulty.py"
 CAPACITY = TARGETS_DIR / "capacity.py"
 HANG = TARGETS_DIR / "hang.py"
+CPU_BURNER = TARGETS_DIR / "cpu_burner.py"
 ENVELOPE = TARGETS_DIR / "envelope.py"
 
 

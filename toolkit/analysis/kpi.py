@@ -211,6 +211,7 @@ def _measure_job(job: str, stat: str, ctx: _Context) -> tuple[float | None, str]
 
 _RESOURCE_COLUMNS = {
     "rss_mb": ["rss_mb"],
+    "cpu_busiest_percent": ["cpu_busiest_percent"],
     "cpu_machine_percent": ["cpu_machine_percent"],
     "disk_mb_s": ["read_mb_s", "write_mb_s"],
     "net_mb_s": ["sys_net_sent_mb_s", "sys_net_recv_mb_s"],

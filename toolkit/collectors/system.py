@@ -12,6 +12,9 @@ Measurement choices (each is a known pitfall):
   (AccessDenied) the sum is missing rather than a silent undercount. USS likewise.
 - `open_files` counts open file descriptors (files, sockets, pipes; `num_fds`), which is what
   leaks; `Process.open_files()` lists regular files only and costs a readlink per descriptor.
+- CPU is in percent of one core, as `top` shows a process: `cpu_percent` sums the tree,
+  `cpu_busiest_percent` is its busiest process (what saturates first: a Python server is
+  one process on one core), `cpu_machine_percent` is the tree's share of all cores.
 - Machine CPU is computed from `psutil.cpu_times()` too: `psutil.cpu_percent()` keeps one
   module-global state, which any other caller in the process would disturb.
 - MB are MiB (2**20 bytes), as `ps` and `top` count them. Network counters include loopback,
@@ -34,8 +37,8 @@ from .sampling import Sampler
 log = logging.getLogger(__name__)
 
 COLUMNS = [
-    "t", "procs", "cpu_percent", "cpu_machine_percent", "rss_mb", "uss_mb", "threads",
-    "open_files", "read_mb_s", "write_mb_s", "ctx_switches_s",
+    "t", "procs", "cpu_percent", "cpu_busiest_percent", "cpu_machine_percent", "rss_mb",
+    "uss_mb", "threads", "open_files", "read_mb_s", "write_mb_s", "ctx_switches_s",
     "sys_cpu_percent", "sys_memory_percent", "sys_disk_read_mb_s", "sys_disk_write_mb_s",
     "sys_net_sent_mb_s", "sys_net_recv_mb_s",
 ]
@@ -202,6 +205,16 @@ def rate_of_field(
     return total / dt_s
 
 
+def busiest_rate(current: dict[tuple[int, float], ProcessSample],
+                 previous: dict[tuple[int, float], ProcessSample], name: str,
+                 dt_s: float) -> float:
+    """Per-second increase of a counter in the tree's busiest process (as `top` shows one
+    process: a single-threaded server pinned at one core reads 100 % on any machine)."""
+    return max((getattr(now, name) - getattr(previous[key], name) for key, now in current.items()
+                if key in previous and getattr(previous[key], name) is not None
+                and getattr(now, name) is not None), default=0.0) / dt_s
+
+
 def _busy_and_total_s(times: Any) -> tuple[float, float]:
     # As psutil.cpu_percent counts: guest time is already inside user/nice, iowait is idle.
     total = sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
@@ -286,6 +299,8 @@ class SystemCollector(Sampler):
             cpu_s = rate_of_field(tree.samples, baseline, "cpu_s", dt_s)
             if cpu_s is not None:
                 row["cpu_percent"] = round(100.0 * cpu_s, 2)
+                row["cpu_busiest_percent"] = round(
+                    100.0 * busiest_rate(tree.samples, baseline, "cpu_s", dt_s), 2)
                 row["cpu_machine_percent"] = round(100.0 * cpu_s / self._cpu_count, 2)
             read = rate_of_field(tree.samples, baseline, "read_bytes", dt_s)
             write = rate_of_field(tree.samples, baseline, "write_bytes", dt_s)

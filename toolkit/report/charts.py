@@ -398,17 +398,26 @@ def draw_load(timeline: pd.DataFrame, duration_s: float, warmup_s: float,
 
 def draw_cpu_memory(resources: pd.DataFrame, duration_s: float, warmup_s: float,
                     id_prefix: str, cpu_lines: Sequence[KpiLine] = (),
-                    memory_lines: Sequence[KpiLine] = ()) -> str:
-    """CPU as a share of the whole machine (the KPIs' unit) and memory of the target tree."""
+                    memory_lines: Sequence[KpiLine] = (), cores: int | None = None) -> str:
+    """CPU in percent of one core, as `top` (the KPIs' unit): the target's busiest process,
+    its whole tree and, with `cores`, the whole machine; memory of the target tree."""
     title = "Target CPU and memory"
     with _style():
         fig, (ax_cpu, ax_mem) = _new_figure([1.5, 1.5])
-        if _has(resources, "cpu_machine_percent"):
-            ax_cpu.plot(resources["t_s"], resources["cpu_machine_percent"], color=PALETTE[0],
-                        label="target process tree")
-        if _has(resources, "sys_cpu_percent"):
-            ax_cpu.plot(resources["t_s"], resources["sys_cpu_percent"], color="#9ca3af",
-                        linewidth=0.9, label="whole machine")
+        cpu_columns = []
+        if _has(resources, "cpu_busiest_percent"):
+            ax_cpu.plot(resources["t_s"], resources["cpu_busiest_percent"], color=PALETTE[0],
+                        label="busiest target process")
+            cpu_columns.append(resources["cpu_busiest_percent"])
+        if _has(resources, "cpu_percent"):
+            ax_cpu.plot(resources["t_s"], resources["cpu_percent"], color=PALETTE[1],
+                        linewidth=0.9, label="target process tree")
+            cpu_columns.append(resources["cpu_percent"])
+        if cores and _has(resources, "sys_cpu_percent"):
+            machine = resources["sys_cpu_percent"] * cores
+            ax_cpu.plot(resources["t_s"], machine, color="#9ca3af", linewidth=0.9,
+                        label=f"whole machine ({cores} cores = {100 * cores} %)")
+            cpu_columns.append(machine)
         if not ax_cpu.lines:
             _empty_note(ax_cpu, "CPU not measured")
         if _has(resources, "rss_mb"):
@@ -419,7 +428,8 @@ def draw_cpu_memory(resources: pd.DataFrame, duration_s: float, warmup_s: float,
         if not ax_mem.lines:
             _empty_note(ax_mem, "memory not measured")
         _time_axis([ax_cpu, ax_mem], duration_s, warmup_s)
-        _finish(ax_cpu, math.nan, cpu_lines, "CPU, % of machine", fixed_top=105.0)
+        top = max([_nanmax(c) for c in cpu_columns if c.notna().any()] + [100.0]) * 1.08
+        _finish(ax_cpu, math.nan, cpu_lines, "CPU, % of one core", fixed_top=top)
         _finish(ax_mem, _nanmax(resources[[c for c in ("rss_mb", "uss_mb") if c in resources]]),
                 memory_lines, "MB")
         return _to_svg(fig, id_prefix, title)

@@ -346,18 +346,20 @@ class _Drawing:
         frame = self.run.resources
         if frame is None or frame.empty or not any(
                 c in frame and frame[c].notna().any()
-                for c in ("rss_mb", "cpu_machine_percent", "sys_cpu_percent")):
+                for c in ("rss_mb", "cpu_busiest_percent", "cpu_percent", "sys_cpu_percent")):
             return self._section("resources", title, note=self._collector_note(
                 "system", "no resource samples of the target (resources.csv absent)"))
         binned = self._resample(frame)
         svg = charts.draw_cpu_memory(
             binned, self.duration_s, self.warmup_s, self._id(),
-            _kpi_lines(self.results, ["cpu_machine_percent_mean", "cpu_machine_percent_peak"],
+            _kpi_lines(self.results, ["cpu_busiest_percent_mean", "cpu_busiest_percent_peak"],
                        None),
-            _kpi_lines(self.results, ["rss_mb_mean", "rss_mb_peak"], None))
+            _kpi_lines(self.results, ["rss_mb_mean", "rss_mb_peak"], None),
+            cores=self.run.meta.machine.get("cpu_count"))
         return self._section("resources", title, [Markup(svg)],
-                             lead="CPU as a share of the whole machine (all cores), as the "
-                                  "KPIs judge it; memory of the target's process tree.")
+                             lead="CPU in percent of one core, as top shows a process: the "
+                                  "KPIs judge the busiest process of the target (one pinned "
+                                  "core reads 100 %); memory of the target's process tree.")
 
     def _io(self) -> dict[str, Any]:
         title = "Disk I/O and network"

@@ -7,6 +7,17 @@ from ..analysis import stats
 from ..config import LoadSettings
 
 PLAIN_EVERY_S = 10  # CI logs: one line every 10 s is plenty
+STALL_S = 10
+
+
+def stalled(elapsed_s: float, users: int, recorder: Any) -> bool:
+    """Users are running, yet nothing completed (or failed) for STALL_S seconds."""
+    return users > 0 and elapsed_s >= STALL_S and recorder.rps(STALL_S) == 0
+
+
+def stall_warning(users: int) -> str:
+    return (f"WARNING: {users} users running and no request completed in the last {STALL_S} s: "
+            f"the target may hang (each request gives up after --request-timeout)")
 
 
 def _ms(value: float | None) -> str:
@@ -19,14 +30,16 @@ def format_progress(elapsed_s: float, duration_s: float, users: int, state: Any)
     requests = sum(entry[1] for name, entry in recorder.totals.items() if " " in name)
     failures = sum(entry[2] for name, entry in recorder.totals.items() if " " in name)
     sample = state.system.latest() or {}
-    cpu, rss = sample.get("cpu_percent"), sample.get("rss_mb")
+    cpu, rss = sample.get("cpu_busiest_percent"), sample.get("rss_mb")
     lines = [
         f"{elapsed_s:5.0f}s / {duration_s:.0f}s  (remaining {max(duration_s - elapsed_s, 0):.0f}s)"
         f"  users {users}  rps {recorder.rps():.1f}  requests {requests}  failures {failures}"
-        f"  target cpu {'-' if cpu is None or cpu != cpu else f'{cpu:.0f}%'}"
+        f"  target cpu {'-' if cpu is None or cpu != cpu else f'{cpu:.0f}% of a core'}"
         f"  rss {'-' if rss is None or rss != rss else f'{rss:.0f}MB'}"
         + (f"  scenario errors {state.errors.count}" if state.errors.count else "")
     ]
+    if stalled(elapsed_s, users, recorder):
+        lines.insert(1, "  " + stall_warning(users))
     for name in sorted(recorder.totals):
         hist, count, failed = recorder.totals[name]
         lines.append(f"  {name:<48} n={count:<7} fail={failed:<5} "
@@ -43,9 +56,14 @@ class LiveView:
         self.tty = tty
         self.drawn = 0
         self.last_plain = -float(PLAIN_EVERY_S)
+        self.warned_stall = False
 
     def show(self, elapsed_s: float, users: int, state: Any) -> None:
         if not self.tty:
+            stall = stalled(elapsed_s, users, state.recorder)
+            if stall and not self.warned_stall:
+                self.say(f"perfkit: {stall_warning(users)}")  # at once, once per stall
+            self.warned_stall = stall
             if elapsed_s - self.last_plain >= PLAIN_EVERY_S:
                 self.last_plain = elapsed_s
                 self.say(format_progress(elapsed_s, self.duration_s, users, state)[0])
