@@ -132,3 +132,38 @@ def test_a_single_process_server_pinned_at_one_core_fails_the_cpu_kpi(tmp_path: 
     peak = kpis["target CPU peak"]
     assert peak["metric"] == "cpu_busiest_percent_peak" and peak["unit"] == "%"
     assert peak["verdict"] == "fail" and peak["value"] > 80.0
+
+
+def open_load(tmp_path: Path, body: str, *args: str) -> tuple[dict, str]:
+    scenario = tmp_path / "flow.py"
+    scenario.write_text("import time\n\nfrom locust import HttpUser, constant, task\n\n\n"
+                        "class Flow(HttpUser):\n    wait_time = constant(0)\n\n" + body)
+    with running_target(FIXED_DELAY, "--delay-ms", "1") as (url, _):
+        done = perfkit("load", "--target", url, "--scenario", str(scenario), "--duration", "8s",
+                       "--warmup", "0s", "--out", str(tmp_path / "run"), *args)
+    assert done.returncode in (0, 1), done.stdout + done.stderr
+    return summary_of(tmp_path / "run"), done.stdout
+
+
+def test_setup_time_is_not_latency_under_an_open_load(tmp_path: Path) -> None:
+    """A 3 s login-like on_start: the schedule starts after it, so a 1 ms endpoint stays fast."""
+    summary, _ = open_load(tmp_path, (
+        "    def on_start(self):\n        time.sleep(3)\n\n"
+        "    @task\n    def fast(self):\n        self.client.get('/fast', name='/fast')\n"),
+        "--rate", "20", "--users", "4", "--spawn-rate", "4")
+    fast = summary["endpoints"]["GET /fast"]
+    assert fast["count"] > 50 and fast["p90_ms"] < 50.0
+    assert summary["load"]["model"] == "open" and summary["load"]["late_iterations"] == 0
+
+
+def test_a_flows_own_sleep_is_generator_lateness_not_latency(tmp_path: Path) -> None:
+    """4 users that sleep 1 s per iteration cannot start 40 iterations/s: the iterations start
+    late, which is counted and reported, and the endpoint's latency stays its own."""
+    summary, stdout = open_load(tmp_path, (
+        "    @task\n    def flow(self):\n        self.client.get('/fast', name='/fast')\n"
+        "        time.sleep(1)\n"), "--rate", "40", "--users", "4", "--spawn-rate", "4")
+    fast = summary["endpoints"]["GET /fast"]
+    assert fast["count"] > 10 and fast["p90_ms"] < 50.0
+    load = summary["load"]
+    assert load["late_iterations"] > 0 and load["generator_lateness_s"] > 1.0
+    assert "offered rate was not reached" in stdout

@@ -67,6 +67,7 @@ class RunMeta:
     simulated: bool = False
     collectors: dict[str, Any] = field(default_factory=dict)
     loadgen: dict[str, Any] | None = None
+    load: dict[str, Any] | None = None
     locust_counts: dict[str, int] = field(default_factory=dict)
     alarms: dict[str, Any] | None = None
     profile: dict[str, Any] | None = None

@@ -329,6 +329,7 @@ def judge_run(run: RunResult, targets: list[KpiTarget]) -> RunResult:
                    for v in ("pass", "warn", "fail", "missing")},
         "worst": _record_or_none(worst_offender(results)),
         "loadgen": meta.loadgen,
+        "load": meta.load,
         "kpi_file": meta.kpi_file,
         "stress": _stress_summary(meta.stress),
         "endurance": _endurance_summary(meta.endurance),

@@ -62,6 +62,7 @@ def build_context(run: RunResult) -> dict[str, Any]:
         "simulated": bool(meta.simulated),
         "banner": _banner(meta, results, summary, duration_s),
         "loadgen": _loadgen(meta, run.timeline),
+        "late": describe_lateness(meta.load),
         # Failures first: the first screen should show what went wrong.
         "kpis": [_kpi_row(r) for r in sorted(results, key=lambda r: _SEVERITY[r.verdict])],
         "endpoints": _endpoint_rows(endpoints, summary.get("totals")),
@@ -190,6 +191,18 @@ def _loadgen(meta: RunMeta, timeline: pd.DataFrame | None) -> dict[str, Any]:
     return {"saturated": saturated, "max_cpu": format_value(max_cpu, "%"),
             "measured": max_cpu is not None,
             "threshold": format_value(charts.SATURATED_CPU_PERCENT, "%")}
+
+
+def describe_lateness(load: dict[str, Any] | None) -> str:
+    """What the generator's own lateness means, or '' when it kept the offered rate."""
+    if not load or not load.get("late_iterations"):
+        return ""
+    return (f"{load['late_iterations']} of {load['iterations']} iterations of the open load "
+            f"({format_value(load['offered_rate'], '/s')} offered by {load['users']} users) "
+            f"started late by {format_value(load['generator_lateness_s'], 's')} in all, beyond "
+            f"what the target caused: the flow's own sleeps or setup take longer than a user's "
+            f"share of the rate allows. Use more --users; that lateness is not counted as "
+            f"latency.")
 
 
 def _limit(value: float | None, unit: str, bound: str) -> str:

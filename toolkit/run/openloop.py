@@ -1,43 +1,103 @@
 """Open (constant-arrival-rate) load on top of any Locust user class.
 
 Each user owns an evenly spaced schedule of intended start times (users / rate seconds apart,
-as wrk2 paces each connection). A user that falls behind starts its next iteration at once, and
-the first request of that iteration is measured from its intended start (recorder.INTENDED_AT),
-so the time it spent queued behind a slow target shows in the percentiles instead of being
-silently omitted. `--users` is the concurrency cap: more users, more slots in flight.
+as wrk2 paces each connection), starting once its `on_start` is done: setup (a login, a
+fixture) is not part of the schedule. A user that falls behind starts its next iteration at
+once, and the first request of that iteration is measured from its intended start
+(recorder.INTENDED_AT), so the time it spent queued behind a slow target shows in the
+percentiles instead of being silently omitted (coordinated omission).
+
+Only the lateness the target caused is charged, though. Each user keeps the lateness its own
+time would have caused (the flow's sleeps, think time and CPU beyond its share of the rate,
+as if every response had been instant). While that is zero, the whole backlog is the
+target's: a stall delays every iteration after it until the user catches up, and each of them
+is charged. Once the flow alone cannot keep the schedule (it sleeps 1 s per iteration with a
+0.1 s share), the schedule is out of reach whatever the target does, and an iteration is
+charged only what the previous one waited on responses. The rest is the generator's lateness:
+counted (`Lateness`), reported, never added to a request's latency. `--users` is the
+concurrency cap: more users, more slots in flight.
 """
 
 import time
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from locust import User
 
-from .recorder import INTENDED_AT
+INTENDED_AT = "perfkit_intended_at"
+# Context key of the running iteration's time spent waiting on responses ([seconds]), which
+# the recorder adds to as the requests complete.
+WAITED = "perfkit_waited"
+# Generator lateness below this share of the interval is scheduling jitter, not a late start.
+LATE_SHARE = 0.1
 
 
-def make_open_loop(user_class: type[User], rate: float, users: int) -> type[User]:
+@dataclass
+class Lateness:
+    """Iterations of an open load, and those the generator started late (a worker ships its
+    counts to the master with its reports)."""
+
+    iterations: int = 0
+    late_iterations: int = 0
+    generator_lateness_s: float = 0.0
+
+    def take(self) -> dict[str, Any]:
+        counts = asdict(self)
+        self.iterations, self.late_iterations, self.generator_lateness_s = 0, 0, 0.0
+        return counts
+
+    def add(self, counts: dict[str, Any]) -> None:
+        self.iterations += int(counts.get("iterations", 0))
+        self.late_iterations += int(counts.get("late_iterations", 0))
+        self.generator_lateness_s += float(counts.get("generator_lateness_s", 0.0))
+
+
+def make_open_loop(user_class: type[User], rate: float, users: int,
+                   lateness: Lateness) -> type[User]:
     """`user_class` paced so that `users` of it together start `rate` iterations per second."""
     interval_s = users / rate
 
     def on_start(self: Any) -> None:
-        now = time.time()
-        self._perfkit_intended_at = now
-        self._perfkit_next_at = now + interval_s
         user_class.on_start(self)
+        now = time.time()
+        self._perfkit_intended_at = self._perfkit_started_at = now
+        self._perfkit_next_at = now + interval_s
+        self._perfkit_waited = [0.0]
+        self._perfkit_own_late_s = self._perfkit_target_late_s = 0.0
 
     def wait_time(self: Any) -> float:
         intended_at = self._perfkit_next_at
         self._perfkit_next_at = intended_at + interval_s
-        self._perfkit_intended_at = intended_at
-        return max(0.0, intended_at - time.time())
+        now = time.time()
+        waited_s, self._perfkit_waited = self._perfkit_waited[0], [0.0]
+        own_s = max(0.0, now - self._perfkit_started_at - waited_s)
+        late_s = now - intended_at
+        lateness.iterations += 1
+        if late_s <= 0:
+            self._perfkit_own_late_s = self._perfkit_target_late_s = 0.0
+            self._perfkit_intended_at = self._perfkit_started_at = intended_at
+            return -late_s
+        self._perfkit_own_late_s = max(0.0, self._perfkit_own_late_s + own_s - interval_s)
+        debt_s = waited_s if self._perfkit_own_late_s > 0 else \
+            self._perfkit_target_late_s + waited_s
+        charged_s = self._perfkit_target_late_s = min(late_s, debt_s)
+        self._perfkit_intended_at = now - charged_s
+        self._perfkit_started_at = now
+        if late_s - charged_s > LATE_SHARE * interval_s:
+            lateness.late_iterations += 1
+            lateness.generator_lateness_s += late_s - charged_s
+        return 0.0
 
     def context(self: Any) -> dict:
         base = user_class.context(self)
-        intended_at = getattr(self, "_perfkit_intended_at", None)
-        if intended_at is None:
+        waited = getattr(self, "_perfkit_waited", None)
+        if waited is None:
             return base
-        self._perfkit_intended_at = None  # only an iteration's first request was scheduled
-        return {**base, INTENDED_AT: intended_at}
+        extra: dict[str, Any] = {WAITED: waited}
+        if self._perfkit_intended_at is not None:
+            extra[INTENDED_AT] = self._perfkit_intended_at
+            self._perfkit_intended_at = None  # only an iteration's first request was scheduled
+        return {**base, **extra}
 
     return type(user_class.__name__, (user_class,), {
         "on_start": on_start, "wait_time": wait_time, "context": context,

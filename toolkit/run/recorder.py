@@ -16,6 +16,7 @@ from hdrh.histogram import HdrHistogram
 
 from .. import rundir
 from ..analysis import stats
+from .openloop import INTENDED_AT, WAITED, Lateness
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 # readers merge.
 FLUSH_DELAY_S = 8
 REPORT_KEY = "perfkit_buckets"
-INTENDED_AT = "perfkit_intended_at"
+LATENESS_KEY = "perfkit_lateness"
 JOB_REQUEST_TYPE = "JOB"
 
 
@@ -46,6 +47,7 @@ class Recorder:
         self.totals: dict[str, list[Any]] = {}  # name -> [hist, count, failures], whole run
         self.recent: dict[int, int] = {}  # t -> requests, for the live RPS
         self.stopped = False
+        self.lateness = Lateness()  # an open load's iterations (make_open_loop counts them)
 
     def attach(self, environment: Any) -> None:
         environment.events.request.add_listener(self.on_request)
@@ -58,6 +60,9 @@ class Recorder:
                    context: dict | None = None, start_time: float | None = None,
                    **_: Any) -> None:
         latency_ms = float(response_time or 0.0)
+        waited = (context or {}).get(WAITED)
+        if waited is not None and request_type != JOB_REQUEST_TYPE:
+            waited[0] += latency_ms / 1000.0
         intended_at = (context or {}).get(INTENDED_AT)
         if intended_at is not None and start_time is not None:
             # Open load: count the time the request waited past its intended send time, so a
@@ -117,6 +122,7 @@ class Recorder:
         # Workers ship every bucket closed so far; the current second stays until it ends,
         # except once the worker has stopped, when the report takes everything.
         data[REPORT_KEY] = self.take_buckets(float("inf") if self.stopped else int(time.time()))
+        data[LATENESS_KEY] = self.lateness.take()
 
     def on_test_stop(self, **_: Any) -> None:
         self.stopped = True
@@ -125,6 +131,7 @@ class Recorder:
         self.stopped = False
 
     def on_worker_report(self, client_id: str, data: dict[str, Any]) -> None:
+        self.lateness.add(data.get(LATENESS_KEY) or {})
         for record in data.get(REPORT_KEY, []):
             hist = stats.decode_histogram(record["hist"])
             self._merge(self.buckets, (record["t"], record["name"]), hist, record)

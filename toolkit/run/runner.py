@@ -35,12 +35,13 @@ from ..collectors.system import SystemCollector
 from ..config import DEFAULT_REQUEST_TIMEOUT_S, LoadSettings
 from ..errors import ConfigError, RunError, TargetError
 from ..report import write_report
+from ..report.html import describe_lateness
 from ..result import RunMeta, RunResult, RunSettings
 from . import target
 from .alarms import WINDOW_S as ALARM_WINDOW_S
 from .alarms import AlarmWatcher
 from .live import LiveView
-from .openloop import make_open_loop
+from .openloop import Lateness, make_open_loop
 from .recorder import Recorder, request_name
 from .scenario_errors import ScenarioErrors, guard_on_start
 
@@ -88,6 +89,7 @@ class RunState:
     profile_entry: dict[str, Any] | None = None
     collectors: dict[str, Any] = field(default_factory=dict)
     errors: ScenarioErrors = field(default_factory=ScenarioErrors)
+    load_ended_at: float | None = None
 
 
 def resolve_scenario(scenario: str) -> Path:
@@ -119,16 +121,20 @@ def load_user_classes(path: Path) -> tuple[list[type[User]], Any]:
 
 
 def make_environment(user_classes: list[type[User]], host: str | None, rate: float | None,
-                     users: int, shape: Any = None,
+                     users: int, recorder: Recorder, shape: Any = None,
                      request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> Environment:
+    """A Locust environment for the user classes, recorded by `recorder`."""
     user_classes = [guard_on_start(cls, request_timeout_s) for cls in user_classes]
     if rate is not None:
-        user_classes = [make_open_loop(cls, rate, users) for cls in user_classes]
+        user_classes = [make_open_loop(cls, rate, users, recorder.lateness)
+                        for cls in user_classes]
     options = get_empty_argument_parser()
     setup_parser_arguments(options)
     parsed = options.parse_args(args=["--headless"])
-    return Environment(user_classes=user_classes, host=host, shape_class=shape,
-                       parsed_options=parsed, events=locust.events)
+    env = Environment(user_classes=user_classes, host=host, shape_class=shape,
+                      parsed_options=parsed, events=locust.events)
+    recorder.attach(env)
+    return env
 
 
 def make_run_dir(settings: LoadSettings) -> Path:
@@ -200,9 +206,8 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> RunR
                      app=AppCollector(url, run_dir))
     state.alarms = AlarmWatcher(run_dir, settings.targets, say, settings.alert_webhook,
                                 settings.effective_warmup_s, run_id=run_dir.name)
-    env = make_environment(user_classes, url, settings.rate, settings.users, shape,
-                           settings.request_timeout_s)
-    state.recorder.attach(env)
+    env = make_environment(user_classes, url, settings.rate, settings.users, state.recorder,
+                           shape, settings.request_timeout_s)
     state.errors.attach(env)
     workers: list[subprocess.Popen] = []
     try:
@@ -254,6 +259,7 @@ def stop_run(env: Environment, state: "RunState", workers: list[subprocess.Popen
              managed: target.ManagedTarget | None) -> None:
     """Stop the load, the recorder, the collectors, the workers and the target, in order."""
     stop_runner(env)
+    state.load_ended_at = time.time()
     state.recorder.flush(final=True)
     if state.alarms is not None:
         state.alarm_summary = state.alarms.close()
@@ -283,6 +289,9 @@ def judge_and_report(result: RunResult, settings: LoadSettings, state: "RunState
     report_path = write_report(result)
     if result.meta.status != "completed":
         say(f"perfkit: run {result.meta.status}: {result.meta.message}")
+    late = describe_lateness(result.meta.load)
+    if late:
+        say(f"perfkit: the offered rate was not reached: {late}")
     if state.errors.count:
         say(f"perfkit: the scenario raised {state.errors.count} errors: "
             f"{state.errors.describe()} (tracebacks in failures.json and the report)")
@@ -412,6 +421,17 @@ def start_profile(settings: LoadSettings, managed: target.ManagedTarget | None, 
     return {"available": False, "svg": None, "speedscope": None, "note": note}
 
 
+def describe_load(settings: RunSettings, lateness: Lateness) -> dict[str, Any]:
+    """run.json "load": the load model, and for an open load whether the generator kept the
+    offered rate (iterations it started late, beyond what the target caused)."""
+    if settings.rate is None:
+        return {"model": "closed", "users": settings.users, "offered_rate": None,
+                "iterations": None, "late_iterations": None, "generator_lateness_s": None}
+    return {"model": "open", "users": settings.users, "offered_rate": settings.rate,
+            "iterations": lateness.iterations, "late_iterations": lateness.late_iterations,
+            "generator_lateness_s": round(lateness.generator_lateness_s, 3)}
+
+
 def judge_loadgen(samples: list[tuple[float, float]], judged_from: float) -> dict[str, Any]:
     """Was the load generator saturated while the run was judged? Only samples after the
     warm-up count (the first readings, users spawning and imports settling, are not the
@@ -449,12 +469,14 @@ def stop_runner(env: Environment) -> None:
 
 def finish_meta(meta: RunMeta, env: Environment, state: "RunState", run_dir: Path) -> None:
     """How the run ended, in `meta`; failures.json from Locust's error table."""
-    meta.ended_at = time.time()
+    # The judged window ends with the load, not with the shutdown of collectors and target.
+    meta.ended_at = state.load_ended_at or time.time()
     meta.status = state.status
     meta.message = state.message
     meta.alarms = state.alarm_summary
     meta.profile = state.profile_entry
     meta.collectors = state.collectors
+    meta.load = describe_load(meta.settings, state.recorder.lateness)
     meta.loadgen = judge_loadgen(state.loadgen_cpu, meta.started_at + meta.settings.warmup_s)
     errors = env.runner.stats.errors.values() if env.runner else []
     # Locust's own request counts, a cross-check of perfkit's recording (percentiles differ:
@@ -475,8 +497,8 @@ def run_worker(master: str, scenario: str, users: int, rate: float | None, say: 
     """A Locust worker with perfkit's recorder: its buckets travel to the master."""
     host, _, port = master.partition(":")
     user_classes, shape = load_user_classes(resolve_scenario(scenario))
-    env = make_environment(user_classes, None, rate, users, shape, request_timeout_s)
-    Recorder(None).attach(env)
+    env = make_environment(user_classes, None, rate, users, Recorder(None), shape,
+                           request_timeout_s)
     ScenarioErrors().attach(env)
     runner = env.create_worker_runner(host, int(port or 5557))
     say(f"perfkit worker: connected to {host}:{port or 5557}")
