@@ -151,12 +151,17 @@ def test_a_users_own_locustfile(tmp_path: Path) -> None:
         "    wait_time = constant(0.05)\n\n"
         "    @task\n"
         "    def index(self):\n"
-        "        self.client.get('/shop', name='/shop')\n")
+        "        self.client.get('/shop', name='/shop')\n\n"
+        "    @task\n"
+        "    def named(self):\n"
+        "        self.client.get('/fast', name='GET /fast')\n")
     with faulty_target("--delay-ms", "1") as (url, _):
         result = perfkit("load", "--target", url, "--scenario", str(locustfile), "--users", "2",
                          "--duration", "3s", "--out", str(tmp_path / "run"))
     assert result.returncode in (0, 1), result.stderr
-    assert "GET /shop" in endpoint_totals(tmp_path / "run")
+    names = set(endpoint_totals(tmp_path / "run"))
+    # The method is shown beside a name, never prefixed twice.
+    assert {"GET /shop", "GET /fast"} <= names and "GET GET /fast" not in names
 
 
 @pytest.mark.parametrize("args, message", [

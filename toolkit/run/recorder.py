@@ -30,8 +30,11 @@ JOB_REQUEST_TYPE = "JOB"
 
 
 def request_name(request_type: str, name: str) -> str:
-    """`GET /api/v1/health`; per-job metrics (request type JOB) keep their bare name."""
-    return name if request_type == JOB_REQUEST_TYPE else f"{request_type} {name}"
+    """`GET /api/v1/health`; per-job metrics (request type JOB) and names that already start
+    with their method (a locustfile's `name="GET /fast"`) keep their name as written."""
+    if request_type == JOB_REQUEST_TYPE or name.startswith(f"{request_type} "):
+        return name
+    return f"{request_type} {name}"
 
 
 class Recorder:
