@@ -32,7 +32,7 @@ import urllib.request
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import pandas as pd
@@ -41,6 +41,9 @@ from .. import rundir
 from ..analysis.kpi import judge_window, kpi_limit, window_kpis
 from ..config import KpiTarget
 from ..result import KpiResult
+
+if TYPE_CHECKING:  # the runner imports this module
+    from .runner import RunState
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +106,7 @@ class AlarmWatcher:
         self.pending: Any = None  # gevent AsyncResult of the judgement in the thread pool
         self.pending_window: tuple[float, float] = (0.0, 0.0)
 
-    def check(self, state: Any, now: float | None = None) -> list[dict[str, Any]]:
+    def check(self, state: "RunState", now: float | None = None) -> list[dict[str, Any]]:
         """Pick up the last judgement if it is done, and start judging the window ending now
         (at most every CHECK_EVERY_S); returns the alarms raised, already said, written and
         posted."""

@@ -4,7 +4,6 @@ error-budget judgement of it."""
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
 
 from ..analysis.endurance import DRIFT_FRACTION, analyze_endurance, describe_memory
 from ..config import EnduranceSettings
@@ -18,7 +17,7 @@ def run_endurance(settings: EnduranceSettings, say: Callable[[str], None]) -> Ru
     in `meta.endurance` (a leak exits 1, as a failed KPI does)."""
     load = dataclasses.replace(settings.load, command="endurance")
 
-    def on_run_end(run: RunResult, state: Any) -> None:
+    def on_run_end(run: RunResult, state: runner.RunState) -> None:
         run.meta.endurance = analyze_endurance(run, load.targets, settings.leak_threshold_mb_h)
 
     run = runner.run_load(load, say, runner.Plan(

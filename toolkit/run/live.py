@@ -1,16 +1,20 @@
 """The live view of a run: a block redrawn in place on a terminal, plain lines otherwise."""
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..analysis import stats
 from ..config import LoadSettings
+
+if TYPE_CHECKING:  # the runner imports this module
+    from .recorder import Recorder
+    from .runner import RunState
 
 PLAIN_EVERY_S = 10  # CI logs: one line every 10 s is plenty
 STALL_S = 10
 
 
-def stalled(elapsed_s: float, users: int, recorder: Any) -> bool:
+def stalled(elapsed_s: float, users: int, recorder: "Recorder") -> bool:
     """Users are running, yet nothing completed (or failed) for STALL_S seconds."""
     return users > 0 and elapsed_s >= STALL_S and recorder.rps(STALL_S) == 0
 
@@ -24,11 +28,12 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def format_progress(elapsed_s: float, duration_s: float, users: int, state: Any) -> list[str]:
+def format_progress(elapsed_s: float, duration_s: float, users: int,
+                    state: "RunState") -> list[str]:
     """Lines for the view: totals, then p50/p95/p99 per request name from the run's histograms."""
     recorder = state.recorder
-    requests = sum(entry[1] for name, entry in recorder.totals.items() if " " in name)
-    failures = sum(entry[2] for name, entry in recorder.totals.items() if " " in name)
+    requests = sum(tally.count for name, tally in recorder.totals.items() if " " in name)
+    failures = sum(tally.failures for name, tally in recorder.totals.items() if " " in name)
     sample = state.system.latest() or {}
     cpu, rss = sample.get("cpu_busiest_percent"), sample.get("rss_mb")
     lines = [
@@ -41,7 +46,8 @@ def format_progress(elapsed_s: float, duration_s: float, users: int, state: Any)
     if stalled(elapsed_s, users, recorder):
         lines.insert(1, "  " + stall_warning(users))
     for name in sorted(recorder.totals):
-        hist, count, failed = recorder.totals[name]
+        tally = recorder.totals[name]
+        hist, count, failed = tally.hist, tally.count, tally.failures
         lines.append(f"  {name:<48} n={count:<7} fail={failed:<5} "
                      f"p50 {_ms(stats.percentile_ms(hist, 50))}  "
                      f"p95 {_ms(stats.percentile_ms(hist, 95))}  "
@@ -58,7 +64,7 @@ class LiveView:
         self.last_plain = -float(PLAIN_EVERY_S)
         self.warned_stall = False
 
-    def show(self, elapsed_s: float, users: int, state: Any) -> None:
+    def show(self, elapsed_s: float, users: int, state: "RunState") -> None:
         if not self.tty:
             stall = stalled(elapsed_s, users, state.recorder)
             if stall and not self.warned_stall:

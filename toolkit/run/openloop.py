@@ -19,37 +19,11 @@ concurrency cap: more users, more slots in flight.
 """
 
 import time
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from locust import User
 
-INTENDED_AT = "perfkit_intended_at"
-# Context key of the running iteration's time spent waiting on responses ([seconds]), which
-# the recorder adds to as the requests complete.
-WAITED = "perfkit_waited"
-# Generator lateness below this share of the interval is scheduling jitter, not a late start.
-LATE_SHARE = 0.1
-
-
-@dataclass
-class Lateness:
-    """Iterations of an open load, and those the generator started late (a worker ships its
-    counts to the master with its reports)."""
-
-    iterations: int = 0
-    late_iterations: int = 0
-    generator_lateness_s: float = 0.0
-
-    def take(self) -> dict[str, Any]:
-        counts = asdict(self)
-        self.iterations, self.late_iterations, self.generator_lateness_s = 0, 0, 0.0
-        return counts
-
-    def add(self, counts: dict[str, Any]) -> None:
-        self.iterations += int(counts.get("iterations", 0))
-        self.late_iterations += int(counts.get("late_iterations", 0))
-        self.generator_lateness_s += float(counts.get("generator_lateness_s", 0.0))
+from .recorder import INTENDED_AT, LATE_SHARE, WAITED, Lateness
 
 
 def make_open_loop(user_class: type[User], rate: float, users: int,

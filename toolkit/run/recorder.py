@@ -9,6 +9,7 @@ percentiles as one process would.
 import logging
 import time
 from collections import deque
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,6 @@ from hdrh.histogram import HdrHistogram
 
 from .. import rundir
 from ..analysis import stats
-from .openloop import INTENDED_AT, WAITED, Lateness
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +29,54 @@ LATENESS_KEY = "perfkit_lateness"
 JOB_REQUEST_TYPE = "JOB"
 
 
+INTENDED_AT = "perfkit_intended_at"
+# Context key of the running iteration's time spent waiting on responses ([seconds]), which
+# the recorder adds to as the requests complete.
+WAITED = "perfkit_waited"
+# Generator lateness below this share of the interval is scheduling jitter, not a late start.
+LATE_SHARE = 0.1
+
+
+@dataclass
+class Lateness:
+    """Iterations of an open load, and those the generator started late (a worker ships its
+    counts to the master with its reports)."""
+
+    iterations: int = 0
+    late_iterations: int = 0
+    generator_lateness_s: float = 0.0
+
+    def take(self) -> dict[str, Any]:
+        counts = asdict(self)
+        self.iterations, self.late_iterations, self.generator_lateness_s = 0, 0, 0.0
+        return counts
+
+    def add(self, counts: dict[str, Any]) -> None:
+        self.iterations += int(counts.get("iterations", 0))
+        self.late_iterations += int(counts.get("late_iterations", 0))
+        self.generator_lateness_s += float(counts.get("generator_lateness_s", 0.0))
+
+
 def request_name(request_type: str, name: str) -> str:
     """`GET /api/v1/health`; per-job metrics (request type JOB) and names that already start
     with their method (a locustfile's `name="GET /fast"`) keep their name as written."""
     if request_type == JOB_REQUEST_TYPE or name.startswith(f"{request_type} "):
         return name
     return f"{request_type} {name}"
+
+
+@dataclass
+class Tally:
+    """Requests of one name (in one second, or in the whole run): latencies and counts."""
+
+    hist: HdrHistogram = field(default_factory=stats.new_histogram)
+    count: int = 0
+    failures: int = 0
+
+    def record(self, t: int, name: str) -> dict[str, Any]:
+        """The latency.jsonl line of this tally as the bucket (t, name)."""
+        return {"t": t, "name": name, "count": self.count, "failures": self.failures,
+                "hist": stats.encode_histogram(self.hist)}
 
 
 class Recorder:
@@ -46,8 +88,8 @@ class Recorder:
         self.latency_path = latency_path  # None on a worker: buckets go to the master instead
         self.keep_s = keep_s
         self.kept: deque[dict[str, Any]] = deque()  # written records, oldest first
-        self.buckets: dict[tuple[int, str], list[Any]] = {}  # (t, name) -> [hist, count, failures]
-        self.totals: dict[str, list[Any]] = {}  # name -> [hist, count, failures], whole run
+        self.buckets: dict[tuple[int, str], Tally] = {}  # (t, name) -> that second's requests
+        self.totals: dict[str, Tally] = {}  # name -> the whole run's requests
         self.recent: dict[int, int] = {}  # t -> requests, for the live RPS
         self.stopped = False
         self.lateness = Lateness()  # an open load's iterations (make_open_loop counts them)
@@ -79,22 +121,18 @@ class Recorder:
             self.recent[t] = self.recent.get(t, 0) + 1
 
     @staticmethod
-    def _add(table: dict, key: Any, latency_ms: float, failed: bool) -> None:
-        entry = table.get(key)
-        if entry is None:
-            entry = table[key] = [stats.new_histogram(), 0, 0]
-        stats.record_ms(entry[0], latency_ms)
-        entry[1] += 1
-        entry[2] += failed
+    def _add(table: dict[Any, Tally], key: Any, latency_ms: float, failed: bool) -> None:
+        tally = table.get(key) or table.setdefault(key, Tally())
+        stats.record_ms(tally.hist, latency_ms)
+        tally.count += 1
+        tally.failures += failed
 
     def take_buckets(self, older_than: float) -> list[dict[str, Any]]:
         """Remove and return the buckets that started before `older_than`, encoded."""
         closed = sorted(key for key in self.buckets if key[0] < older_than)
         records = []
         for key in closed:
-            hist, count, failures = self.buckets.pop(key)
-            records.append({"t": key[0], "name": key[1], "count": count, "failures": failures,
-                            "hist": stats.encode_histogram(hist)})
+            records.append(self.buckets.pop(key).record(*key))
         for t in [t for t in self.recent if t < time.time() - 60]:
             del self.recent[t]
         return records
@@ -115,10 +153,9 @@ class Recorder:
         """Records (latency.jsonl lines) of the buckets with start <= t <= end, from the kept
         ones and from those not yet written; a window older than `keep_s` comes back partial."""
         records = [r for r in self.kept if start <= r["t"] <= end]
-        for (t, name), (hist, count, failures) in sorted(self.buckets.items()):
+        for (t, name), tally in sorted(self.buckets.items()):
             if start <= t <= end:
-                records.append({"t": t, "name": name, "count": count, "failures": failures,
-                                "hist": stats.encode_histogram(hist)})
+                records.append(tally.record(t, name))
         return records
 
     def on_report_to_master(self, client_id: str, data: dict[str, Any]) -> None:
@@ -143,13 +180,12 @@ class Recorder:
                 self.recent[record["t"]] = self.recent.get(record["t"], 0) + record["count"]
 
     @staticmethod
-    def _merge(table: dict, key: Any, hist: HdrHistogram, record: dict[str, Any]) -> None:
-        entry = table.get(key)
-        if entry is None:
-            entry = table[key] = [stats.new_histogram(), 0, 0]
-        entry[0].add(hist)
-        entry[1] += record["count"]
-        entry[2] += record["failures"]
+    def _merge(table: dict[Any, Tally], key: Any, hist: HdrHistogram,
+               record: dict[str, Any]) -> None:
+        tally = table.get(key) or table.setdefault(key, Tally())
+        tally.hist.add(hist)
+        tally.count += record["count"]
+        tally.failures += record["failures"]
 
     def rps(self, window_s: int = 5) -> float:
         now = int(time.time())

@@ -255,7 +255,7 @@ def start_target(settings: LoadSettings, run_dir: Path,
     return managed, managed.url, managed.process.pid
 
 
-def stop_run(env: Environment, state: "RunState", workers: list[subprocess.Popen],
+def stop_run(env: Environment, state: RunState, workers: list[subprocess.Popen],
              managed: target.ManagedTarget | None) -> None:
     """Stop the load, the recorder, the collectors, the workers and the target, in order."""
     stop_runner(env)
@@ -277,7 +277,7 @@ def stop_run(env: Environment, state: "RunState", workers: list[subprocess.Popen
         target.stop_reference_service(managed)
 
 
-def judge_and_report(result: RunResult, settings: LoadSettings, state: "RunState", plan: Plan,
+def judge_and_report(result: RunResult, settings: LoadSettings, state: RunState, plan: Plan,
                      say: Say) -> RunResult:
     """Add the plan's own results, judge the run, write run.json (its second and last time)
     and the report files."""
@@ -467,7 +467,7 @@ def stop_runner(env: Environment) -> None:
         runner.quit()
 
 
-def finish_meta(meta: RunMeta, env: Environment, state: "RunState", run_dir: Path) -> None:
+def finish_meta(meta: RunMeta, env: Environment, state: RunState, run_dir: Path) -> None:
     """How the run ended, in `meta`; failures.json from Locust's error table."""
     # The judged window ends with the load, not with the shutdown of collectors and target.
     meta.ended_at = state.load_ended_at or time.time()

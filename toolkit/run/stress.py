@@ -35,7 +35,7 @@ def run_stress(settings: StressSettings, say: Callable[[str], None]) -> RunResul
     results: list[dict[str, Any]] = []
     stopped = ["max_steps"]
 
-    def on_step_end(index: int, state: Any) -> bool:
+    def on_step_end(index: int, state: runner.RunState) -> bool:
         now = time.time()
         offset_s, users, rate = steps[index]
         settle_s = min(SETTLE_MAX_S, SETTLE_FRACTION * settings.step_duration_s)
@@ -55,7 +55,7 @@ def run_stress(settings: StressSettings, say: Callable[[str], None]) -> RunResul
         state.message = f"stopped at step {index + 1}, which broke: {how}"
         return True
 
-    def on_run_end(run: RunResult, state: Any) -> None:
+    def on_run_end(run: RunResult, state: runner.RunState) -> None:
         if state.status != "completed":
             stopped[0] = state.status
         run.meta.stress = summarize_stress(settings, results, stopped[0])
