@@ -78,11 +78,12 @@ def make_run(path: Path, spec: RunSpec | None = None) -> dict[str, np.ndarray]:
     rss = spec.rss_mb + spec.rss_growth_mb_per_h * seconds / 3600 + rng.normal(0, 1, seconds.size)
     cpu = np.clip(rng.normal(spec.cpu_percent, 3, seconds.size), 0, None)
     with (path / rundir.RESOURCES).open("w") as f:
-        f.write("t,procs,cpu_percent,cpu_machine_percent,rss_mb,uss_mb,threads,open_files,"
+        f.write("t,procs,cpu_percent,cpu_busiest_percent,cpu_machine_percent,rss_mb,uss_mb,"
+                "threads,open_files,"
                 "read_mb_s,write_mb_s,ctx_switches_s,sys_cpu_percent,sys_memory_percent,"
                 "sys_disk_read_mb_s,sys_disk_write_mb_s,sys_net_sent_mb_s,sys_net_recv_mb_s\n")
         for i in seconds:
-            f.write(f"{START_T + i},2,{cpu[i]:.1f},{cpu[i] / 2:.1f},"
+            f.write(f"{START_T + i},2,{cpu[i]:.1f},{cpu[i] * 0.75:.1f},{cpu[i] / 2:.1f},"
                     f"{rss[i]:.1f},{rss[i] * 0.8:.1f},"
                     f"12,9,0.0,0.1,150,{cpu[i] + 5:.1f},40.0,0.0,0.2,1.5,1.5\n")
     if spec.with_app:

@@ -152,7 +152,7 @@ def test_setup_time_is_not_latency_under_an_open_load(tmp_path: Path) -> None:
         "    @task\n    def fast(self):\n        self.client.get('/fast', name='/fast')\n"),
         "--rate", "20", "--users", "4", "--spawn-rate", "4")
     fast = summary["endpoints"]["GET /fast"]
-    assert fast["count"] > 50 and fast["p90_ms"] < 50.0
+    assert fast["count"] > 50 and fast["p90_ms"] < 100.0  # charged setup would be ~3 s
     assert summary["load"]["model"] == "open" and summary["load"]["late_iterations"] == 0
 
 
@@ -163,7 +163,9 @@ def test_a_flows_own_sleep_is_generator_lateness_not_latency(tmp_path: Path) -> 
         "    @task\n    def flow(self):\n        self.client.get('/fast', name='/fast')\n"
         "        time.sleep(1)\n"), "--rate", "40", "--users", "4", "--spawn-rate", "4")
     fast = summary["endpoints"]["GET /fast"]
-    assert fast["count"] > 10 and fast["p90_ms"] < 50.0
+    # Charged lateness would put p90 near 900 ms; the endpoint itself answers in ~1 ms (the
+    # margin is for a busy 2-core machine).
+    assert fast["count"] > 10 and fast["p90_ms"] < 100.0
     load = summary["load"]
     assert load["late_iterations"] > 0 and load["generator_lateness_s"] > 1.0
     assert "offered rate was not reached" in stdout

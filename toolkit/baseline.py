@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from . import rundir
+from .config import redact_url
 from .errors import ConfigError
 from .result import meta_from_json
 
@@ -14,12 +15,12 @@ BASELINES_DIR = "baselines"
 # The data files a comparison and a report need; not report.html, not profiles, not logs.
 BASELINE_FILES = (rundir.RUN_JSON, rundir.LATENCY, rundir.RESOURCES, rundir.APP,
                   rundir.TIMELINE, rundir.FAILURES, rundir.SLOW_QUERIES, "summary.json")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # whole names only: fullmatch
 
 
 def save_baseline(run_dir: Path, name: str, reports_dir: Path) -> Path:
     """Copy the run's data files into reports_dir/baselines/NAME (replacing an older one)."""
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise ConfigError(f"bad baseline name {name!r}: letters, digits, '.', '_', '-'")
     rundir.load_run(run_dir)  # a clear error for something that is not a run directory
     target = reports_dir / BASELINES_DIR / name
@@ -27,9 +28,15 @@ def save_baseline(run_dir: Path, name: str, reports_dir: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for file_name in BASELINE_FILES:
-        if (run_dir / file_name).exists():
-            shutil.copy2(run_dir / file_name, tmp / file_name)
+        source = run_dir / file_name
+        if source.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ConfigError(f"{source} is a symbolic link: a baseline copies the run's own "
+                              f"files only")
+        if source.exists():
+            shutil.copy2(source, tmp / file_name, follow_symlinks=False)
     meta = json.loads((tmp / rundir.RUN_JSON).read_text("utf-8"))
+    meta["target"] = redact_url(meta.get("target"))
     meta["baseline"] = {"name": name, "saved_from": str(run_dir)}
     rundir.write_json(tmp / rundir.RUN_JSON, meta)
     shutil.rmtree(target, ignore_errors=True)
@@ -66,7 +73,7 @@ def resolve_baseline(run_or_name: str, reports_dir: Path) -> Path:
     if (path / rundir.RUN_JSON).is_file():
         return path
     saved = reports_dir / BASELINES_DIR / run_or_name
-    if _NAME.match(run_or_name) and (saved / rundir.RUN_JSON).is_file():
+    if _NAME.fullmatch(run_or_name) and (saved / rundir.RUN_JSON).is_file():
         return saved
     known = ", ".join(row["name"] for row in list_baselines(reports_dir)) or "none saved"
     raise ConfigError(f"baseline {run_or_name!r} is neither a run directory nor a saved "

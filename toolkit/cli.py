@@ -2,13 +2,15 @@
 
 import logging
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 from typing import Any
 
 import click
 
 from .config import LoadSettings, build_load_settings
-from .errors import PerfkitError
+from .errors import InternalError, PerfkitError
 from .units import parse_duration, parse_quantity
 
 log = logging.getLogger(__name__)
@@ -417,6 +419,16 @@ def main() -> None:
         # One line, not click's usage block.
         click.echo(f"perfkit: {exc.format_message()}", err=True)
         sys.exit(2)
+    except InternalError as exc:
+        click.echo(f"perfkit: {exc}", err=True)
+        sys.exit(3)
     except PerfkitError as exc:
         click.echo(f"perfkit: {exc}", err=True)
         sys.exit(2)
+    except Exception as exc:  # the last boundary: a bug outside a run directory
+        with tempfile.NamedTemporaryFile("w", prefix="perfkit-crash-", suffix=".log",
+                                         delete=False) as crash:
+            crash.write(traceback.format_exc())
+        click.echo(f"perfkit: internal error: {type(exc).__name__}: {exc} (traceback in "
+                   f"{crash.name})", err=True)
+        sys.exit(3)

@@ -7,6 +7,7 @@ read here, once per run, before the run starts, so a bad file fails before any l
 import difflib
 import re
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -354,3 +355,36 @@ def build_load_settings(command: str = "load", *, target: str | None = None,
 
 def _seconds(value: float | str) -> float:
     return float(value) if isinstance(value, int | float) else parse_duration(value)
+
+
+# Query parameters whose values are secrets (a webhook's token, a signed URL's signature).
+_SECRET_PARAMS = re.compile(r"(token|key|secret|password|passwd|pwd|sig|signature|auth|"
+                            r"credential|session)", re.IGNORECASE)
+
+
+def redact_url(url: str | None) -> str | None:
+    """`url` without its user:password and with secret-looking query values replaced, for
+    every artefact (run.json, reports and baselines are meant to be shared and committed)."""
+    if not url:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = urllib.parse.urlencode(
+        [(key, "***" if _SECRET_PARAMS.search(key) else value)
+         for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)],
+        safe="*")
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact_argv(argv: tuple[str, ...] | list[str]) -> list[str]:
+    """argv with every URL in it (an option's value, or --opt=URL) redacted."""
+    redacted = []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        if eq and "://" in value:
+            redacted.append(f"{name}={redact_url(value)}")
+        else:
+            redacted.append(str(redact_url(arg)) if "://" in arg else arg)
+    return redacted

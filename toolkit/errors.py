@@ -4,7 +4,8 @@
     ├── ConfigError         bad option, bad KPI file, unknown scenario or variant
     ├── TargetError         target unreachable, not ready in time, port in use, died
     ├── RunError            the load run itself could not be carried out
-    └── ReportError         a run directory that cannot be read or rendered
+    ├── ReportError         a run directory that cannot be read or rendered
+    └── InternalError       a bug: exit code 3, its traceback in the run directory
 
 A failed KPI or a detected regression is a result (exit code 1), never an exception.
 """
@@ -27,4 +28,8 @@ class RunError(PerfkitError):
 
 
 class ReportError(PerfkitError):
+    pass
+
+
+class InternalError(PerfkitError):
     pass

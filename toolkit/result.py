@@ -8,6 +8,7 @@ writes it), so importing it never imports Locust or gevent.
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,7 @@ class RunResult:
     failures: list[dict[str, Any]] = field(default_factory=list)
     slow_queries: list[dict[str, Any]] = field(default_factory=list)
     alarms: list[dict[str, Any]] = field(default_factory=list)
+    skipped_lines: int = 0  # latency.jsonl lines that could not be read (cut short, corrupt)
     verdict: str | None = None
     verdict_reason: str = ""
     kpis: list[KpiResult] = field(default_factory=list)
@@ -165,19 +167,56 @@ def json_safe(value: Any) -> Any:
 # run.json keys of earlier versions, read under their current name.
 _OLD_META_KEYS: dict[str, str] = {}
 
+_NUMBER = (int, float)
+_OPTIONAL_TEXT = (str, type(None))
+_OPTIONAL_OBJECT = (dict, type(None))
+# What each run.json key may hold: anything else is a run directory that was damaged or
+# written by hand, rejected with one line rather than a traceback later.
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "run_id": (str,), "command": (str,), "argv": (list,), "scenario": (str,),
+    "scenario_path": _OPTIONAL_TEXT, "target": _OPTIONAL_TEXT, "target_managed": (bool,),
+    "target_pid": (int, type(None)), "variants": (list,), "latency_profile": _OPTIONAL_TEXT,
+    "settings": (dict,), "kpi_file": _OPTIONAL_TEXT, "git_revision": _OPTIONAL_TEXT,
+    "machine": (dict,), "versions": (dict,), "started_at": _NUMBER,
+    "ended_at": (*_NUMBER, type(None)), "status": (str,), "message": (str,),
+    "simulated": (bool,), "collectors": (dict,), "loadgen": _OPTIONAL_OBJECT,
+    "load": _OPTIONAL_OBJECT, "locust_counts": (dict,), "alarms": _OPTIONAL_OBJECT,
+    "profile": _OPTIONAL_OBJECT, "stress": _OPTIONAL_OBJECT, "endurance": _OPTIONAL_OBJECT,
+    "baseline": _OPTIONAL_OBJECT, "verdict": _OPTIONAL_TEXT,
+}
+_SETTINGS_TYPES: dict[str, tuple[type, ...]] = {
+    "users": (int,), "spawn_rate": _NUMBER, "duration_s": _NUMBER,
+    "rate": (*_NUMBER, type(None)), "workers": (int,), "warmup_s": _NUMBER,
+    "bucket_s": _NUMBER, "steps": (list,),
+}
+# A run id names a directory and appears in Markdown and XML: one line of plain characters.
+_RUN_ID = re.compile(r"[\w.+-]{1,200}")
 
-def meta_from_json(data: dict[str, Any]) -> RunMeta:
-    """RunMeta from run.json's content; unknown keys are ignored, missing ones take defaults."""
+
+def meta_from_json(data: Any) -> RunMeta:
+    """RunMeta from run.json's content; unknown keys are ignored, missing ones take defaults.
+    Raises ValueError naming the first key of the wrong type (NaN and infinities included)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"run.json holds {type(data).__name__}, not an object")
     data = {_OLD_META_KEYS.get(key, key): value for key, value in data.items()}
-    names = {f.name for f in dataclasses.fields(RunMeta)}
-    known = {key: value for key, value in data.items() if key in names}
-    settings = known.get("settings")
-    if isinstance(settings, dict):
-        setting_names = {f.name for f in dataclasses.fields(RunSettings)}
-        values = {key: value for key, value in settings.items()
-                  if key in setting_names and value is not None or key == "rate"}
-        values["steps"] = tuple(tuple(step) for step in values.get("steps") or ())
-        known["settings"] = RunSettings(**values)
-    else:
-        known.pop("settings", None)
+    known = {key: value for key, value in data.items() if key in _META_TYPES}
+    _check_types(known, _META_TYPES, "")
+    if "run_id" in known and not _RUN_ID.fullmatch(known["run_id"]):
+        raise ValueError(f"run_id {known['run_id'][:40]!r} is not a plain name")
+    if "settings" in known:
+        settings = {key: value for key, value in known["settings"].items()
+                    if key in _SETTINGS_TYPES}
+        _check_types(settings, _SETTINGS_TYPES, "settings.")
+        settings["steps"] = tuple(tuple(step) for step in settings.get("steps") or ())
+        known["settings"] = RunSettings(**settings)
     return RunMeta(**known)
+
+
+def _check_types(values: dict[str, Any], types: dict[str, tuple[type, ...]],
+                 prefix: str) -> None:
+    for key, value in values.items():
+        kinds = types[key]
+        wrong = not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)
+        if wrong or (isinstance(value, float) and not math.isfinite(value)):
+            names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+            raise ValueError(f"{prefix}{key} must be {names}, not {value!r:.40}")

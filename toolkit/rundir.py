@@ -2,8 +2,9 @@
 
 import json
 import os
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pandas as pd
 
@@ -19,38 +20,72 @@ APP = "app.csv"
 SLOW_QUERIES = "slow_queries.json"
 ALARMS = "alarms.jsonl"
 
+LATENCY_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "t": (int, float), "name": str, "count": int, "failures": int, "hist": str}
+
+
+def write_text(path: Path, text: str | bytes) -> None:
+    """Write atomically and never through a symlink: into a temporary file created
+    exclusively beside `path` (O_CREAT | O_EXCL never follows a link), then os.replace, which
+    replaces a symlink at `path` itself instead of the file it points to. A run killed
+    mid-write never leaves half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode("utf-8") if isinstance(text, str) else text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
 
 def write_json(path: Path, data: Any) -> None:
-    """Write atomically, so a run killed mid-write never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), "utf-8")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def open_for_append(path: Path) -> IO[str]:
+    """`path` opened to append text, refusing to follow a symlink (O_NOFOLLOW)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    return os.fdopen(fd, "a", encoding="utf-8")
 
 
 def append_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     if not records:
         return
-    with path.open("a", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    with open_for_append(path) as f:
+        f.write("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
-def _read_json(path: Path, default: Any) -> Any:
-    if not path.exists():
-        return default
-    return json.loads(path.read_text("utf-8"))
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def _read_list(path: Path) -> list[dict[str, Any]]:
+    """A JSON list of objects (failures.json, slow_queries.json); [] when absent."""
     if not path.exists():
         return []
-    records = []
-    for line in path.read_text("utf-8").splitlines():
+    data = json.loads(path.read_text("utf-8"))
+    if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+        raise ValueError(f"{path.name} must hold a list of objects")
+    return data
+
+
+def _read_jsonl(path: Path, fields: dict[str, type | tuple[type, ...]] | None = None
+                ) -> tuple[list[dict[str, Any]], int]:
+    """(records, lines skipped): a line cut short (an interrupted run, a full disk) or not an
+    object with `fields` of their types is skipped and counted, never the end of the file."""
+    if not path.exists():
+        return [], 0
+    records, skipped = [], 0
+    for line in path.read_text("utf-8", errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
-            break  # the last line of an interrupted run may be cut short
-    return records
+            skipped += 1
+            continue
+        if not isinstance(record, dict) or any(
+                not isinstance(record.get(key), kind) or isinstance(record.get(key), bool)
+                for key, kind in (fields or {}).items()):
+            skipped += 1
+            continue
+        records.append(record)
+    return records, skipped
 
 
 def _read_csv(path: Path) -> pd.DataFrame | None:
@@ -76,20 +111,20 @@ def load_run(path: Path | str, meta: RunMeta | None = None) -> RunResult:
         raise ReportError(f"{path} is not a run directory (no {RUN_JSON})")
     try:
         if meta is None:
-            data = json.loads(meta_path.read_text("utf-8"))
-            if not isinstance(data, dict):
-                raise ValueError(f"{RUN_JSON} holds {type(data).__name__}, not an object")
-            meta = meta_from_json(data)
+            meta = meta_from_json(json.loads(meta_path.read_text("utf-8")))
+        latency, skipped = _read_jsonl(path / LATENCY, LATENCY_FIELDS)
+        alarms, _ = _read_jsonl(path / ALARMS)
         return RunResult(
             run_dir=path,
             meta=meta,
-            latency=pd.DataFrame(_read_jsonl(path / LATENCY), columns=LATENCY_COLUMNS),
+            latency=pd.DataFrame(latency, columns=LATENCY_COLUMNS),
+            skipped_lines=skipped,
             timeline=_read_csv(path / TIMELINE),
             resources=_read_csv(path / RESOURCES),
             app=_read_csv(path / APP),
-            failures=_read_json(path / FAILURES, []),
-            slow_queries=_read_json(path / SLOW_QUERIES, []),
-            alarms=_read_jsonl(path / ALARMS),
+            failures=_read_list(path / FAILURES),
+            slow_queries=_read_list(path / SLOW_QUERIES),
+            alarms=alarms,
         )
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError, RecursionError) as exc:
         raise ReportError(f"cannot read run directory {path}: {exc}") from exc

@@ -203,7 +203,7 @@ class AppCollector(Sampler):
 
     def _write_row(self, row: dict[str, Any]) -> None:
         if self._file is None:
-            self._file = (self.out_dir / rundir.APP).open("w", newline="", encoding="utf-8")
+            self._file = rundir.open_for_append(self.out_dir / rundir.APP)
             self._writer = csv.writer(self._file)
             self._writer.writerow(COLUMNS)
             # An available endpoint with no slow queries yet is a measurement: [] not missing.

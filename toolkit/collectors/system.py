@@ -31,6 +31,7 @@ from typing import IO, Any
 
 import psutil
 
+from .. import rundir
 from ..errors import RunError
 from .sampling import Sampler
 
@@ -256,7 +257,7 @@ class SystemCollector(Sampler):
             except psutil.AccessDenied:
                 self.notes.append(f"target pid {self.pid} not accessible")
         try:
-            self._file = self.out_csv.open("w", newline="", encoding="utf-8")
+            self._file = rundir.open_for_append(self.out_csv)
         except OSError as exc:
             raise RunError(f"cannot write {self.out_csv}: {exc}") from exc
         self._writer = csv.writer(self._file)

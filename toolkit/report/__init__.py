@@ -31,7 +31,7 @@ def write_report(run: RunResult) -> Path:
     """Write the report files of a judged run; returns the path of report.html."""
     assert run.verdict is not None, "judge the run (analysis.kpi.judge_run) before reporting"
     rundir.write_json(run.run_dir / SUMMARY_JSON, run.summary)
-    (run.run_dir / SUMMARY_MD).write_text(render_markdown(run.summary), "utf-8")
+    rundir.write_text(run.run_dir / SUMMARY_MD, render_markdown(run.summary))
     cases: list[tuple[str, str | None, str | None]] = [
         (result.kpi.name, result.reason if result.verdict == "fail" else None,
          result.reason if result.verdict == "missing" else None)
@@ -49,9 +49,9 @@ def write_report(run: RunResult) -> Path:
     errors = [("verdict", run.verdict_reason)] if run.verdict == "error" else []
     write_junit(run.run_dir / JUNIT_XML, f"perfkit {run.run_id}", cases, errors)
     if run.meta.stress is not None:
-        (run.run_dir / CHART_SVG).write_text(draw_stress_chart(run.meta.stress), "utf-8")
+        rundir.write_text(run.run_dir / CHART_SVG, draw_stress_chart(run.meta.stress))
     report_path = run.run_dir / REPORT_HTML
-    report_path.write_text(render_html(run), "utf-8")
+    rundir.write_text(report_path, render_html(run))
     return report_path
 
 

@@ -42,13 +42,13 @@ def write_compare_report(comparison: Comparison, baselines: list[RunResult],
     """Write the four artefacts into out_dir; returns the path of compare.html."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rundir.write_json(out_dir / COMPARE_JSON, comparison_record(comparison))
-    (out_dir / COMPARE_MD).write_text(render_compare_markdown(comparison), "utf-8")
+    rundir.write_text(out_dir / COMPARE_MD, render_compare_markdown(comparison))
     write_junit(out_dir / JUNIT_XML, f"perfkit compare {comparison.scenario}",
                 [(f"{m.subject} {m.metric}", _describe(m) if m.verdict == "regressed" else None,
                   _describe(m) if m.verdict == "missing" else None)
                  for m in comparison.metrics])
     html_path = out_dir / COMPARE_HTML
-    html_path.write_text(render_compare_html(comparison, baselines, currents), "utf-8")
+    rundir.write_text(html_path, render_compare_html(comparison, baselines, currents))
     return html_path
 
 

@@ -5,6 +5,8 @@ import socket
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from .. import rundir
+
 
 def write_junit(path: Path, suite_name: str, cases: list[tuple[str, str | None, str | None]],
                 errors: list[tuple[str, str]] = ()) -> None:  # type: ignore[assignment]
@@ -34,6 +36,4 @@ def write_junit(path: Path, suite_name: str, cases: list[tuple[str, str | None, 
         element = ET.SubElement(case, "error", attrib={"message": message, "type": "run"})
         element.text = message
     ET.indent(root)
-    tmp = path.with_name(path.name + ".tmp")
-    ET.ElementTree(root).write(tmp, encoding="utf-8", xml_declaration=True)
-    tmp.replace(path)
+    rundir.write_text(path, ET.tostring(root, encoding="utf-8", xml_declaration=True))

@@ -4,6 +4,7 @@ Importing this module imports Locust, which monkey-patches the standard library 
 the CLI imports it only for the commands that generate load.
 """
 
+import functools
 import importlib.resources
 import logging
 import os
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,8 +34,8 @@ from .. import rundir
 from ..analysis.kpi import judge_run
 from ..collectors.app import AppCollector
 from ..collectors.system import SystemCollector
-from ..config import DEFAULT_REQUEST_TIMEOUT_S, LoadSettings
-from ..errors import ConfigError, RunError, TargetError
+from ..config import DEFAULT_REQUEST_TIMEOUT_S, LoadSettings, redact_argv, redact_url
+from ..errors import ConfigError, InternalError, PerfkitError, RunError, TargetError
 from ..report import write_report
 from ..report.html import describe_lateness
 from ..result import RunMeta, RunResult, RunSettings
@@ -42,6 +44,7 @@ from .alarms import WINDOW_S as ALARM_WINDOW_S
 from .alarms import AlarmWatcher
 from .live import LiveView
 from .openloop import Lateness, make_open_loop
+from .processes import start_child, stop_child
 from .recorder import Recorder, request_name
 from .scenario_errors import ScenarioErrors, guard_on_start
 
@@ -75,6 +78,7 @@ class Plan:
 
 @dataclass
 class RunState:
+    run_dir: Path
     recorder: Recorder
     system: SystemCollector
     app: AppCollector | None
@@ -178,30 +182,55 @@ def _version(package: str) -> str | None:
 
 
 def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> RunResult:
-    """Run one load test end to end: the judged result, its run directory written."""
+    """Run one load test end to end: the judged result, its run directory written. Whatever
+    happens, the managed service is stopped; an unexpected error leaves its traceback in the
+    run directory's perfkit.log and raises InternalError (exit code 3)."""
     check_settings(settings)
     scenario_path = resolve_scenario(settings.scenario)
     user_classes, shape = load_user_classes(scenario_path)
     plan = plan or Plan(steps=[(0.0, settings.users, settings.rate)])
     run_dir = make_run_dir(settings)
-    managed, url, pid = start_target(settings, run_dir, say)
-    meta = RunMeta(
-        run_id=run_dir.name, command=settings.command, argv=list(settings.argv),
-        scenario=settings.scenario, scenario_path=str(scenario_path), target=url,
-        target_managed=managed is not None, target_pid=pid, variants=list(settings.variants),
-        latency_profile=settings.latency_profile if managed else None,
-        settings=RunSettings(users=settings.users, spawn_rate=settings.spawn_rate,
-                             duration_s=settings.duration_s, rate=settings.rate,
-                             workers=settings.workers, warmup_s=settings.effective_warmup_s,
-                             steps=tuple(plan.steps)),
-        kpi_file=str(settings.kpi_file.resolve()) if settings.kpi_file else None,
-        **describe_environment(), started_at=time.time())
-    rundir.write_meta(run_dir, meta)
+    managed = None
+    try:
+        managed, url, pid = start_target(settings, run_dir, say)
+        meta = RunMeta(
+            run_id=run_dir.name, command=settings.command, argv=redact_argv(settings.argv),
+            scenario=settings.scenario, scenario_path=str(scenario_path),
+            target=redact_url(url), target_managed=managed is not None, target_pid=pid,
+            variants=list(settings.variants),
+            latency_profile=settings.latency_profile if managed else None,
+            settings=RunSettings(users=settings.users, spawn_rate=settings.spawn_rate,
+                                 duration_s=settings.duration_s, rate=settings.rate,
+                                 workers=settings.workers, warmup_s=settings.effective_warmup_s,
+                                 steps=tuple(plan.steps)),
+            kpi_file=str(settings.kpi_file.resolve()) if settings.kpi_file else None,
+            **describe_environment(), started_at=time.time())
+        rundir.write_meta(run_dir, meta)
+        env, state = prepare_run(settings, say, plan, run_dir, url, pid, user_classes, shape)
+        run_plan(env, state, settings, say, plan, meta, managed, scenario_path)
+        return judge_and_report(rundir.load_run(run_dir, meta), settings, state, plan, say)
+    except PerfkitError:
+        raise
+    except Exception as exc:
+        log_path = run_dir / "perfkit.log"
+        with rundir.open_for_append(log_path) as log_file:
+            log_file.write(traceback.format_exc())
+        raise InternalError(f"internal error: {type(exc).__name__}: {exc} (traceback in "
+                            f"{log_path})") from exc
+    finally:
+        if managed is not None:
+            target.stop_reference_service(managed)  # no-op once it has stopped
 
+
+def prepare_run(settings: LoadSettings, say: Say, plan: Plan, run_dir: Path, url: str,
+                pid: int | None, user_classes: list[type[User]],
+                shape: Any) -> tuple[Environment, "RunState"]:
+    """The Locust environment and what records and watches the run."""
     # The recorder keeps enough recent buckets in memory for the alarm window and for
     # judging a whole plan step live (stress); no more, so a long run stays flat.
     keep_s = max(ALARM_WINDOW_S, plan.window_s) + 5.0
-    state = RunState(recorder=Recorder(run_dir / rundir.LATENCY, keep_s=keep_s),
+    state = RunState(run_dir=run_dir,
+                     recorder=Recorder(run_dir / rundir.LATENCY, keep_s=keep_s),
                      system=SystemCollector(pid, run_dir / rundir.RESOURCES),
                      app=AppCollector(url, run_dir))
     state.alarms = AlarmWatcher(run_dir, settings.targets, say, settings.alert_webhook,
@@ -209,10 +238,16 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> RunR
     env = make_environment(user_classes, url, settings.rate, settings.users, state.recorder,
                            shape, settings.request_timeout_s)
     state.errors.attach(env)
+    return env, state
+
+
+def run_plan(env: Environment, state: "RunState", settings: LoadSettings, say: Say, plan: Plan,
+             meta: RunMeta, managed: target.ManagedTarget | None, scenario_path: Path) -> None:
+    """Start the runner and the collectors, follow the plan, stop everything, finish `meta`."""
     workers: list[subprocess.Popen] = []
     try:
         if settings.workers:
-            workers = start_local_workers(env, settings, scenario_path, run_dir)
+            workers = start_local_workers(env, settings, scenario_path, state.run_dir)
         else:
             env.create_local_runner()
         state.system.start()
@@ -226,8 +261,7 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> RunR
         state.status, state.message = "failed", str(exc)
     finally:
         stop_run(env, state, workers, managed)
-        finish_meta(meta, env, state, run_dir)
-    return judge_and_report(rundir.load_run(run_dir, meta), settings, state, plan, say)
+        finish_meta(meta, env, state)
 
 
 def check_settings(settings: LoadSettings) -> None:
@@ -257,24 +291,34 @@ def start_target(settings: LoadSettings, run_dir: Path,
 
 def stop_run(env: Environment, state: RunState, workers: list[subprocess.Popen],
              managed: target.ManagedTarget | None) -> None:
-    """Stop the load, the recorder, the collectors, the workers and the target, in order."""
-    stop_runner(env)
+    """Stop the load, the recorder, the collectors, the workers and the target, in order;
+    each step on its own, so one that fails (a full disk under the recorder) skips no other."""
+    def step(name: str, action: Callable[[], Any]) -> Any:
+        try:
+            return action()
+        except Exception:  # a boundary: log it and go on stopping the rest
+            log.exception("stopping the run: %s failed", name)
+            state.status = "failed" if state.status == "completed" else state.status
+            state.message = state.message or f"stopping the run: {name} failed (see perfkit.log)"
+            return None
+
+    step("the load", lambda: stop_runner(env))
     state.load_ended_at = time.time()
-    state.recorder.flush(final=True)
+    step("the recorder", lambda: state.recorder.flush(final=True))
     if state.alarms is not None:
-        state.alarm_summary = state.alarms.close()
+        state.alarm_summary = step("the alarms", state.alarms.close)
     if state.profile is not None:
         state.profile_entry = (state.profile if isinstance(state.profile, dict)
-                               else state.profile.stop())
-    state.collectors = {"system": state.system.stop(),
-                        "app": state.app.stop() if state.app else None}
+                               else step("the profiler", state.profile.stop))
+    state.collectors = {"system": step("the system collector", state.system.stop),
+                        "app": step("the app collector", state.app.stop) if state.app else None}
     for process in workers:
-        _stop_process(process)
+        step(f"worker {process.pid}", functools.partial(stop_child, process))
     if managed is not None:
         if managed.process.poll() is not None and state.status == "completed":
             state.status = "target_died"
             state.message = f"the reference service exited with {managed.process.returncode}"
-        target.stop_reference_service(managed)
+        step("the target", functools.partial(target.stop_reference_service, managed))
 
 
 def judge_and_report(result: RunResult, settings: LoadSettings, state: RunState, plan: Plan,
@@ -309,16 +353,13 @@ def start_local_workers(env: Environment, settings: LoadSettings, scenario: Path
                "--request-timeout", f"{settings.request_timeout_s:g}s"]
     if settings.rate is not None:
         command += ["--rate", str(settings.rate)]
-    workers = []
-    for index in range(settings.workers):
-        with (run_dir / f"worker-{index}.log").open("wb") as log_file:
-            workers.append(subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL))
+    workers = [start_child(command, run_dir / f"worker-{index}.log")
+               for index in range(settings.workers)]
     deadline = time.monotonic() + WORKER_CONNECT_TIMEOUT_S
     while runner.worker_count < settings.workers:
         if time.monotonic() > deadline or any(w.poll() is not None for w in workers):
             for process in workers:
-                _stop_process(process)
+                stop_child(process)
             raise RunError(f"only {runner.worker_count} of {settings.workers} workers connected "
                            f"(see {run_dir}/worker-*.log)")
         gevent.sleep(0.2)
@@ -336,14 +377,14 @@ def drive(env: Environment, settings: LoadSettings, plan: Plan, state: RunState,
         interrupted.append(signal.Signals(signum).name)
 
     handlers = [gevent.signal_handler(s, on_signal, s) for s in (signal.SIGINT, signal.SIGTERM)]
-    timeline = (state.recorder.latency_path or Path(".")).parent / rundir.TIMELINE
+    timeline = state.run_dir / rundir.TIMELINE
     own = [psutil.Process()]
     for process in own:
         process.cpu_percent()  # the first reading is meaningless
     live = LiveView(say, settings, sys.stdout.isatty())
     step_index = -1
     try:
-        with timeline.open("w", encoding="utf-8") as timeline_file:
+        with rundir.open_for_append(timeline) as timeline_file:
             timeline_file.write("t,users,rate,loadgen_cpu_percent\n")
             started = time.time()
             next_tick = started
@@ -467,7 +508,7 @@ def stop_runner(env: Environment) -> None:
         runner.quit()
 
 
-def finish_meta(meta: RunMeta, env: Environment, state: RunState, run_dir: Path) -> None:
+def finish_meta(meta: RunMeta, env: Environment, state: RunState) -> None:
     """How the run ended, in `meta`; failures.json from Locust's error table."""
     # The judged window ends with the load, not with the shutdown of collectors and target.
     meta.ended_at = state.load_ended_at or time.time()
@@ -485,7 +526,7 @@ def finish_meta(meta: RunMeta, env: Environment, state: RunState, run_dir: Path)
         request_name(method, name): entry.num_requests
         for (name, method), entry in (env.runner.stats.entries.items() if env.runner else [])
     }
-    rundir.write_json(run_dir / rundir.FAILURES, [
+    rundir.write_json(state.run_dir / rundir.FAILURES, [
         {"name": request_name(e.method, e.name),
          "error": str(e.error)[:200], "count": e.occurrences, "example": str(e.error)[:1000]}
         for e in sorted(errors, key=lambda e: -e.occurrences)
@@ -520,14 +561,3 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _stop_process(process: subprocess.Popen, timeout_s: float = 10.0) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-

@@ -12,10 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import TargetError
+from .processes import start_child, stop_child
 
 log = logging.getLogger(__name__)
 
 HEALTH_PATH = "/api/v1/health"
+# The service drains for up to 10 s (guide profile), then cancels the rest in bulk and closes
+# its database and worker processes: give it that and a margin before it is killed.
+STOP_TIMEOUT_S = 45.0
 _URL_LINE = re.compile(r"(http://[\w.\-]+:\d+)")
 
 
@@ -34,9 +38,17 @@ def start_reference_service(log_path: Path, variants: tuple[str, ...], latency_p
         command.append("--fast")
     for variant in variants:
         command += ["--variant", variant]
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
+    process = start_child(command, log_path)
+    try:
+        return _wait_for_service(process, log_path, timeout_s)
+    except BaseException:
+        # Not ready, or interrupted while waiting: never leave it running.
+        stop_child(process, signal.SIGINT, STOP_TIMEOUT_S)
+        raise
+
+
+def _wait_for_service(process: subprocess.Popen, log_path: Path,
+                      timeout_s: float) -> ManagedTarget:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         output = log_path.read_text("utf-8", errors="replace")
@@ -49,7 +61,6 @@ def start_reference_service(log_path: Path, variants: tuple[str, ...], latency_p
             raise TargetError(f"the reference service exited with code {process.returncode}: "
                               f"{_last_line(output)}")
         time.sleep(0.1)
-    stop_reference_service(ManagedTarget(process, "", log_path))
     raise TargetError(f"the reference service did not start within {timeout_s:.0f} s")
 
 
@@ -89,17 +100,9 @@ def check_target(url: str, timeout_s: float = 10.0) -> None:
     raise TargetError(f"target {url} is unreachable: {error}")
 
 
-def stop_reference_service(target: ManagedTarget, timeout_s: float = 15.0) -> None:
-    process = target.process
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGINT)  # lets in-flight jobs finish or be marked cancelled
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        log.warning("reference service did not stop in %.0f s; killing it", timeout_s)
-        process.kill()
-        process.wait()
+def stop_reference_service(target: ManagedTarget, timeout_s: float = STOP_TIMEOUT_S) -> None:
+    # SIGINT lets in-flight jobs finish or be marked cancelled.
+    stop_child(target.process, signal.SIGINT, timeout_s)
 
 
 def _last_line(output: str) -> str:
