@@ -1,6 +1,7 @@
 """The perfkit command line. Settings are built here and passed down as typed objects."""
 
 import logging
+import signal
 import sys
 import tempfile
 import traceback
@@ -409,7 +410,16 @@ def baseline_list(reports_dir: Path) -> None:
             f"variants {variants:10} {row['size_kb']:7.0f} kB")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main() -> None:
+    # SIGTERM (a CI job cancelled) and SIGHUP (the terminal closed) stop perfkit as Ctrl-C
+    # does, so every `finally` runs: the managed service and workers are stopped. During a
+    # run the runner handles them itself and still writes the report.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

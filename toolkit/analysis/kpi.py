@@ -330,6 +330,7 @@ def judge_run(run: RunResult, targets: list[KpiTarget]) -> RunResult:
         "worst": _record_or_none(worst_offender(results)),
         "loadgen": meta.loadgen,
         "load": meta.load,
+        "skipped_lines": run.skipped_lines,
         "kpi_file": meta.kpi_file,
         "stress": _stress_summary(meta.stress),
         "endurance": _endurance_summary(meta.endurance),

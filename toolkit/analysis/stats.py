@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from hdrh.codec import HdrCookieException, HdrLengthException
 from hdrh.histogram import HdrHistogram
 
 # Microseconds, 1 µs .. 1 h, 3 significant digits: see docs/run-directory.md.
@@ -31,8 +32,20 @@ def encode_histogram(hist: HdrHistogram) -> str:
     return hist.encode().decode("ascii")
 
 
+class HistogramError(ValueError):
+    """An encoded histogram that is not an HdrHistogram (a damaged latency.jsonl)."""
+
+
+# What decoding a damaged payload raises, from base64, struct, zlib and hdrh alike.
+_DECODE_ERRORS = (ValueError, struct.error, zlib.error, UnicodeError, HdrCookieException,
+                  HdrLengthException)
+
+
 def decode_histogram(encoded: str) -> HdrHistogram:
-    return HdrHistogram.decode(encoded.encode("ascii"))
+    try:
+        return HdrHistogram.decode(encoded.encode("ascii"))
+    except _DECODE_ERRORS as exc:
+        raise HistogramError(f"not an HdrHistogram: {type(exc).__name__}: {exc}") from exc
 
 
 def merge_histograms(encoded: Iterable[str]) -> HdrHistogram:
@@ -146,7 +159,10 @@ def decode_cells(encoded: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.nda
     rows: list[int] = []
     foreign: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for row, item in enumerate(encoded):
-        body = _payload_body(item)
+        try:
+            body = _payload_body(item)
+        except _DECODE_ERRORS as exc:
+            raise HistogramError(f"not an HdrHistogram: {type(exc).__name__}: {exc}") from exc
         if body is None:
             cells, counts = _cells_by_hdrh(item)
             foreign.append((np.full(cells.size, row, np.int64), cells, counts))

@@ -6,6 +6,7 @@ that line to learn the port."""
 
 import asyncio
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -30,7 +31,8 @@ def serve_forever(*, say: Callable[[str], None], database_url: str | None = None
     temporary directory (removed at exit) so concurrent instances never share a database."""
     temp_dir: Path | None = None
     if not database_url:
-        temp_dir = Path(tempfile.mkdtemp(prefix="perfkit-serve-"))
+        # The pid in the name tells whose it is, should a killed instance leave it behind.
+        temp_dir = Path(tempfile.mkdtemp(prefix=f"perfkit-serve-{os.getpid()}-"))
         database_url = f"sqlite+aiosqlite:///{temp_dir / 'research.db'}"
     # The remaining options are build_service_settings' keyword arguments (the serve command's).
     settings = build_service_settings(database_url=database_url, **options)

@@ -11,8 +11,9 @@ from pathlib import Path
 from .. import rundir
 from ..analysis.endurance import describe_memory
 from ..analysis.kpi import judge_run
+from ..analysis.stats import HistogramError
 from ..config import load_kpi_targets
-from ..errors import ConfigError
+from ..errors import ConfigError, ReportError
 from ..result import FAILED_STATUSES, RunResult
 from .html import render_html
 from .junit import write_junit
@@ -60,9 +61,13 @@ def rebuild_report(run_dir: Path, kpi_file: Path | None = None) -> RunResult:
     run recorded) and rewrite its report files and run.json's verdict."""
     run = rundir.load_run(run_dir)
     kpi_path = kpi_file if kpi_file is not None else _recorded_kpi_file(run)
-    judge_run(run, load_kpi_targets(kpi_path))
-    run.summary["kpi_file"] = str(kpi_path) if kpi_path is not None else None
-    write_report(run)
+    try:
+        judge_run(run, load_kpi_targets(kpi_path))
+        run.summary["kpi_file"] = str(kpi_path) if kpi_path is not None else None
+        write_report(run)
+    except HistogramError as exc:
+        raise ReportError(f"{run_dir}/{rundir.LATENCY} holds a damaged histogram: {exc}") \
+            from exc
     run.meta.verdict = run.verdict
     rundir.write_meta(run.run_dir, run.meta)
     return run

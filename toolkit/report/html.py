@@ -73,6 +73,7 @@ def build_context(run: RunResult) -> dict[str, Any]:
         "slow_queries": _slow_queries(run, started_at),
         "failures": _failures(run.failures),
         "requests_recorded": not run.latency.empty,
+        "skipped_lines": run.skipped_lines,
         "alarms": _alarms(run.alarms, started_at),
         "stress": stress_section(meta),
         "endurance": endurance_section(meta),

@@ -39,7 +39,7 @@ import pandas as pd
 
 from .. import rundir
 from ..analysis.kpi import judge_window, kpi_limit, window_kpis
-from ..config import KpiTarget
+from ..config import KpiTarget, redact_url
 from ..result import KpiResult
 
 if TYPE_CHECKING:  # the runner imports this module
@@ -169,7 +169,7 @@ class AlarmWatcher:
             log.exception("alarm webhook failed")
             return "unexpected error (see the log)"
         if error:
-            log.warning("alarm webhook %s: %s", self.webhook_url, error)
+            log.warning("alarm webhook %s: %s", redact_url(self.webhook_url), error)
         return error
 
     def close(self) -> dict[str, Any]:
@@ -181,7 +181,8 @@ class AlarmWatcher:
         return {
             "window_s": self.window_s, "raised": self.raised,
             "webhook": None if not self.webhook_url else {
-                "url": self.webhook_url, "posted": len(self.posts) - len(errors) - len(pending),
+                "url": redact_url(self.webhook_url),
+                "posted": len(self.posts) - len(errors) - len(pending),
                 "failed": len(errors) + len(pending),
                 "note": "; ".join(sorted(set(errors)))[:300] + (
                     f"{len(pending)} still pending at the end were dropped" if pending else "")},

@@ -17,6 +17,7 @@ from hdrh.histogram import HdrHistogram
 
 from .. import rundir
 from ..analysis import stats
+from ..errors import RunError
 
 log = logging.getLogger(__name__)
 
@@ -127,23 +128,31 @@ class Recorder:
         tally.count += 1
         tally.failures += failed
 
-    def take_buckets(self, older_than: float) -> list[dict[str, Any]]:
-        """Remove and return the buckets that started before `older_than`, encoded."""
-        closed = sorted(key for key in self.buckets if key[0] < older_than)
-        records = []
-        for key in closed:
-            records.append(self.buckets.pop(key).record(*key))
+    def _closed(self, older_than: float) -> list[tuple[int, str]]:
+        """The buckets that started before `older_than`, oldest first."""
         for t in [t for t in self.recent if t < time.time() - 60]:
             del self.recent[t]
-        return records
+        return sorted(key for key in self.buckets if key[0] < older_than)
+
+    def take_buckets(self, older_than: float) -> list[dict[str, Any]]:
+        """Remove and return the buckets that started before `older_than`, encoded."""
+        return [self.buckets.pop(key).record(*key) for key in self._closed(older_than)]
 
     def flush(self, final: bool = False) -> None:
         """Append closed buckets to latency.jsonl (all of them when the run is over)."""
         if self.latency_path is None:
             return
         older_than = float("inf") if final else time.time() - FLUSH_DELAY_S
-        records = self.take_buckets(older_than)
-        rundir.append_jsonl(self.latency_path, records)
+        closed = self._closed(older_than)
+        records = [self.buckets[key].record(*key) for key in closed]
+        # Written before they are dropped: a full disk keeps them in memory, not lost.
+        try:
+            rundir.append_jsonl(self.latency_path, records)
+        except OSError as exc:
+            raise RunError(f"cannot write {self.latency_path.name}: {exc.strerror or exc}") \
+                from exc
+        for key in closed:
+            del self.buckets[key]
         if self.keep_s > 0:
             self.kept.extend(records)
             while self.kept and self.kept[0]["t"] < time.time() - self.keep_s:

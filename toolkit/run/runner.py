@@ -9,6 +9,7 @@ import importlib.resources
 import logging
 import os
 import platform
+import re
 import signal
 import socket
 import subprocess
@@ -142,19 +143,29 @@ def make_environment(user_classes: list[type[User]], host: str | None, rate: flo
 
 
 def make_run_dir(settings: LoadSettings) -> Path:
-    if settings.out is not None:
-        run_dir = settings.out
-    else:
-        name = Path(settings.scenario).stem
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = settings.reports_dir / f"{stamp}-{settings.command}-{name}"
-    if (run_dir / rundir.RUN_JSON).exists():
-        raise ConfigError(f"{run_dir} already holds a run; choose another --out")
+    """A new run directory: `--out` (which may exist, but not hold a run), else
+    reports/<time>-<command>-<scenario>, created atomically with a suffix when two runs
+    start in the same second (mkdir either creates it or fails: never two runs in one)."""
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if settings.out is not None:
+            if (settings.out / rundir.RUN_JSON).exists() or settings.out.is_symlink():
+                raise ConfigError(f"{settings.out} already holds a run; choose another --out")
+            settings.out.mkdir(parents=True, exist_ok=True)
+            return settings.out
+        name = re.sub(r"[^\w.-]", "_", Path(settings.scenario).stem)
+        base = settings.reports_dir / (f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-"
+                                       f"{settings.command}-{name}")
+        base.parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, 100):
+            run_dir = base if attempt == 1 else base.with_name(f"{base.name}-{attempt}")
+            try:
+                run_dir.mkdir()
+                return run_dir
+            except FileExistsError:
+                continue
+        raise ConfigError(f"cannot find a free run directory name beside {base}")
     except OSError as exc:
-        raise ConfigError(f"cannot create run directory {run_dir}: {exc}") from exc
-    return run_dir
+        raise ConfigError(f"cannot create run directory: {exc}") from exc
 
 
 def describe_environment() -> dict[str, Any]:
@@ -211,12 +222,18 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> RunR
         return judge_and_report(rundir.load_run(run_dir, meta), settings, state, plan, say)
     except PerfkitError:
         raise
+    except OSError as exc:  # a full disk, a directory made read-only: the environment
+        raise RunError(f"cannot write the run directory {run_dir}: "
+                       f"{exc.strerror or exc}") from exc
     except Exception as exc:
         log_path = run_dir / "perfkit.log"
-        with rundir.open_for_append(log_path) as log_file:
-            log_file.write(traceback.format_exc())
-        raise InternalError(f"internal error: {type(exc).__name__}: {exc} (traceback in "
-                            f"{log_path})") from exc
+        try:
+            with rundir.open_for_append(log_path) as log_file:
+                log_file.write(traceback.format_exc())
+            where = f"traceback in {log_path}"
+        except OSError as log_error:  # a full disk: say so rather than hide the first error
+            where = f"its traceback could not be written: {log_error.strerror or log_error}"
+        raise InternalError(f"internal error: {type(exc).__name__}: {exc} ({where})") from exc
     finally:
         if managed is not None:
             target.stop_reference_service(managed)  # no-op once it has stopped
@@ -296,8 +313,9 @@ def stop_run(env: Environment, state: RunState, workers: list[subprocess.Popen],
     def step(name: str, action: Callable[[], Any]) -> Any:
         try:
             return action()
-        except Exception:  # a boundary: log it and go on stopping the rest
-            log.exception("stopping the run: %s failed", name)
+        except Exception as exc:  # a boundary: log it and go on stopping the rest
+            log.warning("stopping the run: %s failed: %s", name, exc)
+            log.debug("stopping the run: %s failed", name, exc_info=True)
             state.status = "failed" if state.status == "completed" else state.status
             state.message = state.message or f"stopping the run: {name} failed (see perfkit.log)"
             return None
@@ -376,7 +394,10 @@ def drive(env: Environment, settings: LoadSettings, plan: Plan, state: RunState,
     def on_signal(signum: int) -> None:
         interrupted.append(signal.Signals(signum).name)
 
-    handlers = [gevent.signal_handler(s, on_signal, s) for s in (signal.SIGINT, signal.SIGTERM)]
+    # SIGTERM (a CI job cancelled) and SIGHUP (the terminal closed) end the run like Ctrl-C:
+    # stopped cleanly, reported, exit code 130.
+    handlers = [gevent.signal_handler(s, on_signal, s)
+                for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)]
     timeline = state.run_dir / rundir.TIMELINE
     own = [psutil.Process()]
     for process in own:
