@@ -391,19 +391,20 @@ UNJUDGED_STATUSES = ("failed", "running")
 def _verdict(run: RunResult, results: list[KpiResult]) -> tuple[str, str]:
     """(verdict, the sentence that says why): error when nothing can be judged (the run failed
     or never ended, or no request was recorded in the judged window: no data is never a
-    pass), fail when the target died, the scenario raised, or a KPI failed."""
+    pass), fail when the target died (whatever was measured), the scenario raised, or a KPI
+    failed."""
     meta = run.meta
     if meta.status in UNJUDGED_STATUSES:
         what = "never finished (no end was recorded)" if meta.status == "running" else "failed"
         return "error", f"the run {what}" + (f": {meta.message}" if meta.message else "")
+    if meta.status in FAILED_STATUSES:  # the target died: a verdict on the target
+        return "fail", f"the run ended with status {meta.status}" + (
+            f": {meta.message}" if meta.message else "")
     if not sum(int(s["count"]) for s in run.endpoints.values()):
         recorded = int(run.latency["count"].sum()) if not run.latency.empty else 0
         return "error", ("no requests were recorded in the judged window" + (
             f" ({recorded} during the warm-up)" if recorded else
             ": the target never answered, or the scenario sent nothing"))
-    if meta.status in FAILED_STATUSES:
-        return "fail", f"the run ended with status {meta.status}" + (
-            f": {meta.message}" if meta.message else "")
     raised = [f for f in run.failures if f.get("kind") == "scenario_error"]
     if raised:
         count = sum(int(f.get("count") or 0) for f in raised)
