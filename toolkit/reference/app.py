@@ -19,7 +19,7 @@ from .cache import open_cache
 from .db import cancel_orphaned_jobs, create_schema, open_database
 from .metrics import Metrics, record_request
 from .provider import close_client, open_client, start_simulator, stop_simulator
-from .research import build_pool, drain_pool
+from .research import build_pool, cancel_active_jobs, drain_pool
 from .routes import API, research_error, router
 from .settings import ENDPOINTS, ServiceSettings
 
@@ -115,7 +115,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             log.warning("marked %d jobs of a previous run cancelled", orphaned)
         cache = await open_cache(settings.redis_url, settings.cache_ttl_s)
         simulator = await start_simulator(settings.profile, metrics, settings.seed)
-        provider = open_client(simulator, metrics, settings.profile, settings.provider_attempts,
+        provider = open_client(simulator.url, metrics, settings.profile, settings.provider_attempts,
                                settings.has("new_client_per_call"), settings.seed)
         pool = build_pool(settings, db, provider, cache, metrics)
         if settings.queue == "celery":
@@ -129,7 +129,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             yield {"metrics": metrics, "pool": pool, "health_body": describe_health(settings)}
         finally:
             if pool.queue is not None:
-                await stop_workers(pool.queue, db, settings.profile.shutdown_grace_s)
+                pool.accepting = False
+                await stop_workers(pool.queue, settings.profile.shutdown_grace_s)
+                await cancel_active_jobs(pool, "cancelled: the service shut down")
             await drain_pool(pool, settings.profile.shutdown_grace_s)
             await close_client(provider)
             await stop_simulator(simulator)

@@ -123,9 +123,9 @@ async def stop_simulator(simulator: Simulator) -> None:
     await simulator.runner.cleanup()
 
 
-def open_client(simulator: Simulator, metrics: Metrics, profile: LatencyProfile, attempts: int,
+def open_client(url: str, metrics: Metrics, profile: LatencyProfile, attempts: int,
                 new_client_per_call: bool, seed: int | None) -> ProviderClient:
-    client = ProviderClient(url=simulator.url, metrics=metrics, profile=profile,
+    client = ProviderClient(url=url, metrics=metrics, profile=profile,
                             attempts=attempts, new_client_per_call=new_client_per_call,
                             rng=random.Random(seed))
     if not new_client_per_call:

@@ -215,9 +215,14 @@ async def run_job(pool: WorkerPool, job_id: str, priority: int, callback_url: st
     if await finish_job(pool, job_id, status, message):
         record_job(pool.metrics, status, time.perf_counter() - started_at)
         if callback_url:
-            await send_callback(pool, callback_url, {
-                "job_id": job_id, "status": status, "message": message,
-                "metadata": summarise_counts(outcomes)})
+            body = {"job_id": job_id, "status": status, "message": message,
+                    "metadata": summarise_counts(outcomes)}
+            if pool.queue is None:
+                await send_callback(pool, callback_url, body)
+            else:
+                from .workers import enqueue_callback
+
+                await enqueue_callback(pool.queue, callback_url, body)
 
 
 async def research_group(pool: WorkerPool, job_id: str, priority: int, key: str,
@@ -330,16 +335,26 @@ async def load_result_rows(pool: WorkerPool, job_id: str) -> Sequence[Sequence[A
         return rows
 
 
-async def send_callback(pool: WorkerPool, callback_url: str, body: dict[str, Any]) -> None:
+async def send_callback(pool: WorkerPool, callback_url: str, body: dict[str, Any]) -> bool:
     """POST the final status to the job's callback_url; failures are logged, never retried."""
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5.0)) as session:
             async with session.post(callback_url, json=body) as response:
                 response.raise_for_status()
         pool.metrics.callbacks_sent += 1
+        return True
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         pool.metrics.callbacks_failed += 1
         log.warning("callback for job %s to %s failed: %s", body["job_id"], callback_url, exc)
+        return False
+
+
+async def cancel_active_jobs(pool: WorkerPool, message: str) -> None:
+    """Every job still active (its task queued or cut short) becomes cancelled, with its
+    unresearched items."""
+    rows = await fetch_rows(pool.db, "SELECT id FROM jobs WHERE status IN ('pending', "
+                                     "'processing')")
+    await mark_cancelled(pool.db, [row[0] for row in rows], message)
 
 
 def summarise_counts(counts: Mapping[str, int]) -> dict[str, int]:

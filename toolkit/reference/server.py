@@ -87,6 +87,19 @@ async def check_backends(settings: ServiceSettings) -> None:
         await engine.dispose()
     cache = await open_cache(settings.redis_url, settings.cache_ttl_s)
     await cache.close()
+    if settings.queue == "celery":
+        await asyncio.to_thread(check_broker, settings.celery.broker_url)
+
+
+def check_broker(broker_url: str) -> None:
+    from kombu import Connection
+
+    with Connection(broker_url, connect_timeout=5) as conn:
+        try:
+            conn.ensure_connection(max_retries=1)
+        except Exception as exc:  # kombu raises the transport's own errors
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise TargetError(f"cannot reach the broker {conn.as_uri()}: {reason}") from None
 
 
 async def run_server(settings: ServiceSettings, say: Callable[[str], None]) -> str:
