@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 
 from .cache import open_cache
-from .db import cancel_orphaned_jobs, create_schema, open_database
+from .db import cancel_orphaned_jobs, create_schema, fetch_rows, open_database
 from .metrics import Metrics, record_request
 from .provider import close_client, open_client, start_simulator, stop_simulator
 from .research import build_pool, cancel_active_jobs, drain_pool
@@ -130,7 +130,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         finally:
             if pool.queue is not None:
                 pool.accepting = False
-                await stop_workers(pool.queue, settings.profile.shutdown_grace_s)
+                busy = await fetch_rows(db, "SELECT 1 FROM jobs WHERE status = 'processing'")
+                await stop_workers(pool.queue, settings.profile.shutdown_grace_s, bool(busy))
                 await cancel_active_jobs(pool, "cancelled: the service shut down")
             await drain_pool(pool, settings.profile.shutdown_grace_s)
             await close_client(provider)

@@ -139,20 +139,26 @@ async def wait_for_pool_processes(queue: CeleryQueue, timeout_s: float) -> None:
     raise TargetError(f"celery workers did not start within {timeout_s:.0f} s")
 
 
-async def stop_workers(queue: CeleryQueue, grace_s: float) -> None:
-    """Warm shutdown (SIGTERM: finish the running task), then SIGKILL to each node's process
-    group after `grace_s`."""
+async def stop_workers(queue: CeleryQueue, grace_s: float, busy: bool = True) -> None:
+    """When a worker is `busy`, warm shutdown (SIGTERM: finish the running task) for up to
+    `grace_s`; then SIGKILL to each node's process group (the node and its pool process). Idle
+    nodes are killed at once: even an idle node's warm shutdown takes seconds (RabbitMQ's
+    about five), and nothing of theirs is lost (reserved tasks' jobs are cancelled with the
+    rest, and skipped if ever delivered again)."""
+    if busy:
+        for node in queue.nodes:
+            if node.poll() is None:
+                node.send_signal(signal.SIGTERM)
+        deadline = asyncio.get_running_loop().time() + grace_s
+        for node in queue.nodes:
+            while node.poll() is None and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+            if node.poll() is None:
+                log.warning("celery worker %d still busy after %.0f s; killed", node.pid,
+                            grace_s)
     for node in queue.nodes:
-        if node.poll() is None:
-            node.send_signal(signal.SIGTERM)
-    deadline = asyncio.get_running_loop().time() + grace_s
-    for node in queue.nodes:
-        while node.poll() is None and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
-        if node.poll() is None:
-            log.warning("celery worker %d did not stop within %.0f s; killed", node.pid, grace_s)
         try:
-            os.killpg(node.pid, signal.SIGKILL)  # the node's pool process too
+            os.killpg(node.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         node.wait()
