@@ -105,7 +105,10 @@ def test_celery_workers_research_every_job_and_show_the_queue(start_target: Star
         results = read_results(url, job["job_id"])
         assert results["metadata"]["successful"] == results["metadata"]["total"]
         assert all(r["status"] == "success" and r["simulated"] for r in results["results"])
-    assert read_metrics(url, "application")["queue_depth"] == 0
+    app = read_metrics(url, "application")
+    assert app["queue_depth"] == 0
+    assert app["researched_items"] == sum(1 + n % 3 for n in range(8)) and app["research_avg_time"] > 0
+    assert app["provider_calls"] is None  # counted in the workers, not here
 
     pids = app["worker_pids"]
     assert service.stop(signal.SIGTERM) == 0, service.output
