@@ -16,7 +16,14 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 
 from .cache import open_cache
-from .db import cancel_orphaned_jobs, create_schema, fetch_rows, open_database
+from .db import (
+    cancel_orphaned_jobs,
+    close_database,
+    create_schema,
+    fetch_rows,
+    lease_drivers,
+    open_database,
+)
 from .metrics import Metrics, record_request
 from .provider import close_client, open_client, start_simulator, stop_simulator
 from .research import build_pool, cancel_active_jobs, drain_pool
@@ -24,6 +31,9 @@ from .routes import API, research_error, router
 from .settings import ENDPOINTS, ServiceSettings
 
 log = logging.getLogger(__name__)
+
+# Driver connections the hot paths share; more only add threads (SQLite) or idle sessions.
+HOT_PATH_CONNECTIONS = 8
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -110,6 +120,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         metrics = Metrics(settings)
         db = open_database(settings.database_url, metrics)
         await create_schema(db.engine, with_indexes=not settings.has("no_index"))
+        await lease_drivers(db, HOT_PATH_CONNECTIONS)
         orphaned = await cancel_orphaned_jobs(db, "cancelled: the service restarted")
         if orphaned:
             log.warning("marked %d jobs of a previous run cancelled", orphaned)
@@ -137,7 +148,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             await close_client(provider)
             await stop_simulator(simulator)
             await cache.close()
-            await db.engine.dispose()
+            await close_database(db)
 
     app = FastAPI(title="perfkit reference research service", version=perfkit_version(),
                   lifespan=lifespan)

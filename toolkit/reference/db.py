@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -120,7 +120,7 @@ def build_engine(database_url: str, metrics: Metrics) -> AsyncEngine:
     # aiosqlite's thread on each request.
     options: dict[str, Any] = {"pool_reset_on_return": None}
     if not sqlite:
-        options.update(pool_size=10, max_overflow=20)
+        options.update(pool_size=16, max_overflow=20)
     else:
         # A fixed pool: an overflow connection is opened and closed per checkout (a new
         # aiosqlite thread and the pragmas each time), which was the reads' p99.
@@ -189,20 +189,54 @@ async def cancel_orphaned_jobs(db: "Database", message: str) -> int:
 @dataclass
 class Database:
     """The engine and what the hot paths need beside it: which driver answers (their SQL
-    placeholders and value types differ) and, on SQLite, the lock that makes writers take turns
-    in the event loop instead of in SQLite's busy handler, whose back-off sleeps of up to
-    100 ms were the create endpoint's p99."""
+    placeholders and value types differ), driver connections lent to the hot paths, and, on
+    SQLite, the lock that makes writers take turns in the event loop instead of in SQLite's
+    busy handler, whose back-off sleeps of up to 100 ms were the create endpoint's p99."""
 
     engine: AsyncEngine
     metrics: Metrics
     sqlite: bool
     write_lock: asyncio.Lock | None
+    # Checked out of the engine's pool once, at startup: SQLAlchemy's async checkout costs
+    # about 75 us of CPU per request (greenlets, pool bookkeeping), more than twice what a
+    # status query itself costs on SQLite.
+    drivers: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    leases: list[AsyncConnection] = field(default_factory=list)
 
 
 def open_database(database_url: str, metrics: Metrics) -> Database:
     sqlite = database_url.startswith("sqlite")
     return Database(build_engine(database_url, metrics), metrics, sqlite,
                     asyncio.Lock() if sqlite else None)
+
+
+async def lease_drivers(db: Database, count: int) -> None:
+    for _ in range(count):
+        conn = await db.engine.connect()
+        db.leases.append(conn)
+        db.drivers.put_nowait((await conn.get_raw_connection()).driver_connection)
+
+
+async def close_database(db: Database) -> None:
+    for conn in db.leases:
+        await conn.close()
+    db.leases.clear()
+    await db.engine.dispose()
+
+
+@asynccontextmanager
+async def lend_driver(db: Database) -> AsyncIterator[Any]:
+    """A leased driver connection (aiosqlite or asyncpg), or, in a process that leased none
+    (a Celery worker), one checked out for this use."""
+    if not db.leases:
+        async with db.engine.connect() as conn:
+            yield (await conn.get_raw_connection()).driver_connection
+        return
+    driver = await db.drivers.get()
+    try:
+        yield driver
+    finally:
+        db.drivers.put_nowait(driver)
 
 
 @asynccontextmanager
@@ -240,9 +274,7 @@ async def fetch_rows(db: Database, sql: str, *params: Any) -> Sequence[Sequence[
     """A read on the driver itself, outside any transaction: one hop to aiosqlite's thread
     (SQLAlchemy's cursor adapter takes four: cursor, execute, fetchall, close) or one asyncpg
     fetch. Timed into the metrics like every statement that goes through the engine."""
-    async with db.engine.connect() as conn:
-        driver = (await conn.get_raw_connection()).driver_connection
-        assert driver is not None
+    async with lend_driver(db) as driver:
         started_at = time.perf_counter()
         if db.sqlite:
             rows: Sequence[Sequence[Any]] = await driver.execute_fetchall(
@@ -273,9 +305,7 @@ async def insert_job(db: Database, job: dict[str, Any], items: list[dict[str, An
         item["price_exact"], item["currency"], item["seller_or_store"],
         json.dumps(item["metadata"]), item["research_key"])]
     lock: AbstractAsyncContextManager[Any] = db.write_lock or nullcontext()
-    async with lock, db.engine.connect() as conn:
-        driver = (await conn.get_raw_connection()).driver_connection
-        assert driver is not None
+    async with lock, lend_driver(db) as driver:
         started_at = time.perf_counter()
         if db.sqlite:
             try:
