@@ -102,6 +102,7 @@ async def start_simulator(profile: LatencyProfile, metrics: Metrics,
         if transport is not None and transport not in seen_connections:
             seen_connections.add(transport)
             metrics.provider_connections_opened += 1
+            await asyncio.sleep(profile.connect_ms / 1000.0)
         item = await request.json()
         await asyncio.sleep(sample_latency_s(profile, rng))
         if rng.random() < profile.error_rate:

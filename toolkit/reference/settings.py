@@ -38,6 +38,9 @@ class LatencyProfile:
     insufficient_rate: float
     backoff_ms: float
     shutdown_grace_s: float
+    # What a new connection to the real provider costs before its first answer (TCP and TLS
+    # over the internet); loopback would hide it, and with it what a pooled client saves.
+    connect_ms: float = 0.0
 
 
 # The guide's figure: a 10-product batch on 5 slots takes 15-30 s on average. Two waves of five
@@ -45,10 +48,10 @@ class LatencyProfile:
 # 17-26 s); the 2 % transient errors retried with a 1 s backoff add little.
 GUIDE = LatencyProfile("guide", median_ms=8000.0, sigma=0.3, max_ms=20000.0,
                        error_rate=0.02, insufficient_rate=0.05, backoff_ms=1000.0,
-                       shutdown_grace_s=10.0)
+                       shutdown_grace_s=10.0, connect_ms=150.0)
 FAST = LatencyProfile("fast", median_ms=30.0, sigma=0.3, max_ms=200.0,
                       error_rate=0.0, insufficient_rate=0.0, backoff_ms=10.0,
-                      shutdown_grace_s=2.0)
+                      shutdown_grace_s=2.0, connect_ms=15.0)
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,7 @@ def build_service_settings(
         else insufficient_rate,
         backoff_ms=base.backoff_ms,
         shutdown_grace_s=base.shutdown_grace_s,
+        connect_ms=base.connect_ms,
     )
     return ServiceSettings(
         host=host,
