@@ -3,7 +3,8 @@ same inserts and reads (no ORM, no metrics, no background research), measured si
 the same run so the ratio says what the reference's extra work costs on this machine.
 
     .venv/bin/python bench/service_floor.py [--connections 16] [--duration-s 4]
-        [--jobs 200] [--serve-arg=--variant --serve-arg=n_plus_one] [--client aiohttp]
+        [--jobs 200] [--rounds 3] [--serve-arg=--variant --serve-arg=n_plus_one]
+        [--client aiohttp]
 
 Both run as one uvicorn process (uvloop, httptools) on 127.0.0.1; the reference with `--fast`.
 Read phases (health, status, results) run first, against jobs created beforehand and finished,
@@ -20,6 +21,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -169,6 +171,18 @@ async def create_jobs(url: str, count: int) -> list[str]:
         return job_ids
 
 
+async def wait_until_idle(url: str, timeout_s: float) -> None:
+    async with aiohttp.ClientSession(url) as session:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            async with session.get("/api/v1/metrics/application") as response:
+                state = await response.json()
+            if not state["queue_depth"] and not state["active_research"]:
+                return
+            await asyncio.sleep(0.5)
+    print(f"warning: the reference still researching after {timeout_s:g} s", file=sys.stderr)
+
+
 def wrk_script(endpoint: str, job_ids: list[str]) -> str:
     if endpoint == "create":
         return ('n = 0\nrequest = function()\n n = n + 1\n'
@@ -267,6 +281,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--duration-s", type=float, default=4.0, help="per endpoint and arm")
     parser.add_argument("--jobs", type=int, default=200, help="jobs the read phases cycle over")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds (medians)")
     parser.add_argument("--serve-arg", action="append", default=[],
                         help="extra argument for perfkit serve (repeatable)")
     parser.add_argument("--client", choices=("wrk", "aiohttp"),
@@ -282,29 +297,40 @@ def main() -> None:
     floor, floor_url = start_process([sys.executable, __file__, "--serve-floor", "0"])
     reference, reference_url = start_process(
         [sys.executable, "-m", "perfkit", "serve", "--port", "0", "--fast", *args.serve_arg])
-    rows: dict[str, dict[str, dict[str, Any]]] = {}
+    rows: dict[str, list[dict[str, dict[str, Any]]]] = {endpoint: [] for endpoint in endpoints}
     try:
         job_ids = {"floor": asyncio.run(create_jobs(floor_url, args.jobs)),
                    "reference": asyncio.run(create_jobs(reference_url, args.jobs))}
         time.sleep(2.0)  # the reference's jobs finish researching before the reads
-        for endpoint in endpoints:
-            rows[endpoint] = {name: measure(url, endpoint, job_ids[name], args)
-                              for name, url in (("floor", floor_url),
-                                                ("reference", reference_url))}
+        # Rounds alternate the two arms per endpoint, so a neighbour's burst on the shared
+        # machine lands on both rather than on one; the table shows medians over rounds.
+        for _ in range(args.rounds):
+            for endpoint in endpoints:
+                rows[endpoint].append({name: measure(url, endpoint, job_ids[name], args)
+                                       for name, url in (("floor", floor_url),
+                                                         ("reference", reference_url))})
+                if endpoint == "create":
+                    # The jobs just created are still being researched; measured next to
+                    # that, the floor's next arm would pay for the reference's backlog.
+                    asyncio.run(wait_until_idle(reference_url, timeout_s=120.0))
     finally:
         stop_process(reference)
         stop_process(floor)
     load1, _, _ = os.getloadavg()
     print(f"perfkit serve --fast {' '.join(args.serve_arg)} vs bare floor | {args.client}, "
-          f"{args.connections} connections, {args.duration_s:g} s per arm, "
-          f"{os.cpu_count()} cores, load avg {load1:.1f}")
+          f"{args.connections} connections, {args.duration_s:g} s per arm, {args.rounds} "
+          f"round(s) (medians), {os.cpu_count()} cores, load avg {load1:.1f}")
     print(f"{'endpoint':8} {'ref rps':>8} {'ref p50 ms':>10} {'ref p99 ms':>10} {'ref err':>7} "
-          f"{'floor rps':>9} {'floor p99 ms':>12} {'ratio':>6}")
-    for endpoint, row in rows.items():
-        ref, flo = row["reference"], row["floor"]
-        print(f"{endpoint:8} {ref['ok_rps']:8.0f} {ref['p50_ms']:10.1f} {ref['p99_ms']:10.1f} "
-              f"{ref['errors']:7d} {flo['ok_rps']:9.0f} {flo['p99_ms']:12.1f} "
-              f"{ref['ok_rps'] / flo['ok_rps']:6.2f}")
+          f"{'floor rps':>9} {'floor p99 ms':>12} {'ratio':>6} {'ratio range':>12}")
+    for endpoint, rounds in rows.items():
+        def median(arm: str, key: str, rounds: list[Any] = rounds) -> float:
+            return statistics.median(r[arm][key] for r in rounds)
+        ratios = [r["reference"]["ok_rps"] / r["floor"]["ok_rps"] for r in rounds]
+        errors = sum(r["reference"]["errors"] for r in rounds)
+        print(f"{endpoint:8} {median('reference', 'ok_rps'):8.0f} "
+              f"{median('reference', 'p50_ms'):10.1f} {median('reference', 'p99_ms'):10.1f} "
+              f"{errors:7d} {median('floor', 'ok_rps'):9.0f} {median('floor', 'p99_ms'):12.1f} "
+              f"{statistics.median(ratios):6.2f} {min(ratios):5.2f}-{max(ratios):.2f}")
     print(json.dumps(rows), file=sys.stderr)
 
 
