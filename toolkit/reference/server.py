@@ -27,7 +27,10 @@ log = logging.getLogger(__name__)
 def serve_forever(*, say: Callable[[str], None], database_url: str | None = None,
                   **options: Any) -> None:
     """Serve until interrupted. Without `database_url`, the SQLite file lives in a fresh
-    temporary directory (removed at exit) so concurrent instances never share a database."""
+    temporary directory (removed at exit) so concurrent instances never share a database.
+    `options` are build_service_settings' keyword arguments, the serve command's options one
+    for one (queue, broker, celery_workers, prefetch_multiplier, max_tasks_per_child,
+    result_expires_s, queue_prefix and envelope among them)."""
     temp_dir: Path | None = None
     if not database_url:
         temp_dir = Path(tempfile.mkdtemp(prefix="perfkit-serve-"))
