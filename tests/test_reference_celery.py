@@ -4,6 +4,7 @@ Redis (127.0.0.1:6379) and RabbitMQ (127.0.0.1:5672), and with `--envelope`.
 The CLI does not declare these options yet, so the service runs as
 `tests/targets/reference_serve.py`, which calls `server.serve_forever` with them."""
 
+import asyncio
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ from perfkit.reference.settings import build_service_settings
 
 from .conftest import ServiceProcess, wait_until_listening
 from .test_reference import API, create_job, new_item, read_metrics, read_results, wait_for_status
+from .test_reference_backends import run_admin_statement
 
 TARGET = Path(__file__).parent / "targets" / "reference_serve.py"
 BROKERS = {"redis": "redis://127.0.0.1:6379/3", "rabbitmq": "amqp://guest:guest@127.0.0.1:5672//"}
@@ -73,11 +75,27 @@ def wait_until(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("broker", sorted(BROKERS))
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """SQLite, or a PostgreSQL database created for the test and dropped after (the database
+    the docs recommend when worker processes write beside the server)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'celery.db'}"
+        return
+    name = f"perfkit_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(run_admin_statement(f'CREATE DATABASE "{name}"'))
+    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    asyncio.run(run_admin_statement(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.mark.parametrize(("broker", "database_url"),
+                         [("redis", "sqlite"), ("rabbitmq", "postgresql")],
+                         indirect=["database_url"])
 def test_celery_workers_research_every_job_and_show_the_queue(start_target: StartTarget,
-                                                              broker: str) -> None:
+                                                              broker: str,
+                                                              database_url: str) -> None:
     service = start_target(**celery_options(broker, celery_workers=2, item_latency_ms=150,
-                                            latency_sigma=0))
+                                            latency_sigma=0, database_url=database_url))
     url = service.url
     assert service.get_json("/api/v1/health")["queue"] == "celery"
     jobs = [create_job(url, [new_item() for _ in range(1 + n % 3)]) for n in range(8)]
