@@ -94,22 +94,24 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 def test_celery_workers_research_every_job_and_show_the_queue(start_target: StartTarget,
                                                               broker: str,
                                                               database_url: str) -> None:
-    service = start_target(**celery_options(broker, celery_workers=2, item_latency_ms=150,
-                                            latency_sigma=0, database_url=database_url))
+    # One item at a time per worker, so the jobs outlast their creation by far.
+    service = start_target(**celery_options(broker, celery_workers=2, concurrency=1,
+                                            item_latency_ms=200, latency_sigma=0,
+                                            database_url=database_url))
     url = service.url
     assert service.get_json("/api/v1/health")["queue"] == "celery"
     jobs = [create_job(url, [new_item() for _ in range(1 + n % 3)]) for n in range(8)]
 
     # Two workers, one job each at a time: the rest wait in the broker's research queue.
-    app = read_metrics(url, "application")
-    assert app["queue"] == "celery" and app["workers"] == 2
-    assert app["prefetch_multiplier"] == 1 and app["acks_late"] is True
-    assert app["queue_depth"] >= 1, app
     prometheus = httpx.get(url + "/metrics").text
+    app = read_metrics(url, "application")
     assert "perfkit_reference_workers 2.0" in prometheus
     depth_line = next(line for line in prometheus.splitlines()
                       if line.startswith("perfkit_reference_queue_depth "))
     assert float(depth_line.split()[1]) >= 1
+    assert app["queue"] == "celery" and app["workers"] == 2
+    assert app["prefetch_multiplier"] == 1 and app["acks_late"] is True
+    assert app["queue_depth"] >= 1, app
 
     # The worker processes are the service's descendants, as a process-tree sampler sees them.
     descendants = {child.pid for child in psutil.Process(service.proc.pid).children(

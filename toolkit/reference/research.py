@@ -6,6 +6,7 @@ written to the database as it happens."""
 import asyncio
 import heapq
 import itertools
+import json
 import logging
 import os
 import time
@@ -28,7 +29,9 @@ from .db import (
     Job,
     Result,
     fetch_rows,
+    sql_time,
     utc_now,
+    write_rows,
     writing,
 )
 from .metrics import Metrics, change_active_research, record_cache, record_job, record_research
@@ -239,10 +242,9 @@ async def research_items(pool: WorkerPool, job_id: str, key: str, items: list[di
                          state: dict[str, bool], outcomes: Counter[str]) -> None:
     if not state["processing"]:
         state["processing"] = True
-        async with writing(pool.db) as conn:
-            await conn.execute(
-                update(Job).where(Job.id == job_id, Job.status == "pending")
-                .values(status="processing", started_at=utc_now()))
+        await write_rows(pool.db, [(
+            "UPDATE jobs SET status = 'processing', started_at = $1 "
+            "WHERE id = $2 AND status = 'pending'", [(sql_time(pool.db, utc_now()), job_id)])])
     started_at = time.perf_counter()
     first = items[0]
     answer: dict[str, Any] | None = None
@@ -264,11 +266,12 @@ async def research_items(pool: WorkerPool, job_id: str, key: str, items: list[di
     if answer is not None and not cached and not pool.settings.has("no_cache"):
         await pool.cache.set_result(key, answer)
     duration_s = time.perf_counter() - started_at
-    now = utc_now()
-    async with writing(pool.db) as conn:
-        await conn.execute(insert(Result), [
-            {"item_id": item["id"], "status": status, "data": answer or {}, "error": error,
-             "cached": cached, "duration_s": duration_s, "created_at": now} for item in items])
+    now = sql_time(pool.db, utc_now())
+    data = json.dumps(answer or {})
+    await write_rows(pool.db, [(
+        "INSERT INTO results (item_id, status, data, error, cached, duration_s, created_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        [(item["id"], status, data, error, cached, duration_s, now) for item in items])])
     outcomes[status] += len(items)
     for _ in items:
         record_research(pool.metrics, status, duration_s)
@@ -284,11 +287,10 @@ def summarise_job(outcomes: Counter[str]) -> tuple[str, str]:
 
 
 async def finish_job(pool: WorkerPool, job_id: str, status: str, message: str) -> bool:
-    async with writing(pool.db) as conn:
-        result = await conn.execute(
-            update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE_STATUSES))
-            .values(status=status, message=message, completed_at=utc_now()))
-    return bool(result.rowcount)
+    return bool(await write_rows(pool.db, [(
+        "UPDATE jobs SET status = $1, message = $2, completed_at = $3 "
+        "WHERE id = $4 AND status IN ('pending', 'processing')",
+        [(status, message, sql_time(pool.db, utc_now()), job_id)])]))
 
 
 async def mark_cancelled(db: Database, job_ids: list[str], message: str) -> None:
