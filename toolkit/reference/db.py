@@ -2,7 +2,12 @@
 
 Indexes follow the service's guide: jobs by (status, created_at), a partial index on active
 jobs, items by job_id, results by item_id. The `no_index` variant creates the same tables
-without them."""
+without them.
+
+The hot paths (create, status, results, the research writes) skip SQLAlchemy's statement
+machinery and speak to the driver (aiosqlite or asyncpg) through connections leased from the
+engine once: SQL written once with `$1` placeholders, one round trip per statement. The ORM
+models remain for the schema, the rare writes and the `n_plus_one` variant's lazy reads."""
 
 import asyncio
 import json
