@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+import redis
 
 from perfkit.errors import ConfigError
 from perfkit.reference.settings import build_service_settings
@@ -212,3 +214,42 @@ def test_envelope_wraps_the_research_routes(start_target: StartTarget) -> None:
     # Health and metrics are not research routes: their shape is the dashboards' contract.
     assert httpx.get(url + "/api/v1/health").json()["envelope"] is True
     assert "total_requests" in read_metrics(url, "application")
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A redis-server of this test's own on a free port, so the test can take it away."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                               "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    wait_until(lambda: ping(client), 10, "answering")
+    client.close()
+    yield url, server
+    server.kill()
+    server.wait(10)
+
+
+def ping(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def test_a_job_the_broker_cannot_take_is_503_and_cancelled(
+        start_target: StartTarget, own_redis: tuple[str, subprocess.Popen[bytes]]) -> None:
+    url, server = own_redis
+    service = start_target(fast=True, queue="celery", broker=url, celery_workers=1)
+    server.kill()
+    server.wait(10)
+    response = httpx.post(service.url + API, json={"items": [new_item()]}, timeout=60.0)
+    assert response.status_code == 503, "\n".join(service.output[-30:])
+    assert "queue is unreachable" in response.json()["detail"]
+    database = json.loads(service.args[0])["database_url"].split("///", 1)[1]
+    with sqlite3.connect(database) as conn:
+        assert [row[0] for row in conn.execute("SELECT status FROM jobs")] == ["cancelled"]

@@ -128,13 +128,18 @@ def start_job(pool: WorkerPool, job: Mapping[str, Any], items: list[dict[str, An
 
 
 async def submit_job(pool: WorkerPool, job: Mapping[str, Any],
-                     items: list[dict[str, Any]]) -> None:
+                     items: list[dict[str, Any]]) -> bool:
+    """Start the job's research here or queue it for a Celery worker. False when the broker
+    refused it: the job is then cancelled, never left pending with no task to run it."""
     if pool.queue is None:
         start_job(pool, job, items)
-    else:
-        from .workers import enqueue_job
+        return True
+    from .workers import enqueue_job
 
-        await enqueue_job(pool.queue, job["id"], job["priority"])
+    if await enqueue_job(pool.queue, job["id"]):
+        return True
+    await mark_cancelled(pool.db, [job["id"]], "cancelled: the research queue is unreachable")
+    return False
 
 
 async def read_queue_state(pool: WorkerPool) -> dict[str, Any]:

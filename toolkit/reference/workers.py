@@ -30,6 +30,7 @@ from typing import Any
 import psutil
 from celery import Celery
 from kombu import Exchange, Queue
+from kombu.exceptions import OperationalError
 
 from ..errors import TargetError
 from .settings import CeleryTuning, ExtraLatency, LatencyProfile, ServiceSettings
@@ -67,6 +68,9 @@ def build_celery(tuning: CeleryTuning) -> Celery:
         # With acks_late, a worker killed mid-task leaves its job to be delivered again.
         task_reject_on_worker_lost=tuning.acks_late,
         worker_max_tasks_per_child=tuning.max_tasks_per_child,
+        # A task whose node lost the broker cannot be acknowledged any more and will be
+        # delivered again: stop it rather than research the job twice (Celery 6's default).
+        worker_cancel_long_running_tasks_on_connection_loss=tuning.acks_late,
         # Research results live in the database; only callbacks keep a Celery result, and
         # only this long.
         result_backend=(tuning.broker_url if tuning.broker_url.startswith("redis")
@@ -223,9 +227,20 @@ async def read_celery_state(queue: CeleryQueue) -> dict[str, Any]:
     }
 
 
-async def enqueue_job(queue: CeleryQueue, job_id: str, priority: int) -> None:
-    # A thread, so that a slow broker holds up this request only, never the event loop.
-    await asyncio.to_thread(queue.app.send_task, RESEARCH_TASK, args=[job_id])
+async def enqueue_job(queue: CeleryQueue, job_id: str) -> bool:
+    """False when the broker could not take the task (after Celery's own publish retries)."""
+    broker = queue.app.connection_for_write()
+    lost = (OperationalError, *broker.connection_errors, *broker.channel_errors)
+    try:
+        # A thread, so that a slow broker holds up this request only, never the event loop.
+        # ignore_result: else the Redis result backend subscribes to the task's result
+        # channel on every send, a round trip per create for a result nobody reads.
+        await asyncio.to_thread(queue.app.send_task, RESEARCH_TASK, args=[job_id],
+                                ignore_result=True)
+    except lost as exc:
+        log.error("cannot queue research job %s: %s", job_id, exc)
+        return False
+    return True
 
 
 async def enqueue_callback(queue: CeleryQueue, callback_url: str, body: dict[str, Any]) -> None:
