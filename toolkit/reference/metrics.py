@@ -42,6 +42,8 @@ class Metrics:
     callbacks_sent: int = 0
     callbacks_failed: int = 0
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    # Labelled histogram children by (route, status): `labels()` builds and locks per call.
+    request_series: dict[tuple[str, int], Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         reg = self.registry
@@ -61,6 +63,10 @@ class Metrics:
                                       buckets=_LATENCY_BUCKETS_S, registry=reg)
         self.prom_clients = Counter("perfkit_reference_provider_clients_created",
                                     "HTTP clients created for the provider", registry=reg)
+        self.prom_queue_depth = Gauge("perfkit_reference_queue_depth",
+                                      "Research waiting for a worker", registry=reg)
+        self.prom_workers = Gauge("perfkit_reference_workers", "Research worker processes",
+                                  registry=reg)
         self.prom_active = Gauge("perfkit_reference_active_research",
                                  "Items being researched now", registry=reg)
         info = Gauge("perfkit_reference_info", "Variants and latency profile of this instance",
@@ -76,7 +82,11 @@ class Metrics:
 def record_request(metrics: Metrics, route: str, status: int, duration_s: float) -> None:
     metrics.total_requests += 1
     metrics.request_time_s += duration_s
-    metrics.prom_requests.labels(route, str(status)).observe(duration_s)
+    series = metrics.request_series.get((route, status))
+    if series is None:
+        series = metrics.prom_requests.labels(route, str(status))
+        metrics.request_series[(route, status)] = series
+    series.observe(duration_s)
 
 
 def record_query(metrics: Metrics, statement: str, duration_s: float) -> None:

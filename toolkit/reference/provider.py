@@ -102,6 +102,7 @@ async def start_simulator(profile: LatencyProfile, metrics: Metrics,
         if transport is not None and transport not in seen_connections:
             seen_connections.add(transport)
             metrics.provider_connections_opened += 1
+            await asyncio.sleep(profile.connect_ms / 1000.0)
         item = await request.json()
         await asyncio.sleep(sample_latency_s(profile, rng))
         if rng.random() < profile.error_rate:
@@ -123,9 +124,9 @@ async def stop_simulator(simulator: Simulator) -> None:
     await simulator.runner.cleanup()
 
 
-def open_client(simulator: Simulator, metrics: Metrics, profile: LatencyProfile, attempts: int,
+def open_client(url: str, metrics: Metrics, profile: LatencyProfile, attempts: int,
                 new_client_per_call: bool, seed: int | None) -> ProviderClient:
-    client = ProviderClient(url=simulator.url, metrics=metrics, profile=profile,
+    client = ProviderClient(url=url, metrics=metrics, profile=profile,
                             attempts=attempts, new_client_per_call=new_client_per_call,
                             rng=random.Random(seed))
     if not new_client_per_call:

@@ -6,10 +6,12 @@ written to the database as it happens."""
 import asyncio
 import heapq
 import itertools
+import json
 import logging
+import os
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +21,19 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from .cache import Cache
-from .db import ACTIVE_STATUSES, Item, Job, Result, utc_now
+from .db import (
+    ACTIVE_STATUSES,
+    RESULTS_SQL,
+    Database,
+    Item,
+    Job,
+    Result,
+    fetch_rows,
+    sql_time,
+    utc_now,
+    write_rows,
+    writing,
+)
 from .metrics import Metrics, change_active_research, record_cache, record_job, record_research
 from .provider import ProviderClient, ask_provider
 from .settings import ServiceSettings
@@ -72,21 +86,25 @@ class PrioritySemaphore:
 @dataclass
 class WorkerPool:
     settings: ServiceSettings
+    db: Database
     sessions: async_sessionmaker[Any]
     provider: ProviderClient
     cache: Cache
     metrics: Metrics
     semaphore: PrioritySemaphore | None
+    # The Celery side (`--queue celery`): jobs go to its worker processes instead of `tasks`.
+    queue: Any = None
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     cancel_messages: dict[str, str] = field(default_factory=dict)
     accepting: bool = True
     draining: bool = False
 
 
-def build_pool(settings: ServiceSettings, sessions: async_sessionmaker[Any],
-               provider: ProviderClient, cache: Cache, metrics: Metrics) -> WorkerPool:
+def build_pool(settings: ServiceSettings, db: Database, provider: ProviderClient, cache: Cache,
+               metrics: Metrics) -> WorkerPool:
     semaphore = None if settings.has("unbounded") else PrioritySemaphore(settings.concurrency)
-    return WorkerPool(settings, sessions, provider, cache, metrics, semaphore)
+    sessions = async_sessionmaker(db.engine, expire_on_commit=False)
+    return WorkerPool(settings, db, sessions, provider, cache, metrics, semaphore)
 
 
 def judge_answer(answer: dict[str, Any]) -> str:
@@ -99,24 +117,57 @@ def judge_answer(answer: dict[str, Any]) -> str:
     return "insufficient_sources"
 
 
-def start_job(pool: WorkerPool, job: Job, items: list[Item]) -> None:
-    """Research a just-created job in the background; `items` are the rows just inserted, so
-    the worker does not read them back."""
-    job_id = job.id
-    task = asyncio.create_task(run_job(pool, job_id, job.priority, job.callback_url, items),
+def start_job(pool: WorkerPool, job: Mapping[str, Any], items: list[dict[str, Any]]) -> None:
+    """Research a just-created job in the background; `items` are the rows just inserted (with
+    their ids), so the worker does not read them back."""
+    job_id = job["id"]
+    task = asyncio.create_task(run_job(pool, job_id, job["priority"], job["callback_url"], items),
                                name=f"research-{job_id}")
     pool.tasks[job_id] = task
     task.add_done_callback(lambda _: pool.tasks.pop(job_id, None))
 
 
+async def submit_job(pool: WorkerPool, job: Mapping[str, Any],
+                     items: list[dict[str, Any]]) -> bool:
+    """Start the job's research here or queue it for a Celery worker. False when the broker
+    refused it: the job is then cancelled, never left pending with no task to run it."""
+    if pool.queue is None:
+        start_job(pool, job, items)
+        return True
+    from .workers import enqueue_job
+
+    if await enqueue_job(pool.queue, job["id"]):
+        return True
+    await mark_cancelled(pool.db, [job["id"]], "cancelled: the research queue is unreachable")
+    return False
+
+
+async def read_queue_state(pool: WorkerPool) -> dict[str, Any]:
+    """What a collector reads about the research backlog: items waiting for a slot in this
+    process, or jobs waiting in the broker's research queue for a Celery worker."""
+    if pool.queue is None:
+        state: dict[str, Any] = {
+            "queue": "inprocess",
+            "queue_depth": len(pool.semaphore.waiters) if pool.semaphore else 0,
+            "workers": 1, "worker_pids": [os.getpid()]}
+    else:
+        from .workers import read_celery_state
+
+        state = await read_celery_state(pool.queue)
+    if state["queue_depth"] is not None:
+        pool.metrics.prom_queue_depth.set(state["queue_depth"])
+    pool.metrics.prom_workers.set(state["workers"])
+    return state
+
+
 async def cancel_job(pool: WorkerPool, job_id: str, message: str) -> bool:
     """Mark an active job cancelled; its items not yet researched never will be. False when the
     job had already finished."""
-    async with pool.sessions.begin() as session:
-        result = await session.execute(
+    async with writing(pool.db) as conn:
+        result = await conn.execute(
             update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE_STATUSES))
             .values(status="cancelled", message=message, completed_at=utc_now()))
-    if not result.rowcount:  # type: ignore[attr-defined]
+    if not result.rowcount:
         return False
     task = pool.tasks.get(job_id)
     if task is not None:
@@ -140,16 +191,16 @@ async def drain_pool(pool: WorkerPool, grace_s: float) -> None:
     for task in unfinished.values():
         task.cancel()
     await asyncio.wait(unfinished.values(), timeout=10.0)
-    await mark_cancelled(pool.sessions, list(unfinished), "cancelled: the service shut down")
+    await mark_cancelled(pool.db, list(unfinished), "cancelled: the service shut down")
 
 
 async def run_job(pool: WorkerPool, job_id: str, priority: int, callback_url: str | None,
-                  items: list[Item]) -> None:
+                  items: list[dict[str, Any]]) -> None:
     started_at = time.perf_counter()
     # Duplicates within a job (same normalised name and price) are researched once.
-    groups: dict[str, list[Item]] = defaultdict(list)
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for item in items:
-        groups[item.research_key].append(item)
+        groups[item["research_key"]].append(item)
     state = {"processing": False}
     outcomes: Counter[str] = Counter()
     try:
@@ -159,7 +210,7 @@ async def run_job(pool: WorkerPool, job_id: str, priority: int, callback_url: st
                                                  state, outcomes))
     except asyncio.CancelledError:
         if not pool.draining:  # at shutdown drain_pool marks all of them at once
-            await mark_cancelled(pool.sessions, [job_id],
+            await mark_cancelled(pool.db, [job_id],
                                  pool.cancel_messages.pop(job_id, "cancelled"))
         record_job(pool.metrics, "cancelled", time.perf_counter() - started_at)
         raise
@@ -172,13 +223,18 @@ async def run_job(pool: WorkerPool, job_id: str, priority: int, callback_url: st
     if await finish_job(pool, job_id, status, message):
         record_job(pool.metrics, status, time.perf_counter() - started_at)
         if callback_url:
-            await send_callback(pool, callback_url, {
-                "job_id": job_id, "status": status, "message": message,
-                "metadata": summarise_counts(outcomes)})
+            body = {"job_id": job_id, "status": status, "message": message,
+                    "metadata": summarise_counts(outcomes)}
+            if pool.queue is None:
+                await send_callback(pool, callback_url, body)
+            else:
+                from .workers import enqueue_callback
+
+                await enqueue_callback(pool.queue, callback_url, body)
 
 
 async def research_group(pool: WorkerPool, job_id: str, priority: int, key: str,
-                         items: list[Item], state: dict[str, bool],
+                         items: list[dict[str, Any]], state: dict[str, bool],
                          outcomes: Counter[str]) -> None:
     if pool.semaphore is None:
         await research_items(pool, job_id, key, items, state, outcomes)
@@ -187,14 +243,13 @@ async def research_group(pool: WorkerPool, job_id: str, priority: int, key: str,
         await research_items(pool, job_id, key, items, state, outcomes)
 
 
-async def research_items(pool: WorkerPool, job_id: str, key: str, items: list[Item],
+async def research_items(pool: WorkerPool, job_id: str, key: str, items: list[dict[str, Any]],
                          state: dict[str, bool], outcomes: Counter[str]) -> None:
     if not state["processing"]:
         state["processing"] = True
-        async with pool.sessions.begin() as session:
-            await session.execute(
-                update(Job).where(Job.id == job_id, Job.status == "pending")
-                .values(status="processing", started_at=utc_now()))
+        await write_rows(pool.db, [(
+            "UPDATE jobs SET status = 'processing', started_at = $1 "
+            "WHERE id = $2 AND status = 'pending'", [(sql_time(pool.db, utc_now()), job_id)])])
     started_at = time.perf_counter()
     first = items[0]
     answer: dict[str, Any] | None = None
@@ -208,19 +263,20 @@ async def research_items(pool: WorkerPool, job_id: str, key: str, items: list[It
         change_active_research(pool.metrics, +1)
         try:
             answer, error, _ = await ask_provider(pool.provider, {
-                "product_name": first.product_name, "category": first.category,
-                "price_exact": first.price_exact, "currency": first.currency,
-                "seller_or_store": first.seller_or_store})
+                name: first[name] for name in ("product_name", "category", "price_exact",
+                                               "currency", "seller_or_store")})
         finally:
             change_active_research(pool.metrics, -1)
     status = "error" if answer is None else judge_answer(answer)
     if answer is not None and not cached and not pool.settings.has("no_cache"):
         await pool.cache.set_result(key, answer)
     duration_s = time.perf_counter() - started_at
-    async with pool.sessions.begin() as session:
-        for item in items:
-            session.add(Result(item_id=item.id, status=status, data=answer or {}, error=error,
-                               cached=cached, duration_s=duration_s, created_at=utc_now()))
+    now = sql_time(pool.db, utc_now())
+    data = json.dumps(answer or {})
+    await write_rows(pool.db, [(
+        "INSERT INTO results (item_id, status, data, error, cached, duration_s, created_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        [(item["id"], status, data, error, cached, duration_s, now) for item in items])])
     outcomes[status] += len(items)
     for _ in items:
         record_research(pool.metrics, status, duration_s)
@@ -236,19 +292,17 @@ def summarise_job(outcomes: Counter[str]) -> tuple[str, str]:
 
 
 async def finish_job(pool: WorkerPool, job_id: str, status: str, message: str) -> bool:
-    async with pool.sessions.begin() as session:
-        result = await session.execute(
-            update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE_STATUSES))
-            .values(status=status, message=message, completed_at=utc_now()))
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return bool(await write_rows(pool.db, [(
+        "UPDATE jobs SET status = $1, message = $2, completed_at = $3 "
+        "WHERE id = $4 AND status IN ('pending', 'processing')",
+        [(status, message, sql_time(pool.db, utc_now()), job_id)])]))
 
 
-async def mark_cancelled(sessions: async_sessionmaker[Any], job_ids: list[str],
-                         message: str) -> None:
+async def mark_cancelled(db: Database, job_ids: list[str], message: str) -> None:
     """Active jobs become cancelled and their items without a result get a `cancelled` one."""
     for start in range(0, len(job_ids), 500):  # well under SQLite's bound-parameter limit
         chunk = job_ids[start:start + 500]
-        async with sessions.begin() as session:
+        async with writing(db) as session:
             missing = (await session.scalars(
                 select(Item.id).outerjoin(Result)
                 .where(Item.job_id.in_(chunk), Result.id.is_(None)))).all()
@@ -263,39 +317,51 @@ async def mark_cancelled(sessions: async_sessionmaker[Any], job_ids: list[str],
                 .values(status="cancelled", message=message, completed_at=utc_now()))
 
 
-async def load_job(sessions: async_sessionmaker[Any], job_id: str,
-                   n_plus_one: bool) -> tuple[Job, list[tuple[Item, Result | None]]] | None:
-    """The job with its items and results: two queries (the items outer-joined with their
-    results), or 2 + N under `n_plus_one` (one query per item for its result, as a lazy ORM
-    loop does)."""
-    async with sessions() as session:
+async def load_result_rows(pool: WorkerPool, job_id: str) -> Sequence[Sequence[Any]]:
+    """The job's items with their results, as `RESULTS_SQL` rows (none: no such job). One
+    statement on the driver; under `n_plus_one`, the lazy ORM loop the guide warns about: the
+    job, its items, then one query per item for its result."""
+    if not pool.settings.has("n_plus_one"):
+        return await fetch_rows(pool.db, RESULTS_SQL, job_id)
+    async with pool.sessions() as session:
         job = await session.scalar(select(Job).where(Job.id == job_id))
         if job is None:
-            return None
-        if not n_plus_one:
-            rows = (await session.execute(
-                select(Item, Result).outerjoin(Result).where(Item.job_id == job_id)
-                .order_by(Item.position))).all()
-            return job, [(item, result) for item, result in rows]
+            return []
         items = (await session.scalars(
             select(Item).where(Item.job_id == job_id).order_by(Item.position))).all()
-        pairs = []
+        rows = []
         for item in items:
             result = await session.scalar(select(Result).where(Result.item_id == item.id))
-            pairs.append((item, result))
-        return job, pairs
+            outcome = (None,) * 6 if result is None else (
+                result.status, result.data, result.error, result.cached, result.duration_s,
+                result.created_at)
+            rows.append((job.status, job.priority, job.callback_url, job.message,
+                         job.created_at, job.started_at, job.completed_at, item.product_name,
+                         item.category, item.price_exact, item.currency, item.seller_or_store,
+                         item.item_metadata, *outcome))
+        return rows
 
 
-async def send_callback(pool: WorkerPool, callback_url: str, body: dict[str, Any]) -> None:
+async def send_callback(pool: WorkerPool, callback_url: str, body: dict[str, Any]) -> bool:
     """POST the final status to the job's callback_url; failures are logged, never retried."""
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5.0)) as session:
             async with session.post(callback_url, json=body) as response:
                 response.raise_for_status()
         pool.metrics.callbacks_sent += 1
+        return True
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         pool.metrics.callbacks_failed += 1
         log.warning("callback for job %s to %s failed: %s", body["job_id"], callback_url, exc)
+        return False
+
+
+async def cancel_active_jobs(pool: WorkerPool, message: str) -> None:
+    """Every job still active (its task queued or cut short) becomes cancelled, with its
+    unresearched items."""
+    rows = await fetch_rows(pool.db, "SELECT id FROM jobs WHERE status IN ('pending', "
+                                     "'processing')")
+    await mark_cancelled(pool.db, [row[0] for row in rows], message)
 
 
 def summarise_counts(counts: Mapping[str, int]) -> dict[str, int]:

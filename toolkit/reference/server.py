@@ -28,7 +28,10 @@ log = logging.getLogger(__name__)
 def serve_forever(*, say: Callable[[str], None], database_url: str | None = None,
                   **options: Any) -> None:
     """Serve until interrupted. Without `database_url`, the SQLite file lives in a fresh
-    temporary directory (removed at exit) so concurrent instances never share a database."""
+    temporary directory (removed at exit) so concurrent instances never share a database.
+    `options` are build_service_settings' keyword arguments, the serve command's options one
+    for one (queue, broker, celery_workers, prefetch_multiplier, max_tasks_per_child,
+    result_expires_s, queue_prefix and envelope among them)."""
     temp_dir: Path | None = None
     if not database_url:
         # The pid in the name tells whose it is, should a killed instance leave it behind.
@@ -89,6 +92,19 @@ async def check_backends(settings: ServiceSettings) -> None:
         await engine.dispose()
     cache = await open_cache(settings.redis_url, settings.cache_ttl_s)
     await cache.close()
+    if settings.queue == "celery":
+        await asyncio.to_thread(check_broker, settings.celery.broker_url)
+
+
+def check_broker(broker_url: str) -> None:
+    from kombu import Connection
+
+    with Connection(broker_url, connect_timeout=5) as conn:
+        try:
+            conn.ensure_connection(max_retries=1)
+        except Exception as exc:  # kombu raises the transport's own errors
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise TargetError(f"cannot reach the broker {conn.as_uri()}: {reason}") from None
 
 
 async def run_server(settings: ServiceSettings, say: Callable[[str], None]) -> str:

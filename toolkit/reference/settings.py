@@ -6,7 +6,11 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 
-VARIANTS = ("n_plus_one", "no_index", "new_client_per_call", "no_cache", "unbounded")
+VARIANTS = ("n_plus_one", "no_index", "new_client_per_call", "no_cache", "unbounded",
+            "high_prefetch")
+QUEUES = ("inprocess", "celery")
+# The guide's mistake: a worker that reserves many long tasks while its peers sit idle.
+HIGH_PREFETCH_MULTIPLIER = 16
 
 # Endpoint names accepted by --extra-latency, by (method, route template).
 ENDPOINTS = {
@@ -34,6 +38,9 @@ class LatencyProfile:
     insufficient_rate: float
     backoff_ms: float
     shutdown_grace_s: float
+    # What a new connection to the real provider costs before its first answer (TCP and TLS
+    # over the internet); loopback would hide it, and with it what a pooled client saves.
+    connect_ms: float = 0.0
 
 
 # The guide's figure: a 10-product batch on 5 slots takes 15-30 s on average. Two waves of five
@@ -41,10 +48,10 @@ class LatencyProfile:
 # 17-26 s); the 2 % transient errors retried with a 1 s backoff add little.
 GUIDE = LatencyProfile("guide", median_ms=8000.0, sigma=0.3, max_ms=20000.0,
                        error_rate=0.02, insufficient_rate=0.05, backoff_ms=1000.0,
-                       shutdown_grace_s=10.0)
+                       shutdown_grace_s=10.0, connect_ms=150.0)
 FAST = LatencyProfile("fast", median_ms=30.0, sigma=0.3, max_ms=200.0,
                       error_rate=0.0, insufficient_rate=0.0, backoff_ms=10.0,
-                      shutdown_grace_s=2.0)
+                      shutdown_grace_s=2.0, connect_ms=15.0)
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,31 @@ class ExtraLatency:
     endpoint: str
     fixed_ms: float = 0.0
     fraction: float = 0.0
+
+
+@dataclass(frozen=True)
+class CeleryTuning:
+    """The guide's worker settings. One reserved task per process (`prefetch_multiplier` 1)
+    and acknowledgement after the task (`acks_late`), so a long job never waits behind another
+    in a busy worker and a crashed worker's job is delivered again; processes recycled after
+    `max_tasks_per_child` tasks, so a leak cannot grow without bound; research and callbacks on
+    separate queues, so slow callback receivers never hold up research."""
+
+    broker_url: str = ""
+    workers: int = 2
+    prefetch_multiplier: int = 1
+    acks_late: bool = True
+    max_tasks_per_child: int = 100
+    result_expires_s: float = 3600.0
+    queue_prefix: str = "perfkit"
+
+    @property
+    def research_queue(self) -> str:
+        return f"{self.queue_prefix}.research"
+
+    @property
+    def callbacks_queue(self) -> str:
+        return f"{self.queue_prefix}.callbacks"
 
 
 @dataclass(frozen=True)
@@ -71,6 +103,9 @@ class ServiceSettings:
     provider_attempts: int = 3
     extra_latency: tuple[ExtraLatency, ...] = field(default_factory=tuple)
     seed: int | None = None
+    queue: str = "inprocess"
+    celery: CeleryTuning = field(default_factory=CeleryTuning)
+    envelope: bool = False
 
     def has(self, variant: str) -> bool:
         return variant in self.variants
@@ -105,6 +140,14 @@ def build_service_settings(
     extra_latency: tuple[str, ...] = (),
     seed: int | None = None,
     slow_query_ms: float = 100.0,
+    queue: str = "inprocess",
+    broker: str | None = None,
+    celery_workers: int = 2,
+    prefetch_multiplier: int | None = None,
+    max_tasks_per_child: int = 100,
+    result_expires_s: float = 3600.0,
+    queue_prefix: str = "perfkit",
+    envelope: bool = False,
 ) -> ServiceSettings:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
@@ -119,6 +162,8 @@ def build_service_settings(
         raise ConfigError(f"latency sigma must be >= 0, got {latency_sigma}")
     if concurrency < 1:
         raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
+    celery = build_celery_tuning(queue, broker, variants, celery_workers, prefetch_multiplier,
+                                 max_tasks_per_child, result_expires_s, queue_prefix)
     base = FAST if fast else GUIDE
     profile = LatencyProfile(
         name=base.name,
@@ -130,6 +175,7 @@ def build_service_settings(
         else insufficient_rate,
         backoff_ms=base.backoff_ms,
         shutdown_grace_s=base.shutdown_grace_s,
+        connect_ms=base.connect_ms,
     )
     return ServiceSettings(
         host=host,
@@ -142,4 +188,36 @@ def build_service_settings(
         extra_latency=tuple(parse_extra_latency(text) for text in extra_latency),
         seed=seed,
         slow_query_ms=slow_query_ms,
+        queue=queue,
+        celery=celery,
+        envelope=envelope,
     )
+
+
+def build_celery_tuning(queue: str, broker: str | None, variants: tuple[str, ...], workers: int,
+                        prefetch_multiplier: int | None, max_tasks_per_child: int,
+                        result_expires_s: float, queue_prefix: str) -> CeleryTuning:
+    if queue not in QUEUES:
+        raise ConfigError(f"unknown --queue {queue!r}: choose from {', '.join(QUEUES)}")
+    if queue != "celery":
+        if broker or "high_prefetch" in variants:
+            raise ConfigError("--broker and the high_prefetch variant need --queue celery")
+        return CeleryTuning()
+    if not broker or not broker.startswith(("redis://", "amqp://", "pyamqp://")):
+        raise ConfigError(f"--queue celery needs --broker redis://HOST:6379/N or "
+                          f"amqp://USER:PASSWORD@HOST:5672//, got {broker!r}")
+    for name, value in (("celery workers", workers), ("max tasks per child",
+                                                      max_tasks_per_child),
+                        ("prefetch multiplier", prefetch_multiplier or 1)):
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
+    if result_expires_s <= 0:
+        raise ConfigError(f"result expiry must be > 0 s, got {result_expires_s}")
+    if not re.fullmatch(r"[\w.\-]+", queue_prefix):
+        raise ConfigError(f"bad queue prefix {queue_prefix!r}: letters, digits, . _ - only")
+    if prefetch_multiplier is None:
+        prefetch_multiplier = HIGH_PREFETCH_MULTIPLIER if "high_prefetch" in variants else 1
+    return CeleryTuning(broker_url=broker, workers=workers,
+                        prefetch_multiplier=prefetch_multiplier,
+                        max_tasks_per_child=max_tasks_per_child,
+                        result_expires_s=result_expires_s, queue_prefix=queue_prefix)

@@ -1,0 +1,250 @@
+"""The routes of the research API. Each reaches the database in one hop: the hot ones (create,
+status, results) as one statement or transaction on the driver (db.py says why), none through
+the ORM except the `n_plus_one` variant's read.
+
+With `envelope` set, the research routes answer as the original backend does:
+`{"success": true, "data": {...}, "message": "..."}`, errors with their status codes and
+`success: false`."""
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from .cache import normalise_item_key
+from .db import (
+    FINISHED_STATUSES,
+    STATUS_SQL,
+    fetch_rows,
+    insert_job,
+    iso_time,
+    json_value,
+    new_job_id,
+    utc_now,
+)
+from .metrics import (
+    Metrics,
+    read_application_metrics,
+    read_database_metrics,
+    read_system_metrics,
+    render_prometheus,
+)
+from .research import (
+    WorkerPool,
+    cancel_job,
+    load_result_rows,
+    read_queue_state,
+    submit_job,
+    summarise_counts,
+)
+from .schemas import ResearchRequest
+from .settings import ServiceSettings
+
+API = "/api/v1/research/products"
+
+router = APIRouter()
+
+
+def json_response(body: Any, status_code: int = 200) -> Response:
+    # ensure_ascii: a client's lone surrogate echoed back in a 422 must not break the encoder.
+    return Response(json.dumps(body, ensure_ascii=True, default=str), status_code=status_code,
+                    media_type="application/json")
+
+
+def research_response(settings: ServiceSettings, data: Any, message: str,
+                      status_code: int = 200) -> Response:
+    if settings.envelope:
+        return json_response({"success": True, "data": data, "message": message}, status_code)
+    return json_response(data, status_code)
+
+
+def research_error(settings: ServiceSettings, detail: Any, status_code: int,
+                   message: str | None = None) -> Response:
+    """`detail` stays in the envelope too: clients of either shape read it."""
+    if settings.envelope:
+        return json_response({"success": False, "data": None,
+                              "message": message or str(detail), "detail": detail}, status_code)
+    return json_response({"detail": detail}, status_code)
+
+
+# Dependencies are `async def` on purpose: FastAPI runs plain `def` ones in a thread pool,
+# a thread hop per request for a dictionary lookup.
+async def get_pool(request: Request) -> WorkerPool:
+    pool: WorkerPool = request.state.pool
+    return pool
+
+
+async def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.state.metrics
+    return metrics
+
+
+Pool = Annotated[WorkerPool, Depends(get_pool)]
+AppMetrics = Annotated[Metrics, Depends(get_metrics)]
+
+
+def not_found(settings: ServiceSettings, job_id: str) -> Response:
+    return research_error(settings, f"research job {job_id} not found", 404)
+
+
+def job_metadata(settings: ServiceSettings, counts: Counter[str], total: int,
+                 job: Sequence[Any]) -> dict[str, Any]:
+    """`job`: status, priority, callback_url, message, created_at, started_at, completed_at."""
+    return {
+        **summarise_counts(counts),
+        "total": total,
+        "total_items": total,
+        "priority": job[1],
+        "callback_url": job[2],
+        "message": job[3],
+        "created_at": iso_time(job[4]),
+        "started_at": iso_time(job[5]),
+        "completed_at": iso_time(job[6]),
+        "variants": list(settings.variants),
+        "latency_profile": settings.profile.name,
+        "simulated": True,
+    }
+
+
+def describe_result(row: Sequence[Any]) -> dict[str, Any]:
+    """One `RESULTS_SQL` row: the item from column 7, its result (or NULLs) from column 13."""
+    (job_status, product_name, category, price_exact, currency, seller_or_store, metadata,
+     status, data, error, cached, duration_s, researched_at) = (row[0], *row[7:])
+    if status is None:
+        status = "cancelled" if job_status in FINISHED_STATUSES else "pending"
+    answer = json_value(data) or {}
+    product = answer.get("product") or {}
+    return {
+        "product_name": product_name,
+        "category": category,
+        "price_exact": price_exact,
+        "currency": currency,
+        "seller_or_store": seller_or_store,
+        "metadata": json_value(metadata),
+        "status": status,
+        "brand": product.get("brand"),
+        "specs": product.get("specs"),
+        "reviews": answer.get("reviews"),
+        "sources": answer.get("sources", []),
+        "model": answer.get("model"),
+        "simulated": True,
+        "cached": bool(cached),
+        "duration_s": duration_s,
+        "error": error,
+        "researched_at": iso_time(researched_at),
+    }
+
+
+@router.post(API, status_code=201)
+async def create_research(body: ResearchRequest, pool: Pool) -> Response:
+    if not pool.accepting:
+        return research_error(pool.settings, "the service is shutting down", 503)
+    job = {"id": new_job_id(), "status": "pending", "priority": body.priority,
+           "callback_url": str(body.callback_url) if body.callback_url else None,
+           "message": "queued", "created_at": utc_now()}
+    items = [{"job_id": job["id"], "position": position, "product_name": item.product_name,
+              "category": item.category, "price_exact": item.price_exact,
+              "currency": item.currency, "seller_or_store": item.seller_or_store,
+              "metadata": item.metadata,
+              "research_key": normalise_item_key(item.product_name, item.price_exact,
+                                                 item.currency)}
+             for position, item in enumerate(body.items)]
+    for item, item_id in zip(items, await insert_job(pool.db, job, items), strict=True):
+        item["id"] = item_id
+    if not await submit_job(pool, job, items):
+        return research_error(pool.settings, "the research queue is unreachable", 503)
+    data = {"job_id": job["id"], "status": "pending", "results": [],
+            "metadata": job_metadata(pool.settings, Counter(), len(items), (
+                "pending", job["priority"], job["callback_url"], job["message"],
+                job["created_at"], None, None))}
+    return research_response(pool.settings, data, "research job created", 201)
+
+
+@router.get(API + "/{job_id}")
+async def read_results(job_id: str, pool: Pool,
+                       include_failed: Annotated[bool, Query()] = True) -> Response:
+    rows = await load_result_rows(pool, job_id)
+    if not rows:
+        return not_found(pool.settings, job_id)
+    results = [describe_result(row) for row in rows]
+    counts = Counter(result["status"] for result in results)
+    if not include_failed:
+        results = [result for result in results if result["status"] == "success"]
+    data = {"job_id": job_id, "status": rows[0][0], "results": results,
+            "metadata": job_metadata(pool.settings, counts, len(rows), rows[0])}
+    return research_response(pool.settings, data, rows[0][3])
+
+
+@router.get(API + "/{job_id}/status")
+async def read_status(job_id: str, pool: Pool) -> Response:
+    # One grouped statement: the job's state, its item total and the outcomes so far.
+    rows = await fetch_rows(pool.db, STATUS_SQL, job_id)
+    if not rows:
+        return not_found(pool.settings, job_id)
+    job_status, job_message = rows[0][0], rows[0][1]
+    total = sum(int(row[3]) for row in rows)
+    counts = Counter({row[2]: int(row[3]) for row in rows if row[2] is not None})
+    done = sum(counts.values())
+    if job_status in FINISHED_STATUSES:
+        progress = 1.0
+    else:
+        progress = done / total if total else 0.0
+    data = {"job_id": job_id, "status": job_status, "progress": progress,
+            "message": job_message, "metadata": {**summarise_counts(counts), "total": total}}
+    return research_response(pool.settings, data, job_message)
+
+
+@router.delete(API + "/{job_id}", status_code=204)
+async def cancel_research(job_id: str, pool: Pool) -> Response:
+    if not await fetch_rows(pool.db, "SELECT 1 FROM jobs WHERE id = $1", job_id):
+        return not_found(pool.settings, job_id)
+    if not await cancel_job(pool, job_id, "cancelled by the client"):
+        return research_error(pool.settings, f"research job {job_id} already finished", 400)
+    return Response(status_code=204)
+
+
+@router.get("/api/v1/health")
+async def health(request: Request) -> Response:
+    # Built once in the lifespan: nothing in it changes while the service runs.
+    body: bytes = request.state.health_body
+    return Response(body, media_type="application/json")
+
+
+@router.get("/api/v1/metrics/system")
+async def system_metrics(metrics: AppMetrics) -> Response:
+    return json_response(read_system_metrics(metrics))
+
+
+@router.get("/api/v1/metrics/database")
+async def database_metrics(metrics: AppMetrics) -> Response:
+    return json_response(read_database_metrics(metrics))
+
+
+# Counted where the research runs: under `--queue celery` that is the worker processes, whose
+# counters this process does not see. Reported missing there, never as a zero.
+WORKER_SIDE_FIELDS = ("job_avg_time", "finished_jobs", "provider_calls",
+                      "provider_clients_created", "cache_hits", "cache_misses",
+                      "active_research", "max_active_research", "callbacks_sent",
+                      "callbacks_failed")
+
+
+@router.get("/api/v1/metrics/application")
+async def application_metrics(pool: Pool) -> Response:
+    body = read_application_metrics(pool.metrics)
+    if pool.queue is not None:
+        body.update(dict.fromkeys(WORKER_SIDE_FIELDS))
+        # The research time the dashboards read comes from the results the workers wrote.
+        rows = await fetch_rows(pool.db, "SELECT avg(duration_s), count(*) FROM results "
+                                         "WHERE duration_s IS NOT NULL")
+        body["research_avg_time"] = float(rows[0][0]) if rows[0][1] else None
+        body["researched_items"] = int(rows[0][1])
+    return json_response({**body, **await read_queue_state(pool)})
+
+
+@router.get("/metrics")
+async def prometheus_metrics(pool: Pool) -> Response:
+    await read_queue_state(pool)  # sets the queue gauges
+    return Response(render_prometheus(pool.metrics),
+                    media_type="text/plain; version=0.0.4; charset=utf-8")
