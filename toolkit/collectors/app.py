@@ -14,6 +14,7 @@ import http.client
 import json
 import logging
 import socket
+import ssl
 import time
 import urllib.parse
 from pathlib import Path
@@ -78,6 +79,34 @@ class NativeHTTPConnection(http.client.HTTPConnection):
         raise error or OSError(f"cannot resolve {self.host}")
 
 
+class NativeHTTPSConnection(NativeHTTPConnection):
+    """NativeHTTPConnection over TLS, with the stdlib's unpatched SSLContext (gevent's would
+    wrap the socket for its hub). Certificates are verified against the system's store,
+    which OpenSSL lets SSL_CERT_FILE / SSL_CERT_DIR replace (a private CA)."""
+
+    default_port = 443
+
+    def __init__(self, host: str, port: int | None = None, timeout: float = TIMEOUT_S) -> None:
+        super().__init__(host, port, timeout=timeout)
+        context = get_original("ssl", "SSLContext")(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_default_certs()
+        self._context = context
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=self.host)
+
+
+def open_connection(url: str, timeout_s: float = TIMEOUT_S) -> http.client.HTTPConnection:
+    """A native-thread connection to the host of an http:// or https:// URL (not opened yet)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{url!r} is not an http:// or https:// URL")
+    if parts.scheme == "https":
+        return NativeHTTPSConnection(parts.hostname, parts.port, timeout=timeout_s)
+    return NativeHTTPConnection(parts.hostname, parts.port or 80, timeout=timeout_s)
+
+
 def fetch_json(conn: http.client.HTTPConnection, path: str) -> Any:
     """GET path on an open connection; UnusableResponse for 4xx / non-JSON, OSError for 5xx."""
     conn.request("GET", path, headers={"Accept": "application/json"})
@@ -133,14 +162,11 @@ class AppCollector(Sampler):
             raise ConfigError(f"app collector: {base_url!r} is not a URL")
         self.base_url = base_url
         self.out_dir = Path(out_dir)
-        self._host = parts.hostname
-        self._port = parts.port or 80
         self._prefix = parts.path.rstrip("/")
         # endpoint path → why it is not scraped ("" while it is)
         self._endpoints = {DATABASE_PATH: "", APPLICATION_PATH: ""}
-        if parts.scheme != "http":
-            # TLS would need gevent's ssl kept out of the native thread too; not done yet.
-            why_not = f"{parts.scheme}:// targets are not scraped (http only)"
+        if parts.scheme not in ("http", "https"):
+            why_not = f"{parts.scheme}:// targets are not scraped (http and https only)"
             self._endpoints = {path: why_not for path in self._endpoints}
         self._prometheus: bool | None = None
         self._last_error = ""
@@ -159,7 +185,7 @@ class AppCollector(Sampler):
         if not wanted:
             return None
         metrics: dict[str, dict[str, Any]] = {}
-        conn = NativeHTTPConnection(self._host, self._port, timeout=TIMEOUT_S)
+        conn = open_connection(self.base_url)
         try:
             for path in wanted:
                 try:
