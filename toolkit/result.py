@@ -75,6 +75,7 @@ class RunMeta:
     stress: dict[str, Any] | None = None
     endurance: dict[str, Any] | None = None
     baseline: dict[str, Any] | None = None
+    export: dict[str, Any] | None = None  # --prometheus-port / --otlp-endpoint, when given
     verdict: str | None = None
 
     def collector_note(self, name: str) -> str:
