@@ -11,6 +11,7 @@ interval, since the target may be restarting or overloaded.
 
 import csv
 import http.client
+import io
 import json
 import logging
 import socket
@@ -79,10 +80,76 @@ class NativeHTTPConnection(http.client.HTTPConnection):
         raise error or OSError(f"cannot resolve {self.host}")
 
 
+class TLSSocket:
+    """A blocking TLS client connection on a native socket, for http.client.
+
+    gevent may have patched the ssl module before it defined SSLSocket, making the stdlib's
+    own SSLSocket a gevent socket; ssl.SSLObject works on memory buffers instead, so the TLS
+    runs here and only the native socket touches the network.
+    """
+
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext, server_hostname: str) -> None:
+        self._sock = sock
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing,
+                                     server_hostname=server_hostname)
+        self._run(self._tls.do_handshake)
+
+    def _run(self, operation: Any, *args: Any) -> Any:
+        while True:
+            try:
+                result = operation(*args)
+            except ssl.SSLWantReadError:
+                self._send_pending()
+                data = self._sock.recv(65536)
+                if data:
+                    self._incoming.write(data)
+                else:
+                    self._incoming.write_eof()
+                continue
+            self._send_pending()
+            return result
+
+    def _send_pending(self) -> None:
+        pending = self._outgoing.read()
+        if pending:
+            self._sock.sendall(pending)
+
+    def sendall(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[self._run(self._tls.write, view):]
+
+    def recv_into(self, buffer: Any) -> int:
+        try:
+            data = self._run(self._tls.read, len(buffer))
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            return 0
+        buffer[:len(data)] = data
+        return len(data)
+
+    def makefile(self, mode: str = "rb") -> IO[bytes]:
+        return io.BufferedReader(_TLSReader(self))
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class _TLSReader(io.RawIOBase):
+    def __init__(self, tls: TLSSocket) -> None:
+        self._tls = tls
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self._tls.recv_into(buffer)
+
+
 class NativeHTTPSConnection(NativeHTTPConnection):
-    """NativeHTTPConnection over TLS, with the stdlib's unpatched SSLContext (gevent's would
-    wrap the socket for its hub). Certificates are verified against the system's store,
-    which OpenSSL lets SSL_CERT_FILE / SSL_CERT_DIR replace (a private CA)."""
+    """NativeHTTPConnection over TLS (TLSSocket). Certificates are verified against the
+    system's store, which OpenSSL lets SSL_CERT_FILE / SSL_CERT_DIR replace (a private CA)."""
 
     default_port = 443
 
@@ -94,7 +161,7 @@ class NativeHTTPSConnection(NativeHTTPConnection):
 
     def connect(self) -> None:
         super().connect()
-        self.sock = self._context.wrap_socket(self.sock, server_hostname=self.host)
+        self.sock = TLSSocket(self.sock, self._context, self.host)
 
 
 def open_connection(url: str, timeout_s: float = TIMEOUT_S) -> http.client.HTTPConnection:

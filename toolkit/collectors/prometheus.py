@@ -167,7 +167,8 @@ class PrometheusCollector(Sampler):
         except Unusable as exc:
             self._why_not = str(exc)
             return None
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            # ValueError: a TLS record cut short. The connection is dropped either way.
             self._transient_failures += 1
             self._last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             self._close_connection()
