@@ -8,7 +8,7 @@ Every interval, in one read-only transaction on one connection:
 - `pg_stat_activity`: the database's client connections that are active, idle in a
   transaction (a pool holding connections it does not use) and waiting on a lock or I/O;
 - `pg_stat_database`: committed and rolled-back transactions (perfkit's own sampling
-  transaction, one per sample, is subtracted).
+  transaction, one per sample, is taken off the rate by the analysis).
 postgres.csv holds the cumulative counters as read; pg_statements.json the run's statements
 (the growth of each between the first and the last sample), slowest in total first. Where
 pg_stat_statements is missing, calls and times are empty (missing), never zero, and the note
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .. import rundir
+from ..config import redact_url
 from ..errors import ConfigError, RunError
 from .sampling import Sampler
 
@@ -67,11 +68,6 @@ def libpq_url(url: str) -> str:
     if not sep or scheme.split("+", 1)[0] not in ("postgresql", "postgres"):
         raise ConfigError(f"--db-url {redact_url(url)!r}: expected postgresql://USER@HOST/DB")
     return "postgresql://" + rest
-
-
-def redact_url(url: str) -> str:
-    """`url` without its password, for run.json and messages."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
 
 
 def is_query(text: str) -> bool:
@@ -189,8 +185,10 @@ class PostgresCollector(Sampler):
         row.update(active=active, idle_in_transaction=idle_tx, waiting=waiting,
                    connections=total)
         if xacts is not None and xacts[0] is not None:
-            # Our own transactions so far (this one is counted once it has ended).
-            row["xacts"] = int(xacts[0]) - self.samples
+            # As the server counts them, perfkit's own one per sample included: backends
+            # report to the statistics lazily (each second while busy, up to 10 s late when
+            # idle), so that share is taken off the rate over a window, not per sample.
+            row["xacts"] = int(xacts[0])
         self._write_row(row)
         return row
 

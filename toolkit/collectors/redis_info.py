@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from .. import rundir
+from ..config import redact_url
 from ..errors import ConfigError, RunError
-from .postgres import redact_url
 from .sampling import Sampler, get_original
 
 log = logging.getLogger(__name__)
