@@ -156,3 +156,38 @@ def test_urls_and_secrets() -> None:
     assert redact_argv(["perfkit", "--metrics-auth", "bearer:abc", "--metrics-auth=basic:u:p",
                         "--redis-url=redis://:pw@h:6379/0"]) == [
         "perfkit", "--metrics-auth", "***", "--metrics-auth=***", "--redis-url=redis://***@h:6379/0"]
+
+
+
+def test_the_grafana_dashboard_queries_only_metrics_perfkit_serves() -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from perfkit.analysis import stats
+    from perfkit.run.exporter import RunCollector, Snapshot
+    from perfkit.run.recorder import Tally
+
+    tally = Tally()
+    for latency_ms in (3.0, 20.0, 20.0, 700.0):
+        stats.record_ms(tally.hist, latency_ms)
+    tally.count, tally.failures = 4, 1
+    snapshot = Snapshot(elapsed_s=5.0, users=2, offered_rate=None, achieved_rps=0.8, alarms=0,
+                        endpoints={"GET /x": tally},
+                        target={"cpu_percent": 12.0, "rss_bytes": 1e8})
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RunCollector(lambda: snapshot, {"run_id": "r1", "scenario": "s"}))
+    served = generate_latest(registry).decode()
+    assert 'perfkit_request_duration_seconds_bucket{endpoint="GET /x",le="0.025",' \
+           'run_id="r1",scenario="s"} 3.0' in served
+    assert 'perfkit_failures_total{endpoint="GET /x",run_id="r1",scenario="s"} 1.0' in served
+    dashboard = (Path(__file__).parent.parent / "docs/grafana/perfkit.json").read_text()
+    wanted = set(re.findall(r"perfkit_[a-z_]+", "\n".join(
+        t["expr"] for p in json.loads(dashboard)["panels"] for t in p["targets"])))
+    # perfkit_offered_rate has no sample in a closed load, but is declared.
+    declared = set(re.findall(r"^# TYPE (\S+) ", served, re.MULTILINE))
+    missing = {name for name in wanted if name not in declared
+               and name.removesuffix("_total").removesuffix("_bucket") not in declared}
+    assert wanted and not missing, missing
