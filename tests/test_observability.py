@@ -217,7 +217,10 @@ def test_postgres_and_redis_collectors_agree_with_the_services_own_counters(
     redis = RedisCollector(redis_url, tmp_path, interval_s=0.5)
     postgres.start()
     redis.start()
-    time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while postgres.samples < 1 or redis.samples < 1:  # their first samples are the baseline
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     drive_research(service.url, 6)
     time.sleep(0.5)
     after = service.get_json("/api/v1/metrics/database")["total_queries"]
@@ -277,6 +280,10 @@ def test_without_pg_stat_statements_timings_are_missing_and_rates_remain(
     try:
         collector = PostgresCollector(f"postgresql://{PG}/{name}", tmp_path, interval_s=0.3)
         collector.start()
+        deadline = time.monotonic() + 10
+        while collector.samples < 1:  # its first sample is the baseline
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         with psycopg.connect(f"postgresql://{PG}/{name}", autocommit=True) as conn:
             for _ in range(50):
                 conn.execute("SELECT 1")
