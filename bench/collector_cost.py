@@ -2,6 +2,7 @@
 the target spends answering the app collector's scrapes.
 
     .venv/bin/python bench/collector_cost.py [--seconds 10] [--children 8] [--gevent]
+        [--db-url postgresql://postgres@127.0.0.1/postgres] [--redis-url redis://127.0.0.1:6379/0]
 
 Targets (all real processes on 127.0.0.1): the bundled reference service (`perfkit serve
 --fast`, its own process tree), and a synthetic tree of --children idle Python processes
@@ -12,6 +13,9 @@ the run's real interval (1 s system, 5 s app) is the per-sample cost over that i
 what the native sampler thread costs Locust's event loop: the lag of a greenlet that sleeps
 1 ms in a loop (how late it wakes), without and with the system collector sampling every
 --interval, since the thread must hold the GIL for the Python parts of each sample.
+The Prometheus scraper reads the reference service's /metrics (its server histogram); the
+PostgreSQL (pg_stat_statements, pg_stat_activity, pg_stat_database) and Redis (INFO) samplers
+run where --db-url / --redis-url say, at their run interval of 2 s.
 """
 
 import argparse
@@ -33,6 +37,10 @@ from pathlib import Path  # noqa: E402
 import psutil  # noqa: E402
 
 from perfkit.collectors.app import AppCollector  # noqa: E402
+from perfkit.collectors.postgres import PostgresCollector  # noqa: E402
+from perfkit.collectors.prometheus import PrometheusCollector  # noqa: E402
+from perfkit.collectors.redis_info import RedisCollector  # noqa: E402
+from perfkit.collectors.sampling import Sampler  # noqa: E402
 from perfkit.collectors.system import SystemCollector  # noqa: E402
 
 IDLE_CHILD = "import time\nx = bytearray(20 * 1024 * 1024)\ntime.sleep(600)"
@@ -57,7 +65,7 @@ def tree_cpu_s(pid: int) -> float:
     return total
 
 
-def measure(collector: SystemCollector | AppCollector, seconds: float) -> dict:
+def measure(collector: Sampler, seconds: float) -> dict:
     collector.start()
     time.sleep(seconds)
     entry = collector.stop()
@@ -125,6 +133,8 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.1)
     parser.add_argument("--children", type=int, default=8)
     parser.add_argument("--gevent", action="store_true")
+    parser.add_argument("--db-url", help="PostgreSQL to sample (skipped without)")
+    parser.add_argument("--redis-url", help="Redis to sample (skipped without)")
     args = parser.parse_args()
     out = Path(tempfile.mkdtemp(prefix="collector-cost-"))
     print(f"collector cost, {args.seconds:g} s per measurement, sampling every "
@@ -156,6 +166,20 @@ def main() -> None:
         print(f"{'app: target CPU per scrape':<44} {per_scrape_ms:6.2f} ms "
               f"(target tree {scraped_s:.3f} s while scraped, {idle_s:.3f} s idle, "
               f"same length) = {per_scrape_ms / 50.0:5.3f} % of one core at 5 s")
+        before = tree_cpu_s(service.pid)
+        entry = measure(PrometheusCollector(url + "/metrics", out, args.interval), args.seconds)
+        scraped_s = tree_cpu_s(service.pid) - before
+        print(line("prometheus: reference service /metrics", entry, 2.0))
+        per_scrape_ms = 1000.0 * (scraped_s - idle_s) / max(entry["samples"], 1)
+        print(f"{'prometheus: target CPU per scrape':<44} {per_scrape_ms:6.2f} ms "
+              f"= {per_scrape_ms / 20.0:5.3f} % of one core at 2 s")
+        if args.db_url:
+            entry = measure(PostgresCollector(args.db_url, out, args.interval), args.seconds)
+            print(line(f"postgres: pg_stat_statements {entry['pg_stat_statements']}", entry,
+                       2.0))
+        if args.redis_url:
+            entry = measure(RedisCollector(args.redis_url, out, args.interval), args.seconds)
+            print(line("redis: INFO", entry, 2.0))
         if args.gevent:
             print(lag_line("event-loop lag: no collector", measure_loop_lag_ms(args.seconds)))
             collector = SystemCollector(service.pid, out / "resources.csv", args.interval)

@@ -14,10 +14,23 @@ if command -v redis-server >/dev/null && ! redis-cli -h 127.0.0.1 ping >/dev/nul
 fi
 
 # Headless Chromium opens the HTML report in the report tests; gdb lets memray attach to a live
-# process (perfkit profile --memory).
-if { ! command -v chromium || ! command -v gdb; } >/dev/null && [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium gdb) \
-        >/tmp/perfkit-apt.log 2>&1 || echo "warning: chromium or gdb could not be installed" >&2
+# process (perfkit profile --memory); a real Prometheus scrapes perfkit's live metrics.
+if { ! command -v chromium || ! command -v gdb || ! command -v prometheus; } >/dev/null \
+        && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium gdb \
+        prometheus) >/tmp/perfkit-apt.log 2>&1 \
+        || echo "warning: chromium, gdb or prometheus could not be installed" >&2
+fi
+# Debian's package starts a Prometheus of its own where a service manager runs; the tests
+# start theirs on free ports, so that one is left alone.
+
+# pg_stat_statements must be preloaded (a restart) for the --db-url statement timings.
+if command -v psql >/dev/null && pg_isready -q -h 127.0.0.1 && ! psql -h 127.0.0.1 -U postgres \
+        -Atc "SHOW shared_preload_libraries" 2>/dev/null | grep -q pg_stat_statements; then
+    psql -h 127.0.0.1 -U postgres -qc \
+        "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'" \
+        && pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main restart \
+        || echo "warning: pg_stat_statements could not be enabled" >&2
 fi
 
 PYTHON=${PYTHON:-python3.11}

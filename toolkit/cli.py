@@ -10,7 +10,12 @@ from typing import Any
 
 import click
 
-from .config import LoadSettings, build_load_settings
+from .config import (
+    LoadSettings,
+    Observability,
+    build_load_settings,
+    parse_metrics_auth,
+)
 from .errors import InternalError, PerfkitError
 from .units import parse_duration, parse_quantity
 
@@ -66,6 +71,19 @@ def load_options(default_duration: str) -> Any:
                          callback=_duration,
                          help="A request unanswered this long is a failure (scenarios that "
                               "set their own timeout keep it)."),
+            click.option("--metrics-path", default="/metrics", show_default=True,
+                         help="The target's Prometheus endpoint: a path, or a full URL."),
+            click.option("--metrics-auth", envvar="PERFKIT_METRICS_AUTH",
+                         help="bearer:TOKEN or basic:USER:PASSWORD for --metrics-path "
+                              "(or $PERFKIT_METRICS_AUTH)."),
+            click.option("--db-url", help="The target's PostgreSQL, sampled directly: "
+                                          "postgresql://USER@HOST/DB."),
+            click.option("--redis-url", help="The target's Redis, sampled with INFO: "
+                                             "redis://HOST:PORT/DB."),
+            click.option("--prometheus-port", type=click.IntRange(0, 65535),
+                         help="Serve perfkit's own live metrics on this port (0: any)."),
+            click.option("--otlp-endpoint",
+                         help="Push perfkit's live metrics to this OTLP/HTTP endpoint."),
         ]
         for option in reversed(options):
             func = option(func)
@@ -83,7 +101,10 @@ def build_settings(command: str, **opts: Any) -> LoadSettings:
         target_pid=opts["target_pid"], variants=opts["variants"], fast=opts["fast"],
         warmup=opts["warmup"], profile=opts["profile"], alert_webhook=opts["alert_webhook"],
         abort_on_fail=opts["abort_on_fail"], request_timeout=opts["request_timeout"],
-        argv=tuple(sys.argv))
+        argv=tuple(sys.argv), observe=Observability(
+            metrics_path=opts["metrics_path"], metrics_auth=parse_metrics_auth(
+                opts["metrics_auth"]), db_url=opts["db_url"], redis_url=opts["redis_url"],
+            prometheus_port=opts["prometheus_port"], otlp_endpoint=opts["otlp_endpoint"]))
 
 
 @click.group()

@@ -266,6 +266,35 @@ DEFAULT_REQUEST_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
+class Observability:
+    """What perfkit reads of the target beyond its requests, and where it shows its own
+    numbers live (docs/observability.md). `metrics_auth`: the Authorization header's value
+    for the target's /metrics ("Bearer TOKEN" or "Basic BASE64"), built by
+    `parse_metrics_auth`."""
+
+    metrics_path: str = "/metrics"
+    metrics_auth: str | None = None
+    db_url: str | None = None
+    redis_url: str | None = None
+    prometheus_port: int | None = None
+    otlp_endpoint: str | None = None
+
+
+def parse_metrics_auth(value: str | None) -> str | None:
+    """`bearer:TOKEN` or `basic:USER:PASSWORD` as an Authorization header value."""
+    if not value:
+        return None
+    kind, _, secret = value.partition(":")
+    if kind.lower() == "bearer" and secret:
+        return f"Bearer {secret}"
+    if kind.lower() == "basic" and ":" in secret:
+        import base64
+
+        return "Basic " + base64.b64encode(secret.encode()).decode("ascii")
+    raise ConfigError("--metrics-auth: write bearer:TOKEN or basic:USER:PASSWORD")
+
+
+@dataclass(frozen=True)
 class LoadSettings:
     """One run of load, stress, endurance or regression, as the user asked for it.
 
@@ -294,6 +323,7 @@ class LoadSettings:
     argv: tuple[str, ...] = field(default_factory=tuple)
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     kpi_targets: tuple[KpiTarget, ...] | None = None
+    observe: Observability = field(default_factory=Observability)
 
     def __post_init__(self) -> None:
         if self.kpi_targets is None:
@@ -340,7 +370,8 @@ def build_load_settings(command: str = "load", *, target: str | None = None,
                         alert_webhook: str | None = None, abort_on_fail: bool = False,
                         reports_dir: Path | str = "reports",
                         request_timeout: float | str = DEFAULT_REQUEST_TIMEOUT_S,
-                        argv: tuple[str, ...] = ()) -> LoadSettings:
+                        argv: tuple[str, ...] = (),
+                        observe: Observability | None = None) -> LoadSettings:
     """LoadSettings from the options of `perfkit load` (durations as "30s" or seconds)."""
     return LoadSettings(
         command=command, target=target, scenario=scenario, users=users, spawn_rate=spawn_rate,
@@ -350,7 +381,8 @@ def build_load_settings(command: str = "load", *, target: str | None = None,
         latency_profile="fast" if fast else "guide",
         warmup_s=None if warmup is None else _seconds(warmup), profile=profile,
         alert_webhook=alert_webhook, abort_on_fail=abort_on_fail, reports_dir=Path(reports_dir),
-        request_timeout_s=_seconds(request_timeout), argv=tuple(argv))
+        request_timeout_s=_seconds(request_timeout), argv=tuple(argv),
+        observe=observe or Observability())
 
 
 def _seconds(value: float | str) -> float:
@@ -378,12 +410,19 @@ def redact_url(url: str | None) -> str | None:
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+# Options whose whole value is a secret.
+_SECRET_OPTIONS = ("--metrics-auth",)
+
+
 def redact_argv(argv: tuple[str, ...] | list[str]) -> list[str]:
-    """argv with every URL in it (an option's value, or --opt=URL) redacted."""
+    """argv with every URL in it (an option's value, or --opt=URL) redacted, and the values
+    of _SECRET_OPTIONS replaced."""
     redacted = []
-    for arg in argv:
+    for i, arg in enumerate(argv):
         name, eq, value = arg.partition("=")
-        if eq and "://" in value:
+        if (i and argv[i - 1] in _SECRET_OPTIONS) or (eq and name in _SECRET_OPTIONS):
+            redacted.append(f"{name}=***" if eq else "***")
+        elif eq and "://" in value:
             redacted.append(f"{name}={redact_url(value)}")
         else:
             redacted.append(str(redact_url(arg)) if "://" in arg else arg)

@@ -75,6 +75,7 @@ class RunMeta:
     stress: dict[str, Any] | None = None
     endurance: dict[str, Any] | None = None
     baseline: dict[str, Any] | None = None
+    export: dict[str, Any] | None = None  # --prometheus-port / --otlp-endpoint, when given
     verdict: str | None = None
 
     def collector_note(self, name: str) -> str:
@@ -110,6 +111,13 @@ class RunResult:
     slow_queries: list[dict[str, Any]] = field(default_factory=list)
     alarms: list[dict[str, Any]] = field(default_factory=list)
     skipped_lines: int = 0  # latency.jsonl lines that could not be read (cut short, corrupt)
+    # What perfkit read from the target's own Prometheus endpoint and its data stores
+    # (docs/observability.md); None / [] where not collected.
+    target_metrics: pd.DataFrame | None = None
+    server_latency: list[dict[str, Any]] = field(default_factory=list)
+    postgres: pd.DataFrame | None = None
+    pg_statements: list[dict[str, Any]] = field(default_factory=list)
+    redis: pd.DataFrame | None = None
     verdict: str | None = None
     verdict_reason: str = ""
     kpis: list[KpiResult] = field(default_factory=list)

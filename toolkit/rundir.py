@@ -19,6 +19,13 @@ RESOURCES = "resources.csv"
 APP = "app.csv"
 SLOW_QUERIES = "slow_queries.json"
 ALARMS = "alarms.jsonl"
+TARGET_METRICS = "target_metrics.csv"
+SERVER_LATENCY = "server_latency.jsonl"
+POSTGRES = "postgres.csv"
+PG_STATEMENTS = "pg_statements.json"
+REDIS = "redis.csv"
+SERVER_LATENCY_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "t": (int, float), "name": str, "count": int, "sum_s": (int, float), "buckets": list}
 
 LATENCY_FIELDS: dict[str, type | tuple[type, ...]] = {
     "t": (int, float), "name": str, "count": int, "failures": int, "hist": str}
@@ -125,6 +132,11 @@ def load_run(path: Path | str, meta: RunMeta | None = None) -> RunResult:
             failures=_read_list(path / FAILURES),
             slow_queries=_read_list(path / SLOW_QUERIES),
             alarms=alarms,
+            target_metrics=_read_csv(path / TARGET_METRICS),
+            server_latency=_read_jsonl(path / SERVER_LATENCY, SERVER_LATENCY_FIELDS)[0],
+            postgres=_read_csv(path / POSTGRES),
+            pg_statements=_read_list(path / PG_STATEMENTS),
+            redis=_read_csv(path / REDIS),
         )
     except (OSError, ValueError, TypeError, RecursionError) as exc:
         raise ReportError(f"cannot read run directory {path}: {exc}") from exc

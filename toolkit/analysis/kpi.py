@@ -24,7 +24,7 @@ from ..result import (
     json_safe,
 )
 from ..units import format_percent, format_value
-from . import stats
+from . import observed, stats
 
 
 def judged_window(run: RunResult, warmup_s: float | None = None) -> tuple[float, float]:
@@ -218,10 +218,22 @@ _RESOURCE_COLUMNS = {
 }
 
 
+# The same figures from the target's own Prometheus process metrics (target_metrics.csv),
+# for a target perfkit cannot sample with psutil: they describe the one process serving
+# /metrics, so its CPU is the busiest process's.
+_PROMETHEUS_COLUMNS = {"rss_mb": ["rss_mb"], "cpu_busiest_percent": ["cpu_percent"]}
+
+
 def _measure_resource(metric: str, ctx: _Context) -> tuple[float | None, str]:
     base, _, stat = metric.rpartition("_")
     columns = _RESOURCE_COLUMNS[base]
     frame = ctx.run.resources
+    sampled = frame is not None and all(c in frame.columns for c in columns) \
+        and frame[columns].notna().all(axis=1).any()
+    scraped = ctx.run.target_metrics
+    if not sampled and scraped is not None and base in _PROMETHEUS_COLUMNS \
+            and all(c in scraped.columns for c in _PROMETHEUS_COLUMNS[base]):
+        frame, columns = scraped, _PROMETHEUS_COLUMNS[base]
     if frame is None:
         note = ctx.run.meta.collector_note("system")
         return None, "no resource samples (resources.csv absent" + (f": {note})" if note else ")")
@@ -236,6 +248,11 @@ def _measure_resource(metric: str, ctx: _Context) -> tuple[float | None, str]:
 
 
 def _measure_database(kpi: KpiTarget, ctx: _Context) -> tuple[float | None, str]:
+    postgres = observed.summarize_postgres(
+        ctx.run.postgres, ctx.start, ctx.end,
+        (ctx.run.meta.collectors.get("postgres") or {}).get("interval_s"))
+    if postgres is not None and (postgres["queries_s"] is not None or ctx.run.app is None):
+        return _measure_postgres(kpi, postgres)
     frame = ctx.run.app
     if frame is None:
         note = ctx.run.meta.collector_note("app")
@@ -268,6 +285,31 @@ def _measure_database(kpi: KpiTarget, ctx: _Context) -> tuple[float | None, str]
     return None, (f"capacity not measured: the run drove only "
                   f"{format_value(observed_qps, 'queries/s')}, a lower bound below the "
                   f"{format_value(needed, 'queries/s')} target{estimate}")
+
+
+def _measure_postgres(kpi: KpiTarget, postgres: dict[str, Any]) -> tuple[float | None, str]:
+    """The database KPIs from PostgreSQL's own statistics (--db-url): pg_stat_statements
+    where loaded; without it, the transaction rate is the capacity's lower bound (every
+    transaction holds a query at least) and the mean query time is missing."""
+    if kpi.metric == "db_query_mean_ms":
+        if postgres["queries_s"] is None:
+            return None, ("no statement timings: pg_stat_statements is not loaded in the "
+                          "target's database (docs/observability.md)")
+        mean_ms = postgres["query_mean_ms"]
+        return (mean_ms, "") if mean_ms is not None else (None, "no queries in the judged "
+                                                                "window")
+    observed_qps = postgres["queries_s"]
+    what = "queries/s (pg_stat_statements)"
+    if observed_qps is None:
+        observed_qps, what = postgres["xacts_s"], "transactions/s (pg_stat_database)"
+    if observed_qps is None:
+        return None, "fewer than two PostgreSQL samples in the judged window"
+    needed = kpi.target if kpi.target is not None else kpi.allowed
+    if needed is not None and observed_qps >= needed:
+        return observed_qps, ""
+    return None, (f"capacity not measured: the run drove only "
+                  f"{format_value(observed_qps, '')} {what}, a lower bound below the "
+                  f"{format_value(needed, 'queries/s')} target")
 
 
 def window_kpis(targets: list[KpiTarget]) -> list[KpiTarget]:

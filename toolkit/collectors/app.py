@@ -11,9 +11,11 @@ interval, since the target may be restarting or overloaded.
 
 import csv
 import http.client
+import io
 import json
 import logging
 import socket
+import ssl
 import time
 import urllib.parse
 from pathlib import Path
@@ -78,6 +80,100 @@ class NativeHTTPConnection(http.client.HTTPConnection):
         raise error or OSError(f"cannot resolve {self.host}")
 
 
+class TLSSocket:
+    """A blocking TLS client connection on a native socket, for http.client.
+
+    gevent may have patched the ssl module before it defined SSLSocket, making the stdlib's
+    own SSLSocket a gevent socket; ssl.SSLObject works on memory buffers instead, so the TLS
+    runs here and only the native socket touches the network.
+    """
+
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext, server_hostname: str) -> None:
+        self._sock = sock
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing,
+                                     server_hostname=server_hostname)
+        self._run(self._tls.do_handshake)
+
+    def _run(self, operation: Any, *args: Any) -> Any:
+        while True:
+            try:
+                result = operation(*args)
+            except ssl.SSLWantReadError:
+                self._send_pending()
+                data = self._sock.recv(65536)
+                if data:
+                    self._incoming.write(data)
+                else:
+                    self._incoming.write_eof()
+                continue
+            self._send_pending()
+            return result
+
+    def _send_pending(self) -> None:
+        pending = self._outgoing.read()
+        if pending:
+            self._sock.sendall(pending)
+
+    def sendall(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[self._run(self._tls.write, view):]
+
+    def recv_into(self, buffer: Any) -> int:
+        try:
+            data = self._run(self._tls.read, len(buffer))
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            return 0
+        buffer[:len(data)] = data
+        return len(data)
+
+    def makefile(self, mode: str = "rb") -> IO[bytes]:
+        return io.BufferedReader(_TLSReader(self))
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class _TLSReader(io.RawIOBase):
+    def __init__(self, tls: TLSSocket) -> None:
+        self._tls = tls
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self._tls.recv_into(buffer)
+
+
+class NativeHTTPSConnection(NativeHTTPConnection):
+    """NativeHTTPConnection over TLS (TLSSocket). Certificates are verified against the
+    system's store, which OpenSSL lets SSL_CERT_FILE / SSL_CERT_DIR replace (a private CA)."""
+
+    default_port = 443
+
+    def __init__(self, host: str, port: int | None = None, timeout: float = TIMEOUT_S) -> None:
+        super().__init__(host, port, timeout=timeout)
+        context = get_original("ssl", "SSLContext")(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_default_certs()
+        self._context = context
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock = TLSSocket(self.sock, self._context, self.host)
+
+
+def open_connection(url: str, timeout_s: float = TIMEOUT_S) -> http.client.HTTPConnection:
+    """A native-thread connection to the host of an http:// or https:// URL (not opened yet)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{url!r} is not an http:// or https:// URL")
+    if parts.scheme == "https":
+        return NativeHTTPSConnection(parts.hostname, parts.port, timeout=timeout_s)
+    return NativeHTTPConnection(parts.hostname, parts.port or 80, timeout=timeout_s)
+
+
 def fetch_json(conn: http.client.HTTPConnection, path: str) -> Any:
     """GET path on an open connection; UnusableResponse for 4xx / non-JSON, OSError for 5xx."""
     conn.request("GET", path, headers={"Accept": "application/json"})
@@ -133,14 +229,11 @@ class AppCollector(Sampler):
             raise ConfigError(f"app collector: {base_url!r} is not a URL")
         self.base_url = base_url
         self.out_dir = Path(out_dir)
-        self._host = parts.hostname
-        self._port = parts.port or 80
         self._prefix = parts.path.rstrip("/")
         # endpoint path → why it is not scraped ("" while it is)
         self._endpoints = {DATABASE_PATH: "", APPLICATION_PATH: ""}
-        if parts.scheme != "http":
-            # TLS would need gevent's ssl kept out of the native thread too; not done yet.
-            why_not = f"{parts.scheme}:// targets are not scraped (http only)"
+        if parts.scheme not in ("http", "https"):
+            why_not = f"{parts.scheme}:// targets are not scraped (http and https only)"
             self._endpoints = {path: why_not for path in self._endpoints}
         self._prometheus: bool | None = None
         self._last_error = ""
@@ -159,7 +252,7 @@ class AppCollector(Sampler):
         if not wanted:
             return None
         metrics: dict[str, dict[str, Any]] = {}
-        conn = NativeHTTPConnection(self._host, self._port, timeout=TIMEOUT_S)
+        conn = open_connection(self.base_url)
         try:
             for path in wanted:
                 try:

@@ -22,6 +22,7 @@ from ..result import KpiResult, RunMeta, RunResult
 from ..units import format_percent, format_value
 from . import charts
 from .endurance import report_section as endurance_section
+from .observed import observed_context
 from .stress import report_section as stress_section
 
 PROFILE_SVG = "profile.svg"
@@ -66,6 +67,7 @@ def build_context(run: RunResult) -> dict[str, Any]:
         # Failures first: the first screen should show what went wrong.
         "kpis": [_kpi_row(r) for r in sorted(results, key=lambda r: _SEVERITY[r.verdict])],
         "endpoints": _endpoint_rows(endpoints, summary.get("totals")),
+        "observed": observed_context(run),
         "jobs": _job_rows(summary.get("jobs") or {}),
         "window_s": window_s,
         "warmup_s": warmup_s,

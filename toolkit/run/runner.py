@@ -44,6 +44,7 @@ from . import target
 from .alarms import WINDOW_S as ALARM_WINDOW_S
 from .alarms import AlarmWatcher
 from .live import LiveView
+from .observers import make_observers, start_export
 from .openloop import Lateness, make_open_loop
 from .processes import start_child, stop_child
 from .recorder import Recorder, request_name
@@ -95,6 +96,9 @@ class RunState:
     collectors: dict[str, Any] = field(default_factory=dict)
     errors: ScenarioErrors = field(default_factory=ScenarioErrors)
     load_ended_at: float | None = None
+    observers: dict[str, Any] = field(default_factory=dict)  # run/observers.py
+    export: Any = None  # exporter.LiveExport while perfkit's own metrics are served
+    export_entry: dict[str, Any] | None = None
 
 
 def resolve_scenario(scenario: str) -> Path:
@@ -249,7 +253,8 @@ def prepare_run(settings: LoadSettings, say: Say, plan: Plan, run_dir: Path, url
     state = RunState(run_dir=run_dir,
                      recorder=Recorder(run_dir / rundir.LATENCY, keep_s=keep_s),
                      system=SystemCollector(pid, run_dir / rundir.RESOURCES),
-                     app=AppCollector(url, run_dir))
+                     app=AppCollector(url, run_dir),
+                     observers=make_observers(settings.observe, url, run_dir))
     state.alarms = AlarmWatcher(run_dir, settings.targets, say, settings.alert_webhook,
                                 settings.effective_warmup_s, run_id=run_dir.name)
     env = make_environment(user_classes, url, settings.rate, settings.users, state.recorder,
@@ -263,6 +268,9 @@ def run_plan(env: Environment, state: "RunState", settings: LoadSettings, say: S
     """Start the runner and the collectors, follow the plan, stop everything, finish `meta`."""
     workers: list[subprocess.Popen] = []
     try:
+        state.export = start_export(settings.observe, state, env, plan,
+                                    {"run_id": state.run_dir.name, "scenario": settings.scenario},
+                                    say)
         if settings.workers:
             workers = start_local_workers(env, settings, scenario_path, state.run_dir)
         else:
@@ -270,6 +278,8 @@ def run_plan(env: Environment, state: "RunState", settings: LoadSettings, say: S
         state.system.start()
         if state.app is not None:
             state.app.start()
+        for observer in state.observers.values():
+            observer.start()
         state.started_at = meta.started_at = time.time()
         drive(env, settings, plan, state, managed, say)
     except TargetError as exc:
@@ -330,6 +340,12 @@ def stop_run(env: Environment, state: RunState, workers: list[subprocess.Popen],
                                else step("the profiler", state.profile.stop))
     state.collectors = {"system": step("the system collector", state.system.stop),
                         "app": step("the app collector", state.app.stop) if state.app else None}
+    for name, observer in state.observers.items():
+        state.collectors[name] = step(f"the {name} collector", observer.stop)
+    if state.export is not None:
+        export = state.export
+        state.export_entry = step("the live metrics",
+                                  lambda: export.stop(state.load_ended_at))
     for process in workers:
         step(f"worker {process.pid}", functools.partial(stop_child, process))
     if managed is not None:
@@ -538,6 +554,7 @@ def finish_meta(meta: RunMeta, env: Environment, state: RunState) -> None:
     meta.alarms = state.alarm_summary
     meta.profile = state.profile_entry
     meta.collectors = state.collectors
+    meta.export = state.export_entry
     meta.load = describe_load(meta.settings, state.recorder.lateness)
     meta.loadgen = judge_loadgen(state.loadgen_cpu, meta.started_at + meta.settings.warmup_s)
     errors = env.runner.stats.errors.values() if env.runner else []
