@@ -1,8 +1,8 @@
 """The reference service with `--queue celery` (research in Celery worker processes) on the real
 Redis (127.0.0.1:6379) and RabbitMQ (127.0.0.1:5672), and with `--envelope`.
 
-The CLI does not declare these options yet, so the service runs as
-`tests/targets/reference_serve.py`, which calls `server.serve_forever` with them."""
+Most tests start the service as `tests/targets/reference_serve.py`, which calls
+`server.serve_forever` with the options directly; the last ones go through `perfkit load`."""
 
 import asyncio
 import json
@@ -253,3 +253,33 @@ def test_a_job_the_broker_cannot_take_is_503_and_cancelled(
     database = json.loads(service.args[0])["database_url"].split("///", 1)[1]
     with sqlite3.connect(database) as conn:
         assert [row[0] for row in conn.execute("SELECT status FROM jobs")] == ["cancelled"]
+
+
+@pytest.mark.parametrize("broker", sorted(BROKERS))
+def test_perfkit_load_runs_the_research_flow_on_celery_workers(tmp_path: Path,
+                                                              broker: str) -> None:
+    """`perfkit load --queue celery`: every job created finishes (but those still in flight
+    when the load stops), and the report shows the worker processes and the queue depth."""
+    run_dir = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "perfkit", "load", "--fast", "--queue", "celery", "--broker",
+         BROKERS[broker], "--celery-workers", "2", "--scenario", "research", "--users", "4",
+         "--spawn-rate", "4", "--duration", "20s", "--warmup", "0s", "--out", str(run_dir)],
+        capture_output=True, text=True, timeout=180)
+    assert done.returncode in (0, 1), done.stdout + done.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    creates = summary["endpoints"]["POST /api/v1/research/products"]
+    assert creates["count"] > 0 and creates["failures"] == 0
+    finished = summary["jobs"]["job_completion"]["count"]
+    assert creates["count"] - 4 <= finished <= creates["count"]
+    resources = (run_dir / "resources.csv").read_text().splitlines()
+    header = resources[0].split(",")
+    procs = [int(line.split(",")[header.index("procs")]) for line in resources[1:]
+             if line.split(",")[header.index("procs")]]
+    assert max(procs) >= 3  # the web process and two Celery workers, sampled as one tree
+    app = (run_dir / "app.csv").read_text().splitlines()
+    columns = app[0].split(",")
+    workers = {line.split(",")[columns.index("workers")] for line in app[1:]}
+    assert "2" in workers or "2.0" in workers
+    report = (run_dir / "report.html").read_text()
+    assert 'id="queue"' in report and "Research queue and workers" in report

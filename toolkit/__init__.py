@@ -30,12 +30,13 @@ def load(*, target: str | None = None, scenario: str = "research", users: int = 
          fast: bool = False, warmup: float | str | None = None, profile: bool = False,
          alert_webhook: str | None = None, abort_on_fail: bool = False,
          reports_dir: Path | str = "reports", request_timeout: float | str = 60.0,
-         say: Callable[[str], None] = print) -> "RunResult":
+         queue: str = "inprocess", broker: str | None = None, celery_workers: int = 2,
+         envelope: bool = False, say: Callable[[str], None] = print) -> "RunResult":
     """`perfkit load` with the same options (durations as "30s" or seconds): runs the load,
     writes the run directory and its report, and returns the judged RunResult (`.verdict`,
     `.verdict_reason`, `.kpis`, `.endpoints`, `.run_dir`, `.exit_code`). Errors in the
     options or the environment raise perfkit.errors.PerfkitError."""
-    from .config import build_load_settings
+    from .config import ServiceOptions, build_load_settings
     from .run import runner
 
     settings = build_load_settings(
@@ -43,7 +44,8 @@ def load(*, target: str | None = None, scenario: str = "research", users: int = 
         duration=duration, rate=rate, kpi=kpi, out=out, workers=workers,
         target_pid=target_pid, variants=variants, fast=fast, warmup=warmup, profile=profile,
         alert_webhook=alert_webhook, abort_on_fail=abort_on_fail, reports_dir=reports_dir,
-        request_timeout=request_timeout)
+        request_timeout=request_timeout, service=ServiceOptions(
+            queue=queue, broker=broker, celery_workers=celery_workers, envelope=envelope))
     return runner.run_load(settings, say)
 
 

@@ -13,6 +13,7 @@ import click
 from .config import (
     LoadSettings,
     Observability,
+    ServiceOptions,
     build_load_settings,
     parse_metrics_auth,
 )
@@ -58,7 +59,20 @@ def load_options(default_duration: str) -> Any:
                          help="PID of the target to sample (with --target)."),
             click.option("--variant", "variants", multiple=True,
                          help="Reference-service variant (repeatable): n_plus_one, no_index, "
-                              "new_client_per_call, no_cache, unbounded."),
+                              "new_client_per_call, no_cache, unbounded, high_prefetch "
+                              "(with --queue celery)."),
+            click.option("--queue", type=click.Choice(["inprocess", "celery"]),
+                         default="inprocess", show_default=True,
+                         help="Bundled service: research in its in-process pool, or in Celery "
+                              "worker processes (needs --broker)."),
+            click.option("--broker", help="Bundled service's Celery broker: redis://HOST:6379/N "
+                                          "or amqp://USER:PASSWORD@HOST:5672//."),
+            click.option("--celery-workers", type=click.IntRange(1), default=2,
+                         show_default=True,
+                         help="Bundled service's Celery worker processes (--queue celery)."),
+            click.option("--envelope", is_flag=True,
+                         help="Bundled service answers as the original backend: "
+                              "{success, data, message}."),
             click.option("--fast", is_flag=True,
                          help="Bundled service with its fast simulated-LLM profile (tens of ms)."),
             click.option("--warmup", default=None, callback=_duration,
@@ -101,7 +115,9 @@ def build_settings(command: str, **opts: Any) -> LoadSettings:
         target_pid=opts["target_pid"], variants=opts["variants"], fast=opts["fast"],
         warmup=opts["warmup"], profile=opts["profile"], alert_webhook=opts["alert_webhook"],
         abort_on_fail=opts["abort_on_fail"], request_timeout=opts["request_timeout"],
-        argv=tuple(sys.argv), observe=Observability(
+        argv=tuple(sys.argv), service=ServiceOptions(
+            queue=opts["queue"], broker=opts["broker"], celery_workers=opts["celery_workers"],
+            envelope=opts["envelope"]), observe=Observability(
             metrics_path=opts["metrics_path"], metrics_auth=parse_metrics_auth(
                 opts["metrics_auth"]), db_url=opts["db_url"], redis_url=opts["redis_url"],
             prometheus_port=opts["prometheus_port"], otlp_endpoint=opts["otlp_endpoint"]))
@@ -197,7 +213,9 @@ def worker(master: str, scenario: str, users: int, rate: float | None,
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--database-url", help="SQLAlchemy async URL (default: SQLite file, WAL).")
 @click.option("--redis-url", help="Redis for the result cache (default: in-process TTL cache).")
-@click.option("--variant", "variants", multiple=True, help="Variant to run (repeatable).")
+@click.option("--variant", "variants", multiple=True,
+              help="Variant to run (repeatable): n_plus_one, no_index, new_client_per_call, "
+                   "no_cache, unbounded, high_prefetch (with --queue celery).")
 @click.option("--fast", is_flag=True, help="Fast simulated-LLM profile (tens of ms per item).")
 @click.option("--item-latency-ms", type=click.FloatRange(0),
               help="Median simulated LLM latency per call (default: 8000, --fast 30).")
@@ -215,6 +233,25 @@ def worker(master: str, scenario: str, users: int, rate: float | None,
 @click.option("--seed", type=int, help="Seed of the simulated LLM's randomness.")
 @click.option("--slow-query-ms", type=click.FloatRange(0), default=100.0, show_default=True,
               help="Queries at least this slow are listed in /api/v1/metrics/database.")
+@click.option("--queue", type=click.Choice(["inprocess", "celery"]), default="inprocess",
+              show_default=True,
+              help="Where research runs: the in-process pool, or Celery worker processes "
+                   "(needs --broker).")
+@click.option("--broker", help="Celery broker: redis://HOST:6379/N or "
+                               "amqp://USER:PASSWORD@HOST:5672//.")
+@click.option("--celery-workers", type=click.IntRange(1), default=2, show_default=True,
+              help="Celery worker processes, started and stopped with the service.")
+@click.option("--prefetch-multiplier", type=click.IntRange(1),
+              help="Tasks a Celery worker reserves ahead (default 1; 16 under high_prefetch).")
+@click.option("--max-tasks-per-child", type=click.IntRange(1), default=100, show_default=True,
+              help="Recycle a Celery worker process after this many tasks.")
+@click.option("--result-expires-s", type=click.FloatRange(0, min_open=True), default=3600.0,
+              show_default=True, help="How long Celery keeps a task result (callbacks only).")
+@click.option("--queue-prefix", default="perfkit", show_default=True,
+              help="Queue names PREFIX.research and PREFIX.callbacks: one service per prefix "
+                   "on a broker.")
+@click.option("--envelope", is_flag=True,
+              help="Answer the research routes as {success, data, message}.")
 def serve(**opts: Any) -> None:
     """Run the bundled reference research service until interrupted."""
     from .reference import server

@@ -266,6 +266,18 @@ DEFAULT_REQUEST_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
+class ServiceOptions:
+    """The bundled service's architecture when perfkit starts it: where research runs (the
+    in-process pool, or `celery_workers` Celery processes on `broker`) and whether it answers
+    in the original backend's envelope."""
+
+    queue: str = "inprocess"
+    broker: str | None = None
+    celery_workers: int = 2
+    envelope: bool = False
+
+
+@dataclass(frozen=True)
 class Observability:
     """What perfkit reads of the target beyond its requests, and where it shows its own
     numbers live (docs/observability.md). `metrics_auth`: the Authorization header's value
@@ -322,12 +334,24 @@ class LoadSettings:
     reports_dir: Path = Path("reports")
     argv: tuple[str, ...] = field(default_factory=tuple)
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+    service: ServiceOptions = field(default_factory=ServiceOptions)
     kpi_targets: tuple[KpiTarget, ...] | None = None
     observe: Observability = field(default_factory=Observability)
 
     def __post_init__(self) -> None:
         if self.kpi_targets is None:
             object.__setattr__(self, "kpi_targets", tuple(load_kpi_targets(self.kpi_file)))
+
+    def serve_args(self) -> list[str]:
+        """`perfkit serve` options of the bundled service for these settings."""
+        args = ["--fast"] if self.latency_profile == "fast" else []
+        for variant in self.variants:
+            args += ["--variant", variant]
+        service = self.service
+        if service.queue != "inprocess":
+            args += ["--queue", service.queue, "--celery-workers", str(service.celery_workers)]
+            args += ["--broker", service.broker] if service.broker else []
+        return args + (["--envelope"] if service.envelope else [])
 
     @property
     def targets(self) -> list[KpiTarget]:
@@ -371,7 +395,8 @@ def build_load_settings(command: str = "load", *, target: str | None = None,
                         reports_dir: Path | str = "reports",
                         request_timeout: float | str = DEFAULT_REQUEST_TIMEOUT_S,
                         argv: tuple[str, ...] = (),
-                        observe: Observability | None = None) -> LoadSettings:
+                        observe: Observability | None = None,
+                        service: ServiceOptions | None = None) -> LoadSettings:
     """LoadSettings from the options of `perfkit load` (durations as "30s" or seconds)."""
     return LoadSettings(
         command=command, target=target, scenario=scenario, users=users, spawn_rate=spawn_rate,
@@ -382,7 +407,7 @@ def build_load_settings(command: str = "load", *, target: str | None = None,
         warmup_s=None if warmup is None else _seconds(warmup), profile=profile,
         alert_webhook=alert_webhook, abort_on_fail=abort_on_fail, reports_dir=Path(reports_dir),
         request_timeout_s=_seconds(request_timeout), argv=tuple(argv),
-        observe=observe or Observability())
+        observe=observe or Observability(), service=service or ServiceOptions())
 
 
 def _seconds(value: float | str) -> float:

@@ -32,7 +32,7 @@ APPLICATION_PATH = "/api/v1/metrics/application"
 PROMETHEUS_PATH = "/metrics"
 COLUMNS = [
     "t", "db_total_queries", "db_average_ms", "db_max_ms", "db_slow_queries_count",
-    "research_avg_ms", "api_avg_ms", "total_requests",
+    "research_avg_ms", "api_avg_ms", "total_requests", "queue_depth", "workers",
 ]
 # (column, endpoint, field, factor): the reference service reports times in seconds.
 FIELDS = [
@@ -43,6 +43,10 @@ FIELDS = [
     ("research_avg_ms", APPLICATION_PATH, "research_avg_time", 1000.0),
     ("api_avg_ms", APPLICATION_PATH, "api_avg_time", 1000.0),
     ("total_requests", APPLICATION_PATH, "total_requests", 1.0),
+    # Jobs waiting for a research worker (the broker's queue, or the in-process semaphore's
+    # waiters) and the worker processes serving them.
+    ("queue_depth", APPLICATION_PATH, "queue_depth", 1.0),
+    ("workers", APPLICATION_PATH, "workers", 1.0),
 ]
 TIMEOUT_S = 2.0
 MAX_BODY_BYTES = 4 * 1024 * 1024

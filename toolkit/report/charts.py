@@ -473,6 +473,23 @@ def draw_io_network(resources: pd.DataFrame, duration_s: float, warmup_s: float,
         return _to_svg(fig, id_prefix, title)
 
 
+def draw_queue(app: pd.DataFrame, duration_s: float, warmup_s: float, id_prefix: str) -> str:
+    """The target's research queue: jobs waiting for a worker, and its worker processes."""
+    title = "Research queue and workers"
+    with _style():
+        fig, (ax_queue, ax_workers) = _new_figure([1.4, 0.9])
+        _time_axis([ax_queue, ax_workers], duration_s, warmup_s)
+        for ax, column, label, color in ((ax_queue, "queue_depth", "jobs waiting", PALETTE[0]),
+                                         (ax_workers, "workers", "worker processes",
+                                          PALETTE[2])):
+            if _has(app, column):
+                ax.step(app["t_s"], app[column], where="post", color=color, label=label)
+            else:
+                _empty_note(ax, f"{label}: not reported by the target")
+            _finish(ax, _nanmax(app[column]) if _has(app, column) else math.nan, (), label)
+        return _to_svg(fig, id_prefix, title)
+
+
 def draw_database(app: pd.DataFrame, rate: pd.DataFrame, duration_s: float, warmup_s: float,
                   id_prefix: str, time_lines: Sequence[KpiLine] = (),
                   rate_lines: Sequence[KpiLine] = ()) -> str:

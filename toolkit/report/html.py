@@ -317,7 +317,7 @@ class _Drawing:
 
     def sections(self) -> list[dict[str, Any]]:
         return [self._traffic(), self._load(), self._resources(), self._io(),
-                self._database(), self._jobs()]
+                self._database(), self._queue(), self._jobs()]
 
     def _section(self, key: str, title: str, charts_svg: list[Markup] | None = None,
                  note: str = "", lead: str = "") -> dict[str, Any]:
@@ -390,6 +390,22 @@ class _Drawing:
             _kpi_lines(self.results, ["disk_mb_s_mean", "disk_mb_s_peak"], None),
             _kpi_lines(self.results, ["net_mb_s_mean", "net_mb_s_peak"], None))
         return self._section("io", title, [Markup(svg)])
+
+    def _queue(self) -> dict[str, Any]:
+        title = "Research queue and workers"
+        app = self.run.app
+        if app is None or not any(c in app and app[c].notna().any()
+                                  for c in ("queue_depth", "workers")):
+            return self._section("queue", title, note="not measured: the target reports no "
+                                                      "research queue (queue_depth, workers)")
+        samples = app.assign(t_s=app["t"].astype(float) - self.started_at)
+        if len(app) > charts.MAX_POINTS:
+            samples = self._resample(app, how="max")
+        svg = charts.draw_queue(samples, self.duration_s, self.warmup_s, self._id())
+        return self._section("queue", title, [Markup(svg)],
+                             lead="Jobs waiting for a research worker (the broker's queue, or "
+                                  "the in-process pool's waiters) and the worker processes, "
+                                  "as the target reports them.")
 
     def _database(self) -> dict[str, Any]:
         title = "Database: query time and rate"

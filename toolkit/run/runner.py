@@ -52,7 +52,8 @@ from .scenario_errors import ScenarioErrors, guard_on_start
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("n_plus_one", "no_index", "new_client_per_call", "no_cache", "unbounded")
+VARIANTS = ("n_plus_one", "no_index", "new_client_per_call", "no_cache", "unbounded",
+            "high_prefetch")
 LOADGEN_SATURATED_PERCENT = 90.0
 SATURATED_SHARE = 0.1
 WORKER_CONNECT_TIMEOUT_S = 30.0
@@ -292,8 +293,9 @@ def run_plan(env: Environment, state: "RunState", settings: LoadSettings, say: S
 
 
 def check_settings(settings: LoadSettings) -> None:
-    if settings.target and settings.variants:
-        raise ConfigError("--variant applies to the bundled service only, not to --target")
+    if settings.target and (settings.variants or settings.serve_args()):
+        raise ConfigError("--variant, --queue, --broker and --envelope apply to the bundled "
+                          "service only, not to --target")
     unknown = sorted(set(settings.variants) - set(VARIANTS))
     if unknown:
         raise ConfigError(f"unknown variant {unknown[0]!r}; known: {', '.join(VARIANTS)}")
@@ -311,8 +313,7 @@ def start_target(settings: LoadSettings, run_dir: Path,
     say("perfkit: starting the bundled reference service "
         f"({settings.latency_profile} profile{', ' if settings.variants else ''}"
         f"{', '.join(settings.variants)})")
-    managed = target.start_reference_service(run_dir / "target.log", settings.variants,
-                                             settings.latency_profile)
+    managed = target.start_reference_service(run_dir / "target.log", settings.serve_args())
     return managed, managed.url, managed.process.pid
 
 

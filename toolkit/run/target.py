@@ -30,14 +30,12 @@ class ManagedTarget:
     log_path: Path
 
 
-def start_reference_service(log_path: Path, variants: tuple[str, ...], latency_profile: str,
+def start_reference_service(log_path: Path, serve_args: list[str],
                             timeout_s: float = 60.0) -> ManagedTarget:
-    """Start `perfkit serve` on a free loopback port; its output goes to `log_path`."""
-    command = [sys.executable, "-m", "perfkit", "serve", "--host", "127.0.0.1", "--port", "0"]
-    if latency_profile == "fast":
-        command.append("--fast")
-    for variant in variants:
-        command += ["--variant", variant]
+    """Start `perfkit serve SERVE_ARGS` on a free loopback port; its output goes to
+    `log_path`. The service prints its URL once it listens (and its Celery workers are up)."""
+    command = [sys.executable, "-m", "perfkit", "serve", "--host", "127.0.0.1", "--port", "0",
+               *serve_args]
     process = start_child(command, log_path)
     try:
         return _wait_for_service(process, log_path, timeout_s)
