@@ -4,13 +4,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# PostgreSQL and Redis back the reference service's tests; start them if they are down.
+# PostgreSQL, Redis and RabbitMQ back the reference service's tests; start any that is down.
 if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1; then
     pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
 fi
 if command -v redis-server >/dev/null && ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
     redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
         --dir /tmp --logfile /tmp/perfkit-redis.log || true
+fi
+
+# RabbitMQ is the second Celery broker of the reference service's tests.
+if command -v rabbitmq-server >/dev/null && ! (echo >/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
+    rabbitmq-server -detached >/tmp/perfkit-rabbitmq.log 2>&1 || true
+    for _ in $(seq 30); do (echo >/dev/tcp/127.0.0.1/5672) 2>/dev/null && break; sleep 1; done
 fi
 
 # Headless Chromium opens the HTML report in the report tests; gdb lets memray attach to a live
