@@ -18,6 +18,7 @@ from .config import (
     parse_metrics_auth,
 )
 from .errors import InternalError, PerfkitError
+from .settings_sources import Sources, read_sources
 from .units import parse_duration, parse_quantity
 
 log = logging.getLogger(__name__)
@@ -32,32 +33,73 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     return None if value is None else parse_duration(value)
 
 
+LOAD_COMMANDS = ("load", "stress", "endurance", "regression")
+# A load command takes the arguments it does not know itself along to the locustfile's own
+# parser (its init_command_line_parser options), as `locust` does.
+LOCUSTFILE_ARGS = {"ignore_unknown_options": True, "allow_extra_args": True}
+
+
+def _env(name: str) -> str:
+    return f"PERFKIT_{name.upper()}"
+
+
 def load_options(default_duration: str) -> Any:
-    """Options shared by load, stress, endurance and regression (names are a contract)."""
+    """Options shared by load, stress, endurance and regression (names are a contract).
+    Locust's spellings are aliases (-u, -r, -t/--run-time, -H/--host, --processes)."""
 
     def decorate(func: Any) -> Any:
         options = [
-            click.option("--target",
+            click.option("--target", "-H", "--host", "target", envvar=_env("target"),
                          help="Base URL of the target; default: start the bundled service."),
-            click.option("--scenario", default="research", show_default=True,
+            click.option("--scenario", "-f", "--locustfile", "scenario", default="research",
+                         show_default=True, envvar=_env("scenario"),
                          help="Scenario name (scenarios/) or path of a Locust file."),
-            click.option("--users", type=click.IntRange(1), default=10, show_default=True),
-            click.option("--spawn-rate", type=click.FloatRange(min=0, min_open=True), default=10.0,
-                         show_default=True, help="Users started per second."),
-            click.option("--duration", default=default_duration, show_default=True,
-                         callback=_duration, help="Run length: 30s, 5m, 1h."),
+            click.option("--users", "-u", type=click.IntRange(1), default=10, show_default=True,
+                         envvar=_env("users"), help="Peak number of concurrent users."),
+            click.option("--spawn-rate", "-r", type=click.FloatRange(min=0, min_open=True),
+                         default=10.0, show_default=True, envvar=_env("spawn_rate"),
+                         help="Users started per second."),
+            click.option("--duration", "-t", "--run-time", "duration", default=default_duration,
+                         show_default=True, callback=_duration, envvar=_env("duration"),
+                         help="Run length: 30s, 5m, 1h30m (with a LoadTestShape, at most)."),
             click.option("--rate", type=click.FloatRange(min=0, min_open=True),
+                         envvar=_env("rate"),
                          help="Open load: iterations per second, latency measured from the "
                               "intended send time."),
             click.option("--kpi", "kpi_file", type=click.Path(path_type=Path),
+                         envvar=_env("kpi"),
                          help="KPI targets (TOML) that replace or extend the defaults."),
-            click.option("--out", type=click.Path(path_type=Path),
+            click.option("--out", type=click.Path(path_type=Path), envvar=_env("out"),
                          help="Run directory (default reports/<timestamp>-<scenario>)."),
-            click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
+            click.option("--workers", "--processes", "workers", type=click.IntRange(0),
+                         default=0, show_default=True, envvar=_env("workers"),
                          help="Local Locust worker processes under one master."),
-            click.option("--target-pid", type=int,
+            click.option("--tags", "-T", "tags", multiple=True, envvar=_env("tags"),
+                         help="Run only the locustfile's tasks with one of these tags "
+                              "(-T a b, or a,b)."),
+            click.option("--exclude-tags", "-E", "exclude_tags", multiple=True,
+                         envvar=_env("exclude_tags"),
+                         help="Run none of the tasks with one of these tags."),
+            click.option("--stop-timeout", default="0s", show_default=True, callback=_duration,
+                         envvar=_env("stop_timeout"),
+                         help="Let stopping users finish the task in hand for this long."),
+            click.option("--master-bind-host", envvar=_env("master_bind_host"),
+                         help="Open the master to workers on other machines: the address "
+                              "to listen on (* for all)."),
+            click.option("--master-bind-port", type=click.IntRange(1, 65535),
+                         envvar=_env("master_bind_port"),
+                         help="The master's port (default 5557 with --master-bind-host, "
+                              "else a free one)."),
+            click.option("--expect-workers", type=click.IntRange(0), default=0,
+                         show_default=True, envvar=_env("expect_workers"),
+                         help="Workers (local ones included) to wait for before the load "
+                              "starts; exit 2 if fewer joined in time."),
+            click.option("--expect-workers-timeout", default="60s", show_default=True,
+                         callback=_duration, envvar=_env("expect_workers_timeout"),
+                         help="How long to wait for --expect-workers."),
+            click.option("--target-pid", type=int, envvar=_env("target_pid"),
                          help="PID of the target to sample (with --target)."),
-            click.option("--variant", "variants", multiple=True,
+            click.option("--variant", "variants", multiple=True, envvar=_env("variant"),
                          help="Reference-service variant (repeatable): n_plus_one, no_index, "
                               "new_client_per_call, no_cache, unbounded, high_prefetch "
                               "(with --queue celery)."),
@@ -73,16 +115,18 @@ def load_options(default_duration: str) -> Any:
             click.option("--envelope", is_flag=True,
                          help="Bundled service answers as the original backend: "
                               "{success, data, message}."),
-            click.option("--fast", is_flag=True,
+            click.option("--fast", is_flag=True, envvar=_env("fast"),
                          help="Bundled service with its fast simulated-LLM profile (tens of ms)."),
-            click.option("--warmup", default=None, callback=_duration,
+            click.option("--warmup", default=None, callback=_duration, envvar=_env("warmup"),
                          help="Warm-up shown but kept out of the verdict (default: 10%, max 30s)."),
-            click.option("--profile", is_flag=True, help="Record the target with py-spy."),
-            click.option("--alert-webhook", help="POST alarms as JSON to this URL."),
-            click.option("--abort-on-fail", is_flag=True,
+            click.option("--profile", is_flag=True, envvar=_env("profile"),
+                         help="Record the target with py-spy."),
+            click.option("--alert-webhook", envvar=_env("alert_webhook"),
+                         help="POST alarms as JSON to this URL."),
+            click.option("--abort-on-fail", is_flag=True, envvar=_env("abort_on_fail"),
                          help="Stop early when a KPI alarm fires."),
             click.option("--request-timeout", default="60s", show_default=True,
-                         callback=_duration,
+                         callback=_duration, envvar=_env("request_timeout"),
                          help="A request unanswered this long is a failure (scenarios that "
                               "set their own timeout keep it)."),
             click.option("--metrics-path", default="/metrics", show_default=True,
@@ -107,7 +151,11 @@ def load_options(default_duration: str) -> Any:
 
 
 def build_settings(command: str, **opts: Any) -> LoadSettings:
-    """Settings of a load-generating command, KPI targets included, built once."""
+    """Settings of a load-generating command, KPI targets included, built once. Arguments
+    perfkit does not know go to the locustfile's parser, after those of a locust.conf."""
+    ctx = click.get_current_context()
+    sources = ctx.find_object(Sources)
+    conf_args = sources.locustfile_args if sources else []
     return build_load_settings(
         command, target=opts["target"], scenario=opts["scenario"], users=opts["users"],
         spawn_rate=opts["spawn_rate"], duration=opts["duration"], rate=opts["rate"],
@@ -120,19 +168,58 @@ def build_settings(command: str, **opts: Any) -> LoadSettings:
             envelope=opts["envelope"]), observe=Observability(
             metrics_path=opts["metrics_path"], metrics_auth=parse_metrics_auth(
                 opts["metrics_auth"]), db_url=opts["db_url"], redis_url=opts["redis_url"],
-            prometheus_port=opts["prometheus_port"], otlp_endpoint=opts["otlp_endpoint"]))
+            prometheus_port=opts["prometheus_port"], otlp_endpoint=opts["otlp_endpoint"]),
+        tags=opts["tags"], exclude_tags=opts["exclude_tags"],
+        locustfile_args=(*conf_args, *ctx.args), master_bind_host=opts["master_bind_host"],
+        master_bind_port=opts["master_bind_port"], expect_workers=opts["expect_workers"],
+        expect_workers_timeout=opts["expect_workers_timeout"],
+        stop_timeout=opts["stop_timeout"])
+
+
+def _version_message() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for package in ("perfkit", "locust"):
+        try:
+            found.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            found.append(f"{package} (not installed)")
+    return ", ".join(found)
+
+
+def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        say(_version_message())
+        ctx.exit()
 
 
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
-def cli(verbose: bool) -> None:
+@click.option("--version", "-V", is_flag=True, expose_value=False, is_eager=True,
+              callback=_show_version, help="Show the perfkit and Locust versions and exit.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
     """perfkit: load, stress and endurance tests of the product-research API, with KPI
-    verdicts, regression gating and one self-contained HTML report."""
+    verdicts, regression gating and one self-contained HTML report.
+
+    Options may also come from PERFKIT_* environment variables and from perfkit.toml (or
+    [tool.perfkit] in pyproject.toml, or a locust.conf) in the working directory; `perfkit
+    config` shows the effective values and where each came from."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    sources = read_sources(Path.cwd(), _command_params(), LOAD_COMMANDS)
+    ctx.default_map = sources.default_map
+    ctx.obj = sources
 
 
-@cli.command()
+def _command_params() -> dict[str, list[tuple[str, list[str]]]]:
+    return {name: [(p.name or "", list(p.opts)) for p in command.params
+                   if isinstance(p, click.Option)]
+            for name, command in cli.commands.items()}
+
+
+@cli.command(context_settings=LOCUSTFILE_ARGS)
 @load_options("60s")
 def load(**opts: Any) -> None:
     """Steady load for a duration; writes a run directory and report.html."""
@@ -153,7 +240,7 @@ def _mb_per_h(ctx: click.Context, param: click.Parameter, value: str) -> float:
         raise click.BadParameter(f"{value!r}: write MB per hour, e.g. 10MB/h") from None
 
 
-@cli.command()
+@cli.command(context_settings=LOCUSTFILE_ARGS)
 @load_options("30m")
 @click.option("--step-users", type=click.IntRange(1),
               help="Users added per step (closed load; default: --users).")
@@ -176,7 +263,7 @@ def stress(step_users: int | None, step_rate: float | None, step_duration: float
         max_error_rate_percent=max_error_rate), say).exit_code)
 
 
-@cli.command()
+@cli.command(context_settings=LOCUSTFILE_ARGS)
 @load_options("1h")
 @click.option("--leak-threshold", default="10MB/h", show_default=True, callback=_mb_per_h,
               help="Memory growth that counts as a leak once the whole CI is above it.")
@@ -191,21 +278,67 @@ def endurance(leak_threshold: float, **opts: Any) -> None:
 
 
 @cli.command()
-@click.option("--master", required=True, help="HOST[:PORT] of the master (port 5557 by default).")
-@click.option("--scenario", default="research", show_default=True,
-              help="The same scenario as the master's.")
-@click.option("--users", type=click.IntRange(1), default=10, show_default=True,
-              help="The master's --users (paces an open load).")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True),
-              help="The master's --rate, for an open load.")
-@click.option("--request-timeout", default="60s", show_default=True, callback=_duration,
-              help="The master's --request-timeout.")
-def worker(master: str, scenario: str, users: int, rate: float | None,
-           request_timeout: float) -> None:
-    """Join a perfkit master as a Locust worker (distributed load)."""
-    from .run import runner
+@click.option("--master", required=True, envvar=_env("master"),
+              help="HOST[:PORT] of the master (port 5557 by default). The master sends the "
+                   "scenario and the run's settings; nothing else is needed.")
+@click.option("--connect-timeout", default="60s", show_default=True, callback=_duration,
+              envvar=_env("connect_timeout"),
+              help="Keep asking the master for this long (it may start after the worker).")
+def worker(master: str, connect_timeout: float) -> None:
+    """Join a perfkit master as a Locust worker (distributed load, docs/distributed.md).
 
-    sys.exit(runner.run_worker(master, scenario, users, rate, say, request_timeout))
+    The master (perfkit load --master-bind-host ... --expect-workers N) sends the scenario
+    file and the run's settings (users, rate, tags, request timeout, the locustfile's own
+    arguments) and refuses a worker of another perfkit version. Open the master's port
+    (5557 by default) from the workers' machines; the workers need no port open. Run about
+    one worker per core of a machine.
+    """
+    from .run import distributed
+
+    sys.exit(distributed.run_worker(master, say, connect_timeout))
+
+
+@cli.command("config", context_settings=LOCUSTFILE_ARGS)
+@click.argument("command", default="load")
+@click.pass_context
+def show_config(ctx: click.Context, command: str) -> None:
+    """The effective options of COMMAND (load by default) and where each came from: the
+    command line (perfkit config load -u 5), PERFKIT_* variables, perfkit.toml,
+    locust.conf or the default."""
+    target = cli.commands.get(command)
+    if target is None or command == "config":
+        raise click.BadParameter(f"no command {command!r}", param_hint="COMMAND")
+    assert ctx.parent is not None
+    sources: Sources = ctx.find_object(Sources) or Sources()
+    sub = target.make_context(command, list(ctx.args), parent=ctx.parent,
+                              resilient_parsing=True)
+    say(f"perfkit {command}: effective options (files read: "
+        f"{', '.join(sources.files) or 'none'})")
+    for param in target.params:
+        if not isinstance(param, click.Option) or param.name is None:
+            continue
+        source = sub.get_parameter_source(param.name)
+        where = {click.core.ParameterSource.COMMANDLINE: "command line",
+                 click.core.ParameterSource.ENVIRONMENT: f"environment {_envvar(param, sub)}",
+                 click.core.ParameterSource.DEFAULT_MAP:
+                     sources.origins.get((command, param.name), "settings file"),
+                 }.get(source, "default") if source else "default"  # type: ignore[arg-type]
+        say(f"  {param.name:24} {_shown(sub.params.get(param.name))!s:28} {where}")
+    if command in LOAD_COMMANDS:
+        args = [*sources.locustfile_args, *sub.args]
+        say(f"  {'locustfile arguments':24} {' '.join(args) or '-'}")
+
+
+def _envvar(param: click.Option, ctx: click.Context) -> str:
+    if isinstance(param.envvar, str):
+        return param.envvar
+    return f"{ctx.auto_envvar_prefix}_{(param.name or '').upper()}"
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple | list):
+        return ",".join(str(v) for v in value) or "-"
+    return "-" if value is None else str(value)
 
 
 @cli.command()
@@ -405,7 +538,7 @@ def compare(baseline_ref: str, current: Path, out: Path | None, thresholds: tupl
                                  out or current / "compare"))
 
 
-@cli.command()
+@cli.command(context_settings=LOCUSTFILE_ARGS)
 @click.option("--baseline", "baseline_ref", required=True,
               help="Run directory or saved baseline name (reports/baselines/NAME).")
 @click.option("--repeat", type=click.IntRange(1, 20), default=1, show_default=True,
@@ -472,6 +605,24 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def spread_tags(args: list[str]) -> list[str]:
+    """Locust's `--tags a b c` as click's `--tags a --tags b --tags c`: click options take
+    one value each."""
+    spread: list[str] = []
+    tag_option: str | None = None
+    for arg in args:
+        if arg in ("-T", "--tags", "-E", "--exclude-tags"):
+            tag_option = arg
+            spread.append(arg)
+            continue
+        if tag_option is not None and not arg.startswith("-") and spread[-1] != tag_option:
+            spread.append(tag_option)
+        if arg.startswith("-"):
+            tag_option = None
+        spread.append(arg)
+    return spread
+
+
 def main() -> None:
     # SIGTERM (a CI job cancelled) and SIGHUP (the terminal closed) stop perfkit as Ctrl-C
     # does, so every `finally` runs: the managed service and workers are stopped. During a
@@ -479,7 +630,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGHUP, _interrupt)
     try:
-        cli.main(standalone_mode=False)
+        cli.main(args=spread_tags(sys.argv[1:]), standalone_mode=False,
+                 auto_envvar_prefix="PERFKIT")
     except click.exceptions.Abort:
         click.echo("perfkit: interrupted", err=True)
         sys.exit(130)

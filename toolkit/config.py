@@ -263,6 +263,8 @@ def _check_endpoint(endpoint: object, fail: Any) -> str:
 
 
 DEFAULT_REQUEST_TIMEOUT_S = 60.0
+DEFAULT_EXPECT_WORKERS_TIMEOUT_S = 60.0
+DEFAULT_MASTER_PORT = 5557
 
 
 @dataclass(frozen=True)
@@ -337,6 +339,18 @@ class LoadSettings:
     service: ServiceOptions = field(default_factory=ServiceOptions)
     kpi_targets: tuple[KpiTarget, ...] | None = None
     observe: Observability = field(default_factory=Observability)
+    # Locust semantics (docs: README "Locust compatibility"): task tags, and the arguments
+    # perfkit does not know, for the locustfile's own init_command_line_parser options.
+    tags: tuple[str, ...] = ()
+    exclude_tags: tuple[str, ...] = ()
+    locustfile_args: tuple[str, ...] = ()
+    # A master open to other machines (docs/distributed.md); None: loopback, local workers only.
+    master_bind_host: str | None = None
+    master_bind_port: int | None = None
+    expect_workers: int = 0
+    expect_workers_timeout_s: float = DEFAULT_EXPECT_WORKERS_TIMEOUT_S
+    # Locust's --stop-timeout: how long a stopping user may finish the task in hand.
+    stop_timeout_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kpi_targets is None:
@@ -396,7 +410,14 @@ def build_load_settings(command: str = "load", *, target: str | None = None,
                         request_timeout: float | str = DEFAULT_REQUEST_TIMEOUT_S,
                         argv: tuple[str, ...] = (),
                         observe: Observability | None = None,
-                        service: ServiceOptions | None = None) -> LoadSettings:
+                        service: ServiceOptions | None = None,
+                        tags: tuple[str, ...] | list[str] = (),
+                        exclude_tags: tuple[str, ...] | list[str] = (),
+                        locustfile_args: tuple[str, ...] | list[str] = (),
+                        master_bind_host: str | None = None,
+                        master_bind_port: int | None = None, expect_workers: int = 0,
+                        expect_workers_timeout: float | str = DEFAULT_EXPECT_WORKERS_TIMEOUT_S,
+                        stop_timeout: float | str = 0.0) -> LoadSettings:
     """LoadSettings from the options of `perfkit load` (durations as "30s" or seconds)."""
     return LoadSettings(
         command=command, target=target, scenario=scenario, users=users, spawn_rate=spawn_rate,
@@ -407,7 +428,17 @@ def build_load_settings(command: str = "load", *, target: str | None = None,
         warmup_s=None if warmup is None else _seconds(warmup), profile=profile,
         alert_webhook=alert_webhook, abort_on_fail=abort_on_fail, reports_dir=Path(reports_dir),
         request_timeout_s=_seconds(request_timeout), argv=tuple(argv),
-        observe=observe or Observability(), service=service or ServiceOptions())
+        observe=observe or Observability(), service=service or ServiceOptions(),
+        tags=_split_tags(tags), exclude_tags=_split_tags(exclude_tags),
+        locustfile_args=tuple(locustfile_args), master_bind_host=master_bind_host,
+        master_bind_port=master_bind_port, expect_workers=expect_workers,
+        expect_workers_timeout_s=_seconds(expect_workers_timeout),
+        stop_timeout_s=_seconds(stop_timeout))
+
+
+def _split_tags(tags: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """`--tags a b`, `--tags a,b` and `--tags a --tags b` all mean (a, b)."""
+    return tuple(t for text in tags for t in str(text).replace(",", " ").split())
 
 
 def _seconds(value: float | str) -> float:

@@ -4,6 +4,7 @@
     ├── ConfigError         bad option, bad KPI file, unknown scenario or variant
     ├── TargetError         target unreachable, not ready in time, port in use, died
     ├── RunError            the load run itself could not be carried out
+    ├── ClusterError        workers did not join in time, or run another perfkit version
     ├── ReportError         a run directory that cannot be read or rendered
     └── InternalError       a bug: exit code 3, its traceback in the run directory
 
@@ -24,6 +25,10 @@ class TargetError(PerfkitError):
 
 
 class RunError(PerfkitError):
+    pass
+
+
+class ClusterError(PerfkitError):
     pass
 
 

@@ -23,6 +23,9 @@ LATENCY_COLUMNS = ["t", "name", "count", "failures", "hist"]
 
 # A run that could not be carried to its end cannot pass, whatever its KPIs say.
 FAILED_STATUSES = ("target_died", "failed")
+# A distributed run that lost a worker and went on with the others: judged on what it measured,
+# but it did not apply the planned load, so it is not a clean pass (exit code 1).
+DEGRADED = "degraded"
 
 Step = tuple[float, int, float | None]  # (start offset s, users, arrival rate or None)
 
@@ -70,6 +73,9 @@ class RunMeta:
     loadgen: dict[str, Any] | None = None
     load: dict[str, Any] | None = None
     locust_counts: dict[str, int] = field(default_factory=dict)
+    # Distributed runs: {"expected": N, "workers": [{id, host, addresses, pid, perfkit,
+    # joined_at, lost_at, lost_after_s, reason}]}; None for a single process.
+    distributed: dict[str, Any] | None = None
     alarms: dict[str, Any] | None = None
     profile: dict[str, Any] | None = None
     stress: dict[str, Any] | None = None

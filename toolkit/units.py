@@ -5,16 +5,25 @@ import re
 
 from .errors import ConfigError
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|h|m|s)?\s*")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
-def parse_duration(text: str) -> float:
-    """'90' and '90s' are seconds; '5m', '2h', '500ms' as written."""
-    match = _DURATION.match(str(text))
-    if not match:
-        raise ConfigError(f"bad duration {text!r}: use e.g. 30s, 5m, 1h")
-    return float(match.group(1)) * _UNIT_S[match.group(2)]
+def parse_duration(text: str | float) -> float:
+    """Locust's time spans and a little more: '90' and '90s' are seconds; '5m', '2h',
+    '1h30m', '3h30m10s' and '500ms' as written (parts in any order, decimals allowed)."""
+    spelled = str(text).strip()
+    position, total, units = 0, 0.0, []
+    while position < len(spelled):
+        match = _DURATION_PART.match(spelled, position)
+        if not match or (match.group(2) is None and match.end() < len(spelled)):
+            raise ConfigError(f"bad duration {text!r}: use e.g. 30s, 5m, 1h30m, 500ms")
+        units.append(match.group(2))
+        total += float(match.group(1)) * _UNIT_S[match.group(2)]
+        position = match.end()
+    if not units or len(set(units)) != len(units):
+        raise ConfigError(f"bad duration {text!r}: use e.g. 30s, 5m, 1h30m, 500ms")
+    return total
 
 
 # KPI values are written with their unit ("500ms", "50rps", "512MB") so a bare number can

@@ -51,12 +51,14 @@ def build_app(delay_ms: float, stall_at: float | None, stall_s: float,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--delay-ms", type=float, default=0.0)
     parser.add_argument("--stall-at", type=float, default=None)
     parser.add_argument("--stall-s", type=float, default=0.0)
     parser.add_argument("--die-after", type=float, default=None)
     args = parser.parse_args()
-    run_app(build_app(args.delay_ms, args.stall_at, args.stall_s, args.die_after), args.port)
+    run_app(build_app(args.delay_ms, args.stall_at, args.stall_s, args.die_after), args.port,
+            args.host)
 
 
 if __name__ == "__main__":

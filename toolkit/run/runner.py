@@ -4,10 +4,9 @@ Importing this module imports Locust, which monkey-patches the standard library 
 the CLI imports it only for the commands that generate load.
 """
 
+import dataclasses
 import functools
-import importlib.resources
 import logging
-import os
 import platform
 import re
 import signal
@@ -25,30 +24,27 @@ from typing import Any
 import gevent
 import locust
 import psutil
-from locust import User
-from locust.argument_parser import get_empty_argument_parser, setup_parser_arguments
 from locust.env import Environment
 from locust.runners import STATE_STOPPED, MasterRunner
-from locust.util.load_locustfile import load_locustfile
 
 from .. import rundir
 from ..analysis.kpi import judge_run
 from ..collectors.app import AppCollector
 from ..collectors.system import SystemCollector
-from ..config import DEFAULT_REQUEST_TIMEOUT_S, LoadSettings, redact_argv, redact_url
-from ..errors import ConfigError, InternalError, PerfkitError, RunError, TargetError
+from ..config import LoadSettings, redact_argv, redact_url
+from ..errors import ClusterError, ConfigError, InternalError, PerfkitError, RunError, TargetError
 from ..report import write_report
 from ..report.html import describe_lateness
-from ..result import RunMeta, RunResult, RunSettings
-from . import target
+from ..result import DEGRADED, RunMeta, RunResult, RunSettings
+from . import distributed, locustfile, target
 from .alarms import WINDOW_S as ALARM_WINDOW_S
 from .alarms import AlarmWatcher
 from .live import LiveView
 from .observers import make_observers, start_export
-from .openloop import Lateness, make_open_loop
-from .processes import start_child, stop_child
+from .openloop import Lateness
+from .processes import stop_child
 from .recorder import Recorder, request_name
-from .scenario_errors import ScenarioErrors, guard_on_start
+from .scenario_errors import ScenarioErrors
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +52,6 @@ VARIANTS = ("n_plus_one", "no_index", "new_client_per_call", "no_cache", "unboun
             "high_prefetch")
 LOADGEN_SATURATED_PERCENT = 90.0
 SATURATED_SHARE = 0.1
-WORKER_CONNECT_TIMEOUT_S = 30.0
 
 Say = Callable[[str], None]
 
@@ -77,6 +72,7 @@ class Plan:
     on_step_end: Callable[[int, "RunState"], bool] | None = None
     on_run_end: Callable[[RunResult, "RunState"], None] | None = None
     window_s: float = 0.0
+    shape: bool = False  # the locustfile's LoadTestShape sets the users, not `steps`
 
 
 @dataclass
@@ -100,51 +96,7 @@ class RunState:
     observers: dict[str, Any] = field(default_factory=dict)  # run/observers.py
     export: Any = None  # exporter.LiveExport while perfkit's own metrics are served
     export_entry: dict[str, Any] | None = None
-
-
-def resolve_scenario(scenario: str) -> Path:
-    """A bundled scenario name (scenarios/NAME.py) or the path of a user's Locust file."""
-    if scenario.endswith(".py") or os.sep in scenario:
-        path = Path(scenario)
-        if not path.is_file():
-            raise ConfigError(f"scenario file {scenario} does not exist")
-        return path.resolve()
-    bundled = importlib.resources.files("perfkit.scenarios")
-    path = Path(str(bundled.joinpath(f"{scenario}.py")))
-    if scenario.startswith("_") or not path.is_file():
-        names = sorted(p.stem for p in Path(str(bundled)).glob("[!_]*.py"))
-        raise ConfigError(f"unknown scenario {scenario!r}; bundled: {', '.join(names)}")
-    return path
-
-
-def load_user_classes(path: Path) -> tuple[list[type[User]], Any]:
-    try:
-        user_classes, shapes = load_locustfile(str(path))
-    except SystemExit as exc:
-        raise ConfigError(f"cannot load scenario {path}") from exc
-    except Exception as exc:  # a user's locustfile can raise anything at import
-        raise ConfigError(f"cannot load scenario {path}: {type(exc).__name__}: {exc}") from exc
-    classes = [cls for cls in user_classes.values() if not getattr(cls, "abstract", False)]
-    if not classes:
-        raise ConfigError(f"scenario {path} defines no Locust User class")
-    return classes, (shapes[0] if shapes else None)
-
-
-def make_environment(user_classes: list[type[User]], host: str | None, rate: float | None,
-                     users: int, recorder: Recorder, shape: Any = None,
-                     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> Environment:
-    """A Locust environment for the user classes, recorded by `recorder`."""
-    user_classes = [guard_on_start(cls, request_timeout_s) for cls in user_classes]
-    if rate is not None:
-        user_classes = [make_open_loop(cls, rate, users, recorder.lateness)
-                        for cls in user_classes]
-    options = get_empty_argument_parser()
-    setup_parser_arguments(options)
-    parsed = options.parse_args(args=["--headless"])
-    env = Environment(user_classes=user_classes, host=host, shape_class=shape,
-                      parsed_options=parsed, events=locust.events)
-    recorder.attach(env)
-    return env
+    workers: distributed.WorkerWatch | None = None  # a master's workers
 
 
 def make_run_dir(settings: LoadSettings) -> Path:
@@ -200,15 +152,24 @@ def _version(package: str) -> str | None:
 def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> RunResult:
     """Run one load test end to end: the judged result, its run directory written. Whatever
     happens, the managed service is stopped; an unexpected error leaves its traceback in the
-    run directory's perfkit.log and raises InternalError (exit code 3)."""
+    run directory's perfkit.log and raises InternalError (exit code 3). Without a `plan`, a
+    locustfile's LoadTestShape drives the users (the duration an upper bound)."""
     check_settings(settings)
-    scenario_path = resolve_scenario(settings.scenario)
-    user_classes, shape = load_user_classes(scenario_path)
-    plan = plan or Plan(steps=[(0.0, settings.users, settings.rate)])
+    scenario_path = locustfile.resolve_scenario(settings.scenario)
+    loaded = locustfile.load_locustfile(scenario_path)
+    options = locustfile.parse_locust_options(settings, settings.target)
+    if plan is not None or loaded.shape is None:
+        loaded = dataclasses.replace(loaded, shape=None)
+    elif settings.rate is not None:
+        raise ConfigError(f"{scenario_path.name} has a LoadTestShape, which sets the users; "
+                          f"--rate paces a fixed number of users: use one or the other")
+    plan = plan or Plan(steps=[(0.0, settings.users, settings.rate)],
+                        shape=loaded.shape is not None)
     run_dir = make_run_dir(settings)
     managed = None
     try:
         managed, url, pid = start_target(settings, run_dir, say)
+        options.host = url
         meta = RunMeta(
             run_id=run_dir.name, command=settings.command, argv=redact_argv(settings.argv),
             scenario=settings.scenario, scenario_path=str(scenario_path),
@@ -222,7 +183,7 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> RunR
             kpi_file=str(settings.kpi_file.resolve()) if settings.kpi_file else None,
             **describe_environment(), started_at=time.time())
         rundir.write_meta(run_dir, meta)
-        env, state = prepare_run(settings, say, plan, run_dir, url, pid, user_classes, shape)
+        env, state = prepare_run(settings, say, plan, run_dir, url, pid, loaded, options)
         run_plan(env, state, settings, say, plan, meta, managed, scenario_path)
         return judge_and_report(rundir.load_run(run_dir, meta), settings, state, plan, say)
     except PerfkitError:
@@ -245,8 +206,8 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> RunR
 
 
 def prepare_run(settings: LoadSettings, say: Say, plan: Plan, run_dir: Path, url: str,
-                pid: int | None, user_classes: list[type[User]],
-                shape: Any) -> tuple[Environment, "RunState"]:
+                pid: int | None, loaded: locustfile.Locustfile,
+                options: Any) -> tuple[Environment, "RunState"]:
     """The Locust environment and what records and watches the run."""
     # The recorder keeps enough recent buckets in memory for the alarm window and for
     # judging a whole plan step live (stress); no more, so a long run stays flat.
@@ -258,8 +219,9 @@ def prepare_run(settings: LoadSettings, say: Say, plan: Plan, run_dir: Path, url
                      observers=make_observers(settings.observe, url, run_dir))
     state.alarms = AlarmWatcher(run_dir, settings.targets, say, settings.alert_webhook,
                                 settings.effective_warmup_s, run_id=run_dir.name)
-    env = make_environment(user_classes, url, settings.rate, settings.users, state.recorder,
-                           shape, settings.request_timeout_s)
+    env = locustfile.make_environment(loaded, url, settings.rate, settings.users,
+                                      state.recorder, options, settings.request_timeout_s)
+    env.stop_timeout = settings.stop_timeout_s
     state.errors.attach(env)
     return env, state
 
@@ -272,21 +234,28 @@ def run_plan(env: Environment, state: "RunState", settings: LoadSettings, say: S
         state.export = start_export(settings.observe, state, env, plan,
                                     {"run_id": state.run_dir.name, "scenario": settings.scenario},
                                     say)
-        if settings.workers:
-            workers = start_local_workers(env, settings, scenario_path, state.run_dir)
+        if settings.workers or settings.expect_workers or settings.master_bind_host:
+            workers, state.workers = distributed.start_master(env, settings, scenario_path,
+                                                              state.run_dir, say)
         else:
             env.create_local_runner()
+        locustfile.fire_init(env)
         state.system.start()
         if state.app is not None:
             state.app.start()
         for observer in state.observers.values():
             observer.start()
         state.started_at = meta.started_at = time.time()
+        if state.workers is not None:
+            state.workers.started_at = state.started_at
         drive(env, settings, plan, state, managed, say)
     except TargetError as exc:
         state.status, state.message = "target_died", str(exc)
     except RunError as exc:
         state.status, state.message = "failed", str(exc)
+    except ClusterError as exc:
+        state.status, state.message = "failed", str(exc)
+        raise
     finally:
         stop_run(env, state, workers, managed)
         finish_meta(meta, env, state)
@@ -331,7 +300,7 @@ def stop_run(env: Environment, state: RunState, workers: list[subprocess.Popen],
             state.message = state.message or f"stopping the run: {name} failed (see perfkit.log)"
             return None
 
-    step("the load", lambda: stop_runner(env))
+    step("the load", lambda: stop_runner(env, env.stop_timeout or 0.0))
     state.load_ended_at = time.time()
     step("the recorder", lambda: state.recorder.flush(final=True))
     if state.alarms is not None:
@@ -379,28 +348,6 @@ def judge_and_report(result: RunResult, settings: LoadSettings, state: RunState,
     return result
 
 
-def start_local_workers(env: Environment, settings: LoadSettings, scenario: Path,
-                        run_dir: Path) -> list[subprocess.Popen]:
-    port = _free_port()
-    runner = env.create_master_runner(master_bind_host="127.0.0.1", master_bind_port=port)
-    command = [sys.executable, "-m", "perfkit", "worker", "--master", f"127.0.0.1:{port}",
-               "--scenario", str(scenario), "--users", str(settings.users),
-               "--request-timeout", f"{settings.request_timeout_s:g}s"]
-    if settings.rate is not None:
-        command += ["--rate", str(settings.rate)]
-    workers = [start_child(command, run_dir / f"worker-{index}.log")
-               for index in range(settings.workers)]
-    deadline = time.monotonic() + WORKER_CONNECT_TIMEOUT_S
-    while runner.worker_count < settings.workers:
-        if time.monotonic() > deadline or any(w.poll() is not None for w in workers):
-            for process in workers:
-                stop_child(process)
-            raise RunError(f"only {runner.worker_count} of {settings.workers} workers connected "
-                           f"(see {run_dir}/worker-*.log)")
-        gevent.sleep(0.2)
-    return workers
-
-
 def drive(env: Environment, settings: LoadSettings, plan: Plan, state: RunState,
           managed: target.ManagedTarget | None, say: Say) -> None:
     """Follow the plan second by second until the duration ends or something stops the run."""
@@ -438,6 +385,8 @@ def drive(env: Environment, settings: LoadSettings, plan: Plan, state: RunState,
                 if managed is None and settings.target_pid and not _alive(settings.target_pid):
                     raise TargetError(f"target process {settings.target_pid} exited after "
                                       f"{elapsed:.0f} s")
+                if state.workers is not None and runner.state != STATE_STOPPED:
+                    state.workers.check()
                 if elapsed >= settings.duration_s:
                     if step_index >= 0 and plan.on_step_end:
                         plan.on_step_end(step_index, state)
@@ -448,9 +397,13 @@ def drive(env: Environment, settings: LoadSettings, plan: Plan, state: RunState,
                         return
                     step_index = due[-1]
                     _, users, _ = plan.steps[step_index]
-                    runner.start(users, settings.spawn_rate)
+                    if plan.shape:
+                        runner.start_shape()
+                    else:
+                        runner.start(users, settings.spawn_rate)
                 if step_index >= 0 and runner.state == STATE_STOPPED:
-                    state.message = "the scenario stopped by itself"
+                    state.message = (f"the LoadTestShape ended the run after {elapsed:.0f} s"
+                                     if plan.shape else "the scenario stopped by itself")
                     return
                 loadgen_cpu = _loadgen_cpu_percent(runner, own)
                 if loadgen_cpu is not None:
@@ -532,24 +485,40 @@ def _loadgen_cpu_percent(runner: Any, own: list[psutil.Process]) -> float | None
     return max(readings) if readings else None
 
 
-def stop_runner(env: Environment) -> None:
+def stop_runner(env: Environment, stop_timeout_s: float = 0.0) -> None:
+    """Stop the users (test_stop), fire `quitting` as Locust does on shutdown, quit."""
     runner = env.runner
     if runner is None:
         return
+    runner.stop()
     if isinstance(runner, MasterRunner):
-        runner.stop()
+        # With a stop timeout, workers let their users finish the task in hand and report
+        # once stopped: wait for that, so every request sent is recorded.
+        deadline = time.monotonic() + stop_timeout_s + 5.0
+        while runner.state != STATE_STOPPED and time.monotonic() < deadline:
+            gevent.sleep(0.1)
+    locustfile.fire_quitting(env)
+    runner.quit()
+    if isinstance(runner, MasterRunner):
         # Workers send their last buckets with the report that follows "quit"; Locust waits
         # 0.5 s for it, which a loaded machine can miss, so give it a little longer.
-        runner.quit()
         gevent.sleep(1.0)
-    else:
-        runner.quit()
 
 
 def finish_meta(meta: RunMeta, env: Environment, state: RunState) -> None:
     """How the run ended, in `meta`; failures.json from Locust's error table."""
     # The judged window ends with the load, not with the shutdown of collectors and target.
     meta.ended_at = state.load_ended_at or time.time()
+    if state.workers is not None:
+        meta.distributed = state.workers.summary()
+        lost = state.workers.lost()
+        if lost and state.status == "completed":
+            state.status = DEGRADED
+            state.message = (f"lost {len(lost)} of {len(state.workers.workers)} workers: "
+                             + "; ".join(f"{distributed.describe_worker(w)} after "
+                                         f"{w['lost_after_s']:.0f} s ({w['reason']})"
+                                         for w in lost)
+                             + (f"; {state.message}" if state.message else ""))
     meta.status = state.status
     meta.message = state.message
     meta.alarms = state.alarm_summary
@@ -572,31 +541,8 @@ def finish_meta(meta: RunMeta, env: Environment, state: RunState) -> None:
     ] + state.errors.records())
 
 
-def run_worker(master: str, scenario: str, users: int, rate: float | None, say: Say,
-               request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> int:
-    """A Locust worker with perfkit's recorder: its buckets travel to the master."""
-    host, _, port = master.partition(":")
-    user_classes, shape = load_user_classes(resolve_scenario(scenario))
-    env = make_environment(user_classes, None, rate, users, Recorder(None), shape,
-                           request_timeout_s)
-    ScenarioErrors().attach(env)
-    runner = env.create_worker_runner(host, int(port or 5557))
-    say(f"perfkit worker: connected to {host}:{port or 5557}")
-    gevent.signal_handler(signal.SIGINT, runner.quit)
-    gevent.signal_handler(signal.SIGTERM, runner.quit)
-    assert runner.greenlet is not None
-    runner.greenlet.join()
-    return 0
-
-
 def _alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
