@@ -5,7 +5,7 @@
 Times count from the first request. During the stall every request (new and in flight) is
 held until the stall ends, as a stop-the-world pause or a saturated pool would. `--die-after`
 exits the process abruptly (exit code 3). `GET /__count` tells how many other requests it
-served. Prints its base URL once it listens.
+served, in all and per path. Prints its base URL once it listens.
 """
 
 import argparse
@@ -20,13 +20,14 @@ from serving import run_app
 def build_app(delay_ms: float, stall_at: float | None, stall_s: float,
               die_after: float | None) -> web.Application:
     first: list[float] = []
-    served = {"requests": 0}
+    served: dict = {"requests": 0, "paths": {}}
 
     async def count(request: web.Request) -> web.Response:
         return web.json_response(served)
 
     async def answer(request: web.Request) -> web.Response:
         served["requests"] += 1
+        served["paths"][request.path] = served["paths"].get(request.path, 0) + 1
         now = time.monotonic()
         if not first:
             first.append(now)

@@ -21,6 +21,7 @@ from ..config import JOB_NAMES, METRICS
 from ..result import KpiResult, RunMeta, RunResult
 from ..units import format_percent, format_value
 from . import charts
+from .distributed import workers_section
 from .endurance import report_section as endurance_section
 from .observed import observed_context
 from .stress import report_section as stress_section
@@ -79,6 +80,7 @@ def build_context(run: RunResult) -> dict[str, Any]:
         "alarms": _alarms(run.alarms, started_at),
         "stress": stress_section(meta),
         "endurance": endurance_section(meta),
+        "workers": workers_section(meta),
         "profile": _profile(run),
         "collectors": _collectors(meta, duration_s),
         "environment": _environment(meta, duration_s),

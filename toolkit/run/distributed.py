@@ -36,6 +36,7 @@ from locust.runners import STATE_MISSING, MasterRunner
 
 from ..config import DEFAULT_MASTER_PORT, LoadSettings
 from ..errors import ClusterError, ConfigError, RunError
+from ..report.distributed import describe_worker
 from . import locustfile
 from .processes import start_child, stop_child
 from .recorder import Recorder
@@ -156,15 +157,6 @@ class WorkerWatch:
                 "lost": len(self.lost()), "refused": self.refused}
 
 
-def describe_worker(worker: dict[str, Any]) -> str:
-    """'box-2 (10.231.0.3, pid 4242)', or the Locust id of a worker that never said."""
-    host = worker.get("hostname")
-    if not host:
-        return str(worker["id"])
-    where = ", ".join([*(worker.get("addresses") or [])[:2], f"pid {worker.get('pid')}"])
-    return f"{host} ({where})"
-
-
 def start_master(env: Environment, settings: LoadSettings, scenario_path: Path, run_dir: Path,
                  say: Say) -> tuple[list[subprocess.Popen], WorkerWatch]:
     """A master runner bound where the settings say, its local worker processes started, and
@@ -252,14 +244,14 @@ def run_worker(master: str, say: Say, connect_timeout_s: float = DEFAULT_CONNECT
     say(f"perfkit worker: joined {host}:{port} as {runner.client_id} "
         f"(scenario {scenario_path.name}, perfkit {perfkit_version()})")
 
-    def leave() -> None:
-        locustfile.fire_quitting(env)  # tells the master this worker quits
-        runner.quit()
-
-    gevent.signal_handler(signal.SIGINT, leave)
-    gevent.signal_handler(signal.SIGTERM, leave)
+    gevent.signal_handler(signal.SIGINT, runner.quit)
+    gevent.signal_handler(signal.SIGTERM, runner.quit)
     assert runner.greenlet is not None
     runner.greenlet.join()
+    # As Locust's worker shuts down: `quitting`, whose Locust listener tells the master this
+    # worker quits, after its last report.
+    locustfile.fire_quitting(env)
+    gevent.sleep(0.2)  # let the message leave before the process does
     return 0
 
 

@@ -25,6 +25,7 @@ import gevent
 import locust
 import psutil
 from locust.env import Environment
+from locust.rpc import Message
 from locust.runners import STATE_STOPPED, MasterRunner
 
 from .. import rundir
@@ -34,6 +35,7 @@ from ..collectors.system import SystemCollector
 from ..config import LoadSettings, redact_argv, redact_url
 from ..errors import ClusterError, ConfigError, InternalError, PerfkitError, RunError, TargetError
 from ..report import write_report
+from ..report.distributed import describe_worker
 from ..report.html import describe_lateness
 from ..result import DEGRADED, RunMeta, RunResult, RunSettings
 from . import distributed, locustfile, target
@@ -490,19 +492,24 @@ def stop_runner(env: Environment, stop_timeout_s: float = 0.0) -> None:
     runner = env.runner
     if runner is None:
         return
-    runner.stop()
-    if isinstance(runner, MasterRunner):
-        # With a stop timeout, workers let their users finish the task in hand and report
-        # once stopped: wait for that, so every request sent is recorded.
-        deadline = time.monotonic() + stop_timeout_s + 5.0
-        while runner.state != STATE_STOPPED and time.monotonic() < deadline:
-            gevent.sleep(0.1)
+    if not isinstance(runner, MasterRunner):
+        runner.stop()
+        locustfile.fire_quitting(env)
+        runner.quit()
+        return
+    # Locust's own ending (as `locust --headless` does it): "quit" to every worker, which
+    # stops its users (letting them finish the task in hand for the stop timeout), sends its
+    # last report and says quit. A "stop" first would lose that report: Locust forgets a
+    # worker once it has stopped and discards what it sends until it is ready again.
+    worker_ids = list(runner.clients)
+    runner.stop(send_stop_to_client=False)
+    for worker_id in worker_ids:
+        runner.server.send_to_client(Message("quit", None, worker_id))
+    deadline = time.monotonic() + stop_timeout_s + 5.0
+    while any(w in runner.clients for w in worker_ids) and time.monotonic() < deadline:
+        gevent.sleep(0.1)
     locustfile.fire_quitting(env)
     runner.quit()
-    if isinstance(runner, MasterRunner):
-        # Workers send their last buckets with the report that follows "quit"; Locust waits
-        # 0.5 s for it, which a loaded machine can miss, so give it a little longer.
-        gevent.sleep(1.0)
 
 
 def finish_meta(meta: RunMeta, env: Environment, state: RunState) -> None:
@@ -515,7 +522,7 @@ def finish_meta(meta: RunMeta, env: Environment, state: RunState) -> None:
         if lost and state.status == "completed":
             state.status = DEGRADED
             state.message = (f"lost {len(lost)} of {len(state.workers.workers)} workers: "
-                             + "; ".join(f"{distributed.describe_worker(w)} after "
+                             + "; ".join(f"{describe_worker(w)} after "
                                          f"{w['lost_after_s']:.0f} s ({w['reason']})"
                                          for w in lost)
                              + (f"; {state.message}" if state.message else ""))
