@@ -157,10 +157,9 @@ class WorkerWatch:
                 "lost": len(self.lost()), "refused": self.refused}
 
 
-def start_master(env: Environment, settings: LoadSettings, scenario_path: Path, run_dir: Path,
-                 say: Say) -> tuple[list[subprocess.Popen], WorkerWatch]:
-    """A master runner bound where the settings say, its local worker processes started, and
-    every expected worker joined (ClusterError, naming how many joined, after the timeout)."""
+def open_master(env: Environment, settings: LoadSettings, scenario_path: Path, run_dir: Path,
+                say: Say) -> tuple[list[subprocess.Popen], WorkerWatch]:
+    """A master runner bound where the settings say, and its local worker processes."""
     bind_host = settings.master_bind_host or "127.0.0.1"
     port = settings.master_bind_port or (_free_port() if settings.master_bind_host is None
                                          else DEFAULT_MASTER_PORT)
@@ -177,6 +176,14 @@ def start_master(env: Environment, settings: LoadSettings, scenario_path: Path, 
     if settings.master_bind_host is not None:
         say(f"perfkit: master listening on {bind_host}:{port}; waiting for {expected} workers "
             f"(perfkit worker --master HOST:{port})")
+    return processes, watch
+
+
+def wait_for_workers(watch: WorkerWatch, processes: list[subprocess.Popen],
+                     settings: LoadSettings, run_dir: Path) -> None:
+    """Until every expected worker joined; ClusterError, naming how many did, after the
+    timeout or when a local worker process exits."""
+    expected = watch.expected
     deadline = time.monotonic() + settings.expect_workers_timeout_s
     while watch.joined() < expected:
         if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
@@ -187,7 +194,6 @@ def start_master(env: Environment, settings: LoadSettings, scenario_path: Path, 
                 f"{settings.expect_workers_timeout_s:g} s"
                 + (f" (see {run_dir}/worker-*.log)" if processes else ""))
         gevent.sleep(0.2)
-    return processes, watch
 
 
 def fetch_setup(host: str, port: int, timeout_s: float) -> dict[str, Any]:

@@ -232,13 +232,15 @@ def run_plan(env: Environment, state: "RunState", settings: LoadSettings, say: S
              meta: RunMeta, managed: target.ManagedTarget | None, scenario_path: Path) -> None:
     """Start the runner and the collectors, follow the plan, stop everything, finish `meta`."""
     workers: list[subprocess.Popen] = []
+    never_started = False
     try:
         state.export = start_export(settings.observe, state, env, plan,
                                     {"run_id": state.run_dir.name, "scenario": settings.scenario},
                                     say)
         if settings.workers or settings.expect_workers or settings.master_bind_host:
-            workers, state.workers = distributed.start_master(env, settings, scenario_path,
-                                                              state.run_dir, say)
+            workers, state.workers = distributed.open_master(env, settings, scenario_path,
+                                                             state.run_dir, say)
+            distributed.wait_for_workers(state.workers, workers, settings, state.run_dir)
         else:
             env.create_local_runner()
         locustfile.fire_init(env)
@@ -256,11 +258,15 @@ def run_plan(env: Environment, state: "RunState", settings: LoadSettings, say: S
     except RunError as exc:
         state.status, state.message = "failed", str(exc)
     except ClusterError as exc:
+        # Not a run at all (exit 2, no report), but run.json says why it never started.
         state.status, state.message = "failed", str(exc)
+        never_started = True
         raise
     finally:
         stop_run(env, state, workers, managed)
         finish_meta(meta, env, state)
+        if never_started:
+            rundir.write_meta(state.run_dir, meta)
 
 
 def check_settings(settings: LoadSettings) -> None:
