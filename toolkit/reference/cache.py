@@ -7,8 +7,6 @@ import unicodedata
 from collections import OrderedDict
 from typing import Any, Protocol
 
-import redis.asyncio as aioredis
-
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -62,6 +60,11 @@ class MemoryCache:
 class RedisCache:
     def __init__(self, url: str, ttl_s: float) -> None:
         self.ttl_s = ttl_s
+        try:
+            import redis.asyncio as aioredis
+        except ImportError:
+            raise ConfigError("--redis-url needs the redis client: "
+                              "pip install 'perfkit[redis]'") from None
         self.client = aioredis.Redis.from_url(url)
 
     async def get_result(self, key: str) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ engine once: SQL written once with `$1` placeholders, one round trip per stateme
 models remain for the schema, the rare writes and the `n_plus_one` variant's lazy reads."""
 
 import asyncio
+import importlib.util
 import json
 import time
 import uuid
@@ -120,6 +121,9 @@ def build_engine(database_url: str, metrics: Metrics) -> AsyncEngine:
         raise ConfigError(f"unsupported --database-url {database_url!r}: use "
                           "sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB")
     sqlite = database_url.startswith("sqlite")
+    if not sqlite and importlib.util.find_spec("asyncpg") is None:
+        raise ConfigError("a PostgreSQL --database-url needs its driver: "
+                          "pip install 'perfkit[postgres]'")
     # Every connection is handed back with its transaction ended (engine.begin(), or a driver
     # read outside any transaction), so the pool's rollback on return is a wasted round trip to
     # aiosqlite's thread on each request.
