@@ -31,10 +31,14 @@ def load(*, target: str | None = None, scenario: str = "research", users: int = 
          alert_webhook: str | None = None, abort_on_fail: bool = False,
          reports_dir: Path | str = "reports", request_timeout: float | str = 60.0,
          queue: str = "inprocess", broker: str | None = None, celery_workers: int = 2,
-         envelope: bool = False, say: Callable[[str], None] = print) -> "RunResult":
+         envelope: bool = False,
+         tags: tuple[str, ...] | list[str] = (), exclude_tags: tuple[str, ...] | list[str] = (),
+         locustfile_args: tuple[str, ...] | list[str] = (), stop_timeout: float | str = 0.0,
+         say: Callable[[str], None] = print) -> "RunResult":
     """`perfkit load` with the same options (durations as "30s" or seconds): runs the load,
     writes the run directory and its report, and returns the judged RunResult (`.verdict`,
-    `.verdict_reason`, `.kpis`, `.endpoints`, `.run_dir`, `.exit_code`). Errors in the
+    `.verdict_reason`, `.kpis`, `.endpoints`, `.run_dir`, `.exit_code`). `locustfile_args`
+    are the locustfile's own options (["--greeting", "hi"]). Errors in the
     options or the environment raise perfkit.errors.PerfkitError."""
     from .config import ServiceOptions, build_load_settings
     from .run import runner
@@ -45,7 +49,9 @@ def load(*, target: str | None = None, scenario: str = "research", users: int = 
         target_pid=target_pid, variants=variants, fast=fast, warmup=warmup, profile=profile,
         alert_webhook=alert_webhook, abort_on_fail=abort_on_fail, reports_dir=reports_dir,
         request_timeout=request_timeout, service=ServiceOptions(
-            queue=queue, broker=broker, celery_workers=celery_workers, envelope=envelope))
+            queue=queue, broker=broker, celery_workers=celery_workers, envelope=envelope),
+        tags=tags, exclude_tags=exclude_tags, locustfile_args=locustfile_args,
+        stop_timeout=stop_timeout)
     return runner.run_load(settings, say)
 
 
