@@ -196,7 +196,7 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
     "simulated": (bool,), "collectors": (dict,), "loadgen": _OPTIONAL_OBJECT,
     "load": _OPTIONAL_OBJECT, "locust_counts": (dict,), "alarms": _OPTIONAL_OBJECT,
     "profile": _OPTIONAL_OBJECT, "stress": _OPTIONAL_OBJECT, "endurance": _OPTIONAL_OBJECT,
-    "baseline": _OPTIONAL_OBJECT, "verdict": _OPTIONAL_TEXT,
+    "baseline": _OPTIONAL_OBJECT, "verdict": _OPTIONAL_TEXT, "distributed": _OPTIONAL_OBJECT,
 }
 _SETTINGS_TYPES: dict[str, tuple[type, ...]] = {
     "users": (int,), "spawn_rate": _NUMBER, "duration_s": _NUMBER,

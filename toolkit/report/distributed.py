@@ -21,25 +21,27 @@ def workers_section(meta: RunMeta) -> dict[str, Any] | None:
     distributed = meta.distributed
     if not distributed:
         return None
-    workers = distributed.get("workers") or []
-    lost = [w for w in workers if w.get("lost_at") is not None]
+    # A run.json written by hand may hold anything: show what has the expected shape.
+    listed = distributed.get("workers")
+    workers = [w for w in listed if isinstance(w, dict)] if isinstance(listed, list) else []
+    lost = [w for w in workers if isinstance(w.get("lost_after_s"), int | float)]
     rows = [{"worker": describe_worker(w), "id": w.get("id"),
              "perfkit": w.get("perfkit") or "—",
              "joined": _clock(w.get("joined_at")),
              "lost": (f"after {float(w['lost_after_s']):.0f} s ({w.get('reason')})"
-                      if w.get("lost_at") is not None else "—"),
-             "is_lost": w.get("lost_at") is not None} for w in workers]
+                      if w in lost else "—"),
+             "is_lost": w in lost} for w in workers]
     lead = (f"{len(workers)} workers generated the load"
             + (f"; {len(lost)} lost during the run, which went on with the others"
                if lost else "") + ".")
-    refused = distributed.get("refused") or []
+    refused = [r for r in distributed.get("refused") or [] if isinstance(r, dict)]
     note = (f"Refused {len(refused)} worker(s) of another perfkit version "
             f"({', '.join(sorted({str(r.get('perfkit')) for r in refused}))})."
             if refused else "")
     return {"rows": rows, "lead": lead, "note": note, "lost": len(lost)}
 
 
-def _clock(t: float | None) -> str:
-    if t is None:
+def _clock(t: object) -> str:
+    if not isinstance(t, int | float):
         return "—"
     return datetime.fromtimestamp(float(t), UTC).strftime("%H:%M:%S UTC")
