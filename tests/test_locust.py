@@ -111,3 +111,22 @@ def test_a_worker_of_another_version_is_refused(tmp_path: Path) -> None:
     meta = json.loads((tmp_path / "run" / "run.json").read_text())
     assert meta["status"] == "failed"
     assert meta["distributed"]["refused"][0]["perfkit"] == "0.0.0-other"
+
+
+def test_a_shape_drives_local_workers_and_their_hooks_fire(tmp_path: Path) -> None:
+    """With --processes 2 the master runs the shape; every process (master and two workers)
+    fires the hooks, and the workers received the locustfile's own argument."""
+    events_file = tmp_path / "events.txt"
+    with running_target(FAULTY, "--delay-ms", "2") as (url, _):
+        done = run(sys.executable, "-m", "perfkit", "load", "-H", url, "-f", str(LOCUSTFILE),
+                   "--processes", "2", "-t", "30s", "-T", "browse", "--greeting", "w",
+                   "--events-file", str(events_file), "--out", str(tmp_path / "run"))
+    assert done.returncode in (0, 1), done.stderr + done.stdout
+    result = rundir.load_run(tmp_path / "run")
+    assert result.meta.status == "completed", result.meta.message
+    assert "LoadTestShape ended the run" in result.meta.message
+    assert distinct_in_order([int(u) for u in result.timeline["users"]])[-2:] == [2, 4]
+    lines = events_file.read_text().splitlines()
+    assert sorted(set(lines)) == ["init greeting=w", "quitting", "test_start", "test_stop"]
+    assert all(lines.count(line) == 3 for line in set(lines))
+    assert set(result.latency["name"]) == {"GET /items"}

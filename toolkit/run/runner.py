@@ -26,7 +26,14 @@ import locust
 import psutil
 from locust.env import Environment
 from locust.rpc import Message
-from locust.runners import STATE_STOPPED, MasterRunner
+from locust.runners import (
+    STATE_CLEANUP,
+    STATE_RUNNING,
+    STATE_SPAWNING,
+    STATE_STOPPED,
+    STATE_STOPPING,
+    MasterRunner,
+)
 
 from .. import rundir
 from ..analysis.kpi import judge_run
@@ -56,6 +63,11 @@ LOADGEN_SATURATED_PERCENT = 90.0
 SATURATED_SHARE = 0.1
 
 Say = Callable[[str], None]
+# perfkit stops the runner only after drive() returns: a runner found stopping during the run
+# was ended by the scenario itself (a LoadTestShape, a StopTest, the last worker gone); a
+# master stays "stopping" after a shape ends, until its workers confirm.
+LOAD_RUNNING = (STATE_SPAWNING, STATE_RUNNING)
+LOAD_ENDING = (STATE_STOPPING, STATE_CLEANUP, STATE_STOPPED)
 
 
 @dataclass
@@ -393,7 +405,7 @@ def drive(env: Environment, settings: LoadSettings, plan: Plan, state: RunState,
                 if managed is None and settings.target_pid and not _alive(settings.target_pid):
                     raise TargetError(f"target process {settings.target_pid} exited after "
                                       f"{elapsed:.0f} s")
-                if state.workers is not None and runner.state != STATE_STOPPED:
+                if state.workers is not None and runner.state in LOAD_RUNNING:
                     state.workers.check()
                 if elapsed >= settings.duration_s:
                     if step_index >= 0 and plan.on_step_end:
@@ -409,7 +421,7 @@ def drive(env: Environment, settings: LoadSettings, plan: Plan, state: RunState,
                         runner.start_shape()
                     else:
                         runner.start(users, settings.spawn_rate)
-                if step_index >= 0 and runner.state == STATE_STOPPED:
+                if step_index >= 0 and runner.state in LOAD_ENDING:
                     state.message = (f"the LoadTestShape ended the run after {elapsed:.0f} s"
                                      if plan.shape else "the scenario stopped by itself")
                     return
