@@ -43,6 +43,35 @@ def _env(name: str) -> str:
     return f"PERFKIT_{name.upper()}"
 
 
+def _locust_options() -> list[Any]:
+    """Locust's own options that perfkit shares: tags, the stop timeout, an open master."""
+    return [
+        click.option("--tags", "-T", "tags", multiple=True, envvar=_env("tags"),
+                     help="Run only the locustfile's tasks with one of these tags "
+                          "(-T a b, or a,b)."),
+        click.option("--exclude-tags", "-E", "exclude_tags", multiple=True,
+                     envvar=_env("exclude_tags"),
+                     help="Run none of the tasks with one of these tags."),
+        click.option("--stop-timeout", default="0s", show_default=True, callback=_duration,
+                     envvar=_env("stop_timeout"),
+                     help="Let stopping users finish the task in hand for this long."),
+        click.option("--master-bind-host", envvar=_env("master_bind_host"),
+                     help="Open the master to workers on other machines: the address "
+                          "to listen on (* for all)."),
+        click.option("--master-bind-port", type=click.IntRange(1, 65535),
+                     envvar=_env("master_bind_port"),
+                     help="The master's port (default 5557 with --master-bind-host, "
+                          "else a free one)."),
+        click.option("--expect-workers", type=click.IntRange(0), default=0,
+                     show_default=True, envvar=_env("expect_workers"),
+                     help="Workers (local ones included) to wait for before the load "
+                          "starts; exit 2 if fewer joined in time."),
+        click.option("--expect-workers-timeout", default="60s", show_default=True,
+                     callback=_duration, envvar=_env("expect_workers_timeout"),
+                     help="How long to wait for --expect-workers."),
+    ]
+
+
 def load_options(default_duration: str) -> Any:
     """Options shared by load, stress, endurance and regression (names are a contract).
     Locust's spellings are aliases (-u, -r, -t/--run-time, -H/--host, --processes)."""
@@ -74,29 +103,7 @@ def load_options(default_duration: str) -> Any:
             click.option("--workers", "--processes", "workers", type=click.IntRange(0),
                          default=0, show_default=True, envvar=_env("workers"),
                          help="Local Locust worker processes under one master."),
-            click.option("--tags", "-T", "tags", multiple=True, envvar=_env("tags"),
-                         help="Run only the locustfile's tasks with one of these tags "
-                              "(-T a b, or a,b)."),
-            click.option("--exclude-tags", "-E", "exclude_tags", multiple=True,
-                         envvar=_env("exclude_tags"),
-                         help="Run none of the tasks with one of these tags."),
-            click.option("--stop-timeout", default="0s", show_default=True, callback=_duration,
-                         envvar=_env("stop_timeout"),
-                         help="Let stopping users finish the task in hand for this long."),
-            click.option("--master-bind-host", envvar=_env("master_bind_host"),
-                         help="Open the master to workers on other machines: the address "
-                              "to listen on (* for all)."),
-            click.option("--master-bind-port", type=click.IntRange(1, 65535),
-                         envvar=_env("master_bind_port"),
-                         help="The master's port (default 5557 with --master-bind-host, "
-                              "else a free one)."),
-            click.option("--expect-workers", type=click.IntRange(0), default=0,
-                         show_default=True, envvar=_env("expect_workers"),
-                         help="Workers (local ones included) to wait for before the load "
-                              "starts; exit 2 if fewer joined in time."),
-            click.option("--expect-workers-timeout", default="60s", show_default=True,
-                         callback=_duration, envvar=_env("expect_workers_timeout"),
-                         help="How long to wait for --expect-workers."),
+            *_locust_options(),
             click.option("--target-pid", type=int, envvar=_env("target_pid"),
                          help="PID of the target to sample (with --target)."),
             click.option("--variant", "variants", multiple=True, envvar=_env("variant"),
