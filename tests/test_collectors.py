@@ -273,8 +273,10 @@ def test_app_collector_scrapes_metrics_in_ms(
     run = pd.read_csv(tmp_path / rundir.APP)
     assert list(run.columns) == [
         "t", "db_total_queries", "db_average_ms", "db_max_ms", "db_slow_queries_count",
-        "research_avg_ms", "api_avg_ms", "total_requests",
+        "research_avg_ms", "api_avg_ms", "total_requests", "queue_depth", "workers",
     ]
+    # This fake target reports no research queue: those columns stay missing, never 0.
+    assert run[["queue_depth", "workers"]].isna().all().all()
     assert run["db_total_queries"].tolist() == [100 * (i + 1) for i in range(len(run))]
     first = run.iloc[0]
     assert (first["db_average_ms"], first["db_max_ms"]) == (12.5, 500.0)

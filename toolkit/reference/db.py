@@ -319,6 +319,7 @@ async def insert_job(db: Database, job: dict[str, Any], items: list[dict[str, An
         if db.sqlite:
             try:
                 await driver.execute(driver_sql(db, job_sql), job_params)
+                job_done_at = time.perf_counter()
                 returned = await driver.execute_fetchall(driver_sql(db, items_sql),
                                                          items_params)
                 await driver.commit()
@@ -328,8 +329,11 @@ async def insert_job(db: Database, job: dict[str, Any], items: list[dict[str, An
         else:
             async with driver.transaction():
                 await driver.execute(job_sql, *job_params)
+                job_done_at = time.perf_counter()
                 returned = await driver.fetch(items_sql, *items_params)
-        record_query(db.metrics, items_sql, time.perf_counter() - started_at)
+        # Two statements reached the database: count both, as the server does.
+        record_query(db.metrics, job_sql, job_done_at - started_at)
+        record_query(db.metrics, items_sql, time.perf_counter() - job_done_at)
     return [item_id for item_id, _ in sorted(returned, key=lambda row: row[1])]
 
 
