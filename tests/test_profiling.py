@@ -29,7 +29,7 @@ def busy_pid() -> Iterator[int]:
 def skip_if_ptrace_denied(result: dict[str, object]) -> None:
     # The one legitimate reason for no profile: this machine forbids reading other processes.
     if not result["available"] and "may not attach" in str(result["note"]):
-        pytest.skip(f"py-spy cannot attach here: {result['note']}")
+        pytest.skip(f"the profiler cannot attach here: {result['note']}")
 
 
 def test_flamegraph_names_the_targets_functions(busy_pid: int, tmp_path: Path) -> None:

@@ -49,6 +49,9 @@ _ATTACH_HINTS = [
     ("Failed to find python version", "the process is not running Python"),
     ("No python processes found", "no Python process in that process tree"),
     ("Cannot find a supported lldb or gdb", "memray attach needs gdb (apt-get install gdb)"),
+    ("Couldn't write extended state", "memray may not attach here: gdb cannot set the target's "
+                                      "registers on this machine's kernel or CPU (\"Couldn't "
+                                      "write extended state status\")"),
     ("No such file or directory", "the process exited"),
 ]
 
@@ -263,7 +266,14 @@ def profile_memory(pid: int, duration_s: float, out_dir: Path,
     attach = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                             timeout=120)
     if attach.returncode != 0:
-        entry["note"] = explain_attach_failure(attach.stdout + attach.stderr)
+        output = attach.stdout + attach.stderr
+        if "unexpected error" in output:
+            # memray says why only with --verbose (gdb's own message): ask once more.
+            verbose = subprocess.run([*command[:2], "--verbose", *command[2:]],
+                                     capture_output=True, text=True,
+                                     stdin=subprocess.DEVNULL, timeout=120)
+            output = (verbose.stdout + verbose.stderr)[-4000:] + output
+        entry["note"] = explain_attach_failure(output)
         return entry
     # memray tracks in a thread inside the target and writes the file when it stops.
     deadline = time.monotonic() + duration_s + 30.0
