@@ -9,7 +9,6 @@ JSON object is given up on at once; refused connections, timeouts and 5xx are re
 interval, since the target may be restarting or overloaded.
 """
 
-import csv
 import http.client
 import io
 import json
@@ -23,7 +22,7 @@ from typing import IO, Any
 
 from .. import rundir
 from ..errors import ConfigError, RunError
-from .sampling import Sampler, get_original
+from .sampling import CsvRows, Sampler, get_original
 
 log = logging.getLogger(__name__)
 
@@ -242,8 +241,7 @@ class AppCollector(Sampler):
         self._prometheus: bool | None = None
         self._last_error = ""
         self._transient_failures = 0
-        self._file: IO[str] | None = None
-        self._writer: Any = None
+        self._rows = CsvRows(self.out_dir / rundir.APP, COLUMNS)
         self._slow_queries: dict[tuple[Any, ...], dict[str, Any]] = {}
 
     def start(self) -> None:
@@ -299,16 +297,10 @@ class AppCollector(Sampler):
         return response.status == 200
 
     def _write_row(self, row: dict[str, Any]) -> None:
-        if self._file is None:
-            self._file = rundir.open_for_append(self.out_dir / rundir.APP)
-            self._writer = csv.writer(self._file)
-            self._writer.writerow(COLUMNS)
+        if not self._rows.started:
             # An available endpoint with no slow queries yet is a measurement: [] not missing.
             rundir.write_json(self.out_dir / rundir.SLOW_QUERIES, [])
-        if self._file.closed:
-            return
-        self._writer.writerow([row.get(c) for c in COLUMNS])
-        self._file.flush()
+        self._rows.write(row)
 
     def _add_slow_queries(self, found: list[dict[str, Any]]) -> None:
         added = False
@@ -325,8 +317,7 @@ class AppCollector(Sampler):
         rundir.write_json(self.out_dir / rundir.SLOW_QUERIES, list(self._slow_queries.values()))
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
+        self._rows.close()
 
     def describe(self) -> dict[str, Any]:
         available = self.samples > 0

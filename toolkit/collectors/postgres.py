@@ -18,17 +18,16 @@ The connection is libpq's blocking connect and psycopg's C wait loop: no Python 
 selector that gevent may have patched is touched in the sampler's native thread.
 """
 
-import csv
 import logging
 import re
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from .. import rundir
 from ..config import redact_url
 from ..errors import ConfigError, RunError
-from .sampling import Sampler
+from .sampling import CsvRows, Sampler
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +128,7 @@ class PostgresCollector(Sampler):
         self._statements_available: bool | None = None
         self._first: dict[int, tuple[str, int, float, int]] | None = None
         self._last: dict[int, tuple[str, int, float, int]] = {}
-        self._file: IO[str] | None = None
-        self._writer: Any = None
+        self._rows = CsvRows(self.out_dir / rundir.POSTGRES, COLUMNS)
         self._transient_failures = 0
         self._last_error = ""
 
@@ -189,18 +187,8 @@ class PostgresCollector(Sampler):
             # report to the statistics lazily (each second while busy, up to 10 s late when
             # idle), so that share is taken off the rate over a window, not per sample.
             row["xacts"] = int(xacts[0])
-        self._write_row(row)
+        self._rows.write(row)
         return row
-
-    def _write_row(self, row: dict[str, Any]) -> None:
-        if self._file is None:
-            self._file = (self.out_dir / rundir.POSTGRES).open("w", newline="", encoding="utf-8")
-            self._writer = csv.writer(self._file)
-            self._writer.writerow(COLUMNS)
-        if self._file.closed:
-            return
-        self._writer.writerow([row.get(c) for c in COLUMNS])
-        self._file.flush()
 
     def close(self) -> None:
         if self._first is not None:
@@ -208,8 +196,7 @@ class PostgresCollector(Sampler):
                               statement_deltas(self._first, self._last))
         if self._conn is not None:
             self._conn.close()
-        if self._file is not None:
-            self._file.close()
+        self._rows.close()
 
     def describe(self) -> dict[str, Any]:
         notes = []

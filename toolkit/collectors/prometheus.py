@@ -12,21 +12,20 @@ Parsing is prometheus_client's. The process metrics describe the one process tha
 /metrics: a pre-fork server's workers are not in them.
 """
 
-import csv
 import http.client
 import logging
 import math
 import time
 import urllib.parse
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from .. import rundir
 from ..errors import RunError
 from .app import MAX_BODY_BYTES, TIMEOUT_S, open_connection
-from .sampling import Sampler
+from .sampling import CsvRows, Sampler
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +146,7 @@ class PrometheusCollector(Sampler):
         self._transient_failures = 0
         self._last_error = ""
         self._previous: tuple[float, float] | None = None  # (t, cpu_s)
-        self._file: IO[str] | None = None
-        self._writer: Any = None
+        self._rows = CsvRows(self.out_dir / rundir.TARGET_METRICS, COLUMNS)
         self.process_samples = 0
         self.server_family: str | None = None
         self.routes: set[str] = set()
@@ -228,20 +226,9 @@ class PrometheusCollector(Sampler):
             row["rss_mb"] = round(process["rss_bytes"] / MB, 3)
         if "fds" in process:
             row["open_files"] = int(process["fds"])
-        self._write_row(row)
+        self._rows.write(row)
         self.process_samples += 1
         return row
-
-    def _write_row(self, row: dict[str, Any]) -> None:
-        if self._file is None:
-            path = self.out_dir / rundir.TARGET_METRICS
-            self._file = path.open("w", newline="", encoding="utf-8")
-            self._writer = csv.writer(self._file)
-            self._writer.writerow(COLUMNS)
-        if self._file.closed:
-            return
-        self._writer.writerow([row.get(c) for c in COLUMNS])
-        self._file.flush()
 
     def _close_connection(self) -> None:
         if self._conn is not None:
@@ -250,8 +237,7 @@ class PrometheusCollector(Sampler):
 
     def close(self) -> None:
         self._close_connection()
-        if self._file is not None:
-            self._file.close()
+        self._rows.close()
 
     def describe(self) -> dict[str, Any]:
         notes = [self._why_not]

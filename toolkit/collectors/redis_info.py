@@ -7,17 +7,16 @@ redis-py sends the command and parses the reply; its connection's socket is made
 stdlib's unpatched socket, as the sampler's native thread needs.
 """
 
-import csv
 import logging
 import socket
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from .. import rundir
 from ..config import redact_url
 from ..errors import ConfigError, RunError
-from .sampling import Sampler, get_original
+from .sampling import CsvRows, Sampler, get_original
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +83,7 @@ class RedisCollector(Sampler):
         self._conn = connect(url)
         self.url = url
         self.out_dir = Path(out_dir)
-        self._file: IO[str] | None = None
-        self._writer: Any = None
+        self._rows = CsvRows(self.out_dir / rundir.REDIS, COLUMNS)
         self._transient_failures = 0
         self._last_error = ""
 
@@ -109,23 +107,12 @@ class RedisCollector(Sampler):
         t = time.time()
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
         row = row_from_info(t, parse_info(text))
-        self._write_row(row)
+        self._rows.write(row)
         return row
-
-    def _write_row(self, row: dict[str, Any]) -> None:
-        if self._file is None:
-            self._file = (self.out_dir / rundir.REDIS).open("w", newline="", encoding="utf-8")
-            self._writer = csv.writer(self._file)
-            self._writer.writerow(COLUMNS)
-        if self._file.closed:
-            return
-        self._writer.writerow([row.get(c) for c in COLUMNS])
-        self._file.flush()
 
     def close(self) -> None:
         self._conn.disconnect()
-        if self._file is not None:
-            self._file.close()
+        self._rows.close()
 
     def describe(self) -> dict[str, Any]:
         notes = []

@@ -10,10 +10,14 @@ the sampler alone. Inside that thread nothing patched may be used (gevent's slee
 sockets belong to the hub of the thread that made them), hence `get_original` below.
 """
 
+import csv
 import importlib
 import logging
 import time
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
+
+from .. import rundir
 
 try:
     from gevent import monkey as _gevent_monkey
@@ -32,6 +36,34 @@ def get_original(module: str, name: str) -> Any:
     if _gevent_monkey is None:
         return getattr(importlib.import_module(module), name)
     return _gevent_monkey.get_original(module, name)
+
+
+class CsvRows:
+    """A CSV file written row by row: created with its header by the first row (never
+    through a symlink), flushed after each row so a crash loses at most one."""
+
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        self.path, self.columns = path, columns
+        self._file: IO[str] | None = None
+        self._writer: Any = None
+
+    @property
+    def started(self) -> bool:
+        return self._file is not None
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self._file is None:
+            self._file = rundir.open_for_append(self.path)
+            self._writer = csv.writer(self._file)
+            self._writer.writerow(self.columns)
+        if self._file.closed:
+            return
+        self._writer.writerow([row.get(c) for c in self.columns])
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 class Sampler:
