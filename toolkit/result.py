@@ -178,9 +178,6 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-# run.json keys of earlier versions, read under their current name.
-_OLD_META_KEYS: dict[str, str] = {}
-
 _NUMBER = (int, float)
 _OPTIONAL_TEXT = (str, type(None))
 _OPTIONAL_OBJECT = (dict, type(None))
@@ -212,7 +209,6 @@ def meta_from_json(data: Any) -> RunMeta:
     Raises ValueError naming the first key of the wrong type (NaN and infinities included)."""
     if not isinstance(data, dict):
         raise ValueError(f"run.json holds {type(data).__name__}, not an object")
-    data = {_OLD_META_KEYS.get(key, key): value for key, value in data.items()}
     known = {key: value for key, value in data.items() if key in _META_TYPES}
     _check_types(known, _META_TYPES, "")
     if "run_id" in known and not _RUN_ID.fullmatch(known["run_id"]):
