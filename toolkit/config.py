@@ -329,6 +329,7 @@ class LoadSettings:
     target_pid: int | None = None
     variants: tuple[str, ...] = ()
     latency_profile: str = "guide"
+    extra_latency: tuple[str, ...] = ()  # the bundled service's --extra-latency, as written
     warmup_s: float | None = None
     profile: bool = False
     alert_webhook: str | None = None
@@ -365,6 +366,8 @@ class LoadSettings:
         if service.queue != "inprocess":
             args += ["--queue", service.queue, "--celery-workers", str(service.celery_workers)]
             args += ["--broker", service.broker] if service.broker else []
+        for extra in self.extra_latency:
+            args += ["--extra-latency", extra]
         return args + (["--envelope"] if service.envelope else [])
 
     @property
@@ -417,7 +420,8 @@ def build_load_settings(command: str = "load", *, target: str | None = None,
                         master_bind_host: str | None = None,
                         master_bind_port: int | None = None, expect_workers: int = 0,
                         expect_workers_timeout: float | str = DEFAULT_EXPECT_WORKERS_TIMEOUT_S,
-                        stop_timeout: float | str = 0.0) -> LoadSettings:
+                        stop_timeout: float | str = 0.0,
+                        extra_latency: tuple[str, ...] | list[str] = ()) -> LoadSettings:
     """LoadSettings from the options of `perfkit load` (durations as "30s" or seconds)."""
     return LoadSettings(
         command=command, target=target, scenario=scenario, users=users, spawn_rate=spawn_rate,
@@ -433,7 +437,7 @@ def build_load_settings(command: str = "load", *, target: str | None = None,
         locustfile_args=tuple(locustfile_args), master_bind_host=master_bind_host,
         master_bind_port=master_bind_port, expect_workers=expect_workers,
         expect_workers_timeout_s=_seconds(expect_workers_timeout),
-        stop_timeout_s=_seconds(stop_timeout))
+        stop_timeout_s=_seconds(stop_timeout), extra_latency=tuple(extra_latency))
 
 
 def _split_tags(tags: tuple[str, ...] | list[str]) -> tuple[str, ...]:

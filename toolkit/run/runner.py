@@ -283,8 +283,12 @@ def run_plan(env: Environment, state: "RunState", settings: LoadSettings, say: S
 
 def check_settings(settings: LoadSettings) -> None:
     if settings.target and (settings.variants or settings.serve_args()):
-        raise ConfigError("--variant, --queue, --broker and --envelope apply to the bundled "
-                          "service only, not to --target")
+        raise ConfigError("--variant, --queue, --broker, --envelope and --extra-latency apply "
+                          "to the bundled service only, not to --target")
+    from ..reference.settings import parse_extra_latency
+
+    for text in settings.extra_latency:
+        parse_extra_latency(text)  # a bad one fails here, not in the started service's log
     unknown = sorted(set(settings.variants) - set(VARIANTS))
     if unknown:
         raise ConfigError(f"unknown variant {unknown[0]!r}; known: {', '.join(VARIANTS)}")
