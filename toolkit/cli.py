@@ -149,6 +149,13 @@ def load_options(default_duration: str) -> Any:
                          help="Serve perfkit's own live metrics on this port (0: any)."),
             click.option("--otlp-endpoint",
                          help="Push perfkit's live metrics to this OTLP/HTTP endpoint."),
+            click.option("--extra-latency", multiple=True,
+                         help="Bundled service: known slowdown for one endpoint, as "
+                              "`perfkit serve --extra-latency` (results=20% or results=20ms)."),
+            click.option("--history", default=str(Path("reports") / "history.db"),
+                         show_default=True,
+                         help="History store the run's numbers are appended to: a SQLite "
+                              "file or a postgresql:// URL; 'off' to skip."),
         ]
         for option in reversed(options):
             func = option(func)
@@ -180,7 +187,7 @@ def build_settings(command: str, **opts: Any) -> LoadSettings:
         locustfile_args=(*conf_args, *ctx.args), master_bind_host=opts["master_bind_host"],
         master_bind_port=opts["master_bind_port"], expect_workers=opts["expect_workers"],
         expect_workers_timeout=opts["expect_workers_timeout"],
-        stop_timeout=opts["stop_timeout"])
+        stop_timeout=opts["stop_timeout"], extra_latency=opts["extra_latency"])
 
 
 def _version_message() -> str:
@@ -199,6 +206,16 @@ def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> No
     if value and not ctx.resilient_parsing:
         say(_version_message())
         ctx.exit()
+
+
+def record_history(result: Any, location: str) -> Any:
+    """Append a finished run to the history store (a warning, never a failure); the run."""
+    from .history import record_run
+
+    problem = record_run(location, result)
+    if problem:
+        say(f"perfkit: {problem}")
+    return result
 
 
 @click.group()
@@ -232,7 +249,8 @@ def load(**opts: Any) -> None:
     """Steady load for a duration; writes a run directory and report.html."""
     from .run import runner
 
-    sys.exit(runner.run_load(build_settings("load", **opts), say).exit_code)
+    result = runner.run_load(build_settings("load", **opts), say)
+    sys.exit(record_history(result, opts["history"]).exit_code)
 
 
 def _percent(ctx: click.Context, param: click.Parameter, value: str) -> float:
@@ -264,10 +282,11 @@ def stress(step_users: int | None, step_rate: float | None, step_duration: float
     from .config import StressSettings
     from .run.stress import run_stress
 
-    sys.exit(run_stress(StressSettings(
+    result = run_stress(StressSettings(
         load=build_settings("stress", **opts), step_users=step_users, step_rate=step_rate,
         step_duration_s=step_duration, max_steps=max_steps,
-        max_error_rate_percent=max_error_rate), say).exit_code)
+        max_error_rate_percent=max_error_rate), say)
+    sys.exit(record_history(result, opts["history"]).exit_code)
 
 
 @cli.command(context_settings=LOCUSTFILE_ARGS)
@@ -279,9 +298,9 @@ def endurance(leak_threshold: float, **opts: Any) -> None:
     from .config import EnduranceSettings
     from .run.endurance import run_endurance
 
-    sys.exit(run_endurance(EnduranceSettings(
-        load=build_settings("endurance", **opts), leak_threshold_mb_h=leak_threshold),
-        say).exit_code)
+    result = run_endurance(EnduranceSettings(
+        load=build_settings("endurance", **opts), leak_threshold_mb_h=leak_threshold), say)
+    sys.exit(record_history(result, opts["history"]).exit_code)
 
 
 @cli.command()
@@ -567,7 +586,8 @@ def regression(baseline_ref: str, repeat: int, thresholds: tuple[str, ...], conf
     runs = []
     for i in range(repeat):
         out = settings.out / f"run-{i + 1}" if settings.out and repeat > 1 else settings.out
-        runs.append(runner.run_load(dataclasses.replace(settings, out=out), say))
+        runs.append(record_history(runner.run_load(dataclasses.replace(settings, out=out), say),
+                                   opts["history"]))
     out_dir = (settings.out if settings.out and repeat > 1 else runs[-1].run_dir) / "compare"
     compared = _compare_and_report([baseline_run], runs, compare_settings, out_dir)
     sys.exit(max(max(run.exit_code for run in runs), compared))
@@ -608,6 +628,115 @@ def baseline_list(reports_dir: Path) -> None:
             f"variants {variants:10} {row['size_kb']:7.0f} kB")
 
 
+@cli.group()
+def history() -> None:
+    """Every run's numbers over time: import, list, change points (docs/regression.md)."""
+
+
+def _history_option(func: Any) -> Any:
+    return click.option("--history", "location", default=str(Path("reports") / "history.db"),
+                        show_default=True, help="SQLite file or postgresql:// URL.")(func)
+
+
+@history.command("import")
+@click.argument("run_dirs", nargs=-1, required=True,
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_history_option
+def history_import(run_dirs: tuple[Path, ...], location: str) -> None:
+    """Add run directories (or saved baselines) to the history."""
+    from .history import import_runs, open_history
+
+    for run_id, rows in import_runs(open_history(location), run_dirs):
+        say(f"imported {run_id} ({rows} metrics)")
+
+
+@history.command("list")
+@_history_option
+@click.option("--scenario", help="Only runs of this scenario.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help='Write {"runs": [...]} to this file.')
+def history_list(location: str, scenario: str | None, json_path: Path | None) -> None:
+    """The runs in the history, oldest first."""
+    from .history import list_runs, open_history
+    from .report.history_html import format_run_line, write_json
+
+    runs = list_runs(open_history(location), scenario=scenario)
+    for run in runs:
+        say(format_run_line(run))
+    say(f"{len(runs)} runs in {location}")
+    if json_path is not None:
+        write_json(json_path, {"runs": runs})
+
+
+@history.command("analyze")
+@_history_option
+@click.option("--scenario", help="Only runs of this scenario.")
+@click.option("--min-change", default="10%", show_default=True, callback=_percent,
+              help="Smallest change of level that counts.")
+@click.option("--metric", "metrics", multiple=True,
+              help="Metric to search (repeatable; default p50/p95/p99, rps, CPU, RSS).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help='Write {"change_points": [...]} to this file.')
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"),
+              show_default=True, help="Where history.html and history.md go.")
+@click.option("--fail-on-regression", is_flag=True,
+              help="Exit 1 when a regression change point lies in the newest runs.")
+@click.option("--newest", type=click.IntRange(1), default=5, show_default=True,
+              help="How many of the newest runs --fail-on-regression looks at.")
+def history_analyze(location: str, scenario: str | None, min_change: float,
+                    metrics: tuple[str, ...], json_path: Path | None, out: Path,
+                    fail_on_regression: bool, newest: int) -> None:
+    """Change points per scenario, endpoint and metric; history.html and history.md."""
+    import dataclasses
+
+    from .analysis.history import ChangePointSettings, detect_change_points, regressions_in_newest
+    from .history import list_runs, load_series, open_history
+    from .report.history_html import format_change_point, write_history_report
+
+    store = open_history(location)
+    runs = list_runs(store, scenario=scenario)
+    series = load_series(store, runs)
+    settings = ChangePointSettings(min_change=min_change / 100.0)
+    if metrics:
+        settings = dataclasses.replace(settings, metrics=metrics)
+    change_points = detect_change_points(runs, series, settings)
+    for cp in change_points:
+        say(format_change_point(cp))
+    say(f"{len(change_points)} change points in {len(runs)} runs ({len(series)} series)")
+    for path in write_history_report(runs, series, change_points, out, json_path):
+        say(f"wrote {path}")
+    recent = regressions_in_newest(change_points, runs, newest)
+    if fail_on_regression and recent:
+        say(f"history: {len(recent)} regression change points in the newest {newest} runs")
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--a", "a_opts", default="", help="Bundled service options of A, e.g. '--fast'.")
+@click.option("--b", "b_opts", default="",
+              help="Bundled service options of B, e.g. '--fast --variant n_plus_one'.")
+@click.option("--a-cmd", help="Command that starts target A on {port} (instead of --a).")
+@click.option("--b-cmd", help="Command that starts target B on {port} (instead of --b).")
+@click.option("--repeat", type=click.IntRange(2, 50), default=5, show_default=True,
+              help="Pairs of runs (A B B A ...), each on a freshly started target.")
+@_threshold_option
+@click.option("--fail-on-inconclusive", is_flag=True,
+              help="Exit 1 when the trials cannot tell (default: exit 0 with a line saying so).")
+@load_options("20s")
+def ab(a_opts: str, b_opts: str, a_cmd: str | None, b_cmd: str | None, repeat: int,
+       thresholds: tuple[str, ...], confidence: float, fail_on_inconclusive: bool,
+       **opts: Any) -> None:
+    """Interleaved A/B trials on this machine; exit 1 when B is slower than A."""
+    from .analysis.compare import parse_thresholds
+    from .analysis.history import TrialSettings
+    from .run.ab import AbSettings, Arm, ab_exit_code, run_ab
+
+    default, _ = parse_thresholds(thresholds)
+    result = run_ab(AbSettings(
+        load=build_settings("ab", **opts), a=Arm.parse("A", a_opts, a_cmd),
+        b=Arm.parse("B", b_opts, b_cmd), repeat=repeat,
+        trial=TrialSettings(threshold=default, confidence=confidence)), say)
+    sys.exit(ab_exit_code(result.verdict, fail_on_inconclusive))
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 

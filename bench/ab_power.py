@@ -1,0 +1,99 @@
+"""How often interleaved A/B trials (`perfkit ab`) cry wolf, and how often they catch a small
+slowdown of one endpoint, on this machine.
+
+Each round runs three arms on freshly started reference services, A, A' (the same build) and
+B (a known slowdown), in a rotating order; every `--repeat` rounds make one A/A decision
+(A vs A') and one A/B decision (A vs B), judged exactly as `perfkit ab` judges (paired t
+interval on log(B/A) over the runs, threshold and family-wise confidence). Sharing A between
+the two decisions saves a third of the runs; it makes them correlated, not biased.
+
+    .venv/bin/python bench/ab_power.py --decisions 20 --repeat 5 --slowdown results=20%
+    .venv/bin/python bench/ab_power.py --decisions 10 --repeat 8 --slowdown results=10%
+"""
+
+import argparse
+import itertools
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from perfkit.analysis.history import TrialSettings, judge_trials
+from perfkit.config import build_load_settings
+from perfkit.run import ab as ab_run
+from perfkit.run import runner
+
+RESULTS = "GET /api/v1/research/products/{id}"
+ORDERS = list(itertools.permutations(("A", "A2", "B")))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--decisions", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=5, help="pairs per decision")
+    parser.add_argument("--duration", default="8s")
+    parser.add_argument("--warmup", default="2s")
+    parser.add_argument("--scenario", default="results")
+    parser.add_argument("--users", type=int, default=5)
+    parser.add_argument("--rate", type=float, default=20.0)
+    parser.add_argument("--slowdown", default="results=20%", help="serve --extra-latency")
+    parser.add_argument("--threshold", type=float, default=0.10)
+    parser.add_argument("--confidence", type=float, default=0.95)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--max-minutes", type=float, default=60.0,
+                        help="stop after the decision that crosses this")
+    args = parser.parse_args()
+    root = args.out or Path(tempfile.mkdtemp(prefix="ab-power-"))
+    root.mkdir(parents=True, exist_ok=True)
+    arms = {"A": ab_run.Arm("A", ("--fast",)), "A2": ab_run.Arm("A2", ("--fast",)),
+            "B": ab_run.Arm("B", ("--fast", "--extra-latency", args.slowdown))}
+    load = build_load_settings("ab", scenario=args.scenario, users=args.users, spawn_rate=50,
+                               duration=args.duration, rate=args.rate, warmup=args.warmup,
+                               kpi=Path(__file__).parent.parent / ".ci" / "regression-kpi.toml")
+    trial = TrialSettings(threshold=args.threshold, confidence=args.confidence)
+    rows: list[dict[str, Any]] = []
+    started = time.monotonic()
+    round_no = 0
+    for d in range(args.decisions):
+        decision_started = time.monotonic()
+        aa_pairs, ab_pairs = [], []
+        for _ in range(args.repeat):
+            results = {}
+            for label in ORDERS[round_no % len(ORDERS)]:
+                out = root / f"{round_no:03d}-{label}"
+                results[label] = ab_run._run_arm(arms[label], load, out, lambda _m: None)
+            round_no += 1
+            if all(r.meta.status == "completed" and r.endpoints for r in results.values()):
+                aa_pairs.append((results["A"].endpoints, results["A2"].endpoints))
+                ab_pairs.append((results["A"].endpoints, results["B"].endpoints))
+        aa, ab = judge_trials(aa_pairs, trial), judge_trials(ab_pairs, trial)
+        ratio = next((m.ratio for m in ab.metrics
+                      if m.endpoint == RESULTS and m.metric == "p50_ms"), None)
+        row = {"decision": d, "aa": aa.outcome, "aa_regressed": aa.regressed_endpoints,
+               "ab": ab.outcome, "ab_regressed": ab.regressed_endpoints,
+               "ab_results_p50_ratio": ratio,
+               "seconds_per_decision_pair": round(time.monotonic() - decision_started)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if time.monotonic() - started > args.max_minutes * 60:
+            break
+    n = len(rows)
+    alarms = sum(r["aa"] == "regression" for r in rows)
+    detected = sum(RESULTS in r["ab_regressed"] for r in rows)
+    elsewhere = sum(any(e != RESULTS for e in r["ab_regressed"]) for r in rows)
+    wall = time.monotonic() - started
+    print(f"\n{args.scenario}, {args.duration} runs ({args.warmup} warm-up), rate "
+          f"{args.rate}/s, {args.users} users, fast profile; slowdown {args.slowdown}; "
+          f"{args.repeat} pairs per decision; threshold {args.threshold:.0%}, confidence "
+          f"{args.confidence:.0%} family-wise")
+    print(f"A/A false alarms: {alarms}/{n} (inconclusive {sum(r['aa'] == 'inconclusive' for r in rows)}/{n})")
+    print(f"A/B detected (results endpoint named): {detected}/{n}; another endpoint named: "
+          f"{elsewhere}/{n}; inconclusive {sum(r['ab'] == 'inconclusive' for r in rows)}/{n}")
+    print(f"wall time {wall:.0f} s; per decision ({2 * args.repeat} runs, as `perfkit ab "
+          f"--repeat {args.repeat}`): ~{wall / n * 2 / 3:.0f} s; runs kept in {root}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""Interleaved A/B trials on one machine: `perfkit ab`.
+
+A and B runs alternate in the order A B B A A B B A …, each on a freshly started target, so
+a drift of the machine's load hits both arms alike and each adjacent (A, B) pair shares its
+moment. The runs are the samples: perfkit.analysis.history.judge_trials compares them pair by
+pair against their spread, which holds the run-to-run noise a single pair cannot see.
+"""
+
+import dataclasses
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..analysis.history import TrialSettings, TrialVerdict, judge_trials
+from ..config import LoadSettings
+from ..errors import ConfigError, TargetError
+from ..report.ab_html import write_ab_report
+from ..result import RunResult
+from . import runner, target
+
+Say = Callable[[str], None]
+START_TIMEOUT_S = 60.0
+# `perfkit serve` options that take no value (the rest take one)
+_SERVE_FLAGS = ("--fast",)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One side: options of the bundled service, or a command starting a target on {port}."""
+
+    label: str
+    serve_options: tuple[str, ...] = ()
+    command: str | None = None
+
+    @classmethod
+    def parse(cls, label: str, options: str, command: str | None) -> "Arm":
+        if command:
+            if options:
+                raise ConfigError(f"--{label.lower()} and --{label.lower()}-cmd exclude each "
+                                  "other")
+            if "{port}" not in command:
+                raise ConfigError(f"--{label.lower()}-cmd must contain {{port}}: {command!r}")
+            return cls(label, command=command)
+        return cls(label, serve_options=tuple(shlex.split(options)))
+
+    def describe(self) -> str:
+        if self.command:
+            return self.command
+        return "bundled service " + (" ".join(self.serve_options) or "(guide profile)")
+
+
+@dataclass(frozen=True)
+class AbSettings:
+    load: LoadSettings
+    a: Arm
+    b: Arm
+    repeat: int = 5
+    trial: TrialSettings = dataclasses.field(default_factory=TrialSettings)
+
+
+@dataclass
+class AbResult:
+    out: Path
+    order: list[str]
+    runs: list[RunResult]
+    verdict: TrialVerdict
+    notes: list[str]
+    duration_s: float
+
+
+def trial_order(repeat: int) -> list[str]:
+    """A B B A A B …: pairs alternate which arm goes first, so neither always runs second."""
+    return [arm for i in range(repeat) for arm in (("A", "B") if i % 2 == 0 else ("B", "A"))]
+
+
+def run_ab(settings: AbSettings, say: Say) -> AbResult:
+    load = settings.load
+    if load.target or load.variants or load.extra_latency:
+        raise ConfigError("perfkit ab starts its own targets: give --variant, --extra-latency "
+                          "and the like in --a/--b, and a target with --a-cmd/--b-cmd")
+    out = load.out or load.reports_dir / f"ab-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    arms = {"A": settings.a, "B": settings.b}
+    order = trial_order(settings.repeat)
+    started = time.monotonic()
+    runs: list[RunResult] = []
+    for i, label in enumerate(order):
+        say(f"perfkit ab: run {i + 1}/{len(order)}: {label} = {arms[label].describe()}")
+        runs.append(_run_arm(arms[label], load, out / f"{i + 1:02d}-{label}", say))
+    pairs, notes = _pairs(order, runs)
+    verdict = judge_trials(pairs, settings.trial)
+    result = AbResult(out, order, runs, verdict, notes, time.monotonic() - started)
+    paths = write_ab_report(result_record(result, settings), out)
+    for m in verdict.regressed:
+        say(f"  regressed: {m.endpoint} {m.metric} x{m.ratio:.3f} "
+            f"(CI {m.ci_low:.3f}..{m.ci_high:.3f}, p={m.p_value:.2g})")
+    for note in notes:
+        say(f"  note: {note}")
+    say(f"ab: {headline(verdict)}")
+    if verdict.outcome == "inconclusive":
+        say("ab: INCONCLUSIVE - the runs were too noisy to tell; exit 0 unless "
+            "--fail-on-inconclusive (more --repeat, longer runs or a quieter machine help)")
+    say(f"report: {paths[0]} ({result.duration_s:.0f} s for {len(runs)} runs)")
+    return result
+
+
+def headline(verdict: TrialVerdict) -> str:
+    if verdict.outcome == "regression":
+        return (f"REGRESSION in {', '.join(verdict.regressed_endpoints)} "
+                f"({verdict.pairs} pairs, threshold {verdict.threshold:.0%}, "
+                f"confidence {verdict.confidence:.0%})")
+    return (f"{verdict.outcome.upper()} ({verdict.pairs} pairs, threshold "
+            f"{verdict.threshold:.0%}, confidence {verdict.confidence:.0%})")
+
+
+def ab_exit_code(verdict: TrialVerdict, fail_on_inconclusive: bool) -> int:
+    if verdict.outcome == "regression":
+        return 1
+    if verdict.outcome == "inconclusive" and fail_on_inconclusive:
+        return 1
+    return 0
+
+
+def _pairs(order: list[str], runs: list[RunResult]) -> tuple[list[Any], list[str]]:
+    """Adjacent (A, B) pairs whose runs both completed with requests measured."""
+    pairs, notes = [], []
+    for k in range(0, len(runs) - 1, 2):
+        first, second = runs[k], runs[k + 1]
+        a, b = (first, second) if order[k] == "A" else (second, first)
+        broken = [r for r in (a, b) if r.meta.status != "completed" or not r.endpoints]
+        if broken:
+            notes.append(f"pair {k // 2 + 1} left out: {broken[0].run_dir} "
+                         f"{broken[0].meta.status} {broken[0].meta.message}".strip())
+            continue
+        pairs.append((a.endpoints, b.endpoints))
+    return pairs, notes
+
+
+def _run_arm(arm: Arm, load: LoadSettings, out: Path, say: Say) -> RunResult:
+    out.mkdir(parents=True, exist_ok=True)
+    process, url = _start_target(arm, out / "target.log")
+    try:
+        settings = dataclasses.replace(load, target=url, target_pid=process.pid, out=out)
+        return runner.run_load(settings, _quiet(say))
+    finally:
+        _stop_target(process)
+
+
+def _quiet(say: Say) -> Say:
+    """A trial's own verdict lines would read as the A/B verdict: keep only its problems."""
+    def filtered(message: str) -> None:
+        if message.startswith("perfkit: run ") or "raised" in message:
+            say(message)
+    return filtered
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_target(arm: Arm, log_path: Path) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    if arm.command:
+        command: list[str] | str = arm.command.replace("{port}", str(port))
+    else:
+        command = [sys.executable, "-m", "perfkit", "serve", "--host", "127.0.0.1",
+                   "--port", str(port), *arm.serve_options]
+    with log_path.open("wb") as log_file:
+        # its own session: a shell command's children are stopped with it
+        process = subprocess.Popen(command, shell=isinstance(command, str), stdout=log_file,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        target.wait_until_healthy(url, START_TIMEOUT_S, process)
+    except TargetError as exc:
+        _stop_target(process)
+        tail = log_path.read_text("utf-8", errors="replace").strip().splitlines()[-3:]
+        raise TargetError(f"{arm.label}: {exc}; its output ends: {' | '.join(tail)}") from exc
+    return process, url
+
+
+def _stop_target(process: subprocess.Popen, timeout_s: float = 15.0) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        process.wait()
+
+
+def result_record(result: AbResult, settings: AbSettings) -> dict[str, Any]:
+    """compare.json of a trial: the verdict, every metric with its per-run values, the runs."""
+    verdict = result.verdict
+    return {
+        "kind": "ab",
+        "outcome": verdict.outcome,
+        "regression": verdict.outcome == "regression",
+        "regressed_endpoints": verdict.regressed_endpoints,
+        "headline": headline(verdict),
+        "a": settings.a.describe(),
+        "b": settings.b.describe(),
+        "pairs": verdict.pairs,
+        "threshold": verdict.threshold,
+        "confidence": verdict.confidence,
+        "order": result.order,
+        "runs": [str(run.run_dir) for run in result.runs],
+        "scenario": settings.load.scenario,
+        "duration_s_per_run": settings.load.duration_s,
+        "wall_time_s": result.duration_s,
+        "notes": result.notes,
+        "metrics": [dataclasses.asdict(m) for m in verdict.metrics],
+    }
