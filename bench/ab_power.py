@@ -23,7 +23,6 @@ from typing import Any
 from perfkit.analysis.history import TrialSettings, judge_trials
 from perfkit.config import build_load_settings
 from perfkit.run import ab as ab_run
-from perfkit.run import runner
 
 RESULTS = "GET /api/v1/research/products/{id}"
 ORDERS = list(itertools.permutations(("A", "A2", "B")))
@@ -88,7 +87,8 @@ def main() -> None:
           f"{args.rate}/s, {args.users} users, fast profile; slowdown {args.slowdown}; "
           f"{args.repeat} pairs per decision; threshold {args.threshold:.0%}, confidence "
           f"{args.confidence:.0%} family-wise")
-    print(f"A/A false alarms: {alarms}/{n} (inconclusive {sum(r['aa'] == 'inconclusive' for r in rows)}/{n})")
+    aa_unsure = sum(r["aa"] == "inconclusive" for r in rows)
+    print(f"A/A false alarms: {alarms}/{n} (inconclusive {aa_unsure}/{n})")
     print(f"A/B detected (results endpoint named): {detected}/{n}; another endpoint named: "
           f"{elsewhere}/{n}; inconclusive {sum(r['ab'] == 'inconclusive' for r in rows)}/{n}")
     print(f"wall time {wall:.0f} s; per decision ({2 * args.repeat} runs, as `perfkit ab "

@@ -728,8 +728,8 @@ def ab(a_opts: str, b_opts: str, a_cmd: str | None, b_cmd: str | None, repeat: i
        **opts: Any) -> None:
     """Interleaved A/B trials on this machine; exit 1 when B is slower than A."""
     from .analysis.compare import parse_thresholds
-    from .analysis.history import TrialSettings
-    from .run.ab import AbSettings, Arm, ab_exit_code, run_ab
+    from .analysis.history import TrialSettings, ab_exit_code
+    from .run.ab import AbSettings, Arm, run_ab
 
     default, _ = parse_thresholds(thresholds)
     result = run_ab(AbSettings(

@@ -317,3 +317,15 @@ def _judge_metric(endpoint: str, metric: str, a_values: list[float], b_values: l
                                        result.p_value, 1.0 if mean > 0 else 0.0,
                                        settings.threshold, level, higher_is_worse)
     return result
+
+
+def trial_order(repeat: int) -> list[str]:
+    """A B B A A B …: pairs alternate which arm goes first, so neither always runs second."""
+    return [arm for i in range(repeat) for arm in (("A", "B") if i % 2 == 0 else ("B", "A"))]
+
+
+def ab_exit_code(verdict: TrialVerdict, fail_on_inconclusive: bool) -> int:
+    """1 on a regression (or, in a strict gate, when the trials could not tell), else 0."""
+    if verdict.outcome == "regression":
+        return 1
+    return 1 if verdict.outcome == "inconclusive" and fail_on_inconclusive else 0

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..analysis.history import TrialSettings, TrialVerdict, judge_trials
+from ..analysis.history import TrialSettings, TrialVerdict, judge_trials, trial_order
 from ..config import LoadSettings
 from ..errors import ConfigError, TargetError
 from ..report.ab_html import write_ab_report
@@ -76,11 +76,6 @@ class AbResult:
     duration_s: float
 
 
-def trial_order(repeat: int) -> list[str]:
-    """A B B A A B …: pairs alternate which arm goes first, so neither always runs second."""
-    return [arm for i in range(repeat) for arm in (("A", "B") if i % 2 == 0 else ("B", "A"))]
-
-
 def run_ab(settings: AbSettings, say: Say) -> AbResult:
     load = settings.load
     if load.target or load.variants or load.extra_latency:
@@ -119,14 +114,6 @@ def headline(verdict: TrialVerdict) -> str:
                 f"confidence {verdict.confidence:.0%})")
     return (f"{verdict.outcome.upper()} ({verdict.pairs} pairs, threshold "
             f"{verdict.threshold:.0%}, confidence {verdict.confidence:.0%})")
-
-
-def ab_exit_code(verdict: TrialVerdict, fail_on_inconclusive: bool) -> int:
-    if verdict.outcome == "regression":
-        return 1
-    if verdict.outcome == "inconclusive" and fail_on_inconclusive:
-        return 1
-    return 0
 
 
 def _pairs(order: list[str], runs: list[RunResult]) -> tuple[list[Any], list[str]]:
