@@ -675,6 +675,8 @@ def history_list(location: str, scenario: str | None, json_path: Path | None) ->
               help="Smallest change of level that counts.")
 @click.option("--metric", "metrics", multiple=True,
               help="Metric to search (repeatable; default p50/p95/p99, rps, CPU, RSS).")
+@click.option("--min-runs", type=click.IntRange(2), default=4, show_default=True,
+              help="Runs needed on each side of a change point.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help='Write {"change_points": [...]} to this file.')
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"),
@@ -684,7 +686,7 @@ def history_list(location: str, scenario: str | None, json_path: Path | None) ->
 @click.option("--newest", type=click.IntRange(1), default=5, show_default=True,
               help="How many of the newest runs --fail-on-regression looks at.")
 def history_analyze(location: str, scenario: str | None, min_change: float,
-                    metrics: tuple[str, ...], json_path: Path | None, out: Path,
+                    metrics: tuple[str, ...], min_runs: int, json_path: Path | None, out: Path,
                     fail_on_regression: bool, newest: int) -> None:
     """Change points per scenario, endpoint and metric; history.html and history.md."""
     import dataclasses
@@ -696,7 +698,7 @@ def history_analyze(location: str, scenario: str | None, min_change: float,
     store = open_history(location)
     runs = list_runs(store, scenario=scenario)
     series = load_series(store, runs)
-    settings = ChangePointSettings(min_change=min_change / 100.0)
+    settings = ChangePointSettings(min_change=min_change / 100.0, min_runs=min_runs)
     if metrics:
         settings = dataclasses.replace(settings, metrics=metrics)
     change_points = detect_change_points(runs, series, settings)

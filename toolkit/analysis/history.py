@@ -63,8 +63,8 @@ def run_metrics(run: RunResult) -> list[tuple[str, str, float]]:
 @dataclass(frozen=True)
 class ChangePointSettings:
     min_change: float = 0.10       # practical threshold: relative change of the segment means
-    alpha: float = 0.001           # Welch t-test, per break
-    min_runs: int = 3              # runs on each side of a break
+    alpha: float = 0.01            # Welch t-test on the logs, per break
+    min_runs: int = 4              # runs on each side of a break
     penalty: float = 3.0           # PELT penalty per break, in units of noise variance × ln n
     metrics: tuple[str, ...] = ("p50_ms", "p95_ms", "p99_ms", "rps", "cpu_percent_mean",
                                 "rss_mb_peak")
@@ -136,7 +136,12 @@ def _break_holds(values: np.ndarray, start: int, at: int, end: int,
     mean_before, mean_after = float(before.mean()), float(after.mean())
     if mean_before == 0 or abs(mean_after / mean_before - 1.0) < settings.min_change:
         return False
-    return welch_p_value(before, after) < settings.alpha
+    return welch_p_value(_logs(before), _logs(after)) < settings.alpha
+
+
+def _logs(values: np.ndarray) -> np.ndarray:
+    """Latencies vary by factors: compare their logs (values ≤ 0 as they are)."""
+    return np.log(values) if bool(np.all(values > 0)) else values
 
 
 def _t_sf(t: float, df: float) -> float:
@@ -182,7 +187,7 @@ def detect_change_points(runs: list[dict[str, Any]], series: dict[tuple[str, str
                 direction="regression" if worse else "improvement",
                 before=mean_before, after=mean_after,
                 change_percent=(mean_after / mean_before - 1.0) * 100.0,
-                p_value=welch_p_value(before, after), runs_before=len(before),
+                p_value=welch_p_value(_logs(before), _logs(after)), runs_before=len(before),
                 runs_after=len(after), revision_before=run_before.get("git_revision"),
                 revision_after=run_after.get("git_revision")))
     return found
