@@ -721,23 +721,23 @@ def history_analyze(location: str, scenario: str | None, min_change: float,
 @click.option("--b-cmd", help="Command that starts target B on {port} (instead of --b).")
 @click.option("--repeat", type=click.IntRange(2, 50), default=5, show_default=True,
               help="Pairs of runs (A B B A ...), each on a freshly started target.")
-@_threshold_option
+@click.option("--threshold", default="10%", show_default=True, callback=_percent,
+              help="Practical threshold of the ratio B/A.")
+@click.option("--confidence", type=click.FloatRange(0.5, 1.0, max_open=True), default=0.95,
+              show_default=True, help="Confidence for the trial as a whole (all metrics).")
 @click.option("--fail-on-inconclusive", is_flag=True,
               help="Exit 1 when the trials cannot tell (default: exit 0 with a line saying so).")
 @load_options("20s")
 def ab(a_opts: str, b_opts: str, a_cmd: str | None, b_cmd: str | None, repeat: int,
-       thresholds: tuple[str, ...], confidence: float, fail_on_inconclusive: bool,
-       **opts: Any) -> None:
+       threshold: float, confidence: float, fail_on_inconclusive: bool, **opts: Any) -> None:
     """Interleaved A/B trials on this machine; exit 1 when B is slower than A."""
-    from .analysis.compare import parse_thresholds
     from .analysis.history import TrialSettings, ab_exit_code
     from .run.ab import AbSettings, Arm, run_ab
 
-    default, _ = parse_thresholds(thresholds)
     result = run_ab(AbSettings(
         load=build_settings("ab", **opts), a=Arm.parse("A", a_opts, a_cmd),
         b=Arm.parse("B", b_opts, b_cmd), repeat=repeat,
-        trial=TrialSettings(threshold=default, confidence=confidence)), say)
+        trial=TrialSettings(threshold=threshold / 100.0, confidence=confidence)), say)
     sys.exit(ab_exit_code(result.verdict, fail_on_inconclusive))
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)

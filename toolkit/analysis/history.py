@@ -267,10 +267,14 @@ def judge_trials(pairs: list[tuple[dict[str, dict[str, Any]], dict[str, dict[str
     level = stats.family_confidence(settings.confidence, judged)
     metrics = [_judge_metric(endpoint, metric, a, b, note, level, settings)
                for endpoint, metric, a, b, note in candidates]
+    # A metric with too few requests is listed, not decisive: an endpoint the scenario calls
+    # twice a run cannot make every trial inconclusive.
+    decisive = [m for m in metrics if not m.note]
     outcome = "no regression"
     if any(m.verdict == "regressed" for m in metrics):
         outcome = "regression"
-    elif not metrics or any(m.verdict in ("inconclusive", "missing") for m in metrics):
+    elif not decisive or any(m.verdict != "unchanged" and m.verdict != "improved"
+                             for m in decisive):
         outcome = "inconclusive"
     return TrialVerdict(outcome=outcome, pairs=len(pairs), confidence=settings.confidence,
                         threshold=settings.threshold, metrics=metrics)

@@ -20,7 +20,9 @@ _COLOURS = {"regressed": "#c62828", "improved": "#2e7d32", "unchanged": "#555",
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:.{digits}f}" if abs(value) < 1e4 else f"{value:.3g}"
 
 
 def _pairs_svg(a_values: list[float], b_values: list[float]) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import rundir
-from ..analysis.history import ChangePoint
+from ..analysis.history import TRACKED_METRICS, ChangePoint
 from ..result import json_safe
 
 HISTORY_HTML = "history.html"
@@ -91,8 +91,9 @@ def render_history_html(runs: list[dict[str, Any]],
     by_key: dict[tuple[str, str, str], list[ChangePoint]] = {}
     for cp in change_points:
         by_key.setdefault((cp.scenario, cp.endpoint, cp.metric), []).append(cp)
-    # series with a change first, then the rest in order
-    keys = sorted(series, key=lambda k: (k not in by_key, k))
+    # series with a change first, then the rest in order; counts follow the offered load
+    shown = (*TRACKED_METRICS, "error_rate_percent")
+    keys = sorted((k for k in series if k[2] in shown), key=lambda k: (k not in by_key, k))
     panels = "".join(_panel(k, series[k], len(runs), by_key.get(k, []), runs) for k in keys
                      if series[k])
     rows = "".join(f"<tr><td>{cp.direction}</td><td>{html.escape(cp.endpoint)}</td>"
