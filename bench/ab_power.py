@@ -14,11 +14,14 @@ the two decisions saves a third of the runs; it makes them correlated, not biase
 import argparse
 import itertools
 import json
+import math
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from perfkit.analysis.history import TrialSettings, judge_trials
 from perfkit.config import build_load_settings
@@ -55,6 +58,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     started = time.monotonic()
     round_no = 0
+    diffs: list[float] = []  # log(B/A) of every pair: the run-to-run noise the verdict sees
     for d in range(args.decisions):
         decision_started = time.monotonic()
         aa_pairs, ab_pairs = [], []
@@ -68,8 +72,11 @@ def main() -> None:
                 aa_pairs.append((results["A"].endpoints, results["A2"].endpoints))
                 ab_pairs.append((results["A"].endpoints, results["B"].endpoints))
         aa, ab = judge_trials(aa_pairs, trial), judge_trials(ab_pairs, trial)
-        ratio = next((m.ratio for m in ab.metrics
-                      if m.endpoint == RESULTS and m.metric == "p50_ms"), None)
+        p50 = next((m for m in ab.metrics if m.endpoint == RESULTS and m.metric == "p50_ms"),
+                   None)
+        ratio = p50.ratio if p50 else None
+        if p50 is not None and len(p50.a_values) > 1:
+            diffs.extend(np.log(np.array(p50.b_values) / np.array(p50.a_values)).tolist())
         row = {"decision": d, "aa": aa.outcome, "aa_regressed": aa.regressed_endpoints,
                "ab": ab.outcome, "ab_regressed": ab.regressed_endpoints,
                "ab_results_p50_ratio": ratio,
@@ -91,8 +98,27 @@ def main() -> None:
     print(f"A/A false alarms: {alarms}/{n} (inconclusive {aa_unsure}/{n})")
     print(f"A/B detected (results endpoint named): {detected}/{n}; another endpoint named: "
           f"{elsewhere}/{n}; inconclusive {sum(r['ab'] == 'inconclusive' for r in rows)}/{n}")
+    if len(diffs) > 2:
+        sd = float(np.std(diffs, ddof=1))
+        print(f"results p50, log(B/A) per pair: mean {np.mean(diffs):.3f}, sd {sd:.3f} "
+              f"({len(diffs)} pairs); pairs for 95 % power against a true 20 % (10 %) "
+              f"slowdown at threshold 10 % (5 %): ~{_pairs_needed(sd, 0.20, 0.10)} "
+              f"(~{_pairs_needed(sd, 0.10, 0.05)})")
     print(f"wall time {wall:.0f} s; per decision ({2 * args.repeat} runs, as `perfkit ab "
           f"--repeat {args.repeat}`): ~{wall / n * 2 / 3:.0f} s; runs kept in {root}")
+
+
+def _pairs_needed(sd: float, slowdown: float, threshold: float) -> int:
+    """Smallest n at which, 95 % of the time (normal approximation), the paired t interval
+    (2 metrics, 95 % family-wise) lies above 1 and the ratio exceeds the threshold."""
+    from perfkit.analysis.stats import t_quantile
+
+    effect, margin = math.log(1 + slowdown), math.log(1 + slowdown) - math.log(1 + threshold)
+    for n in range(2, 1000):
+        se = sd / math.sqrt(n)
+        if (t_quantile(1 - 0.025 / 2, n - 1) + 1.645) * se < effect and 1.645 * se < margin:
+            return n
+    return 1000
 
 
 if __name__ == "__main__":
