@@ -203,7 +203,10 @@ def test_the_same_history_imported_into_postgresql(ten_runs: tuple[Path, list[Pa
 
 def test_ab_interleaves_fresh_targets_and_writes_its_reports(tmp_path: Path) -> None:
     out = tmp_path / "ab"
-    done = perfkit("ab", "--a=--fast", "--b=--fast --variant n_plus_one", "--repeat", "2",
+    # A through the bundled-service options, B through a command that starts a target on {port}
+    b_cmd = (f"{sys.executable} -m perfkit serve --fast --variant n_plus_one "
+             "--host 127.0.0.1 --port {port}")
+    done = perfkit("ab", "--a=--fast", "--b-cmd", b_cmd, "--repeat", "2",
                    "--scenario", "results", "--users", "5", "--rate", "20", "--duration", "6s",
                    "--warmup", "1s", "--kpi", ".ci/regression-kpi.toml", "--out", str(out),
                    timeout=300)
