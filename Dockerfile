@@ -3,7 +3,7 @@
 #   docker run --rm perfkit --version
 FROM python:3.11-slim
 WORKDIR /opt/perfkit
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml constraints.txt README.md LICENSE ./
 COPY toolkit toolkit
 COPY scenarios scenarios
 # The versions the tests pass with; a locustfile's own dependencies can be added in a
