@@ -411,6 +411,13 @@ def _shown(value: Any) -> str:
                    "on a broker.")
 @click.option("--envelope", is_flag=True,
               help="Answer the research routes as {success, data, message}.")
+@click.option("--max-queued-jobs", type=click.IntRange(1), default=200, show_default=True,
+              help="Unfinished jobs accepted before creates are answered 503 with Retry-After.")
+@click.option("--max-body-bytes", type=click.IntRange(1024), default=1_000_000,
+              show_default=True, help="Larger request bodies are answered 413 unread.")
+@click.option("--instance-id",
+              help="This instance's name on its jobs: a restart cancels only its own jobs in a "
+                   "shared database (default: HOST:PORT, random with --port 0).")
 def serve(**opts: Any) -> None:
     """Run the bundled reference research service until interrupted."""
     from .reference import server

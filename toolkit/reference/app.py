@@ -12,8 +12,10 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DBAPIError
 
 from .cache import open_cache
 from .db import (
@@ -21,6 +23,7 @@ from .db import (
     close_database,
     create_schema,
     fetch_rows,
+    is_unavailable,
     lease_drivers,
     open_database,
 )
@@ -31,6 +34,10 @@ from .routes import API, research_error, router
 from .settings import ENDPOINTS, ServiceSettings
 
 log = logging.getLogger(__name__)
+
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    OSError, TimeoutError, DBAPIError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError)
 
 # Driver connections the hot paths share; more only add threads (SQLite) or idle sessions.
 HOT_PATH_CONNECTIONS = 8
@@ -83,6 +90,66 @@ class TimingMiddleware:
                                time.perf_counter() - started_at)
 
 
+class BodyLimitMiddleware:
+    """Answers 413 to a request body over `max_body_bytes` without reading the rest: a declared
+    length over it is refused before a byte is read, a chunked body once it passes it (uvicorn
+    stops reading the socket while the app does not ask for more, so the rest never lands in
+    memory). A body under the limit is read here whole and handed on unchanged."""
+
+    def __init__(self, app: ASGIApp, settings: ServiceSettings) -> None:
+        self.app = app
+        self.settings = settings
+        self.limit = settings.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]],
+                       send: Callable[[Message], Awaitable[None]]) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "DELETE"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self.refuse(scope, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break  # the client left; the app will see the disconnect
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                await self.refuse(scope, send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return message
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def refuse(self, scope: Scope, send: Callable[[Message], Awaitable[None]]) -> None:
+        settings = self.settings if scope["path"].startswith(API) else ServiceSettings()
+        response = research_error(settings, f"the request body is over {self.limit} bytes", 413,
+                                  "request body too large")
+        # The unread rest of the body stays on the connection: close it rather than parse
+        # that as the next request.
+        response.headers["Connection"] = "close"
+        await response(scope, self.receive_nothing, send)
+
+    @staticmethod
+    async def receive_nothing() -> Message:
+        return {"type": "http.disconnect"}
+
+
 def route_template(scope: Scope) -> str | None:
     route = scope.get("route")
     return getattr(route, "path", None)
@@ -121,10 +188,12 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         db = open_database(settings.database_url, metrics)
         await create_schema(db.engine, with_indexes=not settings.has("no_index"))
         await lease_drivers(db, HOT_PATH_CONNECTIONS)
-        orphaned = await cancel_orphaned_jobs(db, "cancelled: the service restarted")
+        orphaned = await cancel_orphaned_jobs(db, settings.instance_id,
+                                              "cancelled: the service restarted")
         if orphaned:
-            log.warning("marked %d jobs of a previous run cancelled", orphaned)
-        cache = await open_cache(settings.redis_url, settings.cache_ttl_s)
+            log.warning("marked %d jobs of this instance's previous run (%s) cancelled",
+                        orphaned, settings.instance_id)
+        cache = await open_cache(settings.redis_url, settings.cache_ttl_s, metrics)
         simulator = await start_simulator(settings.profile, metrics, settings.seed)
         provider = open_client(simulator.url, metrics, settings.profile, settings.provider_attempts,
                                settings.has("new_client_per_call"), settings.seed)
@@ -152,7 +221,25 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     app = FastAPI(title="perfkit reference research service", version=perfkit_version(),
                   lifespan=lifespan)
+    app.add_middleware(BodyLimitMiddleware, settings=settings)  # type: ignore[arg-type]
     app.add_middleware(TimingMiddleware, settings=settings)  # type: ignore[arg-type]
+
+    async def database_failed(request: Request, exc: Exception) -> Response:
+        # A database that is down or restarting is the service's state, not a bug: 503 with a
+        # time to come back, so clients back off instead of counting a server error.
+        if is_unavailable(exc):
+            log.warning("%s %s: the database is unavailable: %s", request.method,
+                        request.url.path, exc)
+            response = research_error(settings, "the database is unavailable", 503)
+            response.headers["Retry-After"] = "5"
+            return response
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return research_error(settings, "internal server error", 500)
+
+    # Registered per class, not for Exception: Starlette re-raises what reaches its outermost
+    # handler, and a database restart would then print a traceback per request.
+    for kind in DATABASE_ERRORS:
+        app.add_exception_handler(kind, database_failed)
 
     @app.exception_handler(RequestValidationError)
     async def validation_failed(request: Request, exc: RequestValidationError) -> Response:

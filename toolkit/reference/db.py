@@ -12,6 +12,7 @@ models remain for the schema, the rare writes and the `n_plus_one` variant's laz
 import asyncio
 import importlib.util
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 from sqlalchemy import (
     JSON,
     DateTime,
@@ -30,10 +32,14 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     event,
+    inspect,
+    or_,
     text,
     update,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -43,6 +49,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from ..errors import ConfigError
 from .metrics import Metrics, record_query
+
+log = logging.getLogger(__name__)
 
 ACTIVE_STATUSES = ("pending", "processing")
 FINISHED_STATUSES = ("success", "error", "cancelled")
@@ -72,6 +80,9 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column()
     started_at: Mapped[datetime | None] = mapped_column()
     completed_at: Mapped[datetime | None] = mapped_column()
+    # Which service instance accepted the job (settings.instance_id); NULL for jobs written
+    # before the column existed.
+    instance_id: Mapped[str | None] = mapped_column(String(100))
     items: Mapped[list["Item"]] = relationship(back_populates="job", order_by="Item.position")
 
 
@@ -86,7 +97,9 @@ class Item(Base):
     currency: Mapped[str] = mapped_column(String(3))
     seller_or_store: Mapped[str | None] = mapped_column(String(200))
     item_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
-    research_key: Mapped[str] = mapped_column(String(700))
+    # Unbounded: NFKC and case folding expand a 500-character name up to 18-fold (U+FDFA alone
+    # becomes 18 characters), and a key cut short would merge different products in the cache.
+    research_key: Mapped[str] = mapped_column(Text)
     job: Mapped[Job] = relationship(back_populates="items")
     result: Mapped["Result | None"] = relationship(back_populates="item", uselist=False)
 
@@ -129,7 +142,12 @@ def build_engine(database_url: str, metrics: Metrics) -> AsyncEngine:
     # aiosqlite's thread on each request.
     options: dict[str, Any] = {"pool_reset_on_return": None}
     if not sqlite:
-        options.update(pool_size=16, max_overflow=20)
+        # pre_ping: after a PostgreSQL restart every pooled connection is dead; a ping (one
+        # round trip, on the rare writes that go through the engine) finds out before use.
+        options.update(pool_size=16, max_overflow=20, pool_pre_ping=True,
+                       # A server that is restarting refuses at once; one that is unreachable
+                       # must not hold a request for asyncpg's default minute.
+                       connect_args={"timeout": 5})
     else:
         # A fixed pool: an overflow connection is opened and closed per checkout (a new
         # aiosqlite thread and the pragmas each time), which was the reads' p99.
@@ -173,9 +191,27 @@ def create_index(sync_conn: Any, index: Index) -> None:
     index.create(sync_conn, checkfirst=True)
 
 
+def read_columns(sync_conn: Any, table: str) -> dict[str, Any]:
+    return {column["name"]: column["type"] for column in inspect(sync_conn).get_columns(table)}
+
+
+async def upgrade_schema(conn: AsyncConnection) -> None:
+    """Bring a database made by an earlier version up to these tables: create_all adds missing
+    tables, never missing columns or wider types."""
+    jobs = await conn.run_sync(read_columns, "jobs")
+    if "instance_id" not in jobs:
+        await conn.execute(text("ALTER TABLE jobs ADD COLUMN instance_id VARCHAR(100)"))
+    if conn.dialect.name == "postgresql":
+        items = await conn.run_sync(read_columns, "items")
+        if not isinstance(items["research_key"], Text):
+            # varchar to text needs no table rewrite on PostgreSQL.
+            await conn.execute(text("ALTER TABLE items ALTER COLUMN research_key TYPE text"))
+
+
 async def create_schema(engine: AsyncEngine, with_indexes: bool) -> None:
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
+        await upgrade_schema(conn)
         if with_indexes:
             for index in _guide_indexes(dict(Base.metadata.tables)):
                 await conn.run_sync(create_index, index)
@@ -186,13 +222,24 @@ async def create_schema(engine: AsyncEngine, with_indexes: bool) -> None:
                 await conn.execute(text(f"DROP INDEX IF EXISTS {name}"))
 
 
-async def cancel_orphaned_jobs(db: "Database", message: str) -> int:
-    """Jobs left active by a previous process are marked cancelled, never left hanging."""
+async def cancel_orphaned_jobs(db: "Database", instance_id: str, message: str) -> int:
+    """Jobs this instance left active when it last stopped (and jobs from before instance ids)
+    are marked cancelled, never left hanging. Another instance's active jobs are its own: it
+    is still researching them."""
+    owned = or_(Job.instance_id == instance_id, Job.instance_id.is_(None))
     async with writing(db) as conn:
         result = await conn.execute(
-            update(Job).where(Job.status.in_(ACTIVE_STATUSES))
+            update(Job).where(Job.status.in_(ACTIVE_STATUSES), owned)
             .values(status="cancelled", message=message, completed_at=utc_now()))
     return int(result.rowcount or 0)
+
+
+@dataclass(eq=False)
+class Lease:
+    """A connection checked out of the engine for good, and its driver connection."""
+
+    conn: AsyncConnection
+    driver: Any
 
 
 @dataclass
@@ -208,9 +255,11 @@ class Database:
     write_lock: asyncio.Lock | None
     # Checked out of the engine's pool once, at startup: SQLAlchemy's async checkout costs
     # about 75 us of CPU per request (greenlets, pool bookkeeping), more than twice what a
-    # status query itself costs on SQLite.
-    drivers: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
-    leases: list[AsyncConnection] = field(default_factory=list)
+    # status query itself costs on SQLite. None in the queue is a lease lost with its
+    # connection (a database restart), opened again by the next request that draws it.
+    drivers: asyncio.Queue[Lease | None] = field(default_factory=asyncio.Queue)
+    leases: set[Lease] = field(default_factory=set)
+    leased: int = 0
 
 
 def open_database(database_url: str, metrics: Metrics) -> Database:
@@ -219,33 +268,78 @@ def open_database(database_url: str, metrics: Metrics) -> Database:
                     asyncio.Lock() if sqlite else None)
 
 
+async def open_lease(db: Database) -> Lease:
+    conn = await db.engine.connect()
+    lease = Lease(conn, (await conn.get_raw_connection()).driver_connection)
+    db.leases.add(lease)
+    return lease
+
+
+async def drop_lease(db: Database, lease: Lease) -> None:
+    db.leases.discard(lease)
+    try:
+        await lease.conn.invalidate()
+        await lease.conn.close()
+    except Exception:  # the connection is gone already; nothing of it is worth keeping
+        log.debug("closing a lost database connection failed", exc_info=True)
+
+
 async def lease_drivers(db: Database, count: int) -> None:
     for _ in range(count):
-        conn = await db.engine.connect()
-        db.leases.append(conn)
-        db.drivers.put_nowait((await conn.get_raw_connection()).driver_connection)
+        db.drivers.put_nowait(await open_lease(db))
+    db.leased = count
 
 
 async def close_database(db: Database) -> None:
-    for conn in db.leases:
-        await conn.close()
+    for lease in list(db.leases):
+        try:
+            await lease.conn.close()
+        except Exception:  # a connection lost with the database; closing it cannot fail us
+            log.debug("closing a database connection failed", exc_info=True)
     db.leases.clear()
     await db.engine.dispose()
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """The database could not be reached or dropped the connection (down, restarting,
+    refusing connections), as opposed to a statement it refused."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # SQLAlchemy wraps the driver's error, which may wrap the socket's
+        if seen is None:
+            return False
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        if isinstance(seen, OSError | TimeoutError | asyncpg.PostgresConnectionError
+                      | asyncpg.InterfaceError | asyncpg.exceptions.OperatorInterventionError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def is_lost(db: Database, driver: Any) -> bool:
+    # aiosqlite's connection lives as long as the file; asyncpg's dies with the server.
+    return not db.sqlite and bool(driver.is_closed())
 
 
 @asynccontextmanager
 async def lend_driver(db: Database) -> AsyncIterator[Any]:
     """A leased driver connection (aiosqlite or asyncpg), or, in a process that leased none
-    (a Celery worker), one checked out for this use."""
-    if not db.leases:
+    (a Celery worker), one checked out for this use. A leased connection the database dropped
+    is replaced, so a restart of PostgreSQL costs the requests in flight, not the process."""
+    if not db.leased:
         async with db.engine.connect() as conn:
             yield (await conn.get_raw_connection()).driver_connection
         return
-    driver = await db.drivers.get()
+    lease = await db.drivers.get()
     try:
-        yield driver
+        if lease is None:
+            lease = await open_lease(db)
+        yield lease.driver
     finally:
-        db.drivers.put_nowait(driver)
+        if lease is not None and is_lost(db, lease.driver):
+            await drop_lease(db, lease)
+            lease = None
+        db.drivers.put_nowait(lease)
 
 
 @asynccontextmanager
@@ -294,15 +388,24 @@ async def fetch_rows(db: Database, sql: str, *params: Any) -> Sequence[Sequence[
     return rows
 
 
+async def probe_database(db: Database, timeout_s: float = 2.0) -> str | None:
+    """None when the database answers `SELECT 1` within `timeout_s`, else why not."""
+    try:
+        await asyncio.wait_for(fetch_rows(db, "SELECT 1"), timeout_s)
+    except Exception as exc:  # whatever the driver raises, health reports it
+        return f"{type(exc).__name__}: {exc}"[:300] or type(exc).__name__
+    return None
+
+
 async def insert_job(db: Database, job: dict[str, Any], items: list[dict[str, Any]]
                      ) -> list[int]:
     """The job and its items in one transaction on the driver: one statement each (the items as
     one multi-row INSERT ... RETURNING), three round trips in all. Returns the item ids in
     position order."""
-    job_sql = ("INSERT INTO jobs (id, status, priority, callback_url, message, created_at) "
-               "VALUES ($1, $2, $3, $4, $5, $6)")
+    job_sql = ("INSERT INTO jobs (id, status, priority, callback_url, message, created_at, "
+               "instance_id) VALUES ($1, $2, $3, $4, $5, $6, $7)")
     job_params = (job["id"], job["status"], job["priority"], job["callback_url"],
-                  job["message"], sql_time(db, job["created_at"]))
+                  job["message"], sql_time(db, job["created_at"]), job["instance_id"])
     columns = ("job_id", "position", "product_name", "category", "price_exact", "currency",
                "seller_or_store", "metadata", "research_key")
     rows = ", ".join("(" + ", ".join(f"${n * len(columns) + c + 1}" for c in range(len(columns)))

@@ -37,6 +37,11 @@ class Metrics:
     provider_connections_opened: int = 0
     cache_hits: int = 0
     cache_misses: int = 0
+    # Lookups and writes answered without Redis (failed, timed out, or skipped while it is
+    # down); each failed lookup is a miss too.
+    cache_errors: int = 0
+    # Creates answered 503 because `max_queued_jobs` were queued; and the database's state.
+    rejected_jobs: int = 0
     active_research: int = 0
     max_active_research: int = 0
     callbacks_sent: int = 0
@@ -121,6 +126,11 @@ def record_cache(metrics: Metrics, hit: bool) -> None:
     metrics.prom_cache.labels("hit" if hit else "miss").inc()
 
 
+def record_cache_error(metrics: Metrics) -> None:
+    metrics.cache_errors += 1
+    metrics.prom_cache.labels("error").inc()
+
+
 def change_active_research(metrics: Metrics, delta: int) -> None:
     metrics.active_research += delta
     metrics.max_active_research = max(metrics.max_active_research, metrics.active_research)
@@ -176,6 +186,9 @@ def read_application_metrics(metrics: Metrics) -> dict[str, Any]:
         "provider_connections_opened": metrics.provider_connections_opened,
         "cache_hits": metrics.cache_hits,
         "cache_misses": metrics.cache_misses,
+        "cache_errors": metrics.cache_errors,
+        "rejected_jobs": metrics.rejected_jobs,
+        "instance_id": metrics.settings.instance_id,
         "active_research": metrics.active_research,
         "max_active_research": metrics.max_active_research,
         "concurrency_limit": None if metrics.settings.has("unbounded")

@@ -8,11 +8,12 @@ import heapq
 import itertools
 import json
 import logging
+import math
 import os
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from .cache import Cache
+from .callbacks import open_callback_session, post_callback
 from .db import (
     ACTIVE_STATUSES,
     RESULTS_SQL,
@@ -29,6 +31,7 @@ from .db import (
     Job,
     Result,
     fetch_rows,
+    is_unavailable,
     sql_time,
     utc_now,
     write_rows,
@@ -41,6 +44,8 @@ from .settings import ServiceSettings
 log = logging.getLogger(__name__)
 
 FAILED_ITEM_STATUSES = ("insufficient_sources", "error")
+# How long a failed job keeps trying to record its failure while the database is away.
+FINISH_RETRY_S = 300.0
 
 
 class PrioritySemaphore:
@@ -98,6 +103,12 @@ class WorkerPool:
     cancel_messages: dict[str, str] = field(default_factory=dict)
     accepting: bool = True
     draining: bool = False
+    # Under Celery: the last count of this instance's unfinished jobs, and when it was read.
+    queued_jobs: int = 0
+    queued_read_at: float = -math.inf
+    # What health last found of the database (None: it answered), and when it looked.
+    database_error: str | None = None
+    health_probed_at: float = -math.inf
 
 
 def build_pool(settings: ServiceSettings, db: Database, provider: ProviderClient, cache: Cache,
@@ -142,6 +153,22 @@ async def submit_job(pool: WorkerPool, job: Mapping[str, Any],
     return False
 
 
+async def count_queued_jobs(pool: WorkerPool) -> int:
+    """Jobs this instance accepted that have not finished: its tasks in-process; under Celery,
+    its active jobs in the database (read at most once a second: a create must not pay a
+    count per request)."""
+    if pool.queue is None:
+        return len(pool.tasks)
+    now = time.monotonic()
+    if now - pool.queued_read_at >= 1.0:
+        rows = await fetch_rows(pool.db, "SELECT count(*) FROM jobs WHERE status IN "
+                                         "('pending', 'processing') AND instance_id = $1",
+                                pool.settings.instance_id)
+        pool.queued_jobs = int(rows[0][0])
+        pool.queued_read_at = now
+    return pool.queued_jobs
+
+
 async def read_queue_state(pool: WorkerPool) -> dict[str, Any]:
     """What a collector reads about the research backlog: items waiting for a slot in this
     process, or jobs waiting in the broker's research queue for a Celery worker."""
@@ -157,6 +184,8 @@ async def read_queue_state(pool: WorkerPool) -> dict[str, Any]:
     if state["queue_depth"] is not None:
         pool.metrics.prom_queue_depth.set(state["queue_depth"])
     pool.metrics.prom_workers.set(state["workers"])
+    state["queued_jobs"] = await count_queued_jobs(pool)
+    state["max_queued_jobs"] = pool.settings.max_queued_jobs
     return state
 
 
@@ -214,9 +243,15 @@ async def run_job(pool: WorkerPool, job_id: str, priority: int, callback_url: st
                                  pool.cancel_messages.pop(job_id, "cancelled"))
         record_job(pool.metrics, "cancelled", time.perf_counter() - started_at)
         raise
-    except Exception:
-        log.exception("job %s failed", job_id)
-        await finish_job(pool, job_id, "error", "internal error while researching")
+    except Exception as exc:
+        if is_unavailable(exc):
+            log.error("job %s failed: the database became unavailable while researching "
+                      "(%s)", job_id, exc)
+            message = "error: the database became unavailable while researching"
+        else:
+            log.exception("job %s failed", job_id)
+            message = "internal error while researching"
+        await finish_failed_job(pool, job_id, message)
         record_job(pool.metrics, "error", time.perf_counter() - started_at)
         return
     status, message = summarise_job(outcomes)
@@ -236,41 +271,35 @@ async def run_job(pool: WorkerPool, job_id: str, priority: int, callback_url: st
 async def research_group(pool: WorkerPool, job_id: str, priority: int, key: str,
                          items: list[dict[str, Any]], state: dict[str, bool],
                          outcomes: Counter[str]) -> None:
-    if pool.semaphore is None:
-        await research_items(pool, job_id, key, items, state, outcomes)
-        return
-    async with pool.semaphore.slot(priority):
-        await research_items(pool, job_id, key, items, state, outcomes)
-
-
-async def research_items(pool: WorkerPool, job_id: str, key: str, items: list[dict[str, Any]],
-                         state: dict[str, bool], outcomes: Counter[str]) -> None:
-    if not state["processing"]:
-        state["processing"] = True
-        await write_rows(pool.db, [(
-            "UPDATE jobs SET status = 'processing', started_at = $1 "
-            "WHERE id = $2 AND status = 'pending'", [(sql_time(pool.db, utc_now()), job_id)])])
+    """Research items that share a key: the cache first, then the provider in a research
+    slot. The cache is read and written outside the slot: a slow or paused Redis must not hold
+    one of the few slots while the provider sits idle."""
+    use_cache = not pool.settings.has("no_cache")
     started_at = time.perf_counter()
-    first = items[0]
-    answer: dict[str, Any] | None = None
-    cached = False
-    error: str | None = None
-    if not pool.settings.has("no_cache"):
-        answer = await pool.cache.get_result(key)
+    answer = await pool.cache.get_result(key) if use_cache else None
+    if use_cache:
         record_cache(pool.metrics, answer is not None)
-        cached = answer is not None
+    cached = answer is not None
+    error: str | None = None
     if answer is None:
-        change_active_research(pool.metrics, +1)
-        try:
-            answer, error, _ = await ask_provider(pool.provider, {
-                name: first[name] for name in ("product_name", "category", "price_exact",
-                                               "currency", "seller_or_store")})
-        finally:
-            change_active_research(pool.metrics, -1)
+        async with (pool.semaphore.slot(priority) if pool.semaphore is not None
+                    else nullcontext()):
+            await mark_processing(pool, job_id, state)
+            started_at = time.perf_counter()
+            change_active_research(pool.metrics, +1)
+            try:
+                answer, error, _ = await ask_provider(pool.provider, {
+                    name: items[0][name] for name in ("product_name", "category",
+                                                      "price_exact", "currency",
+                                                      "seller_or_store")})
+            finally:
+                change_active_research(pool.metrics, -1)
+    else:
+        await mark_processing(pool, job_id, state)
     status = "error" if answer is None else judge_answer(answer)
-    if answer is not None and not cached and not pool.settings.has("no_cache"):
-        await pool.cache.set_result(key, answer)
     duration_s = time.perf_counter() - started_at
+    if answer is not None and not cached and use_cache:
+        await pool.cache.set_result(key, answer)
     now = sql_time(pool.db, utc_now())
     data = json.dumps(answer or {})
     await write_rows(pool.db, [(
@@ -280,6 +309,14 @@ async def research_items(pool: WorkerPool, job_id: str, key: str, items: list[di
     outcomes[status] += len(items)
     for _ in items:
         record_research(pool.metrics, status, duration_s)
+
+
+async def mark_processing(pool: WorkerPool, job_id: str, state: dict[str, bool]) -> None:
+    if not state["processing"]:
+        state["processing"] = True
+        await write_rows(pool.db, [(
+            "UPDATE jobs SET status = 'processing', started_at = $1 "
+            "WHERE id = $2 AND status = 'pending'", [(sql_time(pool.db, utc_now()), job_id)])])
 
 
 def summarise_job(outcomes: Counter[str]) -> tuple[str, str]:
@@ -296,6 +333,24 @@ async def finish_job(pool: WorkerPool, job_id: str, status: str, message: str) -
         "UPDATE jobs SET status = $1, message = $2, completed_at = $3 "
         "WHERE id = $4 AND status IN ('pending', 'processing')",
         [(status, message, sql_time(pool.db, utc_now()), job_id)])]))
+
+
+async def finish_failed_job(pool: WorkerPool, job_id: str, message: str) -> None:
+    """Mark the job `error`, waiting for the database if that is what failed: a job must end,
+    never stay `processing` because the write that would end it failed too. Gives up after
+    FINISH_RETRY_S (a restart of this instance then cancels it) or once the pool drains."""
+    deadline = time.monotonic() + FINISH_RETRY_S
+    delay_s = 0.2
+    while True:
+        try:
+            await finish_job(pool, job_id, "error", message)
+            return
+        except Exception as exc:
+            if not is_unavailable(exc) or pool.draining or time.monotonic() > deadline:
+                log.error("job %s could not be marked error: %s", job_id, exc)
+                return
+        await asyncio.sleep(delay_s)
+        delay_s = min(delay_s * 2, 5.0)
 
 
 async def mark_cancelled(db: Database, job_ids: list[str], message: str) -> None:
@@ -343,14 +398,14 @@ async def load_result_rows(pool: WorkerPool, job_id: str) -> Sequence[Sequence[A
 
 
 async def send_callback(pool: WorkerPool, callback_url: str, body: dict[str, Any]) -> bool:
-    """POST the final status to the job's callback_url; failures are logged, never retried."""
+    """POST the final status to the job's callback_url; failures are logged, never retried.
+    callbacks.py says where a callback may not go."""
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5.0)) as session:
-            async with session.post(callback_url, json=body) as response:
-                response.raise_for_status()
+        async with open_callback_session() as session:
+            await post_callback(session, callback_url, body)
         pool.metrics.callbacks_sent += 1
         return True
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+    except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
         pool.metrics.callbacks_failed += 1
         log.warning("callback for job %s to %s failed: %s", body["job_id"], callback_url, exc)
         return False
@@ -360,7 +415,8 @@ async def cancel_active_jobs(pool: WorkerPool, message: str) -> None:
     """Every job still active (its task queued or cut short) becomes cancelled, with its
     unresearched items."""
     rows = await fetch_rows(pool.db, "SELECT id FROM jobs WHERE status IN ('pending', "
-                                     "'processing')")
+                                     "'processing') AND instance_id = $1",
+                            pool.settings.instance_id)
     await mark_cancelled(pool.db, [row[0] for row in rows], message)
 
 

@@ -7,6 +7,9 @@ With `envelope` set, the research routes answer as the original backend does:
 `success: false`."""
 
 import json
+import math
+import time
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from typing import Annotated, Any
@@ -22,6 +25,7 @@ from .db import (
     iso_time,
     json_value,
     new_job_id,
+    probe_database,
     utc_now,
 )
 from .metrics import (
@@ -34,6 +38,7 @@ from .metrics import (
 from .research import (
     WorkerPool,
     cancel_job,
+    count_queued_jobs,
     load_result_rows,
     read_queue_state,
     submit_job,
@@ -43,6 +48,7 @@ from .schemas import ResearchRequest
 from .settings import ServiceSettings
 
 API = "/api/v1/research/products"
+HEALTH_PROBE_S = 1.0
 
 router = APIRouter()
 
@@ -137,13 +143,43 @@ def describe_result(row: Sequence[Any]) -> dict[str, Any]:
     }
 
 
+def retry_after_s(settings: ServiceSettings) -> int:
+    """When a slot is likely free again: one provider call's median spread over the slots,
+    at least a second and at most a minute."""
+    seconds = settings.profile.median_ms / 1000.0 / max(settings.concurrency, 1)
+    return min(60, max(1, math.ceil(seconds)))
+
+
+def unavailable(settings: ServiceSettings, detail: str, retry_after: int) -> Response:
+    response = research_error(settings, detail, 503)
+    response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+def parse_job_id(job_id: str) -> str | None:
+    """The canonical form of a job id, or None when it cannot be one: such an id is not
+    found, and never reaches the database (a NUL byte is an error inside PostgreSQL)."""
+    if len(job_id) > 45:  # "urn:uuid:" and 36 characters, uuid.UUID's longest form
+        return None
+    try:
+        return str(uuid.UUID(job_id))
+    except ValueError:
+        return None
+
+
 @router.post(API, status_code=201)
 async def create_research(body: ResearchRequest, pool: Pool) -> Response:
     if not pool.accepting:
         return research_error(pool.settings, "the service is shutting down", 503)
+    queued = await count_queued_jobs(pool)
+    if queued >= pool.settings.max_queued_jobs:
+        pool.metrics.rejected_jobs += 1
+        return unavailable(pool.settings, f"{queued} research jobs are queued, the most this "
+                           "service accepts; retry later", retry_after_s(pool.settings))
     job = {"id": new_job_id(), "status": "pending", "priority": body.priority,
            "callback_url": str(body.callback_url) if body.callback_url else None,
-           "message": "queued", "created_at": utc_now()}
+           "message": "queued", "created_at": utc_now(),
+           "instance_id": pool.settings.instance_id}
     items = [{"job_id": job["id"], "position": position, "product_name": item.product_name,
               "category": item.category, "price_exact": item.price_exact,
               "currency": item.currency, "seller_or_store": item.seller_or_store,
@@ -165,7 +201,8 @@ async def create_research(body: ResearchRequest, pool: Pool) -> Response:
 @router.get(API + "/{job_id}")
 async def read_results(job_id: str, pool: Pool,
                        include_failed: Annotated[bool, Query()] = True) -> Response:
-    rows = await load_result_rows(pool, job_id)
+    canonical = parse_job_id(job_id)
+    rows = await load_result_rows(pool, canonical) if canonical else []
     if not rows:
         return not_found(pool.settings, job_id)
     results = [describe_result(row) for row in rows]
@@ -180,7 +217,8 @@ async def read_results(job_id: str, pool: Pool,
 @router.get(API + "/{job_id}/status")
 async def read_status(job_id: str, pool: Pool) -> Response:
     # One grouped statement: the job's state, its item total and the outcomes so far.
-    rows = await fetch_rows(pool.db, STATUS_SQL, job_id)
+    canonical = parse_job_id(job_id)
+    rows = await fetch_rows(pool.db, STATUS_SQL, canonical) if canonical else []
     if not rows:
         return not_found(pool.settings, job_id)
     job_status, job_message = rows[0][0], rows[0][1]
@@ -198,18 +236,31 @@ async def read_status(job_id: str, pool: Pool) -> Response:
 
 @router.delete(API + "/{job_id}", status_code=204)
 async def cancel_research(job_id: str, pool: Pool) -> Response:
-    if not await fetch_rows(pool.db, "SELECT 1 FROM jobs WHERE id = $1", job_id):
+    canonical = parse_job_id(job_id)
+    if not canonical or not await fetch_rows(pool.db, "SELECT 1 FROM jobs WHERE id = $1",
+                                             canonical):
         return not_found(pool.settings, job_id)
-    if not await cancel_job(pool, job_id, "cancelled by the client"):
+    if not await cancel_job(pool, canonical, "cancelled by the client"):
         return research_error(pool.settings, f"research job {job_id} already finished", 400)
     return Response(status_code=204)
 
 
 @router.get("/api/v1/health")
-async def health(request: Request) -> Response:
-    # Built once in the lifespan: nothing in it changes while the service runs.
+async def health(request: Request, pool: Pool) -> Response:
+    # The settings part is built once in the lifespan; the database's state is read at most
+    # every HEALTH_PROBE_S, so a health check under load costs no query of its own.
+    now = time.monotonic()
+    if now - pool.health_probed_at >= HEALTH_PROBE_S:
+        pool.health_probed_at = now
+        pool.database_error = await probe_database(pool.db)
     body: bytes = request.state.health_body
-    return Response(body, media_type="application/json")
+    if pool.database_error is None:
+        return Response(body[:-1] + b', "database": "ok"}', media_type="application/json")
+    detail = json.dumps(pool.database_error, ensure_ascii=True).encode()
+    body = body.replace(b'"status": "healthy"', b'"status": "unhealthy"', 1)
+    return Response(body[:-1] + b', "database": "unavailable", "database_error": ' + detail
+                    + b"}", status_code=503, media_type="application/json",
+                    headers={"Retry-After": "5"})
 
 
 @router.get("/api/v1/metrics/system")

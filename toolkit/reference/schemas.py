@@ -7,7 +7,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
+from .callbacks import refuse_host
+
 _METADATA_MAX_CHARS = 10_000
+CALLBACK_URL_MAX_CHARS = 2048  # the jobs.callback_url column
 
 
 def check_text(value: str) -> str:
@@ -67,7 +70,16 @@ class ResearchRequest(BaseModel):
 
     @field_validator("callback_url")
     @classmethod
-    def http_only(cls, value: HttpUrl | None) -> HttpUrl | None:
-        if value is not None and value.scheme not in ("http", "https"):
+    def check_callback(cls, value: HttpUrl | None) -> HttpUrl | None:
+        if value is None:
+            return None
+        if value.scheme not in ("http", "https"):
             raise ValueError("must be an http(s) URL")
+        # Checked as stored: percent-encoding and punycode can triple a URL's length.
+        if len(str(value)) > CALLBACK_URL_MAX_CHARS:
+            raise ValueError(f"must be at most {CALLBACK_URL_MAX_CHARS} characters once "
+                             f"normalised (percent-encoded, punycode), got {len(str(value))}")
+        reason = refuse_host(value.host or "")
+        if reason:
+            raise ValueError(f"must not point at a link-local or metadata address: {reason}")
         return value

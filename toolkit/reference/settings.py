@@ -2,6 +2,8 @@
 test) and handed to the app; nothing here reads the environment."""
 
 import re
+import socket
+import uuid
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
@@ -20,6 +22,15 @@ ENDPOINTS = {
     ("GET", "/api/v1/research/products/{job_id}/status"): "status",
     ("DELETE", "/api/v1/research/products/{job_id}"): "cancel",
 }
+
+# Sized for the 2-core machine this ships for: at the guide's latencies five slots research
+# about 0.6 items/s, so 200 ten-item jobs are already an hour of backlog; a job queued behind
+# them would miss the 60 s completion KPI by far. Each queued job holds its task and items
+# (about 20 kB), so the cap also bounds memory at a few MB.
+DEFAULT_MAX_QUEUED_JOBS = 200
+# The largest valid create: 10 items of 500 + 100 + 200 characters and 10,000 characters of
+# metadata, each character up to 6 bytes as a JSON escape, is about 650 kB.
+DEFAULT_MAX_BODY_BYTES = 1_000_000
 
 _EXTRA = re.compile(r"^\s*(\w+)\s*[=:]\s*(\d+(?:\.\d+)?)\s*(ms|%)?\s*$")
 
@@ -106,6 +117,14 @@ class ServiceSettings:
     queue: str = "inprocess"
     celery: CeleryTuning = field(default_factory=CeleryTuning)
     envelope: bool = False
+    # Jobs not yet finished that this instance accepts before it answers 503: past it, a new
+    # job would only wait behind work it cannot reach in time, and each queued job holds
+    # memory (its task and items) until it runs.
+    max_queued_jobs: int = DEFAULT_MAX_QUEUED_JOBS
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    # Whose jobs these are in a database several instances share: a restart cancels only its
+    # own. Stable across restarts when given (or when the port is fixed), else random.
+    instance_id: str = ""
 
     def has(self, variant: str) -> bool:
         return variant in self.variants
@@ -148,6 +167,9 @@ def build_service_settings(
     result_expires_s: float = 3600.0,
     queue_prefix: str = "perfkit",
     envelope: bool = False,
+    max_queued_jobs: int = DEFAULT_MAX_QUEUED_JOBS,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    instance_id: str | None = None,
 ) -> ServiceSettings:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
@@ -162,6 +184,15 @@ def build_service_settings(
         raise ConfigError(f"latency sigma must be >= 0, got {latency_sigma}")
     if concurrency < 1:
         raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
+    if max_queued_jobs < 1:
+        raise ConfigError(f"max queued jobs must be >= 1, got {max_queued_jobs}")
+    if max_body_bytes < 1024:
+        raise ConfigError(f"max body must be >= 1024 bytes, got {max_body_bytes}")
+    if instance_id is not None and not re.fullmatch(r"[\w.:\-]{1,100}", instance_id):
+        raise ConfigError(f"bad instance id {instance_id!r}: 1-100 letters, digits, . : _ -")
+    if not instance_id:
+        instance_id = (f"{socket.gethostname()[:60]}:{port}" if port
+                       else f"{socket.gethostname()[:60]}:{uuid.uuid4().hex[:12]}")
     celery = build_celery_tuning(queue, broker, variants, celery_workers, prefetch_multiplier,
                                  max_tasks_per_child, result_expires_s, queue_prefix)
     base = FAST if fast else GUIDE
@@ -191,6 +222,9 @@ def build_service_settings(
         queue=queue,
         celery=celery,
         envelope=envelope,
+        max_queued_jobs=max_queued_jobs,
+        max_body_bytes=max_body_bytes,
+        instance_id=instance_id,
     )
 
 

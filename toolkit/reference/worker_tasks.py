@@ -26,7 +26,7 @@ ITEMS_SQL = ("SELECT id, product_name, category, price_exact, currency, seller_o
 async def open_worker_pool(settings: ServiceSettings, simulator_url: str) -> WorkerPool:
     metrics = Metrics(settings)
     db = open_database(settings.database_url, metrics)
-    cache = await open_cache(settings.redis_url, settings.cache_ttl_s)
+    cache = await open_cache(settings.redis_url, settings.cache_ttl_s, metrics)
     provider = open_client(simulator_url, metrics, settings.profile, settings.provider_attempts,
                            settings.has("new_client_per_call"), settings.seed)
     pool = build_pool(settings, db, provider, cache, metrics)
