@@ -307,10 +307,17 @@ def is_unavailable(exc: BaseException) -> bool:
     for _ in range(8):  # SQLAlchemy wraps the driver's error, which may wrap the socket's
         if seen is None:
             return False
+        if isinstance(seen, BaseExceptionGroup):  # a TaskGroup's: any of them will do
+            return any(is_unavailable(inner) for inner in seen.exceptions)
         if isinstance(seen, DBAPIError) and seen.connection_invalidated:
             return True
         if isinstance(seen, OSError | TimeoutError | asyncpg.PostgresConnectionError
-                      | asyncpg.InterfaceError | asyncpg.exceptions.OperatorInterventionError):
+                      | asyncpg.InterfaceError | asyncpg.exceptions.OperatorInterventionError
+                      | asyncpg.exceptions.InsufficientResourcesError):
+            return True
+        # A database closed to new connections (ALLOW_CONNECTIONS false, during maintenance).
+        if (isinstance(seen, asyncpg.exceptions.ObjectNotInPrerequisiteStateError)
+                and "accepting connections" in str(seen)):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
