@@ -311,8 +311,8 @@ def test_health_reports_the_database_and_jobs_end_error_when_it_fails_mid_resear
         assert response.json()["database"] == "unavailable"
         assert response.json()["status"] == "unhealthy"
         assert response.headers["retry-after"]
-        # The item researched meanwhile cannot be written: the job fails, and reads and
-        # creates are 503, never 500.
+        # Reads and creates are 503, never 500; the item researched meanwhile cannot be
+        # written, and once the research writes stop waiting (8 s) the job fails.
         time.sleep(2.0)
         for method, path, body in [("POST", API, {"items": [new_item()]}),
                                    ("GET", f"{API}/{job['job_id']}/status", None),
@@ -320,6 +320,9 @@ def test_health_reports_the_database_and_jobs_end_error_when_it_fails_mid_resear
             response = httpx.request(method, service.url + path, json=body)
             assert response.status_code == 503, (path, response.text,
                                                  "\n".join(service.output[-30:]))
+        wait_for(lambda: "job" in "\n".join(service.output) and any(
+            "database became unavailable" in line for line in service.output),
+            "the job gives up on the database", 30)
     finally:
         allow_connections(postgres_url)
     wait_for(lambda: httpx.get(service.url + "/api/v1/health").status_code == 200,

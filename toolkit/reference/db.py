@@ -208,8 +208,15 @@ async def upgrade_schema(conn: AsyncConnection) -> None:
             await conn.execute(text("ALTER TABLE items ALTER COLUMN research_key TYPE text"))
 
 
+# pg_advisory_xact_lock's key for the schema: instances starting together on one database
+# take turns, or both CREATE TABLE and one fails on PostgreSQL's catalog.
+SCHEMA_LOCK_KEY = 0x7065726B  # "perk"
+
+
 async def create_schema(engine: AsyncEngine, with_indexes: bool) -> None:
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(text(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY})"))
         await conn.run_sync(Base.metadata.create_all)
         await upgrade_schema(conn)
         if with_indexes:

@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 FAILED_ITEM_STATUSES = ("insufficient_sources", "error")
 # How long a failed job keeps trying to record its failure while the database is away.
 FINISH_RETRY_S = 300.0
+# How long a research write waits for the database before the job fails: a PostgreSQL
+# restart takes 2-3 s on this machine.
+RIDE_OUT_S = 8.0
 
 
 class PrioritySemaphore:
@@ -302,7 +305,7 @@ async def research_group(pool: WorkerPool, job_id: str, priority: int, key: str,
         await pool.cache.set_result(key, answer)
     now = sql_time(pool.db, utc_now())
     data = json.dumps(answer or {})
-    await write_rows(pool.db, [(
+    await write_research(pool, [(
         "INSERT INTO results (item_id, status, data, error, cached, duration_s, created_at) "
         "VALUES ($1, $2, $3, $4, $5, $6, $7)",
         [(item["id"], status, data, error, cached, duration_s, now) for item in items])])
@@ -314,7 +317,7 @@ async def research_group(pool: WorkerPool, job_id: str, priority: int, key: str,
 async def mark_processing(pool: WorkerPool, job_id: str, state: dict[str, bool]) -> None:
     if not state["processing"]:
         state["processing"] = True
-        await write_rows(pool.db, [(
+        await write_research(pool, [(
             "UPDATE jobs SET status = 'processing', started_at = $1 "
             "WHERE id = $2 AND status = 'pending'", [(sql_time(pool.db, utc_now()), job_id)])])
 
@@ -328,8 +331,25 @@ def summarise_job(outcomes: Counter[str]) -> tuple[str, str]:
     return status, message
 
 
+async def write_research(pool: WorkerPool,
+                         statements: list[tuple[str, list[tuple[Any, ...]]]]) -> int:
+    """A research write that rides out a short database outage (a restart, a failover) for
+    up to RIDE_OUT_S before it fails its job. Without it, under a backlog, every job that
+    reached a slot during a restart failed, and each failure freed its slot for the next."""
+    deadline = time.monotonic() + RIDE_OUT_S
+    delay_s = 0.1
+    while True:
+        try:
+            return await write_rows(pool.db, statements)
+        except Exception as exc:
+            if not is_unavailable(exc) or time.monotonic() + delay_s > deadline:
+                raise
+        await asyncio.sleep(delay_s)
+        delay_s = min(delay_s * 2, 1.0)
+
+
 async def finish_job(pool: WorkerPool, job_id: str, status: str, message: str) -> bool:
-    return bool(await write_rows(pool.db, [(
+    return bool(await write_research(pool, [(
         "UPDATE jobs SET status = $1, message = $2, completed_at = $3 "
         "WHERE id = $4 AND status IN ('pending', 'processing')",
         [(status, message, sql_time(pool.db, utc_now()), job_id)])]))
