@@ -368,6 +368,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args()
     duration_s = parse_duration_s(args.duration)
+    # Stopped by SIGTERM (or SIGINT, which a background shell ignores), the cleanup below
+    # still runs: the service, the private Redis, the database, the cluster left up.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     for tool in ("redis-server", "redis-cli", "pg_ctlcluster"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is needed")

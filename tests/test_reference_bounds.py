@@ -96,6 +96,7 @@ def test_a_full_queue_answers_503_with_retry_after(start_reference_services: Sta
     assert "queued" in response.json()["detail"]
     app = read_metrics(service.url, "application")
     assert (app["queued_jobs"], app["max_queued_jobs"], app["rejected_jobs"]) == (3, 3, 1)
+    assert "perfkit_reference_rejected_jobs_total 1.0" in httpx.get(service.url + "/metrics").text
     # A place freed (here by a cancel) is taken again.
     assert httpx.delete(f"{service.url}{API}/{jobs[-1]['job_id']}").status_code == 204
     wait_for(lambda: read_metrics(service.url, "application")["queued_jobs"] == 2,

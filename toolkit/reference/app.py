@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-import asyncpg
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import DBAPIError
@@ -22,6 +21,7 @@ from .db import (
     cancel_orphaned_jobs,
     close_database,
     create_schema,
+    driver_connection_errors,
     fetch_rows,
     is_unavailable,
     lease_drivers,
@@ -35,9 +35,6 @@ from .settings import ENDPOINTS, ServiceSettings
 
 log = logging.getLogger(__name__)
 
-DATABASE_ERRORS: tuple[type[Exception], ...] = (
-    OSError, TimeoutError, DBAPIError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-    asyncpg.exceptions.OperatorInterventionError)
 
 # Driver connections the hot paths share; more only add threads (SQLite) or idle sessions.
 HOT_PATH_CONNECTIONS = 8
@@ -238,7 +235,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     # Registered per class, not for Exception: Starlette re-raises what reaches its outermost
     # handler, and a database restart would then print a traceback per request.
-    for kind in DATABASE_ERRORS:
+    for kind in (OSError, TimeoutError, DBAPIError, *driver_connection_errors()):
         app.add_exception_handler(kind, database_failed)
 
     @app.exception_handler(RequestValidationError)

@@ -10,6 +10,7 @@ engine once: SQL written once with `$1` placeholders, one round trip per stateme
 models remain for the schema, the rare writes and the `n_plus_one` variant's lazy reads."""
 
 import asyncio
+import functools
 import importlib.util
 import json
 import logging
@@ -21,7 +22,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 from sqlalchemy import (
     JSON,
     DateTime,
@@ -307,6 +307,24 @@ async def close_database(db: Database) -> None:
     await db.engine.dispose()
 
 
+@functools.cache
+def driver_connection_errors() -> tuple[type[BaseException], ...]:
+    """asyncpg's errors that mean the server is away (asyncpg is an optional extra)."""
+    try:
+        import asyncpg
+    except ImportError:
+        return ()
+    return (asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+            asyncpg.exceptions.OperatorInterventionError,
+            asyncpg.exceptions.InsufficientResourcesError)
+
+
+def is_closed_to_connections(exc: BaseException) -> bool:
+    # A database closed to new connections (ALLOW_CONNECTIONS false, during maintenance).
+    return (type(exc).__name__ == "ObjectNotInPrerequisiteStateError"
+            and "accepting connections" in str(exc))
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """The database could not be reached or dropped the connection (down, restarting,
     refusing connections), as opposed to a statement it refused."""
@@ -318,13 +336,9 @@ def is_unavailable(exc: BaseException) -> bool:
             return any(is_unavailable(inner) for inner in seen.exceptions)
         if isinstance(seen, DBAPIError) and seen.connection_invalidated:
             return True
-        if isinstance(seen, OSError | TimeoutError | asyncpg.PostgresConnectionError
-                      | asyncpg.InterfaceError | asyncpg.exceptions.OperatorInterventionError
-                      | asyncpg.exceptions.InsufficientResourcesError):
+        if isinstance(seen, (OSError, TimeoutError, *driver_connection_errors())):
             return True
-        # A database closed to new connections (ALLOW_CONNECTIONS false, during maintenance).
-        if (isinstance(seen, asyncpg.exceptions.ObjectNotInPrerequisiteStateError)
-                and "accepting connections" in str(seen)):
+        if is_closed_to_connections(seen):
             return True
         seen = seen.__cause__ or seen.__context__
     return False

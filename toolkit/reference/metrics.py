@@ -70,6 +70,8 @@ class Metrics:
                                     "HTTP clients created for the provider", registry=reg)
         self.prom_queue_depth = Gauge("perfkit_reference_queue_depth",
                                       "Research waiting for a worker", registry=reg)
+        self.prom_rejected = Counter("perfkit_reference_rejected_jobs",
+                                     "Creates answered 503: the queue was full", registry=reg)
         self.prom_workers = Gauge("perfkit_reference_workers", "Research worker processes",
                                   registry=reg)
         self.prom_active = Gauge("perfkit_reference_active_research",
@@ -124,6 +126,11 @@ def record_cache(metrics: Metrics, hit: bool) -> None:
     else:
         metrics.cache_misses += 1
     metrics.prom_cache.labels("hit" if hit else "miss").inc()
+
+
+def record_rejected_job(metrics: Metrics) -> None:
+    metrics.rejected_jobs += 1
+    metrics.prom_rejected.inc()
 
 
 def record_cache_error(metrics: Metrics) -> None:

@@ -33,6 +33,7 @@ from .metrics import (
     read_application_metrics,
     read_database_metrics,
     read_system_metrics,
+    record_rejected_job,
     render_prometheus,
 )
 from .research import (
@@ -173,7 +174,7 @@ async def create_research(body: ResearchRequest, pool: Pool) -> Response:
         return research_error(pool.settings, "the service is shutting down", 503)
     queued = await count_queued_jobs(pool)
     if queued >= pool.settings.max_queued_jobs:
-        pool.metrics.rejected_jobs += 1
+        record_rejected_job(pool.metrics)
         return unavailable(pool.settings, f"{queued} research jobs are queued, the most this "
                            "service accepts; retry later", retry_after_s(pool.settings))
     job = {"id": new_job_id(), "status": "pending", "priority": body.priority,
