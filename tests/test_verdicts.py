@@ -163,9 +163,10 @@ def test_a_flows_own_sleep_is_generator_lateness_not_latency(tmp_path: Path) -> 
         "    @task\n    def flow(self):\n        self.client.get('/fast', name='/fast')\n"
         "        time.sleep(1)\n"), "--rate", "40", "--users", "4", "--spawn-rate", "4")
     fast = summary["endpoints"]["GET /fast"]
-    # Charged lateness would put p90 near 900 ms; the endpoint itself answers in ~1 ms (the
-    # margin is for a busy 2-core machine).
-    assert fast["count"] > 10 and fast["p90_ms"] < 100.0
+    # Charged lateness would put p90 at 900 ms or more; the endpoint answers in ~1 ms, and with
+    # ~30 requests the p90 is the third slowest: the users' first requests open connections,
+    # which on a busy 2-core machine takes some of those milliseconds.
+    assert fast["count"] > 10 and fast["p90_ms"] < 450.0
     load = summary["load"]
     assert load["late_iterations"] > 0 and load["generator_lateness_s"] > 1.0
     assert "offered rate was not reached" in stdout

@@ -12,8 +12,8 @@ time would have caused (the flow's sleeps, think time and CPU beyond its share o
 as if every response had been instant). While that is zero, the whole backlog is the
 target's: a stall delays every iteration after it until the user catches up, and each of them
 is charged. Once the flow alone cannot keep the schedule (it sleeps 1 s per iteration with a
-0.1 s share), the schedule is out of reach whatever the target does, and an iteration is
-charged only what the previous one waited on responses. The rest is the generator's lateness:
+0.1 s share), the schedule is out of reach whatever the target does: nothing is charged, and
+each request counts its own response time only. That lateness is the generator's:
 counted (`Lateness`), reported, never added to a request's latency. `--users` is the
 concurrency cap: more users, more slots in flight.
 """
@@ -52,7 +52,7 @@ def make_open_loop(user_class: type[User], rate: float, users: int,
             self._perfkit_intended_at = self._perfkit_started_at = intended_at
             return -late_s
         self._perfkit_own_late_s = max(0.0, self._perfkit_own_late_s + own_s - interval_s)
-        debt_s = waited_s if self._perfkit_own_late_s > 0 else \
+        debt_s = 0.0 if self._perfkit_own_late_s > 0 else \
             self._perfkit_target_late_s + waited_s
         charged_s = self._perfkit_target_late_s = min(late_s, debt_s)
         self._perfkit_intended_at = now - charged_s
