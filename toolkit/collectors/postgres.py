@@ -206,13 +206,8 @@ class PostgresCollector(Sampler):
                          "query counts and times not measured, transaction rates only")
         if self._transient_failures:
             notes.append(f"{self._transient_failures} samples failed (last: {self._last_error})")
-        notes += [*self.notes, self.failure_note()]
         return {
-            "available": self.samples > 0,
-            "cpu_s": round(self.cpu_s, 4),
-            "samples": self.samples,
-            "interval_s": self.interval_s,
-            "note": "; ".join(n for n in notes if n),
+            **self.entry(notes),
             "url": redact_url(self.url),
             "pg_stat_statements": self._statements_available,
         }

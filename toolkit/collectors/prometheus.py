@@ -247,13 +247,8 @@ class PrometheusCollector(Sampler):
             notes.append("no process_* metrics: target CPU and memory not measured here")
         if self.samples and self.server_family is None:
             notes.append("no HTTP server histogram: server-side latency not measured")
-        notes += [*self.notes, self.failure_note()]
         return {
-            "available": self.samples > 0,
-            "cpu_s": round(self.cpu_s, 4),
-            "samples": self.samples,
-            "interval_s": self.interval_s,
-            "note": "; ".join(n for n in notes if n),
+            **self.entry(notes),
             "url": without_credentials(self.url),
             "process": self.process_samples > 0,
             "server_histogram": self.server_family,

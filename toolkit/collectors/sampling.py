@@ -124,6 +124,13 @@ class Sampler:
         self._stopped = True
         return self.describe()
 
+    def entry(self, notes: list[str]) -> dict[str, Any]:
+        """The run.json fields every collector has: its cost and `notes` with its own."""
+        notes = [*notes, *self.notes, self.failure_note()]
+        return {"available": self.samples > 0, "cpu_s": round(self.cpu_s, 4),
+                "samples": self.samples, "interval_s": self.interval_s,
+                "note": "; ".join(n for n in notes if n)}
+
     def latest(self) -> dict[str, Any] | None:
         return None if self._latest is None else dict(self._latest)
 
