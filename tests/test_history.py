@@ -128,13 +128,14 @@ def test_trials_alternate_which_arm_goes_first() -> None:
 @pytest.fixture(scope="module")
 def ten_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
     """Ten short real runs of the bundled service, the last five with n_plus_one, each
-    appended to a SQLite history by `perfkit load --history`."""
+    appended to a SQLite history by `perfkit load --history` (the slow five also add 10 % to
+    the results endpoint's handling, so the history shows both ways a run is varied)."""
     root = tmp_path_factory.mktemp("history")
     db = root / "history.db"
     dirs = []
     for i in range(1, 11):
         out = root / f"run-{i:02d}"
-        variant = ["--variant", "n_plus_one"] if i > 5 else []
+        variant = ["--variant", "n_plus_one", "--extra-latency", "results=10%"] if i > 5 else []
         done = perfkit("load", "--fast", "--scenario", str(MIX), "--users", "3", "--rate", "15",
                        "--duration", "8s", "--warmup", "2s", *variant, "--out", str(out),
                        "--history", str(db))
@@ -150,7 +151,8 @@ def test_ten_real_runs_show_one_regression_at_run_six(ten_runs: tuple[Path, list
     assert listed.returncode == 0, listed.stderr
     runs = json.loads((tmp_path / "l.json").read_text())["runs"]
     assert [run["run_id"] for run in runs] == [d.name for d in dirs]
-    assert runs[5]["variants"] == "n_plus_one" and runs[0]["variants"] == ""
+    assert runs[5]["variants"] == "n_plus_one,extra-latency results=10%"
+    assert runs[0]["variants"] == ""
 
     done = perfkit("history", "analyze", "--history", str(db), "--json",
                    str(tmp_path / "cp.json"), "--out", str(tmp_path), "--fail-on-regression")

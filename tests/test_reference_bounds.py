@@ -4,6 +4,7 @@ normalised, callbacks aimed at redirects and metadata addresses, PostgreSQL refu
 connections mid-research, a paused Redis, and two instances sharing one database."""
 
 import asyncio
+import collections
 import json
 import shutil
 import signal
@@ -333,6 +334,39 @@ def test_health_reports_the_database_and_jobs_end_error_when_it_fails_mid_resear
     assert "database" in status["message"]
     assert run_job(service.url, [new_item()])["status"] == "success"
 
+
+
+def test_connections_killed_mid_statement_are_503_and_replaced_never_500(
+        start_reference_services: StartServices, postgres_url: str) -> None:
+    """What a PostgreSQL restart does to statements in flight, ten times over: every backend
+    of the database terminated while reads run. A connection cut mid-statement may stay
+    'open' with its protocol stuck (asyncpg's InternalClientError); it must be replaced, and
+    the request answered 503, not 500."""
+    (service,) = start_reference_services(["--fast", "--database-url", postgres_url])
+    job = run_job(service.url, [new_item()])
+    paths = [f"{API}/{job['job_id']}/status", f"{API}/{job['job_id']}"]
+
+    async def read_while_killing() -> collections.Counter[int]:
+        answers: collections.Counter[int] = collections.Counter()
+        async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+            async def read(path: str) -> None:
+                try:
+                    answers[(await client.get(path)).status_code] += 1
+                except httpx.TransportError:
+                    answers[0] += 1  # the service closed the connection without an answer
+
+            for _ in range(10):
+                await asyncio.gather(*(read(paths[i % 2]) for i in range(40)),
+                                     run_admin_statements(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+                    f"'{database_name(postgres_url)}'"))
+        return answers
+
+    answers = asyncio.run(read_while_killing())
+    assert set(answers) <= {200, 503}, (answers, "\n".join(service.output[-40:]))
+    assert 503 in answers and answers[200] > 200, answers  # the kills landed; reads went on
+    assert not any("Traceback" in line for line in service.output), service.output[-40:]
+    assert [httpx.get(service.url + path).status_code for path in paths] == [200, 200]
 
 def free_port() -> int:
     with socket.socket() as sock:

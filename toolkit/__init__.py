@@ -31,7 +31,7 @@ def load(*, target: str | None = None, scenario: str = "research", users: int = 
          alert_webhook: str | None = None, abort_on_fail: bool = False,
          reports_dir: Path | str = "reports", request_timeout: float | str = 60.0,
          queue: str = "inprocess", broker: str | None = None, celery_workers: int = 2,
-         envelope: bool = False,
+         envelope: bool = False, extra_latency: tuple[str, ...] | list[str] = (),
          tags: tuple[str, ...] | list[str] = (), exclude_tags: tuple[str, ...] | list[str] = (),
          locustfile_args: tuple[str, ...] | list[str] = (), stop_timeout: float | str = 0.0,
          say: Callable[[str], None] = print) -> "RunResult":
@@ -51,7 +51,7 @@ def load(*, target: str | None = None, scenario: str = "research", users: int = 
         request_timeout=request_timeout, service=ServiceOptions(
             queue=queue, broker=broker, celery_workers=celery_workers, envelope=envelope),
         tags=tags, exclude_tags=exclude_tags, locustfile_args=locustfile_args,
-        stop_timeout=stop_timeout)
+        stop_timeout=stop_timeout, extra_latency=extra_latency)
     return runner.run_load(settings, say)
 
 

@@ -114,7 +114,8 @@ def append_run(history: History, run: RunResult, branch: str | None = None) -> i
     meta = run.meta
     row = {
         "run_id": run.run_id, "command": meta.command, "scenario": str(meta.scenario),
-        "target": meta.target, "variants": ",".join(meta.variants),
+        "target": meta.target, "variants": ",".join(
+            [*meta.variants, *(f"extra-latency {extra}" for extra in meta.extra_latency)]),
         "git_revision": meta.git_revision, "git_branch": branch,
         "machine": machine_fingerprint(meta.machine),
         "hostname": meta.machine.get("hostname"), "started_at": float(meta.started_at),

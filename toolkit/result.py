@@ -58,6 +58,7 @@ class RunMeta:
     target_managed: bool = False
     target_pid: int | None = None
     variants: list[str] = field(default_factory=list)
+    extra_latency: list[str] = field(default_factory=list)  # serve --extra-latency, as given
     latency_profile: str | None = None
     settings: RunSettings = field(default_factory=RunSettings)
     kpi_file: str | None = None
@@ -186,7 +187,8 @@ _OPTIONAL_OBJECT = (dict, type(None))
 _META_TYPES: dict[str, tuple[type, ...]] = {
     "run_id": (str,), "command": (str,), "argv": (list,), "scenario": (str,),
     "scenario_path": _OPTIONAL_TEXT, "target": _OPTIONAL_TEXT, "target_managed": (bool,),
-    "target_pid": (int, type(None)), "variants": (list,), "latency_profile": _OPTIONAL_TEXT,
+    "target_pid": (int, type(None)), "variants": (list,), "extra_latency": (list,),
+    "latency_profile": _OPTIONAL_TEXT,
     "settings": (dict,), "kpi_file": _OPTIONAL_TEXT, "git_revision": _OPTIONAL_TEXT,
     "machine": (dict,), "versions": (dict,), "started_at": _NUMBER,
     "ended_at": (*_NUMBER, type(None)), "status": (str,), "message": (str,),

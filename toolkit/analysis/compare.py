@@ -186,8 +186,8 @@ def _settings_notes(baselines: list[RunResult], currents: list[RunResult]) -> li
             notes.append(f"settings differ: {key} baseline {b}, current {c}")
     # a target perfkit started itself gets a new port every run: that is no difference
     managed = base.target_managed and cur.target_managed
-    for key in ("variants", "latency_profile") if managed else ("variants", "latency_profile",
-                                                                "target"):
+    keys = ("variants", "extra_latency", "latency_profile")
+    for key in keys if managed else (*keys, "target"):
         b, c = getattr(base, key), getattr(cur, key)
         if b != c:
             notes.append(f"{key} differs: baseline {b}, current {c}")

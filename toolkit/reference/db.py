@@ -309,14 +309,18 @@ async def close_database(db: Database) -> None:
 
 @functools.cache
 def driver_connection_errors() -> tuple[type[BaseException], ...]:
-    """asyncpg's errors that mean the server is away (asyncpg is an optional extra)."""
+    """asyncpg's errors that mean the server is away (asyncpg is an optional extra).
+    InternalClientError is a connection whose protocol the server cut off mid-statement
+    ("cannot switch to state 12; another operation (2) is in progress", seen when PostgreSQL
+    restarts): it is not closed, but no statement will ever run on it again."""
     try:
         import asyncpg
     except ImportError:
         return ()
     return (asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
             asyncpg.exceptions.OperatorInterventionError,
-            asyncpg.exceptions.InsufficientResourcesError)
+            asyncpg.exceptions.InsufficientResourcesError,
+            asyncpg.exceptions._base.InternalClientError)
 
 
 def is_closed_to_connections(exc: BaseException) -> bool:
@@ -353,18 +357,24 @@ def is_lost(db: Database, driver: Any) -> bool:
 async def lend_driver(db: Database) -> AsyncIterator[Any]:
     """A leased driver connection (aiosqlite or asyncpg), or, in a process that leased none
     (a Celery worker), one checked out for this use. A leased connection the database dropped
-    is replaced, so a restart of PostgreSQL costs the requests in flight, not the process."""
+    is replaced, so a restart of PostgreSQL costs the requests in flight, not the process: one
+    that reports itself closed, or one whose statement failed because the connection broke
+    (it may look open with its protocol stuck)."""
     if not db.leased:
         async with db.engine.connect() as conn:
             yield (await conn.get_raw_connection()).driver_connection
         return
     lease = await db.drivers.get()
+    broken = False
     try:
         if lease is None:
             lease = await open_lease(db)
         yield lease.driver
+    except BaseException as exc:
+        broken = is_unavailable(exc)
+        raise
     finally:
-        if lease is not None and is_lost(db, lease.driver):
+        if lease is not None and (broken or is_lost(db, lease.driver)):
             await drop_lease(db, lease)
             lease = None
         db.drivers.put_nowait(lease)

@@ -537,6 +537,7 @@ def _environment(meta: RunMeta, duration_s: float) -> list[tuple[str, str]]:
         ("scenario", str(meta.scenario or "—")),
         ("target", target),
         ("variants", ", ".join(meta.variants or []) or "none"),
+        ("extra latency", ", ".join(meta.extra_latency) or "none"),
         ("latency profile", str(meta.latency_profile or "—")),
         ("settings", ", ".join(f"{k} {v}" for k, v in settings.items() if v is not None)
          or "—"),

@@ -188,7 +188,7 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> RunR
             run_id=run_dir.name, command=settings.command, argv=redact_argv(settings.argv),
             scenario=settings.scenario, scenario_path=str(scenario_path),
             target=redact_url(url), target_managed=managed is not None, target_pid=pid,
-            variants=list(settings.variants),
+            variants=list(settings.variants), extra_latency=list(settings.extra_latency),
             latency_profile=settings.latency_profile if managed else None,
             settings=RunSettings(users=settings.users, spawn_rate=settings.spawn_rate,
                                  duration_s=settings.duration_s, rate=settings.rate,
