@@ -15,6 +15,9 @@ import httpx
 import pytest
 
 _URL = re.compile(r"http://[\w.\-]+:\d+")
+# Runs the tests start record no history unless a test asks (--history): none lands in the
+# checkout's reports/history.db, and test processes never write one SQLite file together.
+os.environ["PERFKIT_HISTORY"] = "off"
 
 
 @dataclass

@@ -153,9 +153,10 @@ def load_options(default_duration: str) -> Any:
                          help="Bundled service: known slowdown for one endpoint, as "
                               "`perfkit serve --extra-latency` (results=20% or results=20ms)."),
             click.option("--history", default=str(Path("reports") / "history.db"),
-                         show_default=True,
+                         show_default=True, envvar="PERFKIT_HISTORY",
                          help="History store the run's numbers are appended to: a SQLite "
-                              "file or a postgresql:// URL; 'off' to skip."),
+                              "file or a postgresql:// URL ($PERFKIT_HISTORY); 'off' to "
+                              "skip."),
         ]
         for option in reversed(options):
             func = option(func)
@@ -642,7 +643,8 @@ def history() -> None:
 
 def _history_option(func: Any) -> Any:
     return click.option("--history", "location", default=str(Path("reports") / "history.db"),
-                        show_default=True, help="SQLite file or postgresql:// URL.")(func)
+                        show_default=True, envvar="PERFKIT_HISTORY",
+                        help="SQLite file or postgresql:// URL (or $PERFKIT_HISTORY).")(func)
 
 
 @history.command("import")
