@@ -2,13 +2,18 @@
 slowdown of one endpoint, on this machine.
 
 Each round runs three arms on freshly started reference services, A, A' (the same build) and
-B (a known slowdown), in a rotating order; every `--repeat` rounds make one A/A decision
-(A vs A') and one A/B decision (A vs B), judged exactly as `perfkit ab` judges (paired t
-interval on log(B/A) over the runs, threshold and family-wise confidence). Sharing A between
+B (a known slowdown), in a rotating order. The slowdown is end to end, as a user of the
+gate means it: `--slowdown 20%` first measures A's results p50 at the client (three
+calibration runs) and gives B a fixed extra latency of 20 % of it (`serve --extra-latency
+results=Nms`); `--slowdown results=20%` instead adds 20 % of the server's own handling time,
+which a client sees diluted by the network and the load generator. Every `--repeat` rounds
+make one A/A decision (A vs A') and one A/B decision (A vs B), judged exactly as
+`perfkit ab` judges (paired t interval on log(B/A) over the runs, threshold and family-wise
+confidence). Sharing A between
 the two decisions saves a third of the runs; it makes them correlated, not biased.
 
-    .venv/bin/python bench/ab_power.py --decisions 20 --repeat 5 --slowdown results=20%
-    .venv/bin/python bench/ab_power.py --decisions 10 --repeat 8 --slowdown results=10%
+    .venv/bin/python bench/ab_power.py --decisions 20 --repeat 5 --slowdown 20%
+    .venv/bin/python bench/ab_power.py --decisions 20 --repeat 8 --slowdown 10% --threshold 0.05
 """
 
 import argparse
@@ -40,7 +45,9 @@ def main() -> None:
     parser.add_argument("--scenario", default="results")
     parser.add_argument("--users", type=int, default=5)
     parser.add_argument("--rate", type=float, default=20.0)
-    parser.add_argument("--slowdown", default="results=20%", help="serve --extra-latency")
+    parser.add_argument("--slowdown", default="20%",
+                        help="20%%: of A's p50 at the client; results=20%%: serve "
+                             "--extra-latency (of the server's handling)")
     parser.add_argument("--threshold", type=float, default=0.10)
     parser.add_argument("--confidence", type=float, default=0.95)
     parser.add_argument("--out", type=Path)
@@ -49,12 +56,14 @@ def main() -> None:
     args = parser.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix="ab-power-"))
     root.mkdir(parents=True, exist_ok=True)
-    arms = {"A": ab_run.Arm("A", ("--fast",)), "A2": ab_run.Arm("A2", ("--fast",)),
-            "B": ab_run.Arm("B", ("--fast", "--extra-latency", args.slowdown))}
     load = build_load_settings("ab", scenario=args.scenario, users=args.users, spawn_rate=50,
                                duration=args.duration, rate=args.rate, warmup=args.warmup,
                                kpi=Path(__file__).parent.parent / ".ci" / "regression-kpi.toml")
     trial = TrialSettings(threshold=args.threshold, confidence=args.confidence)
+    a = ab_run.Arm("A", ("--fast",))
+    extra = args.slowdown if "=" in args.slowdown else _calibrate(a, load, root, args.slowdown)
+    arms = {"A": a, "A2": ab_run.Arm("A2", ("--fast",)),
+            "B": ab_run.Arm("B", ("--fast", "--extra-latency", extra))}
     rows: list[dict[str, Any]] = []
     started = time.monotonic()
     round_no = 0
@@ -91,7 +100,8 @@ def main() -> None:
     elsewhere = sum(any(e != RESULTS for e in r["ab_regressed"]) for r in rows)
     wall = time.monotonic() - started
     print(f"\n{args.scenario}, {args.duration} runs ({args.warmup} warm-up), rate "
-          f"{args.rate}/s, {args.users} users, fast profile; slowdown {args.slowdown}; "
+          f"{args.rate}/s, {args.users} users, fast profile; slowdown {args.slowdown} "
+          f"(B: --extra-latency {extra}); "
           f"{args.repeat} pairs per decision; threshold {args.threshold:.0%}, confidence "
           f"{args.confidence:.0%} family-wise")
     aa_unsure = sum(r["aa"] == "inconclusive" for r in rows)
@@ -100,12 +110,26 @@ def main() -> None:
           f"{elsewhere}/{n}; inconclusive {sum(r['ab'] == 'inconclusive' for r in rows)}/{n}")
     if len(diffs) > 2:
         sd = float(np.std(diffs, ddof=1))
-        print(f"results p50, log(B/A) per pair: mean {np.mean(diffs):.3f}, sd {sd:.3f} "
+        print(f"results p50, log(B/A) per pair: mean {np.mean(diffs):.3f} (B/A "
+              f"x{math.exp(np.mean(diffs)):.3f}), sd {sd:.3f} "
               f"({len(diffs)} pairs); pairs for 95 % power against a true 20 % (10 %) "
               f"slowdown at threshold 10 % (5 %): ~{_pairs_needed(sd, 0.20, 0.10)} "
               f"(~{_pairs_needed(sd, 0.10, 0.05)})")
     print(f"wall time {wall:.0f} s; per decision ({2 * args.repeat} runs, as `perfkit ab "
           f"--repeat {args.repeat}`): ~{wall / n * 2 / 3:.0f} s; runs kept in {root}")
+
+
+def _calibrate(arm: ab_run.Arm, load: Any, root: Path, slowdown: str) -> str:
+    """`results=Nms`: the fraction `slowdown` of A's results p50 at the client (median of
+    three runs on fresh services)."""
+    p50s = []
+    for i in range(3):
+        run = ab_run._run_arm(arm, load, root / f"calibrate-{i}", lambda _m: None)
+        p50s.append(run.endpoints[RESULTS]["p50_ms"])
+    extra_ms = float(np.median(p50s)) * float(slowdown.rstrip("%")) / 100.0
+    print(f"calibration: A's results p50 {', '.join(f'{p:.2f}' for p in p50s)} ms -> B gets "
+          f"+{extra_ms:.2f} ms ({slowdown} end to end)", flush=True)
+    return f"results={extra_ms:.2f}ms"
 
 
 def _pairs_needed(sd: float, slowdown: float, threshold: float) -> int:
