@@ -32,14 +32,17 @@ def serve_forever(*, say: Callable[[str], None], database_url: str | None = None
     `options` are build_service_settings' keyword arguments, the serve command's options one
     for one (queue, broker, celery_workers, prefetch_multiplier, max_tasks_per_child,
     result_expires_s, queue_prefix and envelope among them)."""
+    # Until run_server installs its own handlers, SIGTERM (how perfkit stops a service that is
+    # still starting, and the parent-death signal) interrupts like Ctrl-C instead of ending the
+    # process on the spot, so the temporary directory below is still removed.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     temp_dir: Path | None = None
-    if not database_url:
-        # The pid in the name tells whose it is, should a killed instance leave it behind.
-        temp_dir = Path(tempfile.mkdtemp(prefix=f"perfkit-serve-{os.getpid()}-"))
-        database_url = f"sqlite+aiosqlite:///{temp_dir / 'research.db'}"
-    # The remaining options are build_service_settings' keyword arguments (the serve command's).
-    settings = build_service_settings(database_url=database_url, **options)
     try:
+        if not database_url:
+            # The pid in the name tells whose it is, should a killed instance leave it behind.
+            temp_dir = Path(tempfile.mkdtemp(prefix=f"perfkit-serve-{os.getpid()}-"))
+            database_url = f"sqlite+aiosqlite:///{temp_dir / 'research.db'}"
+        settings = build_service_settings(database_url=database_url, **options)
         # uvloop and httptools (what `uvicorn[standard]` brings) roughly double the requests a
         # core serves compared with asyncio's loop and h11.
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -47,8 +50,8 @@ def serve_forever(*, say: Callable[[str], None], database_url: str | None = None
     except SystemExit as exc:
         # uvicorn exits this way when the port is taken or the lifespan (database, Redis)
         # failed; its log line above says which.
-        raise TargetError(f"the reference service could not start on {settings.host}:"
-                          f"{settings.port} "
+        raise TargetError(f"the reference service could not start on {options.get('host')}:"
+                          f"{options.get('port')} "
                           f"(exit {exc.code}); see the error above") from None
     finally:
         if temp_dir is not None:
