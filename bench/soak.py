@@ -11,7 +11,8 @@ Creates arrive open-loop at `--overload` times what the research slots can finis
 health checks beside them. At 25 % of the run Redis is paused for `--redis-pause` (default
 15 % of the run, at least 10 s); at 55 % PostgreSQL is restarted (`pg_ctlcluster
 --skip-systemctl-redirect 15 main restart`: the machine's shared cluster, back up within
-seconds). After the load the backlog is left to drain, then the jobs table is read.
+seconds), or with `--postgres-fault outage` only the soak's database is cut off for 2 s.
+After the load the backlog is left to drain, then the jobs table is read.
 
 What it reports: the most jobs ever queued against `--max-queued-jobs` and the 503s past it;
 every answer by endpoint and status (a 500 is a finding); how long after PostgreSQL answered
@@ -135,12 +136,23 @@ async def postgres_ready() -> bool:
     return True
 
 
-async def restart_postgres(soak: Soak) -> None:
-    soak.note("PostgreSQL restart")
-    proc = await asyncio.create_subprocess_exec(
-        "pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "restart",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-    await proc.wait()
+async def restart_postgres(soak: Soak, fault: str) -> None:
+    """`restart`: the machine's cluster. `outage`: what a restart looks like to the service,
+    for its own database only (every connection dropped, new ones refused for 2 s, about what a
+    restart takes here), so PostgreSQL tests beside it are not disturbed."""
+    name = soak.database_url.rsplit("/", 1)[1]
+    soak.note(f"PostgreSQL {fault}")
+    if fault == "outage":
+        await admin(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        await admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    f"WHERE datname = '{name}'")
+        await asyncio.sleep(2.0)
+        await admin(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+    else:
+        proc = await asyncio.create_subprocess_exec(
+            "pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "restart",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        await proc.wait()
     while not await postgres_ready():
         await asyncio.sleep(0.2)
     soak.pg_back_at = datetime.now(UTC)
@@ -283,7 +295,7 @@ async def run_soak(soak: Soak, args: argparse.Namespace, duration_s: float) -> d
             await pause_redis(soak, pause_s)
             await asyncio.sleep(max(0.0, 0.55 * duration_s - (time.monotonic()
                                                                - soak.started_at)))
-            await restart_postgres(soak)
+            await restart_postgres(soak, args.postgres_fault)
 
         fault_task = asyncio.create_task(faults())
         await asyncio.gather(create_jobs(soak, session, rate_per_s, args.items, until),
@@ -365,6 +377,9 @@ def main() -> None:
                         help="offered creates over what the slots finish")
     parser.add_argument("--max-queued-jobs", type=int, default=40)
     parser.add_argument("--redis-pause-s", type=float, help="default 15%% of the run, >= 10 s")
+    parser.add_argument("--postgres-fault", choices=("restart", "outage"), default="restart",
+                        help="restart the machine's cluster, or cut off this soak's database "
+                             "only (default restart)")
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args()
     duration_s = parse_duration_s(args.duration)
@@ -407,6 +422,7 @@ def main() -> None:
         if not asyncio.run(postgres_ready()):
             subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main",
                             "start"], check=False)
+        asyncio.run(admin(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true'))
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
         shutil.rmtree(workdir, ignore_errors=True)
 
