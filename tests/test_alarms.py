@@ -118,6 +118,7 @@ def test_a_dead_webhook_gives_up_within_its_deadline() -> None:
     assert "ConnectionRefused" in error or "refused" in error
 
 
+@pytest.mark.serial
 def test_a_target_that_turns_slow_raises_an_alarm_and_aborts_the_run(tmp_path: Path) -> None:
     # 4 workers at 5 ms, then 60× slower (300 ms) from 3 s on: p95 far over the 100 ms KPI.
     kpis = tmp_path / "kpi.toml"

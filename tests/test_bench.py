@@ -36,6 +36,7 @@ def run_perfkit(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=120)
 
 
+@pytest.mark.serial
 def test_percentiles_match_the_targets_fixed_delay(delayed_url: str) -> None:
     result = bench.measure_bench(bench.BenchSettings(url=f"{delayed_url}/api/v1/health",
                                                      concurrency=4, requests=40))

@@ -24,6 +24,8 @@ from perfkit.analysis.history import (
     trial_order,
 )
 
+pytestmark = pytest.mark.serial
+
 RESULTS = "GET /api/v1/research/products/{id}"
 STATUS = "GET /api/v1/research/products/{id}/status"
 HEALTH = "GET /api/v1/health"

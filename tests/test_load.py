@@ -51,6 +51,7 @@ def target_median_ms(url: str, requests: int = 20) -> float:
     return sorted(times)[len(times) // 2]
 
 
+@pytest.mark.serial
 def test_percentiles_match_a_known_fixed_delay(tmp_path: Path) -> None:
     with faulty_target("--delay-ms", "50") as (url, _):
         result = perfkit("load", "--target", url, "--scenario", "health", "--users", "3",
@@ -66,6 +67,7 @@ def test_percentiles_match_a_known_fixed_delay(tmp_path: Path) -> None:
     assert result.stdout.strip().splitlines()[-1].startswith("Report: ")
 
 
+@pytest.mark.serial
 def test_open_load_shows_a_stall_that_closed_load_hides(tmp_path: Path) -> None:
     p90 = {}
     for mode, extra in (("open", ["--rate", "40"]), ("closed", [])):
@@ -81,6 +83,7 @@ def test_open_load_shows_a_stall_that_closed_load_hides(tmp_path: Path) -> None:
     assert p90["closed"] < 100.0
 
 
+@pytest.mark.serial
 def test_open_load_keeps_its_arrival_rate(tmp_path: Path) -> None:
     with faulty_target("--delay-ms", "2") as (url, _):
         result = perfkit("load", "--target", url, "--scenario", "health", "--users", "4",

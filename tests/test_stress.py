@@ -102,6 +102,7 @@ def test_a_kpi_or_the_error_rate_breaks_a_step_and_names_the_endpoint() -> None:
     assert summary["broke"]["step"] == 3
 
 
+@pytest.mark.serial
 def test_stress_finds_the_capacity_of_a_worker_pool(tmp_path: Path) -> None:
     # 4 workers × 200 ms: 20 req/s. Open-load steps of 8 req/s: 8 and 16 hold, 24 breaks.
     kpis = kpi_file(tmp_path, '[[kpi]]\nmetric = "p95_ms"\nendpoint = "GET /api/v1/health"\n'

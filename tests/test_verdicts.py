@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from perfkit.report import rebuild_report
 from tests.synthetic import RunSpec, make_run
 from tests.targets import CPU_BURNER, FIXED_DELAY, HANG, running_target
@@ -114,6 +116,7 @@ def test_no_requests_in_the_judged_window_is_an_error(tmp_path: Path) -> None:
     assert result.verdict == "error" and result.exit_code == 3
 
 
+@pytest.mark.serial
 def test_a_single_process_server_pinned_at_one_core_fails_the_cpu_kpi(tmp_path: Path) -> None:
     """One core of a two-core machine is 50 % of the machine: judged per process, as top
     shows it, a pegged server is at ~100 % and fails "CPU peak < 80 %"."""
@@ -145,6 +148,7 @@ def open_load(tmp_path: Path, body: str, *args: str) -> tuple[dict, str]:
     return summary_of(tmp_path / "run"), done.stdout
 
 
+@pytest.mark.serial
 def test_setup_time_is_not_latency_under_an_open_load(tmp_path: Path) -> None:
     """A 3 s login-like on_start: the schedule starts after it, so a 1 ms endpoint stays fast."""
     summary, _ = open_load(tmp_path, (
@@ -156,6 +160,7 @@ def test_setup_time_is_not_latency_under_an_open_load(tmp_path: Path) -> None:
     assert summary["load"]["model"] == "open" and summary["load"]["late_iterations"] == 0
 
 
+@pytest.mark.serial
 def test_a_flows_own_sleep_is_generator_lateness_not_latency(tmp_path: Path) -> None:
     """4 users that sleep 1 s per iteration cannot start 40 iterations/s: the iterations start
     late, which is counted and reported, and the endpoint's latency stays its own."""
