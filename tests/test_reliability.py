@@ -89,6 +89,20 @@ def test_sigkill_of_perfkit_takes_its_service_down_too(tmp_path: Path) -> None:
     assert done.returncode == 3, done.stdout + done.stderr
 
 
+def test_sigkill_of_perfkit_ab_takes_its_target_down_too(tmp_path: Path) -> None:
+    proc = subprocess.Popen([*PERFKIT, "ab", "--a=--fast", "--b=--fast", "--repeat", "2",
+                             "--scenario", "health", "--users", "2", "--duration", "30s",
+                             "--history", "off", "--out", str(tmp_path / "ab")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_children(proc, 1)
+    time.sleep(3)
+    children = descendants(proc.pid)
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert children and wait_gone(children) == []
+    assert serve_temp_dirs(children) == []
+
+
 def test_a_full_disk_ends_the_run_cleanly(tmp_path: Path) -> None:
     disk = tmp_path / "disk"
     disk.mkdir()

@@ -25,6 +25,7 @@ from ..errors import ConfigError, TargetError
 from ..report.ab_html import write_ab_report
 from ..result import RunResult
 from . import runner, target
+from .processes import die_with_parent
 
 Say = Callable[[str], None]
 START_TIMEOUT_S = 60.0
@@ -163,10 +164,11 @@ def _start_target(arm: Arm, log_path: Path) -> tuple[subprocess.Popen, str]:
         command = [sys.executable, "-m", "perfkit", "serve", "--host", "127.0.0.1",
                    "--port", str(port), *arm.serve_options]
     with log_path.open("wb") as log_file:
-        # its own session: a shell command's children are stopped with it
+        # Its own session: a shell command's children are stopped with it. Tied to perfkit's
+        # life like the targets of `perfkit load`: a killed `perfkit ab` leaves none running.
         process = subprocess.Popen(command, shell=isinstance(command, str), stdout=log_file,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
+                                   start_new_session=True, preexec_fn=die_with_parent)
     url = f"http://127.0.0.1:{port}"
     try:
         target.wait_until_healthy(url, START_TIMEOUT_S, process)
