@@ -320,7 +320,7 @@ def driver_connection_errors() -> tuple[type[BaseException], ...]:
     return (asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
             asyncpg.exceptions.OperatorInterventionError,
             asyncpg.exceptions.InsufficientResourcesError,
-            asyncpg.exceptions._base.InternalClientError)
+            asyncpg.exceptions.InternalClientError)
 
 
 def is_closed_to_connections(exc: BaseException) -> bool:
