@@ -335,7 +335,6 @@ def test_health_reports_the_database_and_jobs_end_error_when_it_fails_mid_resear
     assert run_job(service.url, [new_item()])["status"] == "success"
 
 
-
 def test_connections_killed_mid_statement_are_503_and_replaced_never_500(
         start_reference_services: StartServices, postgres_url: str) -> None:
     """What a PostgreSQL restart does to statements in flight, ten times over: every backend
@@ -367,6 +366,7 @@ def test_connections_killed_mid_statement_are_503_and_replaced_never_500(
     assert 503 in answers and answers[200] > 200, answers  # the kills landed; reads went on
     assert not any("Traceback" in line for line in service.output), service.output[-40:]
     assert [httpx.get(service.url + path).status_code for path in paths] == [200, 200]
+
 
 def free_port() -> int:
     with socket.socket() as sock:

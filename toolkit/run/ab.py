@@ -7,7 +7,6 @@ pair against their spread, which holds the run-to-run noise a single pair cannot
 """
 
 import dataclasses
-import os
 import shlex
 import signal
 import socket
@@ -25,10 +24,11 @@ from ..errors import ConfigError, TargetError
 from ..report.ab_html import write_ab_report
 from ..result import RunResult
 from . import runner, target
-from .processes import die_with_parent
+from .processes import start_child, stop_child
 
 Say = Callable[[str], None]
 START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
 # `perfkit serve` options that take no value (the rest take one)
 _SERVE_FLAGS = ("--fast",)
 
@@ -139,7 +139,7 @@ def _run_arm(arm: Arm, load: LoadSettings, out: Path, say: Say) -> RunResult:
         settings = dataclasses.replace(load, target=url, target_pid=process.pid, out=out)
         return runner.run_load(settings, _quiet(say))
     finally:
-        _stop_target(process)
+        stop_child(process, signal.SIGINT, STOP_TIMEOUT_S)
 
 
 def _quiet(say: Say) -> Say:
@@ -163,33 +163,15 @@ def _start_target(arm: Arm, log_path: Path) -> tuple[subprocess.Popen, str]:
     else:
         command = [sys.executable, "-m", "perfkit", "serve", "--host", "127.0.0.1",
                    "--port", str(port), *arm.serve_options]
-    with log_path.open("wb") as log_file:
-        # Its own session: a shell command's children are stopped with it. Tied to perfkit's
-        # life like the targets of `perfkit load`: a killed `perfkit ab` leaves none running.
-        process = subprocess.Popen(command, shell=isinstance(command, str), stdout=log_file,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True, preexec_fn=die_with_parent)
+    process = start_child(command, log_path)  # a killed `perfkit ab` leaves none running
     url = f"http://127.0.0.1:{port}"
     try:
         target.wait_until_healthy(url, START_TIMEOUT_S, process)
     except TargetError as exc:
-        _stop_target(process)
+        stop_child(process, signal.SIGINT, STOP_TIMEOUT_S)
         tail = log_path.read_text("utf-8", errors="replace").strip().splitlines()[-3:]
         raise TargetError(f"{arm.label}: {exc}; its output ends: {' | '.join(tail)}") from exc
     return process, url
-
-
-def _stop_target(process: subprocess.Popen, timeout_s: float = 15.0) -> None:
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGINT)
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    except ProcessLookupError:
-        process.wait()
 
 
 def result_record(result: AbResult, settings: AbSettings) -> dict[str, Any]:

@@ -21,18 +21,20 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> None:  # runs in the child between fork and exec
+def _die_with_parent() -> None:  # runs in the child between fork and exec
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
-def start_child(command: list[str], log_path: Path) -> subprocess.Popen:
-    """Start `command` with its output in `log_path`, tied to perfkit's life."""
+def start_child(command: list[str] | str, log_path: Path) -> subprocess.Popen:
+    """Start `command` (a string runs in a shell) with its output in `log_path`, tied to
+    perfkit's life. Its own session: a shell command's children are stopped with it."""
     with log_path.open("wb") as log_file:
-        return subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
+        return subprocess.Popen(command, shell=isinstance(command, str), stdout=log_file,
+                                stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
-                                preexec_fn=die_with_parent)
+                                preexec_fn=_die_with_parent)
 
 
 def stop_child(process: subprocess.Popen, sig: int = signal.SIGTERM,
