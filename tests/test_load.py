@@ -51,6 +51,33 @@ def target_median_ms(url: str, requests: int = 20) -> float:
     return sorted(times)[len(times) // 2]
 
 
+ONE_PROCESS = """
+import json, sys
+import locust, perfkit
+handlers = []
+for i in range(3):
+    perfkit.load(target=sys.argv[1], scenario="health", users=2, duration="2s",
+                 out=f"{sys.argv[2]}/run{i}", say=lambda _m: None)
+    handlers.append(len(locust.events.request._handlers))
+print(json.dumps(handlers))
+"""
+
+
+def test_runs_in_one_process_leave_no_listener_behind(tmp_path: Path) -> None:
+    """perfkit ab runs many loads in one process on Locust's global events: a run whose
+    recorder stayed subscribed would record (and hold in memory) every later run's requests."""
+    with faulty_target() as (url, _):
+        done = subprocess.run([sys.executable, "-c", ONE_PROCESS, url, str(tmp_path)],
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    handlers = json.loads(done.stdout.strip().splitlines()[-1])
+    assert handlers[0] == handlers[1] == handlers[2]
+    for i in range(3):
+        run_dir = tmp_path / f"run{i}"
+        health = endpoint_totals(run_dir)["GET /api/v1/health"]
+        assert health["count"] == locust_count(run_dir, "GET /api/v1/health") > 0
+
+
 @pytest.mark.serial
 def test_percentiles_match_a_known_fixed_delay(tmp_path: Path) -> None:
     with faulty_target("--delay-ms", "50") as (url, _):

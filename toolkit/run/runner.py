@@ -4,6 +4,7 @@ Importing this module imports Locust, which monkey-patches the standard library 
 the CLI imports it only for the commands that generate load.
 """
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ import gevent
 import locust
 import psutil
 from locust.env import Environment
+from locust.event import EventHook
 from locust.rpc import Message
 from locust.runners import (
     STATE_CLEANUP,
@@ -197,8 +199,9 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> RunR
             kpi_file=str(settings.kpi_file.resolve()) if settings.kpi_file else None,
             **describe_environment(), started_at=time.time())
         rundir.write_meta(run_dir, meta)
-        env, state = prepare_run(settings, say, plan, run_dir, url, pid, loaded, options)
-        run_plan(env, state, settings, say, plan, meta, managed, scenario_path)
+        with listeners_of_this_run():
+            env, state = prepare_run(settings, say, plan, run_dir, url, pid, loaded, options)
+            run_plan(env, state, settings, say, plan, meta, managed, scenario_path)
         return judge_and_report(rundir.load_run(run_dir, meta), settings, state, plan, say)
     except PerfkitError:
         raise
@@ -234,10 +237,28 @@ def prepare_run(settings: LoadSettings, say: Say, plan: Plan, run_dir: Path, url
     state.alarms = AlarmWatcher(run_dir, settings.targets, say, settings.alert_webhook,
                                 settings.effective_warmup_s, run_id=run_dir.name)
     env = locustfile.make_environment(loaded, url, settings.rate, settings.users,
-                                      state.recorder, options, settings.request_timeout_s)
+                                      state.recorder, options, settings.request_timeout_s,
+                                      settings.arms)
     env.stop_timeout = settings.stop_timeout_s
     state.errors.attach(env)
     return env, state
+
+
+@contextlib.contextmanager
+def listeners_of_this_run() -> Iterator[None]:
+    """Whatever subscribes to Locust's events during the run leaves with it. perfkit's
+    environments use Locust's global events (where a locustfile's own listeners are), and
+    each run adds its recorder and Locust's runner adds its stats closures: kept, every later
+    run in the process (each of perfkit ab's) would feed them too. Found when the thirtieth
+    run of one process was half as fast as the first and the process held 8 GB.
+    EventHook has no public list of its listeners, hence `_handlers`."""
+    hooks = [hook for hook in vars(locust.events).values() if isinstance(hook, EventHook)]
+    before = [list(hook._handlers) for hook in hooks]
+    try:
+        yield
+    finally:
+        for hook, handlers in zip(hooks, before, strict=True):
+            hook._handlers[:] = handlers
 
 
 def run_plan(env: Environment, state: "RunState", settings: LoadSettings, say: Say, plan: Plan,
@@ -292,6 +313,9 @@ def check_settings(settings: LoadSettings) -> None:
     unknown = sorted(set(settings.variants) - set(VARIANTS))
     if unknown:
         raise ConfigError(f"unknown variant {unknown[0]!r}; known: {', '.join(VARIANTS)}")
+    if settings.arms and (settings.workers or settings.expect_workers
+                          or settings.master_bind_host):
+        raise ConfigError("a simultaneous A/B trial runs in one process: no --workers")
     if settings.target_pid is not None and not psutil.pid_exists(settings.target_pid):
         raise ConfigError(f"--target-pid {settings.target_pid}: no such process")
 
