@@ -1,5 +1,6 @@
 """The reference research service, as real `perfkit serve` processes on 127.0.0.1."""
 
+import asyncio
 import json
 import signal
 import sqlite3
@@ -17,6 +18,8 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from perfkit.reference.app import add_latency
 
 from .conftest import ServiceProcess, StartServices
 
@@ -505,3 +508,18 @@ def test_sigterm_and_sigint_stop_the_service_and_no_job_is_left_active(
         assert message == "cancelled: the service shut down"
         # Every item of the interrupted job is accounted for: researched or marked cancelled.
         assert len(results) == 10 and "cancelled" in results and "success" in results
+
+
+def test_the_known_slowdown_is_not_lost_to_the_timer_resolution() -> None:
+    """uvloop's timers count whole milliseconds: asyncio.sleep(0.0004) returns at once and
+    sleep(0.012) can end at 11.2 ms. A slowdown of --extra-latency lasts at least as asked."""
+    import uvloop
+
+    async def timed(seconds: float) -> float:
+        started = time.perf_counter()
+        await add_latency(seconds)
+        return time.perf_counter() - started
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        for seconds in (0.0004, 0.0024, 0.012):
+            assert min(runner.run(timed(seconds)) for _ in range(20)) >= seconds
