@@ -225,3 +225,50 @@ def test_ab_interleaves_fresh_targets_and_writes_its_reports(tmp_path: Path) -> 
     assert p50["ratio"] > 1.5  # N+1 queries: the results endpoint is several times slower
     assert (out / "compare.html").read_text().startswith("<!doctype html>")
     assert "INCONCLUSIVE" in done.stdout or "REGRESSION" in done.stdout
+
+
+def _fixed_delay_cmd(delay_ms: float) -> str:
+    target = Path(__file__).parent / "targets" / "fixed_delay.py"
+    return f"{sys.executable} {target} --delay-ms {delay_ms} --port {{port}}"
+
+
+@pytest.mark.parametrize("b_delay_ms, outcome", [(26.0, "regression"), (20.0, None)])
+def test_simultaneous_trials_judge_a_target_perfkit_did_not_write(tmp_path: Path,
+                                                                  b_delay_ms: float,
+                                                                  outcome: str | None) -> None:
+    """Two plain aiohttp targets (no metrics endpoint, not the research API), A answering in
+    20 ms and B in 26 ms (+30 %) or also 20 ms (A/A): B is named slower, or not at all."""
+    out = tmp_path / "ab"
+    done = perfkit("ab", "--simultaneous", "--a-cmd", _fixed_delay_cmd(20.0),
+                   "--b-cmd", _fixed_delay_cmd(b_delay_ms), "--repeat", "3",
+                   "--scenario", "health", "--users", "2", "--duration", "4s", "--warmup", "1s",
+                   "--out", str(out), timeout=240)
+    record = json.loads((out / "compare.json").read_text())
+    assert record["order"] == ["AB", "BA", "AB"]
+    assert record["pairs"] == 3, record["notes"]
+    p50 = next(m for m in record["metrics"] if m["endpoint"] == HEALTH
+               and m["metric"] == "p50_ms")
+    # the arms' requests were told apart in each trial's own run
+    names = json.loads((out / "01-AB" / "summary.json").read_text())["endpoints"]
+    assert {f"[A] {HEALTH}", f"[B] {HEALTH}"} <= set(names)
+    if outcome == "regression":
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert record["regressed_endpoints"] == [HEALTH]
+        assert 1.15 < p50["ratio"] < 1.45
+    else:
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert record["outcome"] != "regression"
+        assert 0.95 < p50["ratio"] < 1.05
+    assert "simultaneous" in (out / "compare.md").read_text()
+
+
+def test_a_simultaneous_trial_refuses_workers_and_stops_both_targets(tmp_path: Path) -> None:
+    done = perfkit("ab", "--simultaneous", "--a-cmd", _fixed_delay_cmd(1.0),
+                   "--b-cmd", _fixed_delay_cmd(1.0), "--repeat", "2", "--scenario", "health",
+                   "--workers", "2", "--duration", "2s", "--out", str(tmp_path / "ab"))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "perfkit: a simultaneous A/B trial runs in one process: no --workers"]
+    leftover = subprocess.run(["pgrep", "-f", "fixed_delay.py --delay-ms 1.0"],
+                              capture_output=True, text=True)
+    assert leftover.stdout == ""

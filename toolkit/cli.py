@@ -736,16 +736,20 @@ def history_analyze(location: str, scenario: str | None, min_change: float,
               show_default=True, help="Confidence for the trial as a whole (all metrics).")
 @click.option("--fail-on-inconclusive", is_flag=True,
               help="Exit 1 when the trials cannot tell (default: exit 0 with a line saying so).")
+@click.option("--simultaneous", is_flag=True,
+              help="Each trial starts A and B and loads both at once from one load generator "
+                   "(each gets --users and --rate): far less noise than separate runs.")
 @load_options("20s")
 def ab(a_opts: str, b_opts: str, a_cmd: str | None, b_cmd: str | None, repeat: int,
-       threshold: float, confidence: float, fail_on_inconclusive: bool, **opts: Any) -> None:
+       threshold: float, confidence: float, fail_on_inconclusive: bool, simultaneous: bool,
+       **opts: Any) -> None:
     """Interleaved A/B trials on this machine; exit 1 when B is slower than A."""
     from .analysis.history import TrialSettings, ab_exit_code
     from .run.ab import AbSettings, Arm, run_ab
 
     result = run_ab(AbSettings(
         load=build_settings("ab", **opts), a=Arm.parse("A", a_opts, a_cmd),
-        b=Arm.parse("B", b_opts, b_cmd), repeat=repeat,
+        b=Arm.parse("B", b_opts, b_cmd), repeat=repeat, simultaneous=simultaneous,
         trial=TrialSettings(threshold=threshold / 100.0, confidence=confidence)), say)
     sys.exit(ab_exit_code(result.verdict, fail_on_inconclusive))
 def _interrupt(signum: int, frame: object) -> None:

@@ -352,6 +352,10 @@ class LoadSettings:
     expect_workers_timeout_s: float = DEFAULT_EXPECT_WORKERS_TIMEOUT_S
     # Locust's --stop-timeout: how long a stopping user may finish the task in hand.
     stop_timeout_s: float = 0.0
+    # A simultaneous A/B trial (perfkit ab --simultaneous): (label, base URL) of each arm. Every
+    # user class then runs once per arm against its URL, and each request is recorded under
+    # "[label] name"; `users` and `rate` are the whole run's, shared evenly by the arms.
+    arms: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.kpi_targets is None:

@@ -71,8 +71,8 @@ text-align:left;vertical-align:middle}}.banner{{color:#fff;padding:.6em 1em;font
 <div class="banner" style="background:{banner}">{html.escape(record['headline'])}</div>
 <p>A: <code>{html.escape(record['a'])}</code><br>B: <code>{html.escape(record['b'])}</code><br>
 {record['pairs']} pairs of {_fmt(record['duration_s_per_run'], 0)} s runs, scenario
-<code>{html.escape(str(record['scenario']))}</code>, order {' '.join(record['order'])},
-each on a freshly started target; wall time {_fmt(record['wall_time_s'], 0)} s.</p>
+<code>{html.escape(str(record['scenario']))}</code>: {html.escape(record['design'])};
+wall time {_fmt(record['wall_time_s'], 0)} s.</p>
 <p>Ratio = geometric mean of B/A over the pairs; its interval is a paired t interval on
 log(B/A) at the family-wise confidence {record['confidence']:.0%} (Bonferroni over the
 metrics), so it holds the noise between runs. A metric regressed when the ratio exceeds
@@ -91,7 +91,7 @@ def _mean(values: list[float]) -> float | None:
 def render_ab_markdown(record: dict[str, Any]) -> str:
     lines = [f"**perfkit ab: {record['headline']}**", "",
              f"A: `{record['a']}` · B: `{record['b']}` · {record['pairs']} pairs, "
-             f"interleaved {' '.join(record['order'])}", "",
+             f"{record['design']}", "",
              "| endpoint | metric | A | B | B/A | interval | verdict |",
              "|---|---|---|---|---|---|---|"]
     for m in record["metrics"]:

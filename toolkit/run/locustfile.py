@@ -29,7 +29,7 @@ from locust.util.load_locustfile import load_locustfile as import_locustfile
 from ..config import DEFAULT_REQUEST_TIMEOUT_S, LoadSettings
 from ..errors import ConfigError
 from .openloop import make_open_loop
-from .recorder import Recorder
+from .recorder import ARM, Recorder
 from .scenario_errors import guard_on_start
 
 
@@ -108,9 +108,14 @@ def parse_locust_options(settings: LoadSettings, host: str | None) -> argparse.N
 
 def make_environment(locustfile: Locustfile, host: str | None, rate: float | None, users: int,
                      recorder: Recorder, options: argparse.Namespace,
-                     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> Environment:
-    """A Locust environment for the locustfile, recorded by `recorder`."""
+                     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+                     arms: tuple[tuple[str, str], ...] = ()) -> Environment:
+    """A Locust environment for the locustfile, recorded by `recorder`; with `arms`, one copy
+    of each user class per arm (LoadSettings.arms), side by side."""
     user_classes = [guard_on_start(cls, request_timeout_s) for cls in locustfile.user_classes]
+    if arms:
+        user_classes = [for_arm(cls, label, url) for cls in user_classes for label, url in arms]
+        host = None  # Locust would give the environment's host to every class
     if rate is not None:
         user_classes = [make_open_loop(cls, rate, users, recorder.lateness)
                         for cls in user_classes]
@@ -120,6 +125,17 @@ def make_environment(locustfile: Locustfile, host: str | None, rate: float | Non
     _check_tags(env, locustfile, options)
     recorder.attach(env)
     return env
+
+
+def for_arm(user_class: type[User], label: str, url: str) -> type[User]:
+    """`user_class` sending to `url`, its requests carrying the arm's label in their context
+    (the recorder names them "[label] name"). Users of every arm share this process and its
+    moment, so what slows the load generator or the machine slows each arm alike."""
+    def context(self: Any) -> dict:
+        return {**user_class.context(self), ARM: label}
+
+    return type(f"{user_class.__name__}_{label}", (user_class,), {
+        "host": url, "context": context, "__module__": user_class.__module__})
 
 
 def _check_tags(env: Environment, locustfile: Locustfile, options: argparse.Namespace) -> None:

@@ -34,6 +34,8 @@ INTENDED_AT = "perfkit_intended_at"
 # Context key of the running iteration's time spent waiting on responses ([seconds]), which
 # the recorder adds to as the requests complete.
 WAITED = "perfkit_waited"
+# Context key of a simultaneous A/B trial's arm: its requests are named "[arm] name".
+ARM = "perfkit_arm"
 # Generator lateness below this share of the interval is scheduling jitter, not a late start.
 LATE_SHARE = 0.1
 
@@ -116,6 +118,9 @@ class Recorder:
             latency_ms += max(0.0, (start_time - intended_at) * 1000.0)
         t = int(time.time())
         key = request_name(request_type, name)
+        arm = (context or {}).get(ARM)
+        if arm is not None:
+            key = f"[{arm}] {key}"
         self._add(self.buckets, (t, key), latency_ms, exception is not None)
         self._add(self.totals, key, latency_ms, exception is not None)
         if request_type != JOB_REQUEST_TYPE:

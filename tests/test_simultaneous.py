@@ -1,0 +1,18 @@
+"""A simultaneous A/B trial (perfkit ab --simultaneous) names each request by its arm. The
+trials themselves (one copy of each user class per arm, one pair per trial) run in
+tests/test_history.py; Locust is not imported here, as it would monkey-patch this process."""
+
+from pathlib import Path
+
+from perfkit.run.recorder import ARM, Recorder
+
+
+def test_requests_of_an_arm_are_recorded_under_its_label(tmp_path: Path) -> None:
+    recorder = Recorder(tmp_path / "latency.jsonl")
+    recorder.on_request("GET", "/x", 5.0, None, context={ARM: "A"})
+    recorder.on_request("GET", "/x", 7.0, None, context={ARM: "B"})
+    recorder.on_request("GET", "/x", 6.0, None, context={})
+    assert sorted(recorder.totals) == ["GET /x", "[A] GET /x", "[B] GET /x"]
+    recorder.flush(final=True)
+    names = (tmp_path / "latency.jsonl").read_text()
+    assert '"[A] GET /x"' in names and '"[B] GET /x"' in names
