@@ -16,9 +16,9 @@ the runs; it makes them correlated, not biased.
 A and A' at once (freshly started) from one load generator, one loading A and B, each arm
 first in turn, so a round gives one A/A and one A/B pair. (Three arms in one run would crowd
 three services and the generator onto two cores and add the noise of who gets them.) There
-`--slowdown 20%` is calibrated on what B realises at the
-client: a first round gives B 20 % of A's p50 and measures B/A, a second corrects the extra
-latency by that (the service's sleep and the shared machine do not add it one to one).
+`--slowdown 20%` is calibrated on what B realises at the client: a first run measures A's p50
+beside another A, then two A/B runs each correct B's extra latency by the slowdown it realised
+(the service's wait and the shared machine do not add it one to one).
 
     .venv/bin/python bench/ab_power.py --decisions 20 --repeat 5 --slowdown 20%
     .venv/bin/python bench/ab_power.py --decisions 20 --repeat 8 --slowdown 10% --threshold 0.05
@@ -176,8 +176,8 @@ def _together(labels: tuple[str, ...], arms: dict[str, ab_run.Arm], load: Any, o
 
 
 def _calibrate_together(arm: ab_run.Arm, load: Any, root: Path, slowdown: str) -> str:
-    """`results=Nms` at which B realises `slowdown` of A's results p50 next to it (two
-    calibration rounds; see the module's docstring)."""
+    """`results=Nms` at which B realises `slowdown` of A's results p50 next to it (three
+    calibration runs; see the module's docstring)."""
     wanted = float(slowdown.rstrip("%")) / 100.0
     first = _together(("A", "A2"), {"A": arm, "A2": arm}, load, root / "calibrate-0", False)
     if first is None:

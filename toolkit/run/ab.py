@@ -9,8 +9,8 @@ With `simultaneous`, each trial starts fresh A and B targets together and loads 
 from one load generator (LoadSettings.arms: each user class once per arm, their users
 spawned alternately), so one trial is one pair. What made successive runs differ (the load
 generator's own scheduling, the machine's moment) then hits both arms alike: on the 2-core
-machine of docs/regression.md the spread of log(B/A) fell from 0.17 per pair of runs to about
-0.01 per trial. The arms' order alternates from trial to trial (A B, B A, ...). The trials are
+machine of docs/regression.md the spread of log(B/A) fell from 0.17 per pair of runs to 0.04
+per trial. The arms' order alternates from trial to trial (A B, B A, ...). The trials are
 still the samples: a fresh pair of targets each time keeps what differs between instances in
 the verdict's noise.
 """
