@@ -743,7 +743,8 @@ def history_analyze(location: str, scenario: str | None, min_change: float,
 def ab(a_opts: str, b_opts: str, a_cmd: str | None, b_cmd: str | None, repeat: int,
        threshold: float, confidence: float, fail_on_inconclusive: bool, simultaneous: bool,
        **opts: Any) -> None:
-    """Interleaved A/B trials on this machine; exit 1 when B is slower than A."""
+    """A/B trials on this machine, interleaved runs or --simultaneous; exit 1 when B is slower
+    than A."""
     from .analysis.history import TrialSettings, ab_exit_code
     from .run.ab import AbSettings, Arm, run_ab
 
