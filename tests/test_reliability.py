@@ -19,9 +19,12 @@ PERFKIT = [sys.executable, "-m", "perfkit"]
 
 
 def serve_temp_dirs(children: list[psutil.Process]) -> list[Path]:
-    """The temporary directories of the reference services among `children` still there."""
+    """The temporary directories of the reference services among `children` still there.
+    Only those last changed since the child started: PIDs wrap at 32768 here, and another
+    test's service killed outright (SIGKILL) may have left one under a PID that is reused."""
     return [path for child in children
-            for path in Path(tempfile.gettempdir()).glob(f"perfkit-serve-{child.pid}-*")]
+            for path in Path(tempfile.gettempdir()).glob(f"perfkit-serve-{child.pid}-*")
+            if path.stat().st_mtime >= child.create_time() - 1.0]
 
 
 def descendants(pid: int) -> list[psutil.Process]:
