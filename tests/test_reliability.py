@@ -57,6 +57,10 @@ def wait_for_children(proc: subprocess.Popen[str], count: int,
     raise AssertionError(f"perfkit started {len(descendants(proc.pid))} of {count} children")
 
 
+# Serial: what a SIGTERM one second in meets depends on how far the service's start got, and
+# beside two other test files it has left the service's temporary directory behind (an open
+# race, in the closing note of 2026-11-30); alone it has not.
+@pytest.mark.serial
 @pytest.mark.parametrize("after_s", [1.0, 10.0])
 def test_sigterm_stops_the_run_and_everything_it_started(tmp_path: Path,
                                                        after_s: float) -> None:
@@ -127,6 +131,7 @@ def test_a_full_disk_ends_the_run_cleanly(tmp_path: Path) -> None:
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+@pytest.mark.serial  # two workers must join within 60 s: not always so beside other tests
 def test_a_killed_local_worker_leaves_no_process_behind(tmp_path: Path) -> None:
     proc = start_load(tmp_path / "run", "--workers", "2", "--duration", "12s")
     children = wait_for_children(proc, 3)
