@@ -5,7 +5,6 @@ the terminal (flushed): perfkit's runner starts `python -m perfkit serve --port 
 that line to learn the port."""
 
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
@@ -13,7 +12,7 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +40,7 @@ def serve_forever(*, say: Callable[[str], None], database_url: str | None = None
     try:
         if not database_url:
             # The pid in the name tells whose it is, should a killed instance leave it behind.
-            with signals_held():  # made and remembered at once
-                temp_dir = Path(tempfile.mkdtemp(prefix=f"perfkit-serve-{os.getpid()}-"))
+            temp_dir = Path(tempfile.mkdtemp(prefix=f"perfkit-serve-{os.getpid()}-"))
             database_url = f"sqlite+aiosqlite:///{temp_dir / 'research.db'}"
         settings = build_service_settings(database_url=database_url, **options)
         # uvloop and httptools (what `uvicorn[standard]` brings) roughly double the requests a
@@ -57,23 +55,8 @@ def serve_forever(*, say: Callable[[str], None], database_url: str | None = None
                           f"(exit {exc.code}); see the error above") from None
     finally:
         if temp_dir is not None:
-            # A second stop signal (perfkit's SIGINT, then the parent-death SIGTERM as perfkit
-            # exits) arriving mid-removal would abort it and leave the directory: seen in CI
-            # with a SIGTERM one second into a run. It waits until the directory is gone.
-            with signals_held():
-                shutil.rmtree(temp_dir, ignore_errors=True)
+            shutil.rmtree(temp_dir, ignore_errors=True)
     say(f"perfkit serve: stopped ({stopped_by})")
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM wait (pending, not lost) until the block is done."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
