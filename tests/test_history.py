@@ -272,3 +272,20 @@ def test_a_simultaneous_trial_refuses_workers_and_stops_both_targets(tmp_path: P
     leftover = subprocess.run(["pgrep", "-f", "fixed_delay.py --delay-ms 1.0"],
                               capture_output=True, text=True)
     assert leftover.stdout == ""
+
+
+def test_trials_in_which_nothing_was_measured_are_not_judged(tmp_path: Path) -> None:
+    """Both arms crash a second into every run (someone else's service, failing): no pair was
+    measured, so there is nothing to judge: exit 3 and a report that says so, never a pass."""
+    faulty = Path(__file__).parent / "targets" / "faulty.py"
+    crashing = f"{sys.executable} {faulty} --die-after 1 --port {{port}}"
+    out = tmp_path / "ab"
+    done = perfkit("ab", "--a-cmd", crashing, "--b-cmd", crashing, "--repeat", "2",
+                   "--scenario", "health", "--users", "2", "--duration", "4s", "--warmup", "0s",
+                   "--out", str(out), timeout=240)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "NOT JUDGED" in done.stdout
+    record = json.loads((out / "compare.json").read_text())
+    assert record["outcome"] == "not judged" and record["pairs"] == 0
+    assert len(record["notes"]) == 2 and all("target_died" in n for n in record["notes"])
+    assert "NOT JUDGED" in (out / "compare.html").read_text()

@@ -231,7 +231,8 @@ class TrialMetric:
 
 @dataclass
 class TrialVerdict:
-    outcome: str                   # "regression" | "no regression" | "inconclusive"
+    # "regression" | "no regression" | "inconclusive" | "not judged" (no pair was measured)
+    outcome: str
     pairs: int
     confidence: float
     threshold: float
@@ -271,7 +272,9 @@ def judge_trials(pairs: list[tuple[dict[str, dict[str, Any]], dict[str, dict[str
     # twice a run cannot make every trial inconclusive.
     decisive = [m for m in metrics if not m.note]
     outcome = "no regression"
-    if any(m.verdict == "regressed" for m in metrics):
+    if not pairs:
+        outcome = "not judged"
+    elif any(m.verdict == "regressed" for m in metrics):
         outcome = "regression"
     elif not decisive or any(m.verdict != "unchanged" and m.verdict != "improved"
                              for m in decisive):
@@ -334,7 +337,10 @@ def trial_order(repeat: int) -> list[str]:
 
 
 def ab_exit_code(verdict: TrialVerdict, fail_on_inconclusive: bool) -> int:
-    """1 on a regression (or, in a strict gate, when the trials could not tell), else 0."""
+    """1 on a regression (or, in a strict gate, when the trials could not tell), 3 when no
+    pair was measured (nothing to judge), else 0."""
+    if verdict.outcome == "not judged":
+        return 3
     if verdict.outcome == "regression":
         return 1
     return 1 if verdict.outcome == "inconclusive" and fail_on_inconclusive else 0

@@ -58,8 +58,8 @@ def render_ab_html(record: dict[str, Any]) -> str:
             f"<td style='color:{colour};font-weight:bold'>{m['verdict']}</td>"
             f"<td>{_pairs_svg(m['a_values'], m['b_values'])}</td>"
             f"<td>{html.escape(m['note'])}</td></tr>")
-    banner = {"regression": "#c62828", "no regression": "#2e7d32"}.get(record["outcome"],
-                                                                       "#b26a00")
+    banner = {"regression": "#c62828", "no regression": "#2e7d32",
+              "not judged": "#555"}.get(record["outcome"], "#b26a00")
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in record["notes"])
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">

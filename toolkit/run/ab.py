@@ -122,6 +122,8 @@ def run_ab(settings: AbSettings, say: Say) -> AbResult:
     if verdict.outcome == "inconclusive":
         say("ab: INCONCLUSIVE - the runs were too noisy to tell; exit 0 unless "
             "--fail-on-inconclusive (more --repeat, longer runs or a quieter machine help)")
+    if verdict.outcome == "not judged":
+        say("ab: NOT JUDGED - no run measured both arms (see the notes); exit 3")
     say(f"report: {paths[0]} ({result.duration_s:.0f} s for {len(runs)} runs)")
     return result
 
