@@ -6,6 +6,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -508,6 +509,29 @@ def test_sigterm_and_sigint_stop_the_service_and_no_job_is_left_active(
         assert message == "cancelled: the service shut down"
         # Every item of the interrupted job is accounted for: researched or marked cancelled.
         assert len(results) == 10 and "cancelled" in results and "success" in results
+
+
+def test_sigint_while_starting_stops_the_service_even_if_inherited_ignored() -> None:
+    """A shell starts a background job (`perfkit serve &` in a script) with SIGINT ignored,
+    and the ignore survives exec: a SIGINT while the service is still starting was lost, and
+    it served on until killed, leaving its temporary directory behind."""
+    proc = subprocess.Popen([sys.executable, "-m", "perfkit", "serve", "--port", "0", "--fast"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    pattern = f"perfkit-serve-{proc.pid}-*"
+    deadline = time.monotonic() + 60
+    while not list(Path(tempfile.gettempdir()).glob(pattern)) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the temporary directory exists: the service is starting
+    assert list(Path(tempfile.gettempdir()).glob(pattern)), "the service made no directory"
+    proc.send_signal(signal.SIGINT)
+    try:
+        output, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+        pytest.fail(f"SIGINT did not stop the service: {output}")
+    assert proc.returncode in (0, 130), output
+    assert list(Path(tempfile.gettempdir()).glob(pattern)) == []
 
 
 def test_the_known_slowdown_is_not_lost_to_the_timer_resolution() -> None:

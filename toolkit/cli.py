@@ -778,7 +778,9 @@ def spread_tags(args: list[str]) -> list[str]:
 def main() -> None:
     # SIGTERM (a CI job cancelled) and SIGHUP (the terminal closed) stop perfkit as Ctrl-C
     # does, so every `finally` runs: the managed service and workers are stopped. During a
-    # run the runner handles them itself and still writes the report.
+    # run the runner handles them itself and still writes the report. SIGINT too, even when
+    # inherited ignored (a shell script's `perfkit ... &`): Python then installs no handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGHUP, _interrupt)
     try:

@@ -32,10 +32,12 @@ def serve_forever(*, say: Callable[[str], None], database_url: str | None = None
     `options` are build_service_settings' keyword arguments, the serve command's options one
     for one (queue, broker, celery_workers, prefetch_multiplier, max_tasks_per_child,
     result_expires_s, queue_prefix and envelope among them)."""
-    # Until run_server installs its own handlers, SIGTERM (how perfkit stops a service that is
-    # still starting, and the parent-death signal) interrupts like Ctrl-C instead of ending the
-    # process on the spot, so the temporary directory below is still removed.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # Until run_server installs its own handlers, SIGINT and SIGTERM (how perfkit stops a
+    # service that is still starting, and the parent-death signal) interrupt like Ctrl-C, so
+    # the temporary directory below is still removed: SIGTERM would end the process on the
+    # spot, and SIGINT is ignored altogether in a background job a shell script started.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)
     temp_dir: Path | None = None
     try:
         if not database_url:

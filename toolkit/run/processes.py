@@ -21,7 +21,12 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def _prepare_child() -> None:  # runs in the child between fork and exec
+    # perfkit stops its children with SIGINT. A shell starts a background job (`perfkit load
+    # &` in a CI script) with SIGINT ignored, and an ignored signal stays ignored across exec:
+    # the service would miss the stop until it installed its own handler, and be killed 45 s
+    # later with its temporary directory left behind.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
@@ -34,7 +39,7 @@ def start_child(command: list[str] | str, log_path: Path) -> subprocess.Popen:
         return subprocess.Popen(command, shell=isinstance(command, str), stdout=log_file,
                                 stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=_prepare_child)
 
 
 def stop_child(process: subprocess.Popen, sig: int = signal.SIGTERM,
