@@ -7,6 +7,7 @@ that line to learn the port."""
 import asyncio
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -42,7 +43,11 @@ def serve_forever(*, say: Callable[[str], None], database_url: str | None = None
     try:
         if not database_url:
             # The pid in the name tells whose it is, should a killed instance leave it behind.
-            temp_dir = Path(tempfile.mkdtemp(prefix=f"perfkit-serve-{os.getpid()}-"))
+            # Named before it is made (not mkdtemp), so a stop signal between the two cannot
+            # leave a directory the `finally` does not know of.
+            temp_dir = (Path(tempfile.gettempdir())
+                        / f"perfkit-serve-{os.getpid()}-{secrets.token_hex(6)}")
+            temp_dir.mkdir(mode=0o700)
             database_url = f"sqlite+aiosqlite:///{temp_dir / 'research.db'}"
         settings = build_service_settings(database_url=database_url, **options)
         # uvloop and httptools (what `uvicorn[standard]` brings) roughly double the requests a
