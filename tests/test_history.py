@@ -24,6 +24,9 @@ from perfkit.analysis.history import (
     trial_order,
 )
 
+# What asserts measured latencies and ratios runs with nothing beside it (the serial phase).
+measured = pytest.mark.serial
+
 RESULTS = "GET /api/v1/research/products/{id}"
 STATUS = "GET /api/v1/research/products/{id}/status"
 HEALTH = "GET /api/v1/health"
@@ -144,8 +147,7 @@ def ten_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]
     return db, dirs
 
 
-# Serial: asserts measured latencies and ratios, which other tests beside it would shift.
-@pytest.mark.serial
+@measured
 def test_ten_real_runs_show_one_regression_at_run_six(ten_runs: tuple[Path, list[Path]],
                                                       tmp_path: Path) -> None:
     db, dirs = ten_runs
@@ -188,8 +190,7 @@ def _postgres_database() -> None:
         engine.dispose()
 
 
-# Serial: asserts measured latencies and ratios, which other tests beside it would shift.
-@pytest.mark.serial
+@measured
 def test_the_same_history_imported_into_postgresql(ten_runs: tuple[Path, list[Path]],
                                                    tmp_path: Path) -> None:
     db, dirs = ten_runs
@@ -210,8 +211,7 @@ def test_the_same_history_imported_into_postgresql(ten_runs: tuple[Path, list[Pa
     assert {p["run_id"] for p in points if p["endpoint"] == RESULTS} == {"run-06"}
 
 
-# Serial: asserts measured latencies and ratios, which other tests beside it would shift.
-@pytest.mark.serial
+@measured
 def test_ab_interleaves_fresh_targets_and_writes_its_reports(tmp_path: Path) -> None:
     out = tmp_path / "ab"
     # A through the bundled-service options, B through a command that starts a target on {port}
@@ -236,8 +236,7 @@ def _fixed_delay_cmd(delay_ms: float) -> str:
     return f"{sys.executable} {target} --delay-ms {delay_ms} --port {{port}}"
 
 
-# Serial: asserts measured latencies and ratios, which other tests beside it would shift.
-@pytest.mark.serial
+@measured
 @pytest.mark.parametrize("b_delay_ms, outcome", [(26.0, "regression"), (20.0, None)])
 def test_simultaneous_trials_judge_a_target_perfkit_did_not_write(tmp_path: Path,
                                                                   b_delay_ms: float,
