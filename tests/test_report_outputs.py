@@ -1,6 +1,7 @@
 """summary.json, summary.md, junit.xml and `perfkit report` on synthetic run directories."""
 
 import json
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from perfkit.errors import ConfigError
 from perfkit.report import rebuild_report
 from perfkit.report.junit import write_junit
 from tests.synthetic import EndpointSpec, RunSpec, make_run
+from tests.targets import FIXED_DELAY, running_target
 
 HEALTH = "GET /api/v1/health"
 CREATE = "POST /api/v1/research/products"
@@ -28,9 +30,11 @@ def validate_junit(path: Path) -> etree._Element:
     return document.getroot()
 
 
-def run_perfkit(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "perfkit", *args], capture_output=True,
-                          text=True, timeout=120)
+def run_perfkit(*args: str, umask: str | None = None) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "perfkit", *args]
+    if umask is not None:
+        command = ["sh", "-c", f'umask {umask} && exec "$@"', "sh", *command]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +194,28 @@ def test_perfkit_report_exit_codes(failing_run: Path, tmp_path: Path) -> None:
     result = run_perfkit("report", str(tmp_path / "no-such-run"))
     assert result.returncode == 2
     assert "not a run directory" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A short real run, under umask 027: a start that is not on a whole second, and every
+    file a run writes."""
+    out = tmp_path_factory.mktemp("real") / "run"
+    with running_target(FIXED_DELAY, "--delay-ms", "5") as (url, _):
+        done = run_perfkit("load", "--target", url, "--scenario", "health", "--users", "2",
+                           "--duration", "4s", "--warmup", "1500ms", "--out", str(out),
+                           "--history", "off", umask="027")
+    assert done.returncode in (0, 1), done.stdout + done.stderr
+    return out
+
+
+def test_outputs_are_written_with_the_users_umask(real_run: Path) -> None:
+    files = sorted(path for path in real_run.iterdir() if path.is_file())
+    assert {"report.html", "summary.json", "junit.xml", "run.json", "latency.jsonl"} <= {
+        path.name for path in files}
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in files}
+    assert modes == dict.fromkeys(modes, 0o640), {k: oct(v) for k, v in modes.items()}
+    rebuilt = run_perfkit("report", str(real_run), umask="022")
+    assert rebuilt.returncode in (0, 1), rebuilt.stderr
+    for name in ("report.html", "summary.json", "summary.md", "junit.xml", "run.json"):
+        assert stat.S_IMODE((real_run / name).stat().st_mode) == 0o644, name

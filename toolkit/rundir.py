@@ -31,14 +31,35 @@ LATENCY_FIELDS: dict[str, type | tuple[type, ...]] = {
     "t": (int, float), "name": str, "count": int, "failures": int, "hist": str}
 
 
+def current_umask() -> int:
+    """The process's file-creation mask, read without changing it. os.umask can only be read
+    by setting it (then setting it back): process-global and not thread-safe, and a collector
+    thread creating a file in between would get the wrong mode. Linux shows it in
+    /proc/self/status (since 4.7); elsewhere the set-and-restore is the only way. Read where a
+    file is written, not at import: a program may set its umask after importing perfkit."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_text(path: Path, text: str | bytes) -> None:
     """Write atomically and never through a symlink: into a temporary file created
     exclusively beside `path` (O_CREAT | O_EXCL never follows a link), then os.replace, which
     replaces a symlink at `path` itself instead of the file it points to. A run killed
-    mid-write never leaves half a file."""
+    mid-write never leaves half a file. The file gets the mode any new file gets under the
+    user's umask (0644 under 022), not mkstemp's private 0600: reports are made to be read by
+    CI artefact servers and colleagues."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
             f.write(text.encode("utf-8") if isinstance(text, str) else text)
         os.replace(tmp, path)
     except BaseException:
@@ -52,7 +73,8 @@ def write_json(path: Path, data: Any) -> None:
 
 def open_for_append(path: Path) -> IO[str]:
     """`path` opened to append text, refusing to follow a symlink (O_NOFOLLOW)."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    # 0666: the umask decides, as for every file perfkit writes (write_text).
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
     return os.fdopen(fd, "a", encoding="utf-8")
 
 
