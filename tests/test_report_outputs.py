@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lxml.html
 import pytest
 from lxml import etree
 
@@ -15,6 +16,7 @@ from perfkit.config import load_kpi_targets
 from perfkit.errors import ConfigError
 from perfkit.report import rebuild_report
 from perfkit.report.junit import write_junit
+from perfkit.units import format_value
 from tests.synthetic import EndpointSpec, RunSpec, make_run
 from tests.targets import FIXED_DELAY, running_target
 
@@ -207,6 +209,20 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                            "--history", "off", umask="027")
     assert done.returncode in (0, 1), done.stdout + done.stderr
     return out
+
+
+def test_every_output_shows_the_one_warm_up_the_verdict_left_out(real_run: Path) -> None:
+    summary = json.loads((real_run / "summary.json").read_text())
+    window = summary["window"]
+    started_at = json.loads((real_run / "run.json").read_text())["started_at"]
+    assert window["warmup_s"] == pytest.approx(window["start"] - started_at)
+    # No part of the asked 1.5 s is judged; the window starts on the next whole second.
+    assert 1.5 <= window["warmup_s"] < 2.5 and window["start"] == int(window["start"])
+    shown = format_value(window["warmup_s"], "s")
+    page = lxml.html.fromstring((real_run / "report.html").read_text())
+    kpis = " ".join(page.xpath('//*[@id="kpis"]')[0].text_content().split())
+    assert f"Judged on the run without its warm-up ({shown})" in kpis
+    assert f"after {shown} warm-up" in (real_run / "summary.md").read_text()
 
 
 def test_outputs_are_written_with_the_users_umask(real_run: Path) -> None:

@@ -30,12 +30,29 @@ from . import observed, stats
 def judged_window(run: RunResult, warmup_s: float | None = None) -> tuple[float, float]:
     """(start, end) of the part of the run that verdicts judge: the warm-up (the run's own,
     or `warmup_s`) is left out."""
-    # Buckets start on whole seconds: the run's first, partial second starts at the floor of
-    # its start, and without it a short run would lose its first second of requests.
-    started_at = math.floor(float(run.meta.started_at))
+    started_at = float(run.meta.started_at)
     ended_at = float(run.meta.ended_at or run.meta.started_at)
     warmup_s = run.meta.settings.warmup_s if warmup_s is None else warmup_s
-    return min(started_at + warmup_s, ended_at), ended_at
+    # Latency buckets start on whole seconds. Without a warm-up the window starts at the
+    # floor of the run's start, or a short run would lose its first, partial second of
+    # requests; with one, on the first whole second after it, so no part of the warm-up is
+    # judged and the window's length is what its buckets cover (rates stay exact).
+    # judged_warmup_s is that warm-up, the one every output shows.
+    start = (math.floor(started_at) if warmup_s <= 0
+             else math.ceil(started_at + warmup_s - _SAME_SECOND_S))
+    return min(start, ended_at), ended_at
+
+
+# A start plus warm-up within float error of a whole second is that second.
+_SAME_SECOND_S = 1e-6
+
+
+def judged_warmup_s(run: RunResult) -> float:
+    """The warm-up left out of the verdict, from the run's start to its judged window: what
+    summary.json, summary.md and the report all show (up to a second more than --warmup,
+    to the next whole second)."""
+    start, _ = judged_window(run)
+    return max(0.0, start - float(run.meta.started_at))
 
 
 def judged_latency(run: RunResult) -> pd.DataFrame:
@@ -361,7 +378,7 @@ def judge_run(run: RunResult, targets: list[KpiTarget]) -> RunResult:
         "target": meta.target,
         "simulated": meta.simulated,
         "window": {"start": start, "end": end, "duration_s": end - start,
-                   "warmup_s": max(0.0, start - float(meta.started_at))},
+                   "warmup_s": judged_warmup_s(run)},
         "totals": {"count": count, "failures": failures,
                    **stats.request_rates(count, failures, end - start)},
         "endpoints": run.endpoints,

@@ -16,7 +16,7 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup
 
-from ..analysis.kpi import worst_offender
+from ..analysis.kpi import judged_warmup_s, worst_offender
 from ..config import JOB_NAMES, METRICS
 from ..result import KpiResult, RunMeta, RunResult
 from ..units import format_percent, format_value
@@ -52,7 +52,7 @@ def build_context(run: RunResult) -> dict[str, Any]:
     started_at = float(meta.started_at)
     ended_at = float(meta.ended_at or started_at)
     duration_s = max(ended_at - started_at, 0.0)
-    warmup_s = min(float(meta.settings.warmup_s), duration_s)
+    warmup_s = judged_warmup_s(run)
     bucket_s = float(meta.settings.bucket_s or 1.0)
     window_s = charts.choose_window_s(duration_s, bucket_s)
     drawing = _Drawing(run, results, started_at, ended_at, duration_s, warmup_s, window_s,
