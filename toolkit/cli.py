@@ -16,6 +16,7 @@ from .config import (
     ServiceOptions,
     build_load_settings,
     parse_metrics_auth,
+    require_extra,
 )
 from .errors import InternalError, PerfkitError
 from .settings_sources import Sources, read_sources
@@ -168,9 +169,14 @@ def load_options(default_duration: str) -> Any:
 def build_settings(command: str, **opts: Any) -> LoadSettings:
     """Settings of a load-generating command, KPI targets included, built once. Arguments
     perfkit does not know go to the locustfile's parser, after those of a locust.conf."""
+    from .history import check_history
+
     ctx = click.get_current_context()
     sources = ctx.find_object(Sources)
     conf_args = sources.locustfile_args if sources else []
+    if command in LOAD_COMMANDS:
+        # The run's numbers go to the history after the run: its driver is checked before.
+        check_history(opts["history"])
     return build_load_settings(
         command, target=opts["target"], scenario=opts["scenario"], users=opts["users"],
         spawn_rate=opts["spawn_rate"], duration=opts["duration"], rate=opts["rate"],
@@ -423,6 +429,8 @@ def serve(**opts: Any) -> None:
     """Run the bundled reference research service until interrupted."""
     from .reference import server
 
+    if str(opts["database_url"] or "").startswith("postgresql"):
+        require_extra("--database-url postgresql+asyncpg://", "postgres", "asyncpg")
     server.serve_forever(say=say, **opts)
 
 
@@ -507,6 +515,8 @@ def profile(**opts: Any) -> None:
     """Flamegraph of a running Python process with py-spy (or its allocations with memray)."""
     from . import profiling
 
+    if opts["memory"]:
+        require_extra("perfkit profile --memory", "memory", "memray")
     profiling.run_profile(profiling.ProfileSettings(
         pid=opts["pid"], duration_s=opts["duration"], out_dir=opts["out"],
         rate_hz=opts["rate"], memory=opts["memory"]), say)

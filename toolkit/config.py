@@ -5,6 +5,7 @@ read here, once per run, before the run starts, so a bad file fails before any l
 """
 
 import difflib
+import importlib
 import re
 import tomllib
 import urllib.parse
@@ -308,6 +309,34 @@ def parse_metrics_auth(value: str | None) -> str | None:
     raise ConfigError("--metrics-auth: write bearer:TOKEN or basic:USER:PASSWORD")
 
 
+def require_extra(feature: str, extra: str, module: str) -> Any:
+    """`module` imported, or one line naming the extra of pyproject.toml that brings it:
+    `feature` (an option as the user wrote it) is refused when the settings are built, before
+    any load starts, never a traceback or a collector failing every sample mid-run."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        # psycopg's own message runs over several lines (each implementation it tried).
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"{feature} needs perfkit's {extra} extra ({reason}): "
+                          f"pip install 'perfkit[{extra}]'") from None
+
+
+def check_extras(observe: Observability) -> None:
+    """The optional modules the options in `observe` need, checked once with the settings."""
+    if observe.db_url:
+        waiting = require_extra("--db-url", "postgres", "psycopg.waiting")
+        # The collector waits in psycopg's C loop (collectors/postgres.py): the pure-Python
+        # psycopg alone would pass the import and fail every sample.
+        if getattr(waiting, "wait_c", None) is None:
+            raise ConfigError("--db-url needs psycopg's C implementation (psycopg[binary]): "
+                              "pip install 'perfkit[postgres]'")
+    if observe.otlp_endpoint:
+        for module in ("opentelemetry.sdk.metrics",
+                       "opentelemetry.exporter.otlp.proto.http.metric_exporter"):
+            require_extra("--otlp-endpoint", "otlp", module)
+
+
 @dataclass(frozen=True)
 class LoadSettings:
     """One run of load, stress, endurance or regression, as the user asked for it.
@@ -427,6 +456,7 @@ def build_load_settings(command: str = "load", *, target: str | None = None,
                         stop_timeout: float | str = 0.0,
                         extra_latency: tuple[str, ...] | list[str] = ()) -> LoadSettings:
     """LoadSettings from the options of `perfkit load` (durations as "30s" or seconds)."""
+    check_extras(observe or Observability())
     return LoadSettings(
         command=command, target=target, scenario=scenario, users=users, spawn_rate=spawn_rate,
         duration_s=_seconds(duration), rate=rate,

@@ -20,6 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from .config import require_extra
 from .errors import ConfigError, ReportError
 from .result import RunResult
 
@@ -64,14 +65,35 @@ class History:
     engine: sa.Engine
 
 
+def _database_url(text: str) -> sa.URL:
+    """The SQLAlchemy URL of a history given as a URL; postgresql:// is read with psycopg."""
+    try:
+        url = sa.make_url(text)
+    except sa.exc.ArgumentError as exc:
+        raise ConfigError(f"--history {text!r} is neither a file nor a database URL: "
+                          f"{exc}") from None
+    return url.set(drivername="postgresql+psycopg") if url.drivername == "postgresql" else url
+
+
+def check_history(location: str | Path | None) -> None:
+    """Refuse a PostgreSQL history without its driver in one line naming the extra, before
+    a run whose numbers it is to keep (open_history would only say "No module named ...")."""
+    text = "" if location is None else str(location).strip()
+    if text.lower() in DISABLED or "://" not in text:
+        return
+    url = _database_url(text)
+    if url.drivername == "postgresql+psycopg":
+        require_extra("a PostgreSQL history (--history postgresql://...)", "postgres",
+                      "psycopg")
+
+
 def open_history(location: str | Path) -> History:
     """The store at a path (SQLite file, created with its directory) or a database URL
     (postgresql://... is read with psycopg)."""
     text = str(location)
     if "://" in text:
-        url = sa.make_url(text)
-        if url.drivername == "postgresql":
-            url = url.set(drivername="postgresql+psycopg")
+        check_history(text)
+        url = _database_url(text)
     else:
         path = Path(text)
         try:
