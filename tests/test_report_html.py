@@ -8,6 +8,7 @@ every chart and keeps a full-page screenshot under test-artifacts/.
 import asyncio
 import base64
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from typing import Any
 
 import aiohttp
 import lxml.html
+import numpy as np
+import pandas as pd
 import pytest
 
 from perfkit import rundir
@@ -252,6 +255,34 @@ def test_chart_points_merge_the_histograms_of_their_window(tmp_path: Path) -> No
         assert row.t_s == 8 * i + 4
         for column, q in charts.PERCENTILES.items():
             assert getattr(row, column) == stats.percentile_ms(merged, q), (i, column)
+
+
+def test_resource_charts_follow_the_samples_and_show_only_real_gaps() -> None:
+    """A sampler a little slower than 1 Hz (1.004 s apart, with the jitter of a busy
+    machine) on 1 s windows: every sample is drawn at its own time, no false gap; a collector
+    that stopped for 5 s leaves one gap, there."""
+    started_at = START_T + 0.62
+    jitter = np.random.default_rng(3).uniform(-0.01, 0.01, 120)
+    t = started_at + 0.9 + 1.004 * np.arange(120) + jitter
+    frame = pd.DataFrame({"t": t, "cpu_busiest_percent": np.linspace(10, 60, 120),
+                          "rss_mb": 100.0})
+    drawn = charts.resample_frame(frame, started_at, started_at + 122, window_s=1.0)
+    assert len(drawn) == 120 and drawn[["cpu_busiest_percent", "rss_mb"]].notna().all().all()
+    assert drawn["t_s"].to_numpy() == pytest.approx(t - started_at)
+    assert drawn["cpu_busiest_percent"].to_numpy() == pytest.approx(np.linspace(10, 60, 120))
+
+    stopped = frame[(frame["t"] < started_at + 40) | (frame["t"] > started_at + 45)]
+    drawn = charts.resample_frame(stopped, started_at, started_at + 122, window_s=1.0)
+    holes = drawn[drawn["cpu_busiest_percent"].isna()]
+    assert len(drawn) == len(stopped) + 1 and len(holes) == 1
+    assert 39 < holes["t_s"].iloc[0] < 46
+
+    # An hour on 6 s windows: groups of six consecutive samples, none empty.
+    t = started_at + 0.9 + 1.004 * np.arange(3580)
+    hour = pd.DataFrame({"t": t, "cpu_busiest_percent": 50.0})
+    drawn = charts.resample_frame(hour, started_at, started_at + 3600, window_s=6.0, how="max")
+    assert len(drawn) == math.ceil(3580 / 6) <= charts.MAX_POINTS
+    assert drawn["cpu_busiest_percent"].notna().all()
 
 
 def test_an_hour_is_drawn_with_at_most_600_points() -> None:

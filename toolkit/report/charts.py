@@ -155,18 +155,47 @@ def merged_values_ms(latency: pd.DataFrame, name: str) -> tuple[np.ndarray, np.n
     return stats.cell_values_us(unique, where="middle") / 1000.0, totals
 
 
+# Samples further apart than this many of their intervals are a gap (the collector or the
+# target stopped): the line breaks there rather than drawing values nobody measured. One
+# late or missed sample is not.
+GAP_INTERVALS = 2.5
+
+
 def resample_frame(frame: pd.DataFrame, started_at: float, ended_at: float, window_s: float,
                    how: str = "mean") -> pd.DataFrame:
-    """Samples with a `t` column → one row per window (t_s = window middle); gaps stay NaN."""
+    """Samples with a `t` column → rows of t_s (s since start) and the values' mean (or max)
+    over runs of consecutive samples that span about `window_s`, each drawn at its samples'
+    mean time: bins follow the samples, never a fixed grid, on which a sampler slightly
+    slower than the grid (1.004 s against 1 s) leaves windows empty (false gaps) and others
+    doubled. Where samples stop for more than GAP_INTERVALS of their median interval, a NaN
+    row between breaks the line: a real gap stays one."""
     duration_s = max(ended_at - started_at, window_s)
-    n_windows = max(1, math.ceil(duration_s / window_s))
-    window = ((frame["t"].astype(float) - started_at) // window_s).astype(np.int64)
-    inside = (window >= 0) & (window < n_windows)
+    t = frame["t"].astype(float).to_numpy()
+    inside = (t >= started_at) & (t < started_at + math.ceil(duration_s / window_s) * window_s)
+    order = np.argsort(t[inside], kind="stable")
+    t = t[inside][order]
     values = frame.drop(columns=["t"]).apply(pd.to_numeric, errors="coerce")
-    grouped = values[inside].groupby(window[inside])
+    values = values[inside].iloc[order].reset_index(drop=True)
+    if not t.size:
+        return pd.DataFrame(columns=["t_s", *values.columns], dtype=float)
+    steps = np.diff(t)
+    interval_s = float(np.median(steps)) if steps.size else 0.0
+    if interval_s <= 0:
+        interval_s = window_s
+    per_group = max(1, round(window_s / interval_s))
+    gap = np.concatenate([[False], steps > GAP_INTERVALS * interval_s])
+    segment = np.cumsum(gap)
+    position = np.arange(t.size) - np.flatnonzero(gap | (np.arange(t.size) == 0))[segment]
+    # Groups of per_group consecutive samples, none across a gap.
+    _, group = np.unique(segment * t.size + position // per_group, return_inverse=True)
+    grouped = values.groupby(group)
     binned = grouped.max() if how == "max" else grouped.mean()
-    binned = binned.reindex(range(n_windows))
-    binned.insert(0, "t_s", (np.arange(n_windows) + 0.5) * window_s)
+    binned.insert(0, "t_s", pd.Series(t - started_at).groupby(group).mean())
+    breaks = np.flatnonzero(gap)
+    if breaks.size:
+        # Between the two samples either side of the gap, with every value missing.
+        holes = pd.DataFrame({"t_s": (t[breaks - 1] + t[breaks]) / 2 - started_at})
+        binned = pd.concat([binned, holes], ignore_index=True).sort_values("t_s", kind="stable")
     return binned.reset_index(drop=True)
 
 
