@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import lxml.html
 import pytest
 
 from perfkit import rundir
 from tests.conftest import StartServices
+from tests.targets import SQL, running_target
 
 TARGETS = Path(__file__).parent / "targets"
 PG = "postgres@127.0.0.1:5432"
@@ -262,6 +264,40 @@ def test_a_run_with_db_and_redis_urls_reports_them(
     html = (out / "report.html").read_text()
     assert "Data stores" in html and "cache hit ratio" in html
     assert "mean query time" in html and "INSERT INTO" in html
+
+
+def test_a_target_without_metrics_gets_its_slow_queries_and_query_times_from_postgres(
+        database: str, tmp_path: Path) -> None:
+    """Most targets expose no /api/v1/metrics/*: with --db-url, pg_stat_statements fills the
+    report's slow queries and database chart, and the report says so."""
+    db_url = f"postgresql://{PG}/{database}"
+    out = tmp_path / "run"
+    with running_target(SQL, "--database-url", db_url, "--sleep-ms", "20") as (url, _):
+        result = perfkit("load", "--target", url, "--scenario", "health", "--users", "2",
+                         "--duration", "4s", "--warmup", "1s", "--out", str(out),
+                         "--db-url", db_url, "--history", "off")
+    assert result.returncode in (0, 1), result.stderr
+    meta = json.loads((out / rundir.RUN_JSON).read_text())
+    assert not meta["collectors"]["app"]["available"]  # the target has no metrics of its own
+    page = lxml.html.fromstring((out / "report.html").read_text())
+    slow = page.xpath('//*[@id="slow-queries"]')[0]
+    assert "pg_stat_statements" in slow.text_content()
+    rows = [[" ".join(td.text_content().split()) for td in tr.xpath("./td")]
+            for tr in slow.xpath(".//tbody/tr")]
+    # Slowest on average first: the statement of known duration, every one run in the run.
+    query, calls, mean, slowest, _total = rows[0]
+    assert query == "SELECT pg_sleep($1)", rows
+    assert int(calls.replace(",", "")) > 0
+    assert float(mean.removesuffix(" ms")) >= 20.0
+    assert float(slowest.removesuffix(" ms")) >= float(mean.removesuffix(" ms"))
+    assert any(row[0].startswith("INSERT INTO visits") for row in rows)
+    chart = page.xpath('//*[@id="database"]')[0]
+    assert chart.xpath('.//*[local-name()="svg"]'), "no database chart"
+    text = " ".join(chart.text_content().split())
+    assert "not measured" not in text
+    assert "From the target's PostgreSQL (pg_stat_statements" in text
+    assert "The database KPIs are judged on PostgreSQL's own statistics" in text
+    assert "pg_stat_statements" in kpi(out, "database capacity")["reason"]
 
 
 def test_without_pg_stat_statements_timings_are_missing_and_rates_remain(

@@ -133,13 +133,18 @@ def test_redis_hit_ratio_is_of_the_windows_lookups() -> None:
 
 
 def test_statement_deltas_rank_the_runs_statements_by_total_time() -> None:
-    first = {1: ("SELECT a", 10, 5.0, 10), 2: ("INSERT b", 5, 50.0, 5)}
-    last = {1: ("SELECT a", 110, 105.0, 110), 2: ("INSERT b", 5, 50.0, 5),
-            3: ("UPDATE c", 4, 400.0, 4)}
+    first = {1: ("SELECT a", 10, 5.0, 10, 3.0), 2: ("INSERT b", 5, 50.0, 5, 20.0),
+             4: ("DELETE d", 2, 10.0, 2, 9.0)}
+    last = {1: ("SELECT a", 110, 105.0, 110, 3.0), 2: ("INSERT b", 5, 50.0, 5, 20.0),
+            3: ("UPDATE c", 4, 400.0, 4, 190.0), 4: ("DELETE d", 3, 19.5, 3, 9.5)}
     rows = statement_deltas(first, last)
     assert [(r["query"], r["calls"], r["total_ms"]) for r in rows] == [
-        ("UPDATE c", 4, 400.0), ("SELECT a", 100, 100.0)]
+        ("UPDATE c", 4, 400.0), ("SELECT a", 100, 100.0), ("DELETE d", 1, 9.5)]
     assert rows[0]["mean_ms"] == 100.0
+    # The slowest execution is the run's where the run raised it (or the statement is new);
+    # an older one is only a bound.
+    assert [(r["max_ms"], r["max_in_run"]) for r in rows] == [
+        (190.0, True), (3.0, False), (9.5, True)]
     assert is_query("  WITH x AS (SELECT 1) SELECT * FROM x") and not is_query("BEGIN")
     assert not is_query("SET search_path = public")
 

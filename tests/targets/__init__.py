@@ -23,6 +23,7 @@ CAPACITY = TARGETS_DIR / "capacity.py"
 HANG = TARGETS_DIR / "hang.py"
 CPU_BURNER = TARGETS_DIR / "cpu_burner.py"
 ENVELOPE = TARGETS_DIR / "envelope.py"
+SQL = TARGETS_DIR / "sql.py"
 
 
 def start_target(script: Path, *args: str,

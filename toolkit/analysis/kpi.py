@@ -264,11 +264,20 @@ def _measure_resource(metric: str, ctx: _Context) -> tuple[float | None, str]:
     return float(series.max() if stat == "peak" else series.mean()), ""
 
 
-def _measure_database(kpi: KpiTarget, ctx: _Context) -> tuple[float | None, str]:
+def judged_postgres(run: RunResult, start: float, end: float) -> dict[str, Any] | None:
+    """PostgreSQL's own summary of [start, end] (observed.summarize_postgres) when the
+    database KPIs are judged on it: --db-url gave statement timings, or the target reports
+    no database metrics of its own; None when they come from the target's app.csv."""
     postgres = observed.summarize_postgres(
-        ctx.run.postgres, ctx.start, ctx.end,
-        (ctx.run.meta.collectors.get("postgres") or {}).get("interval_s"))
-    if postgres is not None and (postgres["queries_s"] is not None or ctx.run.app is None):
+        run.postgres, start, end, (run.meta.collectors.get("postgres") or {}).get("interval_s"))
+    if postgres is not None and (postgres["queries_s"] is not None or run.app is None):
+        return postgres
+    return None
+
+
+def _measure_database(kpi: KpiTarget, ctx: _Context) -> tuple[float | None, str]:
+    postgres = judged_postgres(ctx.run, ctx.start, ctx.end)
+    if postgres is not None:
         return _measure_postgres(kpi, postgres)
     frame = ctx.run.app
     if frame is None:

@@ -10,7 +10,8 @@ Every interval, in one read-only transaction on one connection:
 - `pg_stat_database`: committed and rolled-back transactions (perfkit's own sampling
   transaction, one per sample, is taken off the rate by the analysis).
 postgres.csv holds the cumulative counters as read; pg_statements.json the run's statements
-(the growth of each between the first and the last sample), slowest in total first. Where
+(the growth of each between the first and the last sample), slowest in total first, with the
+slowest single execution where the run set it. Where
 pg_stat_statements is missing, calls and times are empty (missing), never zero, and the note
 says how to enable it; transaction rates remain.
 
@@ -42,7 +43,7 @@ _QUERY = re.compile(r"^\s*(\(\s*)*(select|insert|update|delete|with|merge|copy|v
 
 _HAS_STATEMENTS = "SELECT to_regclass('pg_stat_statements') IS NOT NULL"
 _STATEMENTS = """
-SELECT queryid, query, calls, total_exec_time, rows FROM pg_stat_statements
+SELECT queryid, query, calls, total_exec_time, rows, max_exec_time FROM pg_stat_statements
 WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
   AND query NOT LIKE '%pg_stat_%' AND query NOT LIKE '%pg_database%'
 """
@@ -73,20 +74,28 @@ def is_query(text: str) -> bool:
     return bool(_QUERY.match(text))
 
 
-def statement_deltas(first: dict[int, tuple[str, int, float, int]],
-                     last: dict[int, tuple[str, int, float, int]]) -> list[dict[str, Any]]:
+Snapshot = dict[int, tuple[str, int, float, int, float]]
+
+
+def statement_deltas(first: Snapshot, last: Snapshot) -> list[dict[str, Any]]:
     """The statements that ran between two pg_stat_statements snapshots ({queryid: (query,
-    calls, total_ms, rows)}), slowest in total first. A statement evicted and re-entered in
-    between (its calls went down) counts from zero."""
+    calls, total_ms, rows, max_ms)}), slowest in total first. A statement evicted and
+    re-entered in between (its calls went down) counts from zero.
+
+    The server keeps only the slowest execution since its statistics were reset: where it
+    grew during the run (or the statement is new), the run set it and `max_ms` is the run's
+    own (`max_in_run`); otherwise the run's slowest was at most that (`max_in_run` false)."""
     rows: list[dict[str, Any]] = []
-    for queryid, (query, calls, total_ms, n_rows) in last.items():
+    for queryid, (query, calls, total_ms, n_rows, max_ms) in last.items():
         before = first.get(queryid)
+        max_in_run = before is None or calls < before[1] or max_ms > before[4]
         if before is not None and calls >= before[1]:
             calls, total_ms, n_rows = calls - before[1], total_ms - before[2], n_rows - before[3]
         if calls <= 0:
             continue
         rows.append({"query": query[:MAX_QUERY_CHARS], "calls": calls,
                      "total_ms": round(total_ms, 3), "mean_ms": round(total_ms / calls, 4),
+                     "max_ms": round(max_ms, 4), "max_in_run": max_in_run,
                      "rows": n_rows, "is_query": is_query(query)})
     rows.sort(key=lambda r: -r["total_ms"])
     return rows[:MAX_STATEMENTS]
@@ -126,8 +135,8 @@ class PostgresCollector(Sampler):
         self.out_dir = Path(out_dir)
         self._conn: Any = None
         self._statements_available: bool | None = None
-        self._first: dict[int, tuple[str, int, float, int]] | None = None
-        self._last: dict[int, tuple[str, int, float, int]] = {}
+        self._first: Snapshot | None = None
+        self._last: Snapshot = {}
         self._rows = CsvRows(self.out_dir / rundir.POSTGRES, COLUMNS)
         self._transient_failures = 0
         self._last_error = ""
@@ -168,8 +177,8 @@ class PostgresCollector(Sampler):
             t = time.time()
             row: dict[str, Any] = {"t": round(t, 3)}
             if self._statements_available:
-                snapshot = {int(qid): (str(q), int(c), float(ms), int(r))
-                            for qid, q, c, ms, r in conn.execute(_STATEMENTS).fetchall()
+                snapshot = {int(qid): (str(q), int(c), float(ms), int(r), float(top))
+                            for qid, q, c, ms, r, top in conn.execute(_STATEMENTS).fetchall()
                             if qid is not None}
                 if self._first is None:
                     self._first = snapshot

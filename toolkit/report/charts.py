@@ -199,6 +199,23 @@ def resample_frame(frame: pd.DataFrame, started_at: float, ended_at: float, wind
     return binned.reset_index(drop=True)
 
 
+def postgres_queries(postgres: pd.DataFrame | None) -> pd.DataFrame | None:
+    """t, db_average_ms and db_queries_s between consecutive postgres.csv samples: the mean
+    execution time and the rate of the statements that ran in each interval (cumulative
+    pg_stat_statements sums; a reset gives NaN, not < 0). None without two timed samples."""
+    if postgres is None or not {"calls", "exec_ms"} <= set(postgres.columns):
+        return None
+    timed = postgres.dropna(subset=["calls", "exec_ms"])
+    if len(timed) < 2:
+        return None
+    t = timed["t"].astype(float)
+    calls, exec_ms = timed["calls"].astype(float).diff(), timed["exec_ms"].astype(float).diff()
+    calls[calls < 0] = math.nan
+    mean_ms = (exec_ms / calls).where(calls > 0)
+    return pd.DataFrame({"t": t, "db_average_ms": mean_ms,
+                         "db_queries_s": calls / t.diff()}).iloc[1:].reset_index(drop=True)
+
+
 def query_rate(app: pd.DataFrame) -> pd.DataFrame:
     """t and db queries per second, from the cumulative counter (a reset gives NaN, not < 0)."""
     t = app["t"].astype(float)

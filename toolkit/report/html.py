@@ -16,7 +16,7 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup
 
-from ..analysis.kpi import judged_warmup_s, worst_offender
+from ..analysis.kpi import judged_postgres, judged_warmup_s, judged_window, worst_offender
 from ..config import JOB_NAMES, METRICS
 from ..result import KpiResult, RunMeta, RunResult
 from ..units import format_percent, format_value
@@ -411,24 +411,50 @@ class _Drawing:
 
     def _database(self) -> dict[str, Any]:
         title = "Database: query time and rate"
-        app = self.run.app
-        if app is None or app.empty or "db_total_queries" not in app:
-            return self._section("database", title, note=self._collector_note(
-                "app", "the target's metrics endpoints were not scraped (app.csv absent)"))
-        rate = charts.query_rate(app)
-        if len(app) > charts.MAX_POINTS:
-            # The rate comes from consecutive raw samples first, then both are binned.
-            samples, rate = self._resample(app), self._resample(rate)
+        if reports_database(self.run.app):
+            assert self.run.app is not None
+            samples, rate = self.run.app, charts.query_rate(self.run.app)
+            lead = ("As the target reports them (/api/v1/metrics/database): mean and max "
+                    "query time since it started; the query rate is the growth of its query "
+                    "counter between samples.")
         else:
-            rate["t_s"] = rate["t"] - self.started_at
-            samples = app.assign(t_s=app["t"].astype(float) - self.started_at)
+            # Most targets have no metrics endpoint of their own: PostgreSQL's statistics
+            # (--db-url) say the same per interval, except the maximum, which it keeps only
+            # since its statistics were reset.
+            queries = charts.postgres_queries(self.run.postgres)
+            if queries is None:
+                return self._section("database", title, note=self._database_note())
+            samples, rate = queries[["t", "db_average_ms"]], queries[["t", "db_queries_s"]]
+            lead = ("From the target's PostgreSQL (pg_stat_statements, --db-url), as the "
+                    "target reports no database metrics of its own: the mean execution time "
+                    "and the rate of the statements that ran between two samples.")
+        # The rate comes from consecutive raw samples first, then both are binned.
+        samples, rate = self._resample(samples), self._resample(rate)
         svg = charts.draw_database(
             samples, rate, self.duration_s, self.warmup_s, self._id(),
             _kpi_lines(self.results, ["db_query_mean_ms"], None),
             _kpi_lines(self.results, ["db_capacity_qps"], None))
-        lead = ("As the target reports them: mean and max query time since it started; the "
-                "query rate is the growth of its query counter between samples.")
-        return self._section("database", title, [Markup(svg)], lead=lead)
+        return self._section("database", title, [Markup(svg)],
+                             lead=lead + self._database_kpi_source())
+
+    def _database_note(self) -> str:
+        if "postgres" in (self.run.meta.collectors or {}):
+            return self._collector_note("postgres", "fewer than two PostgreSQL samples with "
+                                                    "statement timings")
+        return self._collector_note(
+            "app", "the target's metrics endpoints were not scraped (app.csv absent)")
+
+    def _database_kpi_source(self) -> str:
+        """Which numbers the database KPIs were judged on (analysis/kpi.py decides)."""
+        if not any(result.kpi.metric.startswith("db_") for result in self.results):
+            return ""
+        start, end = judged_window(self.run)
+        if judged_postgres(self.run, start, end) is not None:
+            return (" The database KPIs are judged on PostgreSQL's own statistics "
+                    "(pg_stat_statements; without it, pg_stat_database's transactions).")
+        if self.run.app is not None:
+            return " The database KPIs are judged on the target's /api/v1/metrics/database."
+        return ""
 
     def _jobs(self) -> dict[str, Any]:
         title = "Job completion time"
@@ -450,17 +476,48 @@ class _Drawing:
                                   "(warm-up included).")
 
 
+def reports_database(app: pd.DataFrame | None) -> bool:
+    """Whether the target reported database timings of its own (/api/v1/metrics/database)."""
+    return app is not None and "db_total_queries" in app and bool(
+        app["db_total_queries"].notna().any())
+
+
 def _slow_queries(run: RunResult, started_at: float) -> dict[str, Any]:
-    if run.app is None:
-        note = ((run.meta.collectors or {}).get("app") or {}).get("note") or \
-            "the target's database metrics were not scraped"
-        return {"rows": [], "more": 0, "note": f"not measured: {note}"}
-    ordered = sorted(run.slow_queries, key=lambda q: -(q.get("time_ms") or 0.0))
-    rows = [{"query": q.get("query") or "", "time": format_value(q.get("time_ms"), "ms"),
-             "at": _offset(q.get("timestamp"), started_at)}
-            for q in ordered[:MAX_TABLE_ROWS]]
-    return {"rows": rows, "more": max(0, len(ordered) - MAX_TABLE_ROWS),
-            "note": "" if rows else "No slow queries were reported by the target."}
+    """The target's own slow-query log; without one, PostgreSQL's slowest statements."""
+    if reports_database(run.app):
+        ordered = sorted(run.slow_queries, key=lambda q: -(q.get("time_ms") or 0.0))
+        rows = [{"query": q.get("query") or "", "time": format_value(q.get("time_ms"), "ms"),
+                 "at": _offset(q.get("timestamp"), started_at)}
+                for q in ordered[:MAX_TABLE_ROWS]]
+        return {"source": "app", "rows": rows, "more": max(0, len(ordered) - MAX_TABLE_ROWS),
+                "lead": "As the target reports them (/api/v1/metrics/database).",
+                "note": "" if rows else "No slow queries were reported by the target."}
+    if run.pg_statements:
+        ordered = sorted(run.pg_statements, key=lambda s: -(s.get("mean_ms") or 0.0))
+        rows = [{"query": s.get("query") or "", "calls": f"{int(s.get('calls') or 0):,}",
+                 "mean": format_value(s.get("mean_ms"), "ms"),
+                 "max": ("" if s.get("max_in_run", True) else "≤ ")
+                 + format_value(s.get("max_ms"), "ms"),
+                 "total": format_value(s.get("total_ms"), "ms")}
+                for s in ordered[:MAX_TABLE_ROWS]]
+        return {"source": "postgres", "rows": rows,
+                "more": max(0, len(ordered) - MAX_TABLE_ROWS),
+                "lead": ("From the target's PostgreSQL (pg_stat_statements, --db-url), as the "
+                         "target reports no slow queries of its own: the statements of the "
+                         "whole run (warm-up included), slowest on average first. Max is the "
+                         "slowest single execution; ≤ where PostgreSQL's maximum predates "
+                         "the run (it keeps one since its statistics were reset)."),
+                "note": ""}
+    collectors = run.meta.collectors or {}
+    entry = collectors.get("postgres")
+    if entry is not None and entry.get("pg_stat_statements") and not entry.get("note"):
+        note = "No statements ran in the target's database during the run (pg_stat_statements)."
+    elif entry is not None:
+        note = f"not measured: {entry.get('note') or 'no PostgreSQL samples'}"
+    else:
+        note = "not measured: " + ((collectors.get("app") or {}).get("note")
+                                   or "the target's database metrics were not scraped")
+    return {"source": None, "rows": [], "more": 0, "lead": "", "note": note}
 
 
 def _offset(t: Any, started_at: float) -> str:
