@@ -26,6 +26,9 @@ from ..result import (
 from ..units import format_percent, format_value
 from . import observed, stats
 
+# A start plus warm-up within float error of a whole second is that second.
+_SAME_SECOND_S = 1e-6
+
 
 def judged_window(run: RunResult, warmup_s: float | None = None) -> tuple[float, float]:
     """(start, end) of the part of the run that verdicts judge: the warm-up (the run's own,
@@ -41,10 +44,6 @@ def judged_window(run: RunResult, warmup_s: float | None = None) -> tuple[float,
     start = (math.floor(started_at) if warmup_s <= 0
              else math.ceil(started_at + warmup_s - _SAME_SECOND_S))
     return min(start, ended_at), ended_at
-
-
-# A start plus warm-up within float error of a whole second is that second.
-_SAME_SECOND_S = 1e-6
 
 
 def judged_warmup_s(run: RunResult) -> float:

@@ -411,9 +411,9 @@ class _Drawing:
 
     def _database(self) -> dict[str, Any]:
         title = "Database: query time and rate"
-        if reports_database(self.run.app):
-            assert self.run.app is not None
-            samples, rate = self.run.app, charts.query_rate(self.run.app)
+        app = self.run.app
+        if app is not None and _reports_database(app):
+            samples, rate = app, charts.query_rate(app)
             lead = ("As the target reports them (/api/v1/metrics/database): mean and max "
                     "query time since it started; the query rate is the growth of its query "
                     "counter between samples.")
@@ -476,15 +476,14 @@ class _Drawing:
                                   "(warm-up included).")
 
 
-def reports_database(app: pd.DataFrame | None) -> bool:
+def _reports_database(app: pd.DataFrame) -> bool:
     """Whether the target reported database timings of its own (/api/v1/metrics/database)."""
-    return app is not None and "db_total_queries" in app and bool(
-        app["db_total_queries"].notna().any())
+    return "db_total_queries" in app and bool(app["db_total_queries"].notna().any())
 
 
 def _slow_queries(run: RunResult, started_at: float) -> dict[str, Any]:
     """The target's own slow-query log; without one, PostgreSQL's slowest statements."""
-    if reports_database(run.app):
+    if run.app is not None and _reports_database(run.app):
         ordered = sorted(run.slow_queries, key=lambda q: -(q.get("time_ms") or 0.0))
         rows = [{"query": q.get("query") or "", "time": format_value(q.get("time_ms"), "ms"),
                  "at": _offset(q.get("timestamp"), started_at)}
