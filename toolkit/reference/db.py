@@ -479,9 +479,9 @@ async def insert_job(db: Database, job: dict[str, Any], items: list[dict[str, An
 
 
 STATUS_SQL = (
-    "SELECT j.status, j.message, r.status, count(i.id) FROM jobs j "
+    "SELECT j.status, j.message, r.status, count(i.id), j.created_at, j.completed_at FROM jobs j "
     "JOIN items i ON i.job_id = j.id LEFT JOIN results r ON r.item_id = i.id "
-    "WHERE j.id = $1 GROUP BY j.status, j.message, r.status")
+    "WHERE j.id = $1 GROUP BY j.status, j.message, r.status, j.created_at, j.completed_at")
 
 RESULTS_SQL = (
     "SELECT j.status, j.priority, j.callback_url, j.message, j.created_at, j.started_at, "

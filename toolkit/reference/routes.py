@@ -230,8 +230,12 @@ async def read_status(job_id: str, pool: Pool) -> Response:
         progress = 1.0
     else:
         progress = done / total if total else 0.0
+    # The job's own timestamps, so a client times the job from them rather than from when
+    # its poll happened to see it finished.
     data = {"job_id": job_id, "status": job_status, "progress": progress,
-            "message": job_message, "metadata": {**summarise_counts(counts), "total": total}}
+            "message": job_message, "created_at": iso_time(rows[0][4]),
+            "completed_at": iso_time(rows[0][5]),
+            "metadata": {**summarise_counts(counts), "total": total}}
     return research_response(pool.settings, data, job_message)
 
 
