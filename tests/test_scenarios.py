@@ -3,6 +3,7 @@ and every other shape refused with a message that says why."""
 
 import json
 import time
+from datetime import UTC, datetime
 from importlib.resources import files
 from typing import Any
 
@@ -102,6 +103,81 @@ def test_the_bundled_services_real_answers_are_read(reference_service: str) -> N
             answer = client.get(f"{PRODUCTS}/{job_id}/status")
             status = shapes.read_status(answer.status_code, answer.content)
         answer = client.get(f"{PRODUCTS}/{job_id}")
-        results = shapes.read_results(answer.status_code, answer.content)
-    assert status == shapes.JobStatus("success", 1.0)
+        results, from_results_s = shapes.read_finished_results(answer.status_code,
+                                                               answer.content)
+    assert (status.status, status.progress) == ("success", 1.0)
     assert len(results) == 2
+    # Both answers carry the job's own timestamps: its duration, the same from either.
+    assert status.created_at is not None
+    assert status.duration_s is not None and 0 < status.duration_s < 60
+    assert from_results_s == pytest.approx(status.duration_s, abs=1e-6)
+
+
+UTC_NOON = 1767268800.0  # 2026-01-01T12:00:00Z
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("2026-01-01T12:00:00Z", UTC_NOON),
+    ("2026-01-01T12:00:00+00:00", UTC_NOON),
+    ("2026-01-01T21:00:00+09:00", UTC_NOON),
+    ("2026-01-01T12:00:00", UTC_NOON),  # no zone: UTC
+    ("2026-01-01 12:00:00.250000", UTC_NOON + 0.25),  # SQLite's text, read by the same rule
+    (UTC_NOON, UTC_NOON), (int(UTC_NOON), UTC_NOON), (str(UTC_NOON + 0.5), UTC_NOON + 0.5),
+    (UTC_NOON * 1000, None),  # epoch milliseconds: refused rather than guessed
+    ("yesterday", None), ("", None), (None, None), (True, None), (-5, None), (0, None),
+    (float("nan"), None), ("inf", None), ({"at": 1}, None), ([UTC_NOON], None),
+])
+def test_timestamps_read_as_iso_8601_or_epoch_seconds(value: Any,
+                                                      expected: float | None) -> None:
+    assert shapes.parse_timestamp(value) == (None if expected is None
+                                             else pytest.approx(expected, abs=1e-6))
+
+
+def at(offset_s: float) -> str:
+    """An ISO time `offset_s` after UTC_NOON, without a zone (as a utcnow() column gives)."""
+    return datetime.fromtimestamp(UTC_NOON + offset_s, UTC).replace(tzinfo=None).isoformat()
+
+
+@pytest.mark.parametrize("data, finished, expected", [
+    ({"created_at": at(0), "completed_at": at(2.04)}, True, 2.04),
+    # Preference: completed_at, finished_at, updated_at.
+    ({"created_at": at(0), "completed_at": at(3), "finished_at": at(4), "updated_at": at(5)},
+     True, 3.0),
+    ({"created_at": at(0), "finished_at": at(4), "updated_at": at(5)}, True, 4.0),
+    ({"created_at": at(0), "completed_at": None, "updated_at": at(5)}, True, 5.0),
+    # In the metadata, where the bundled service's results answer has them; epoch seconds.
+    ({"metadata": {"created_at": UTC_NOON, "completed_at": UTC_NOON + 0.7}}, True, 0.7),
+    ({"created_at": at(0), "metadata": {"completed_at": at(1.5)}}, True, 1.5),
+    ({"created_at": at(0), "completed_at": at(0)}, True, 0.0),
+    # Not finished: no duration, whatever the fields say (updated_at is the last progress).
+    ({"created_at": at(0), "updated_at": at(5)}, False, None),
+    # Missing, unreadable or inconsistent: None, and the scenario times the job by polling.
+    ({"created_at": at(0)}, True, None),
+    ({"completed_at": at(2)}, True, None),
+    ({"created_at": "soon", "completed_at": at(2)}, True, None),
+    ({"created_at": at(0), "completed_at": "later"}, True, None),
+    ({"created_at": at(5), "completed_at": at(2)}, True, None),  # ends before it starts
+    ({"created_at": at(0), "metadata": "none"}, True, None),
+])
+def test_a_finished_jobs_duration_comes_from_its_own_timestamps(
+        data: dict[str, Any], finished: bool, expected: float | None) -> None:
+    duration_s = shapes.job_duration_s(data, finished)
+    assert duration_s == (None if expected is None else pytest.approx(expected, abs=1e-6))
+
+
+def test_status_and_results_answers_carry_the_duration_in_either_shape() -> None:
+    times = {"created_at": at(0), "updated_at": at(2.04), "completed_at": at(2.04)}
+    status = shapes.read_status(200, envelope({"status": "completed", **times}))
+    assert status.created_at == pytest.approx(UTC_NOON)
+    assert status.duration_s == pytest.approx(2.04)
+    running = shapes.read_status(200, envelope({"status": "processing", "created_at": at(0),
+                                                "updated_at": at(1)}))
+    assert running.created_at == pytest.approx(UTC_NOON) and running.duration_s is None
+    flat = encode({"job_id": "j", "status": "success", "results": [],
+                   "metadata": {"created_at": at(0) + "+00:00",
+                                "completed_at": at(0.7) + "+00:00"}})
+    assert shapes.read_finished_results(200, flat)[1] == pytest.approx(0.7)
+    assert shapes.read_finished_results(200, envelope({"results": []})) == ([], None)
+    # Unreadable timestamps never make a readable answer a failed request.
+    assert shapes.read_status(200, encode({"status": "success", "created_at": "x"})) == \
+        shapes.JobStatus("success", None)
