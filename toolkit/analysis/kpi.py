@@ -366,9 +366,13 @@ def judge_run(run: RunResult, targets: list[KpiTarget]) -> RunResult:
     results = evaluate_kpis(run, targets, summaries=summaries)
     run.kpis = results
     run.endpoints = {name: s for name, s in summaries.items() if name not in JOB_NAMES}
+    # How the jobs were timed (over the whole run); None where run.json does not say (a run
+    # directory from before it did, or a locustfile that records jobs itself).
+    job_timing = (run.meta.load or {}).get("job_timing") or {}
     run.jobs = {name: {"count": s["count"],
                        **{key.replace("_ms", "_s"): (None if s[key] is None else s[key] / 1000.0)
-                          for key in ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms")}}
+                          for key in ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms")},
+                       "timing": job_timing.get(name)}
                 for name, s in summaries.items() if name in JOB_NAMES}
     run.verdict, run.verdict_reason = _verdict(run, results)
     run.verdict_reason = _stress_lead(run.meta.stress) + run.verdict_reason

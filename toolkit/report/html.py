@@ -265,11 +265,32 @@ def _endpoint_rows(endpoints: dict[str, dict[str, Any]],
 
 
 def _job_rows(jobs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """summary.json's "jobs": per-job durations in seconds."""
+    """summary.json's "jobs": per-job durations in seconds, and how they were measured."""
     return [{"name": name, "count": f"{int(data.get('count') or 0):,}",
              **{key: format_value(data.get(key), "s")
-                for key in ("mean_s", "p50_s", "p95_s", "p99_s", "max_s")}}
+                for key in ("mean_s", "p50_s", "p95_s", "p99_s", "max_s")},
+             "timing": describe_job_timing(data.get("timing"))}
             for name, data in jobs.items() if data.get("count")]
+
+
+def describe_job_timing(timing: dict[str, Any] | None) -> str:
+    """'from the job's timestamps', 'from polling, ±0.2 s', both with counts when mixed; ''
+    where the run does not say (older run directories)."""
+    if not timing:
+        return ""
+    stamped, polled = int(timing.get("timestamps") or 0), int(timing.get("polling") or 0)
+    median, largest = timing.get("resolution_s_median"), timing.get("resolution_s_max")
+    polling = "from polling"
+    if largest is not None:
+        polling += f", ±{format_value(largest, 's')}"
+        if median is not None and median < largest:
+            polling = (f"from polling, ±{format_value(median, 's')} "
+                       f"(±{format_value(largest, 's')} at most)")
+    if stamped and polled:
+        return f"{stamped:,} from the job's timestamps, {polled:,} {polling}"
+    if stamped:
+        return "from the job's timestamps"
+    return polling if polled else ""
 
 
 def _kpi_lines(results: Sequence[KpiResult], metrics: Sequence[str], endpoint: str | None,
@@ -473,7 +494,9 @@ class _Drawing:
                                        _kpi_lines(self.results, job_metrics, None))
         return self._section("jobs", title, [Markup(svg)],
                              lead="Every research job, from its creation to its last result "
-                                  "(warm-up included).")
+                                  "(warm-up included). Timed from the job's own timestamps "
+                                  "where the target's answers carry them, else by polling: "
+                                  "within ± the stated resolution of the job's end.")
 
 
 def _reports_database(app: pd.DataFrame) -> bool:

@@ -7,6 +7,7 @@ percentiles as one process would.
 """
 
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -38,6 +39,12 @@ WAITED = "perfkit_waited"
 ARM = "perfkit_arm"
 # Generator lateness below this share of the interval is scheduling jitter, not a late start.
 LATE_SHARE = 0.1
+# Context key of a JOB record: how its time was measured, JOB_TIMESTAMPS (the job's own, from
+# the target's answers) or, for a time read by polling, its resolution in seconds (the
+# recorded time is within ± this of the job's end).
+JOB_TIMING = "perfkit_job_timing"
+JOB_TIMESTAMPS = "timestamps"
+JOB_TIMING_KEY = "perfkit_job_timing"
 
 
 @dataclass
@@ -58,6 +65,64 @@ class Lateness:
         self.iterations += int(counts.get("iterations", 0))
         self.late_iterations += int(counts.get("late_iterations", 0))
         self.generator_lateness_s += float(counts.get("generator_lateness_s", 0.0))
+
+
+@dataclass
+class JobTiming:
+    """How each job metric's times were measured: how many from the jobs' own timestamps, how
+    many by polling, and the polling resolutions in 10-ms bins (so the tally stays small
+    however long the run). A worker ships its tally to the master with its reports."""
+
+    tallies: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def count(self, name: str, how: Any) -> None:
+        tally = self._tally(name)
+        if how == JOB_TIMESTAMPS:
+            tally["timestamps"] += 1
+        elif isinstance(how, int | float) and not isinstance(how, bool) and math.isfinite(how):
+            tally["polling"] += 1
+            # String keys: Locust's msgpack refuses others in a worker report. Rounded up, so
+            # no stated resolution is finer than the measured one.
+            key = str(10 * max(0, math.ceil(how * 100 - 1e-6)))
+            tally["resolution_ms"][key] = tally["resolution_ms"].get(key, 0) + 1
+
+    def _tally(self, name: str) -> dict[str, Any]:
+        return self.tallies.setdefault(name, {"timestamps": 0, "polling": 0,
+                                              "resolution_ms": {}})
+
+    def take(self) -> dict[str, Any]:
+        tallies, self.tallies = self.tallies, {}
+        return tallies
+
+    def add(self, tallies: dict[str, Any]) -> None:
+        for name, counts in tallies.items():
+            tally = self._tally(name)
+            tally["timestamps"] += int(counts.get("timestamps", 0))
+            tally["polling"] += int(counts.get("polling", 0))
+            for key, count in (counts.get("resolution_ms") or {}).items():
+                tally["resolution_ms"][key] = tally["resolution_ms"].get(key, 0) + int(count)
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """run.json `load.job_timing`: per job metric, the jobs timed from their timestamps
+        and by polling, with the median and largest polling resolution in seconds (None
+        without polled jobs)."""
+        described = {}
+        for name, tally in sorted(self.tallies.items()):
+            resolutions = sorted((int(key), count)
+                                 for key, count in tally["resolution_ms"].items())
+            median_ms = max_ms = None
+            if resolutions:
+                middle, seen = (sum(count for _, count in resolutions) - 1) // 2, 0
+                for value, count in resolutions:
+                    seen += count
+                    if median_ms is None and seen > middle:
+                        median_ms = value
+                max_ms = resolutions[-1][0]
+            described[name] = {
+                "timestamps": tally["timestamps"], "polling": tally["polling"],
+                "resolution_s_median": None if median_ms is None else median_ms / 1000.0,
+                "resolution_s_max": None if max_ms is None else max_ms / 1000.0}
+        return described
 
 
 def request_name(request_type: str, name: str) -> str:
@@ -94,6 +159,7 @@ class Recorder:
         self.buckets: dict[tuple[int, str], Tally] = {}  # (t, name) -> that second's requests
         self.totals: dict[str, Tally] = {}  # name -> the whole run's requests
         self.recent: dict[int, int] = {}  # t -> requests, for the live RPS
+        self.job_timing = JobTiming()  # how the JOB records' times were measured
         self.stopped = False
         self.lateness = Lateness()  # an open load's iterations (make_open_loop counts them)
 
@@ -125,6 +191,8 @@ class Recorder:
         self._add(self.totals, key, latency_ms, exception is not None)
         if request_type != JOB_REQUEST_TYPE:
             self.recent[t] = self.recent.get(t, 0) + 1
+        elif context and JOB_TIMING in context:
+            self.job_timing.count(key, context[JOB_TIMING])
 
     @staticmethod
     def _add(table: dict[Any, Tally], key: Any, latency_ms: float, failed: bool) -> None:
@@ -173,6 +241,7 @@ class Recorder:
         return records
 
     def on_report_to_master(self, client_id: str, data: dict[str, Any]) -> None:
+        data[JOB_TIMING_KEY] = self.job_timing.take()
         # Workers ship every bucket closed so far; the current second stays until it ends,
         # except once the worker has stopped, when the report takes everything.
         data[REPORT_KEY] = self.take_buckets(float("inf") if self.stopped else int(time.time()))
@@ -192,6 +261,7 @@ class Recorder:
             self._merge(self.totals, record["name"], hist, record)
             if " " in record["name"]:
                 self.recent[record["t"]] = self.recent.get(record["t"], 0) + record["count"]
+        self.job_timing.add(data.get(JOB_TIMING_KEY) or {})
 
     @staticmethod
     def _merge(table: dict[Any, Tally], key: Any, hist: HdrHistogram,

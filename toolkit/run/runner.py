@@ -579,6 +579,8 @@ def finish_meta(meta: RunMeta, env: Environment, state: RunState) -> None:
     meta.collectors = state.collectors
     meta.export = state.export_entry
     meta.load = describe_load(meta.settings, state.recorder.lateness)
+    # How the JOB records' times were measured (the jobs' own timestamps or polling).
+    meta.load["job_timing"] = state.recorder.job_timing.describe()
     meta.loadgen = judge_loadgen(state.loadgen_cpu, meta.started_at + meta.settings.warmup_s)
     errors = env.runner.stats.errors.values() if env.runner else []
     # Locust's own request counts, a cross-check of perfkit's recording (percentiles differ:
