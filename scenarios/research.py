@@ -2,10 +2,26 @@
 
 Task weights: 4 research flows to 1 health check, 1-3 s think time between tasks.
 A research flow creates a job of 1-10 products drawn from the bundled catalogue, polls its
-status every 2 s until it finishes, then reads its results. The time from create to finished
-is recorded as `job_completion` (and `batch_10_completion` for 10-product jobs).
+status until it finishes, then reads its results. The time from create to finished is
+recorded as `job_completion` (and `batch_10_completion` for 10-product jobs).
 Answers are read in the bundled service's flat shape or the original backend's envelope
 (shapes.py); an answer in neither is a failed request with the reason, never a missing one.
+
+A job's time is its own, not the poll interval's:
+- where the status (or else the results) answer carries the job's timestamps, it is their
+  difference (server clock, shapes.job_duration_s). The poll interval then does not matter
+  to the measurement, so after a first poll that shows them the flow polls every 2 s, as the
+  real front end does, and the mix of requests stays the front end's;
+- otherwise polling times it: the first poll 0.1 s after the create answered, then gaps of a
+  fifth of the time elapsed since the create (at least 0.1 s, at most 2 s). The job ended
+  between the last poll that saw it running (sent) and the one that saw it finished
+  (answered); it is recorded at the middle of that gap, so within ± half the gap of its end
+  (at most ± 10 % of its time, plus request latency). That half-gap is the stated resolution.
+Each JOB record says which (recorder.JOB_TIMING); the run tallies it (run.json
+`load.job_timing`) and the report shows it next to the job times.
+
+A user asked to stop (the run's end, with a graceful `--stop-timeout`) stops polling at once
+and records no completion for its job: the job did not finish within the run.
 """
 
 import json
@@ -13,12 +29,15 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from locust import HttpUser, between, task
+from locust import HttpUser, User, between, task
 from locust.clients import ResponseContextManager
+from locust.user.task import LOCUST_STATE_STOPPING
 
+from perfkit.run.recorder import JOB_TIMESTAMPS, JOB_TIMING
 from perfkit.scenarios import shapes
 
 log = logging.getLogger(__name__)
@@ -26,7 +45,11 @@ log = logging.getLogger(__name__)
 CATALOGUE: list[dict[str, Any]] = json.loads(
     (Path(__file__).with_name("catalogue.json")).read_text("utf-8"))
 PRODUCTS = "/api/v1/research/products"
-POLL_INTERVAL_S = 2.0
+POLL_INTERVAL_S = 2.0  # the longest gap between two polls of a job's status
+FIRST_POLL_S = 0.1  # after the create answered
+POLL_SHARE = 0.2  # each later gap: this share of the time since the create...
+MIN_POLL_S = 0.1  # ... but at least this
+STOP_CHECK_S = 0.1  # how soon a pausing user notices it was asked to stop
 JOB_TIMEOUT_S = 300.0
 
 T = TypeVar("T")
@@ -63,36 +86,89 @@ def create_job(user: HttpUser, body: dict[str, Any]) -> str | None:
         return read_or_fail(response, "create", shapes.read_job_id)
 
 
-def get_status(user: HttpUser, job_id: str) -> str | None:
+def get_status(user: HttpUser, job_id: str) -> shapes.JobStatus | None:
     with user.client.get(f"{PRODUCTS}/{job_id}/status", name=PRODUCTS + "/{id}/status",
                          catch_response=True) as response:
-        status = read_or_fail(response, "status", shapes.read_status)
-        return None if status is None else status.status
+        return read_or_fail(response, "status", shapes.read_status)
 
 
-def get_results(user: HttpUser, job_id: str) -> None:
+def get_results(user: HttpUser, job_id: str) -> float | None:
+    """Read a finished job's results; its duration where the answer carries its timestamps."""
     with user.client.get(f"{PRODUCTS}/{job_id}", name=PRODUCTS + "/{id}",
                          catch_response=True) as response:
-        read_or_fail(response, "results", shapes.read_results)
+        read = read_or_fail(response, "results", shapes.read_finished_results)
+        return None if read is None else read[1]
+
+
+@dataclass(frozen=True)
+class JobWait:
+    """How waiting for a job ended. `polled_s`/`resolution_s`: create → finished as polling
+    saw it (the middle of the last gap between polls) and half that gap; None unless the job
+    finished. `stopped`: the user was asked to stop first."""
+
+    status: shapes.JobStatus | None  # the last status read, None if none could be
+    polled_s: float | None = None
+    resolution_s: float | None = None
+    stopped: bool = False
+
+
+def next_poll_gap_s(elapsed_s: float, max_gap_s: float, timestamps: bool) -> float:
+    """The gap before the next poll, `elapsed_s` after the create was sent. With the job's
+    timestamps in the answers the gap does not affect the measurement: the longest."""
+    if timestamps:
+        return max_gap_s
+    return min(max_gap_s, max(MIN_POLL_S, POLL_SHARE * elapsed_s))
+
+
+def stopping(user: User) -> bool:
+    # Locust has no public "asked to stop" signal: a graceful stop marks a user running a
+    # task as stopping and lets it finish the task (up to --stop-timeout), then kills it.
+    return user._state == LOCUST_STATE_STOPPING
+
+
+def pause(user: User, seconds: float) -> bool:
+    """Sleep `seconds` (gevent-patched: yields to other users); False as soon as the user is
+    asked to stop."""
+    deadline = time.time() + seconds
+    while not stopping(user):
+        left_s = deadline - time.time()
+        if left_s <= 0:
+            return True
+        time.sleep(min(left_s, STOP_CHECK_S))
+    return False
 
 
 def wait_for_job(user: HttpUser, job_id: str, started_at: float, timeout_s: float,
-                 poll_interval_s: float) -> str | None:
-    """Poll the job's status until it finishes or `timeout_s` after `started_at`; the last
-    status read (None if none could be read)."""
+                 max_gap_s: float) -> JobWait:
+    """Poll the job's status until it finishes, `timeout_s` after `started_at` (when its
+    create was sent), or until the user is asked to stop."""
     status = None
+    gap_s = FIRST_POLL_S
+    running_at = started_at  # the latest time the job was known not to have finished
     while time.time() - started_at < timeout_s:
-        time.sleep(poll_interval_s)  # gevent-patched: yields to other users
+        if not pause(user, gap_s):
+            return JobWait(status, stopped=True)
+        sent_at = time.time()
         status = get_status(user, job_id)
-        if status in shapes.FINISHED:
-            break
-    return status
+        answered_at = time.time()
+        if status is not None and status.status in shapes.FINISHED:
+            return JobWait(status, (running_at + answered_at) / 2 - started_at,
+                           (answered_at - running_at) / 2)
+        if status is not None:  # an unread answer says nothing about the job
+            running_at = sent_at
+        gap_s = next_poll_gap_s(answered_at - started_at, max_gap_s,
+                                status is not None and status.created_at is not None)
+    return JobWait(status)
 
 
-def record_job(user: HttpUser, name: str, started_at: float, error: str | None) -> None:
+def record_job(user: HttpUser, name: str, duration_s: float, timing: str | float | None,
+               error: str | None) -> None:
+    """A JOB record of `duration_s`; `timing`: how it was measured (recorder.JOB_TIMING),
+    None for a job that never finished (the time waited for it is not a completion time)."""
     user.environment.events.request.fire(
-        request_type="JOB", name=name, response_time=(time.time() - started_at) * 1000,
-        response_length=0, exception=RuntimeError(error) if error else None, context={})
+        request_type="JOB", name=name, response_time=duration_s * 1000, response_length=0,
+        exception=RuntimeError(error) if error else None,
+        context={} if timing is None else {JOB_TIMING: timing})
 
 
 def research_flow(user: HttpUser, rng: random.Random) -> None:
@@ -101,13 +177,23 @@ def research_flow(user: HttpUser, rng: random.Random) -> None:
     job_id = create_job(user, body)
     if job_id is None:
         return  # the failed create is recorded; without a job id the flow cannot go on
-    status = wait_for_job(user, job_id, started_at, JOB_TIMEOUT_S, POLL_INTERVAL_S)
+    wait = wait_for_job(user, job_id, started_at, JOB_TIMEOUT_S, POLL_INTERVAL_S)
+    if wait.stopped:
+        return  # the run ended first: the job did not finish within it
+    status = wait.status.status if wait.status is not None else None
     error = None if status in shapes.SUCCEEDED else f"job ended {status or 'unfinished'}"
-    record_job(user, "job_completion", started_at, error)
+    duration_s: float = time.time() - started_at
+    timing: str | float | None = None
+    if wait.status is not None and wait.polled_s is not None:  # it finished
+        from_results_s = get_results(user, job_id)
+        duration_s, timing = wait.polled_s, wait.resolution_s
+        for from_timestamps_s in (wait.status.duration_s, from_results_s):
+            if from_timestamps_s is not None:
+                duration_s, timing = from_timestamps_s, JOB_TIMESTAMPS
+                break
+    record_job(user, "job_completion", duration_s, timing, error)
     if len(body["items"]) == 10:
-        record_job(user, "batch_10_completion", started_at, error)
-    if status in shapes.FINISHED:
-        get_results(user, job_id)
+        record_job(user, "batch_10_completion", duration_s, timing, error)
 
 
 class ResearchUser(HttpUser):

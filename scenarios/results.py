@@ -1,5 +1,6 @@
-"""results: each user creates one job and waits for it, then reads its results with no think
-time (the results endpoint reads every item: where `n_plus_one` shows)."""
+"""results: each user creates one job and waits for it (polling as research.py does, gaps of
+at most 0.5 s), then reads its results with no think time (the results endpoint reads every
+item: where `n_plus_one` shows)."""
 
 import random
 import time
@@ -9,7 +10,7 @@ from locust import HttpUser, constant, task
 from perfkit.scenarios.research import create_job, get_results, make_job_body, wait_for_job
 
 JOB_TIMEOUT_S = 120.0
-POLL_INTERVAL_S = 0.5
+POLL_INTERVAL_S = 0.5  # the longest gap between polls
 
 
 class ResultsUser(HttpUser):
