@@ -160,6 +160,10 @@ def test_research_scenario_against_the_reference_service(tmp_path: Path) -> None
     names = set(run.latency["name"])
     assert {"POST /api/v1/research/products", "GET /api/v1/research/products/{id}/status",
             "job_completion"} <= names
+    # The bundled service's status answers carry the job's timestamps: no job timed by polling.
+    assert run.meta.load is not None
+    timing = run.meta.load["job_timing"]["job_completion"]
+    assert timing["timestamps"] > 0 and timing["polling"] == 0, timing
     assert run.meta.target_managed and run.meta.status == "completed"
     assert run.meta.collectors["app"]["available"] is True
     assert run.resources is not None and run.resources["rss_mb"].notna().any()
