@@ -15,7 +15,9 @@ import pytest
 
 from perfkit import rundir
 from perfkit.analysis import stats
+from perfkit.report import rebuild_report
 from perfkit.run.recorder import JOB_TIMESTAMPS, JobTiming
+from tests.synthetic import RunSpec, make_run
 from tests.targets import ENVELOPE, running_target
 
 USERS = 4
@@ -177,3 +179,12 @@ def test_the_job_timing_tally_merges_and_states_its_resolution() -> None:
         "job_completion": {"timestamps": 1, "polling": 5, "resolution_s_median": 0.2,
                            "resolution_s_max": 1.0},
     }
+
+
+def test_a_run_directory_from_before_job_timing_shows_none(tmp_path: Path) -> None:
+    make_run(tmp_path / "old", RunSpec(duration_s=10, job_completion_s=2.0))  # no "load"
+    rebuild_report(tmp_path / "old")
+    job = summary_of(tmp_path / "old")["jobs"]["job_completion"]
+    assert job["count"] > 0 and job["timing"] is None
+    report = (tmp_path / "old" / "report.html").read_text()
+    assert "from polling" not in report and "from the job&#39;s timestamps" not in report
