@@ -10,8 +10,9 @@ Answers are read in the bundled service's flat shape or the original backend's e
 A job's time is its own, not the poll interval's:
 - where the status (or else the results) answer carries the job's timestamps, it is their
   difference (server clock, shapes.job_duration_s). The poll interval then does not matter
-  to the measurement, so after a first poll that shows them the flow polls every 2 s, as the
-  real front end does, and the mix of requests stays the front end's;
+  to the measurement, so once an answer shows them (the create's, or the first poll's) the
+  flow polls every 2 s, as the real front end does, and the flow and its mix of requests stay
+  the front end's (the bundled service's create answer carries `created_at`);
 - otherwise polling times it: the first poll 0.1 s after the create answered, then gaps of a
   fifth of the time elapsed since the create (at least 0.1 s, at most 2 s). The job ended
   between the last poll that saw it running (sent) and the one that saw it finished
@@ -82,8 +83,13 @@ def read_or_fail(response: ResponseContextManager, what: str,
 
 
 def create_job(user: HttpUser, body: dict[str, Any]) -> str | None:
+    created = post_job(user, body)
+    return None if created is None else created.job_id
+
+
+def post_job(user: HttpUser, body: dict[str, Any]) -> shapes.CreatedJob | None:
     with user.client.post(PRODUCTS, json=body, name=PRODUCTS, catch_response=True) as response:
-        return read_or_fail(response, "create", shapes.read_job_id)
+        return read_or_fail(response, "create", shapes.read_created_job)
 
 
 def get_status(user: HttpUser, job_id: str) -> shapes.JobStatus | None:
@@ -139,11 +145,12 @@ def pause(user: User, seconds: float) -> bool:
 
 
 def wait_for_job(user: HttpUser, job_id: str, started_at: float, timeout_s: float,
-                 max_gap_s: float) -> JobWait:
+                 max_gap_s: float, timestamps: bool = False) -> JobWait:
     """Poll the job's status until it finishes, `timeout_s` after `started_at` (when its
-    create was sent), or until the user is asked to stop."""
+    create was sent), or until the user is asked to stop. `timestamps`: the create's answer
+    carried the job's creation time, so its answers are expected to time it."""
     status = None
-    gap_s = FIRST_POLL_S
+    gap_s = max_gap_s if timestamps else FIRST_POLL_S
     running_at = started_at  # the latest time the job was known not to have finished
     while time.time() - started_at < timeout_s:
         if not pause(user, gap_s):
@@ -156,8 +163,8 @@ def wait_for_job(user: HttpUser, job_id: str, started_at: float, timeout_s: floa
                            (answered_at - running_at) / 2)
         if status is not None:  # an unread answer says nothing about the job
             running_at = sent_at
-        gap_s = next_poll_gap_s(answered_at - started_at, max_gap_s,
-                                status is not None and status.created_at is not None)
+        timestamps = timestamps or (status is not None and status.created_at is not None)
+        gap_s = next_poll_gap_s(answered_at - started_at, max_gap_s, timestamps)
     return JobWait(status)
 
 
@@ -174,10 +181,12 @@ def record_job(user: HttpUser, name: str, duration_s: float, timing: str | float
 def research_flow(user: HttpUser, rng: random.Random) -> None:
     body = make_job_body(rng)
     started_at = time.time()
-    job_id = create_job(user, body)
-    if job_id is None:
+    created = post_job(user, body)
+    if created is None:
         return  # the failed create is recorded; without a job id the flow cannot go on
-    wait = wait_for_job(user, job_id, started_at, JOB_TIMEOUT_S, POLL_INTERVAL_S)
+    job_id = created.job_id
+    wait = wait_for_job(user, job_id, started_at, JOB_TIMEOUT_S, POLL_INTERVAL_S,
+                        timestamps=created.created_at is not None)
     if wait.stopped:
         return  # the run ended first: the job did not finish within it
     status = wait.status.status if wait.status is not None else None

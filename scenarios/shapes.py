@@ -83,12 +83,22 @@ def read_data(status_code: int, body: bytes | None, expected_status: int) -> dic
     return data
 
 
+@dataclass(frozen=True)
+class CreatedJob:
+    job_id: str
+    created_at: float | None  # the job's own creation time (epoch s), where the answer says
+
+
 def read_job_id(status_code: int, body: bytes | None) -> str:
+    return read_created_job(status_code, body).job_id
+
+
+def read_created_job(status_code: int, body: bytes | None) -> CreatedJob:
     data = read_data(status_code, body, 201)
     job_id = data.get("job_id")
     if not isinstance(job_id, str | int) or isinstance(job_id, bool) or job_id == "":
         raise ShapeError(f"no job_id in the answer (fields: {_field_names(data)})")
-    return str(job_id)
+    return CreatedJob(str(job_id), find_time(data, (CREATED_FIELD,)))
 
 
 def read_status(status_code: int, body: bytes | None) -> JobStatus:

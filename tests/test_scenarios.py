@@ -96,6 +96,7 @@ def test_the_bundled_services_real_answers_are_read(reference_service: str) -> N
     with httpx.Client(base_url=reference_service, timeout=10.0) as client:
         created = client.post(PRODUCTS, json=body)
         job_id = shapes.read_job_id(created.status_code, created.content)
+        created_at = shapes.read_created_job(created.status_code, created.content).created_at
         deadline = time.monotonic() + 60
         status = shapes.read_status(200, b'{"status": "pending"}')
         while status.status not in shapes.FINISHED and time.monotonic() < deadline:
@@ -108,7 +109,7 @@ def test_the_bundled_services_real_answers_are_read(reference_service: str) -> N
     assert (status.status, status.progress) == ("success", 1.0)
     assert len(results) == 2
     # Both answers carry the job's own timestamps: its duration, the same from either.
-    assert status.created_at is not None
+    assert status.created_at is not None and status.created_at == created_at
     assert status.duration_s is not None and 0 < status.duration_s < 60
     assert from_results_s == pytest.approx(status.duration_s, abs=1e-6)
 
@@ -178,6 +179,10 @@ def test_status_and_results_answers_carry_the_duration_in_either_shape() -> None
                                 "completed_at": at(0.7) + "+00:00"}})
     assert shapes.read_finished_results(200, flat)[1] == pytest.approx(0.7)
     assert shapes.read_finished_results(200, envelope({"results": []})) == ([], None)
+    # A create answer with the job's creation time (the bundled service's) and one without.
+    assert shapes.read_created_job(201, encode({"job_id": "j", "metadata": {
+        "created_at": at(0)}})) == shapes.CreatedJob("j", pytest.approx(UTC_NOON))
+    assert shapes.read_created_job(201, envelope({"job_id": 7})) == shapes.CreatedJob("7", None)
     # Unreadable timestamps never make a readable answer a failed request.
     assert shapes.read_status(200, encode({"status": "success", "created_at": "x"})) == \
         shapes.JobStatus("success", None)
