@@ -33,8 +33,8 @@ def load(*, target: str | None = None, scenario: str = "research", users: int = 
          queue: str = "inprocess", broker: str | None = None, celery_workers: int = 2,
          envelope: bool = False, extra_latency: tuple[str, ...] | list[str] = (),
          tags: tuple[str, ...] | list[str] = (), exclude_tags: tuple[str, ...] | list[str] = (),
-         locustfile_args: tuple[str, ...] | list[str] = (), stop_timeout: float | str = 0.0,
-         say: Callable[[str], None] = print) -> "RunResult":
+         locustfile_args: tuple[str, ...] | list[str] = (), stop_timeout: float | str = 30.0,
+         arrivals: str = "even", say: Callable[[str], None] = print) -> "RunResult":
     """`perfkit load` with the same options (durations as "30s" or seconds): runs the load,
     writes the run directory and its report, and returns the judged RunResult (`.verdict`,
     `.verdict_reason`, `.kpis`, `.endpoints`, `.run_dir`, `.exit_code`). `locustfile_args`
@@ -51,7 +51,7 @@ def load(*, target: str | None = None, scenario: str = "research", users: int = 
         request_timeout=request_timeout, service=ServiceOptions(
             queue=queue, broker=broker, celery_workers=celery_workers, envelope=envelope),
         tags=tags, exclude_tags=exclude_tags, locustfile_args=locustfile_args,
-        stop_timeout=stop_timeout, extra_latency=extra_latency)
+        stop_timeout=stop_timeout, extra_latency=extra_latency, arrivals=arrivals)
     return runner.run_load(settings, say)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from .config import (
+    ARRIVALS,
     LoadSettings,
     Observability,
     ServiceOptions,
@@ -53,9 +54,11 @@ def _locust_options() -> list[Any]:
         click.option("--exclude-tags", "-E", "exclude_tags", multiple=True,
                      envvar=_env("exclude_tags"),
                      help="Run none of the tasks with one of these tags."),
-        click.option("--stop-timeout", default="0s", show_default=True, callback=_duration,
+        click.option("--stop-timeout", default="30s", show_default=True, callback=_duration,
                      envvar=_env("stop_timeout"),
-                     help="Let stopping users finish the task in hand for this long."),
+                     help="When the run ends, let users finish the task in hand for this "
+                          "long (as k6's gracefulStop; Locust's default is 0s); requests cut "
+                          "off then are counted as interrupted."),
         click.option("--master-bind-host", envvar=_env("master_bind_host"),
                      help="Open the master to workers on other machines: the address "
                           "to listen on (* for all)."),
@@ -94,8 +97,12 @@ def load_options(default_duration: str) -> Any:
                          help="Run length: 30s, 5m, 1h30m (with a LoadTestShape, at most)."),
             click.option("--rate", type=click.FloatRange(min=0, min_open=True),
                          envvar=_env("rate"),
-                         help="Open load: iterations per second, latency measured from the "
-                              "intended send time."),
+                         help="Open load: iterations per second in all, spread over time "
+                              "(--arrivals), latency measured from the intended send time."),
+            click.option("--arrivals", type=click.Choice(ARRIVALS), default="even",
+                         show_default=True, envvar=_env("arrivals"),
+                         help="With --rate: arrivals evenly spaced (1/rate apart), or a "
+                              "Poisson process of that rate."),
             click.option("--kpi", "kpi_file", type=click.Path(path_type=Path),
                          envvar=_env("kpi"),
                          help="KPI targets (TOML) that replace or extend the defaults."),
@@ -194,7 +201,8 @@ def build_settings(command: str, **opts: Any) -> LoadSettings:
         locustfile_args=(*conf_args, *ctx.args), master_bind_host=opts["master_bind_host"],
         master_bind_port=opts["master_bind_port"], expect_workers=opts["expect_workers"],
         expect_workers_timeout=opts["expect_workers_timeout"],
-        stop_timeout=opts["stop_timeout"], extra_latency=opts["extra_latency"])
+        stop_timeout=opts["stop_timeout"], extra_latency=opts["extra_latency"],
+        arrivals=opts["arrivals"])
 
 
 def _version_message() -> str:

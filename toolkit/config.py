@@ -266,6 +266,11 @@ def _check_endpoint(endpoint: object, fail: Any) -> str:
 DEFAULT_REQUEST_TIMEOUT_S = 60.0
 DEFAULT_EXPECT_WORKERS_TIMEOUT_S = 60.0
 DEFAULT_MASTER_PORT = 5557
+# As k6's gracefulStop (Locust's own default is 0: users killed mid-request, their requests
+# lost): requests in flight when the duration ends are waited for this long.
+DEFAULT_STOP_TIMEOUT_S = 30.0
+# How an open load's arrivals are spread over time (run/openloop.py).
+ARRIVALS = ("even", "poisson")
 
 
 @dataclass(frozen=True)
@@ -380,7 +385,8 @@ class LoadSettings:
     expect_workers: int = 0
     expect_workers_timeout_s: float = DEFAULT_EXPECT_WORKERS_TIMEOUT_S
     # Locust's --stop-timeout: how long a stopping user may finish the task in hand.
-    stop_timeout_s: float = 0.0
+    stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S
+    arrivals: str = "even"  # an open load's arrivals: evenly spread, or Poisson
     # A simultaneous A/B trial (perfkit ab --simultaneous): (label, base URL) of each arm. Every
     # user class then runs once per arm against its URL, and each request is recorded under
     # "[label] name"; `users` and `rate` are the whole run's, shared evenly by the arms.
@@ -453,10 +459,13 @@ def build_load_settings(command: str = "load", *, target: str | None = None,
                         master_bind_host: str | None = None,
                         master_bind_port: int | None = None, expect_workers: int = 0,
                         expect_workers_timeout: float | str = DEFAULT_EXPECT_WORKERS_TIMEOUT_S,
-                        stop_timeout: float | str = 0.0,
-                        extra_latency: tuple[str, ...] | list[str] = ()) -> LoadSettings:
+                        stop_timeout: float | str = DEFAULT_STOP_TIMEOUT_S,
+                        extra_latency: tuple[str, ...] | list[str] = (),
+                        arrivals: str = "even") -> LoadSettings:
     """LoadSettings from the options of `perfkit load` (durations as "30s" or seconds)."""
     check_extras(observe or Observability())
+    if arrivals not in ARRIVALS:
+        raise ConfigError(f"arrivals {arrivals!r}: choose {' or '.join(ARRIVALS)}")
     return LoadSettings(
         command=command, target=target, scenario=scenario, users=users, spawn_rate=spawn_rate,
         duration_s=_seconds(duration), rate=rate,
@@ -471,7 +480,8 @@ def build_load_settings(command: str = "load", *, target: str | None = None,
         locustfile_args=tuple(locustfile_args), master_bind_host=master_bind_host,
         master_bind_port=master_bind_port, expect_workers=expect_workers,
         expect_workers_timeout_s=_seconds(expect_workers_timeout),
-        stop_timeout_s=_seconds(stop_timeout), extra_latency=tuple(extra_latency))
+        stop_timeout_s=_seconds(stop_timeout), extra_latency=tuple(extra_latency),
+        arrivals=arrivals)
 
 
 def _split_tags(tags: tuple[str, ...] | list[str]) -> tuple[str, ...]:

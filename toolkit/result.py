@@ -42,6 +42,8 @@ class RunSettings:
     warmup_s: float = 0.0
     bucket_s: float = 1.0
     steps: tuple[Step, ...] = ()
+    arrivals: str | None = None  # an open load's: "even" or "poisson"
+    stop_timeout_s: float | None = None  # None: a run from before the graceful stop
 
 
 @dataclass
@@ -200,7 +202,8 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
 _SETTINGS_TYPES: dict[str, tuple[type, ...]] = {
     "users": (int,), "spawn_rate": _NUMBER, "duration_s": _NUMBER,
     "rate": (*_NUMBER, type(None)), "workers": (int,), "warmup_s": _NUMBER,
-    "bucket_s": _NUMBER, "steps": (list,),
+    "bucket_s": _NUMBER, "steps": (list,), "arrivals": _OPTIONAL_TEXT,
+    "stop_timeout_s": (*_NUMBER, type(None)),
 }
 # A run id names a directory and appears in Markdown and XML: one line of plain characters.
 _RUN_ID = re.compile(r"[\w.+-]{1,200}")

@@ -210,6 +210,22 @@ def describe_lateness(load: dict[str, Any] | None) -> str:
             f"latency.")
 
 
+def describe_stop(load: dict[str, Any] | None) -> str:
+    """'N requests complete, M interrupted' and what that means, or '' for a run from before
+    perfkit counted them."""
+    if not load or load.get("complete") is None or load.get("interrupted") is None:
+        return ""
+    complete, interrupted = int(load["complete"]), int(load["interrupted"])
+    timeout_s = load.get("stop_timeout_s")
+    text = f"{complete:,} requests complete, {interrupted:,} interrupted"
+    if not interrupted:
+        return text + " (the stop let every request in flight finish)."
+    stop = ("the users were stopped at once (stop timeout 0 s)" if not timeout_s else
+            f"still unanswered when the {format_value(timeout_s, 's')} stop timeout ran out")
+    return (text + f": sent, but {stop}, so no latency figure includes them "
+            f"(--stop-timeout waits longer).")
+
+
 def _limit(value: float | None, unit: str, bound: str) -> str:
     if value is None:
         return "—"
@@ -378,7 +394,7 @@ class _Drawing:
             binned["loadgen_cpu_percent"] = cpu["loadgen_cpu_percent"]
         svg = charts.draw_load(binned, self.duration_s, self.warmup_s, self._id())
         return self._section("load", "Load: users, arrival rate, load-generator CPU",
-                             [Markup(svg)])
+                             [Markup(svg)], lead=describe_stop(self.run.meta.load))
 
     def _resources(self) -> dict[str, Any]:
         title = "Target CPU and memory"

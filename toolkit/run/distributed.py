@@ -71,9 +71,14 @@ def describe_setup(settings: LoadSettings, scenario_path: Path) -> dict[str, Any
     else:
         scenario = {"filename": scenario_path.name,
                     "source": scenario_path.read_text("utf-8")}
+    # worker_count: the open load's users are spread over this many workers; each takes the
+    # run's arrival phases of its own users (openloop.Arrivals). Locust sends the stop timeout
+    # itself, with each spawn.
     return {"ok": True, "perfkit": perfkit_version(), "scenario": scenario, "settings": {
         "users": settings.users, "spawn_rate": settings.spawn_rate,
         "duration_s": settings.duration_s, "rate": settings.rate,
+        "arrivals": settings.arrivals,
+        "worker_count": max(settings.expect_workers, settings.workers),
         "request_timeout_s": settings.request_timeout_s, "tags": list(settings.tags),
         "exclude_tags": list(settings.exclude_tags),
         "locustfile_args": list(settings.locustfile_args)}}
@@ -234,26 +239,32 @@ def run_worker(master: str, say: Say, connect_timeout_s: float = DEFAULT_CONNECT
     settings = LoadSettings(
         command="worker", scenario=str(scenario_path), users=given["users"],
         spawn_rate=given["spawn_rate"], duration_s=given["duration_s"], rate=given["rate"],
+        arrivals=given["arrivals"],
         request_timeout_s=given["request_timeout_s"], tags=tuple(given["tags"]),
         exclude_tags=tuple(given["exclude_tags"]),
         locustfile_args=tuple(given["locustfile_args"]), kpi_targets=())
     loaded = locustfile.load_locustfile(scenario_path)
     options = locustfile.parse_locust_options(settings, None)
+    recorder = Recorder(None)
     env = locustfile.make_environment(loaded, None, settings.rate, settings.users,
-                                      Recorder(None), options, settings.request_timeout_s)
+                                      recorder, options, settings.request_timeout_s,
+                                      arrivals=settings.arrivals,
+                                      worker_count=given["worker_count"])
     ScenarioErrors().attach(env)
-    runner = env.create_worker_runner(host, port)
-    locustfile.fire_init(env)
-    runner.send_message(WORKER_INFO, {
-        "hostname": socket.gethostname(), "addresses": _addresses(), "pid": os.getpid(),
-        "perfkit": perfkit_version()})
-    say(f"perfkit worker: joined {host}:{port} as {runner.client_id} "
-        f"(scenario {scenario_path.name}, perfkit {perfkit_version()})")
+    # Installed before any user starts: each user's client binds its request method then.
+    with locustfile.interruptions_counted(recorder):
+        runner = env.create_worker_runner(host, port)
+        locustfile.fire_init(env)
+        runner.send_message(WORKER_INFO, {
+            "hostname": socket.gethostname(), "addresses": _addresses(), "pid": os.getpid(),
+            "perfkit": perfkit_version()})
+        say(f"perfkit worker: joined {host}:{port} as {runner.client_id} "
+            f"(scenario {scenario_path.name}, perfkit {perfkit_version()})")
 
-    gevent.signal_handler(signal.SIGINT, runner.quit)
-    gevent.signal_handler(signal.SIGTERM, runner.quit)
-    assert runner.greenlet is not None
-    runner.greenlet.join()
+        gevent.signal_handler(signal.SIGINT, runner.quit)
+        gevent.signal_handler(signal.SIGTERM, runner.quit)
+        assert runner.greenlet is not None
+        runner.greenlet.join()
     # As Locust's worker shuts down: `quitting`, whose Locust listener tells the master this
     # worker quits, after its last report.
     locustfile.fire_quitting(env)

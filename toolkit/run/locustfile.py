@@ -14,21 +14,28 @@ event listeners twice (a `perfkit regression --repeat 3` would fire every hook t
 """
 
 import argparse
+import contextlib
+import functools
 import importlib.resources
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+import gevent
 import locust
+from gevent import GreenletExit
 from locust import LoadTestShape, User
 from locust.argument_parser import get_empty_argument_parser, setup_parser_arguments
+from locust.clients import HttpSession
+from locust.contrib.fasthttp import FastHttpSession
 from locust.env import Environment
 from locust.util.load_locustfile import load_locustfile as import_locustfile
 
 from ..config import DEFAULT_REQUEST_TIMEOUT_S, LoadSettings
 from ..errors import ConfigError
-from .openloop import make_open_loop
+from .openloop import Arrivals, make_open_loop
 from .recorder import ARM, Recorder
 from .scenario_errors import guard_on_start
 
@@ -109,15 +116,19 @@ def parse_locust_options(settings: LoadSettings, host: str | None) -> argparse.N
 def make_environment(locustfile: Locustfile, host: str | None, rate: float | None, users: int,
                      recorder: Recorder, options: argparse.Namespace,
                      request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
-                     arms: tuple[tuple[str, str], ...] = ()) -> Environment:
+                     arms: tuple[tuple[str, str], ...] = (), arrivals: str = "even",
+                     worker_count: int = 1) -> Environment:
     """A Locust environment for the locustfile, recorded by `recorder`; with `arms`, one copy
-    of each user class per arm (LoadSettings.arms), side by side."""
+    of each user class per arm (LoadSettings.arms), side by side. With a `rate`, every user
+    class draws from one arrival schedule (openloop.Arrivals; `worker_count` processes
+    share the users)."""
     user_classes = [guard_on_start(cls, request_timeout_s) for cls in locustfile.user_classes]
     if arms:
         user_classes = [for_arm(cls, label, url) for cls in user_classes for label, url in arms]
         host = None  # Locust would give the environment's host to every class
     if rate is not None:
-        user_classes = [make_open_loop(cls, rate, users, recorder.lateness)
+        schedule = Arrivals(rate, users, arrivals, worker_count=max(1, worker_count))
+        user_classes = [make_open_loop(cls, schedule, recorder.lateness)
                         for cls in user_classes]
     env = Environment(user_classes=user_classes, host=host, shape_class=locustfile.shape,
                       parsed_options=options, events=locust.events, tags=options.tags,
@@ -136,6 +147,40 @@ def for_arm(user_class: type[User], label: str, url: str) -> type[User]:
 
     return type(f"{user_class.__name__}_{label}", (user_class,), {
         "host": url, "context": context, "__module__": user_class.__module__})
+
+
+@contextlib.contextmanager
+def interruptions_counted(recorder: Recorder) -> Iterator[None]:
+    """Count in `recorder.interrupted` the requests a stop cuts off, for one run. A user still
+    inside a task when the stop timeout runs out (or at once, with --stop-timeout 0) is killed
+    with GreenletExit wherever it is; inside a request of Locust's HTTP clients, that request
+    was sent and will never be answered, and Locust fires no request event for it. The
+    clients' `request` is wrapped while the run lasts and restored after it."""
+    originals: dict[type, Callable[..., Any]] = {
+        cls: cls.__dict__["request"] for cls in (HttpSession, FastHttpSession)}
+
+    def counting(request: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(request)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            # Locust stops a waiting user by killing it, and the kill lands at the user's next
+            # switch: a user already woken (a wait of 0, a timer due) would send one more
+            # request and be killed in it. Yielding once first lets such a kill land before
+            # anything is sent.
+            gevent.sleep(0)
+            try:
+                return request(*args, **kwargs)
+            except GreenletExit:
+                recorder.interrupted += 1
+                raise
+        return wrapper
+
+    for cls, request in originals.items():
+        cls.request = counting(request)  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        for cls, request in originals.items():
+            cls.request = request  # type: ignore[attr-defined]
 
 
 def _check_tags(env: Environment, locustfile: Locustfile, options: argparse.Namespace) -> None:

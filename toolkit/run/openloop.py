@@ -1,10 +1,15 @@
 """Open (constant-arrival-rate) load on top of any Locust user class.
 
-Each user owns an evenly spaced schedule of intended start times (users / rate seconds apart,
-as wrk2 paces each connection), starting once its `on_start` is done: setup (a login, a
-fixture) is not part of the schedule. A user that falls behind starts its next iteration at
-once, and the first request of that iteration is measured from its intended start
-(recorder.INTENDED_AT), so the time it spent queued behind a slow target shows in the
+R iterations per second arrive in all, spread over time as an arrival-rate executor spreads
+them (`Arrivals`): each user keeps a schedule of its own, one start every users / R seconds on
+average (as wrk2 paces each connection), and the users' schedules interleave instead of
+starting together. Evenly (the default), user k's starts are the slots phase_k + n * interval
+of the wall clock, phase_k = k / R, so the run's starts fall 1 / R apart; with Poisson
+arrivals each user's gaps are exponential with the same mean, and the users together make a
+Poisson process of rate R. A user's first start is its first slot after its `on_start`:
+setup (a login, a fixture) is not part of the schedule. A user that falls behind starts its
+next iteration at once, and the first request of that iteration is measured from its intended
+start (recorder.INTENDED_AT), so the time it spent queued behind a slow target shows in the
 percentiles instead of being silently omitted (coordinated omission).
 
 Only the lateness the target caused is charged, though. Each user keeps the lateness its own
@@ -18,7 +23,10 @@ counted (`Lateness`), reported, never added to a request's latency. `--users` is
 concurrency cap: more users, more slots in flight.
 """
 
+import math
+import random
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from locust import User
@@ -26,22 +34,85 @@ from locust import User
 from .recorder import INTENDED_AT, LATE_SHARE, WAITED, Lateness
 
 
-def make_open_loop(user_class: type[User], rate: float, users: int,
+@dataclass
+class Arrivals:
+    """The schedule every open-loop user of one process draws from: `rate` starts per second
+    in all by `users` users (the whole run's, workers included). One per run, shared by all
+    user classes (and by both arms of a simultaneous A/B trial), so that their users take
+    distinct indexes and therefore distinct phases."""
+
+    rate: float
+    users: int
+    mode: str = "even"  # config.ARRIVALS
+    # Processes sharing the users: a worker's j-th user is user j * worker_count +
+    # worker_index of the run (Locust gives each worker its index, 0..N-1), so users of
+    # different workers never share a phase, and the wall clock lines their slots up.
+    worker_count: int = 1
+    taken: int = 0
+    rng: random.Random = field(default_factory=random.Random)
+
+    @property
+    def interval_s(self) -> float:
+        return self.users / self.rate
+
+    def take_index(self, worker_index: int) -> int:
+        j, self.taken = self.taken, self.taken + 1
+        return j * self.worker_count + worker_index
+
+    def phase_s(self, index: int) -> float:
+        """User `index`'s offset into the interval. Users beyond `users` (a stress ramp adds
+        them at the same per-user rate, a worker given more than its share) fall between the
+        earlier ones: halfway, then at the quarters... (the van der Corput sequence)."""
+        lap, k = divmod(index, self.users)
+        between, base = 0.0, 0.5
+        while lap:
+            lap, bit = divmod(lap, 2)
+            between += bit * base
+            base /= 2
+        return (k + between) / self.rate
+
+    def first_at(self, index: int, now: float) -> float:
+        """User `index`'s first intended start, once its on_start ended at `now`."""
+        if self.mode == "poisson":
+            # Memoryless: a Poisson process seen from any instant waits an exponential gap.
+            return now + self.rng.expovariate(1.0 / self.interval_s)
+        phase = self.phase_s(index)
+        return phase + math.ceil((now - phase) / self.interval_s) * self.interval_s
+
+    def gap_s(self) -> float:
+        """The time from one intended start of a user to its next."""
+        if self.mode == "poisson":
+            return self.rng.expovariate(1.0 / self.interval_s)
+        return self.interval_s
+
+
+def make_open_loop(user_class: type[User], arrivals: Arrivals,
                    lateness: Lateness) -> type[User]:
-    """`user_class` paced so that `users` of it together start `rate` iterations per second."""
-    interval_s = users / rate
+    """`user_class` paced so that the run's users together start `arrivals.rate` iterations
+    per second."""
 
     def on_start(self: Any) -> None:
         user_class.on_start(self)
-        now = time.time()
-        self._perfkit_intended_at = self._perfkit_started_at = now
-        self._perfkit_next_at = now + interval_s
+        index = arrivals.take_index(int(getattr(self.environment.runner, "worker_index", 0)))
+        self._perfkit_next_at = arrivals.first_at(index, time.time())
+        self._perfkit_first = True
+        # Until the first slot, in Locust's own wait: a stop then ends this user at once
+        # instead of waiting for it (a sleep here would hold the stop up to its timeout).
+        self.wait()
+        # The first iteration is measured from when it started: no backlog can precede it.
+        self._perfkit_intended_at = self._perfkit_started_at = time.time()
+        self._perfkit_share_s = arrivals.gap_s()
+        self._perfkit_next_at += self._perfkit_share_s
         self._perfkit_waited = [0.0]
         self._perfkit_own_late_s = self._perfkit_target_late_s = 0.0
 
     def wait_time(self: Any) -> float:
+        if self._perfkit_first:
+            self._perfkit_first = False
+            return max(0.0, self._perfkit_next_at - time.time())
         intended_at = self._perfkit_next_at
-        self._perfkit_next_at = intended_at + interval_s
+        share_s, self._perfkit_share_s = self._perfkit_share_s, arrivals.gap_s()
+        self._perfkit_next_at = intended_at + self._perfkit_share_s
         now = time.time()
         waited_s, self._perfkit_waited = self._perfkit_waited[0], [0.0]
         own_s = max(0.0, now - self._perfkit_started_at - waited_s)
@@ -51,13 +122,14 @@ def make_open_loop(user_class: type[User], rate: float, users: int,
             self._perfkit_own_late_s = self._perfkit_target_late_s = 0.0
             self._perfkit_intended_at = self._perfkit_started_at = intended_at
             return -late_s
-        self._perfkit_own_late_s = max(0.0, self._perfkit_own_late_s + own_s - interval_s)
+        self._perfkit_own_late_s = max(0.0, self._perfkit_own_late_s + own_s - share_s)
         debt_s = 0.0 if self._perfkit_own_late_s > 0 else \
             self._perfkit_target_late_s + waited_s
         charged_s = self._perfkit_target_late_s = min(late_s, debt_s)
         self._perfkit_intended_at = now - charged_s
         self._perfkit_started_at = now
-        if late_s - charged_s > LATE_SHARE * interval_s:
+        # Jitter is judged against the mean interval: a Poisson gap can be a few ms.
+        if late_s - charged_s > LATE_SHARE * arrivals.interval_s:
             lateness.late_iterations += 1
             lateness.generator_lateness_s += late_s - charged_s
         return 0.0

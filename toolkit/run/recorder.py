@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 FLUSH_DELAY_S = 8
 REPORT_KEY = "perfkit_buckets"
 LATENESS_KEY = "perfkit_lateness"
+INTERRUPTED_KEY = "perfkit_interrupted"
 JOB_REQUEST_TYPE = "JOB"
 
 
@@ -162,6 +163,8 @@ class Recorder:
         self.job_timing = JobTiming()  # how the JOB records' times were measured
         self.stopped = False
         self.lateness = Lateness()  # an open load's iterations (make_open_loop counts them)
+        # Requests the stop cut off (locustfile.interruptions_counted counts them).
+        self.interrupted = 0
 
     def attach(self, environment: Any) -> None:
         environment.events.request.add_listener(self.on_request)
@@ -246,6 +249,7 @@ class Recorder:
         # except once the worker has stopped, when the report takes everything.
         data[REPORT_KEY] = self.take_buckets(float("inf") if self.stopped else int(time.time()))
         data[LATENESS_KEY] = self.lateness.take()
+        data[INTERRUPTED_KEY], self.interrupted = self.interrupted, 0
 
     def on_test_stop(self, **_: Any) -> None:
         self.stopped = True
@@ -255,6 +259,7 @@ class Recorder:
 
     def on_worker_report(self, client_id: str, data: dict[str, Any]) -> None:
         self.lateness.add(data.get(LATENESS_KEY) or {})
+        self.interrupted += int(data.get(INTERRUPTED_KEY) or 0)
         for record in data.get(REPORT_KEY, []):
             hist = stats.decode_histogram(record["hist"])
             self._merge(self.buckets, (record["t"], record["name"]), hist, record)

@@ -41,18 +41,17 @@ from .. import rundir
 from ..analysis.kpi import judge_run
 from ..collectors.app import AppCollector
 from ..collectors.system import SystemCollector
-from ..config import LoadSettings, redact_argv, redact_url
+from ..config import JOB_NAMES, LoadSettings, redact_argv, redact_url
 from ..errors import ClusterError, ConfigError, InternalError, PerfkitError, RunError, TargetError
 from ..report import write_report
 from ..report.distributed import describe_worker
-from ..report.html import describe_lateness
+from ..report.html import describe_lateness, describe_stop
 from ..result import DEGRADED, RunMeta, RunResult, RunSettings
 from . import distributed, locustfile, target
 from .alarms import WINDOW_S as ALARM_WINDOW_S
 from .alarms import AlarmWatcher
 from .live import LiveView
 from .observers import make_observers, start_export
-from .openloop import Lateness
 from .processes import stop_child
 from .recorder import Recorder, request_name
 from .scenario_errors import ScenarioErrors
@@ -195,13 +194,16 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> RunR
             settings=RunSettings(users=settings.users, spawn_rate=settings.spawn_rate,
                                  duration_s=settings.duration_s, rate=settings.rate,
                                  workers=settings.workers, warmup_s=settings.effective_warmup_s,
-                                 steps=tuple(plan.steps)),
+                                 steps=tuple(plan.steps),
+                                 arrivals=None if settings.rate is None else settings.arrivals,
+                                 stop_timeout_s=settings.stop_timeout_s),
             kpi_file=str(settings.kpi_file.resolve()) if settings.kpi_file else None,
             **describe_environment(), started_at=time.time())
         rundir.write_meta(run_dir, meta)
         with listeners_of_this_run():
             env, state = prepare_run(settings, say, plan, run_dir, url, pid, loaded, options)
-            run_plan(env, state, settings, say, plan, meta, managed, scenario_path)
+            with locustfile.interruptions_counted(state.recorder):
+                run_plan(env, state, settings, say, plan, meta, managed, scenario_path)
         return judge_and_report(rundir.load_run(run_dir, meta), settings, state, plan, say)
     except PerfkitError:
         raise
@@ -238,7 +240,7 @@ def prepare_run(settings: LoadSettings, say: Say, plan: Plan, run_dir: Path, url
                                 settings.effective_warmup_s, run_id=run_dir.name)
     env = locustfile.make_environment(loaded, url, settings.rate, settings.users,
                                       state.recorder, options, settings.request_timeout_s,
-                                      settings.arms)
+                                      settings.arms, settings.arrivals)
     env.stop_timeout = settings.stop_timeout_s
     state.errors.attach(env)
     return env, state
@@ -388,6 +390,9 @@ def judge_and_report(result: RunResult, settings: LoadSettings, state: RunState,
     late = describe_lateness(result.meta.load)
     if late:
         say(f"perfkit: the offered rate was not reached: {late}")
+    stopped = describe_stop(result.meta.load)
+    if stopped:
+        say(f"perfkit: {stopped}")
     if state.errors.count:
         say(f"perfkit: the scenario raised {state.errors.count} errors: "
             f"{state.errors.describe()} (tracebacks in failures.json and the report)")
@@ -501,15 +506,24 @@ def start_profile(settings: LoadSettings, managed: target.ManagedTarget | None, 
     return {"available": False, "svg": None, "speedscope": None, "note": note}
 
 
-def describe_load(settings: RunSettings, lateness: Lateness) -> dict[str, Any]:
-    """run.json "load": the load model, and for an open load whether the generator kept the
-    offered rate (iterations it started late, beyond what the target caused)."""
+def describe_load(settings: RunSettings, recorder: Recorder) -> dict[str, Any]:
+    """run.json "load": the load model, for an open load whether the generator kept the
+    offered rate (iterations it started late, beyond what the target caused), and what the
+    stop left: requests complete (recorded, answered or failed) and interrupted (sent, then
+    cut off when the stop timeout ran out, so recorded nowhere else)."""
+    stop = {"stop_timeout_s": settings.stop_timeout_s,
+            "complete": sum(tally.count for name, tally in recorder.totals.items()
+                            if re.sub(r"^\[[^\]]*\] ", "", name) not in JOB_NAMES),
+            "interrupted": recorder.interrupted}
     if settings.rate is None:
         return {"model": "closed", "users": settings.users, "offered_rate": None,
-                "iterations": None, "late_iterations": None, "generator_lateness_s": None}
+                "arrivals": None, "iterations": None, "late_iterations": None,
+                "generator_lateness_s": None, **stop}
+    lateness = recorder.lateness
     return {"model": "open", "users": settings.users, "offered_rate": settings.rate,
-            "iterations": lateness.iterations, "late_iterations": lateness.late_iterations,
-            "generator_lateness_s": round(lateness.generator_lateness_s, 3)}
+            "arrivals": settings.arrivals, "iterations": lateness.iterations,
+            "late_iterations": lateness.late_iterations,
+            "generator_lateness_s": round(lateness.generator_lateness_s, 3), **stop}
 
 
 def judge_loadgen(samples: list[tuple[float, float]], judged_from: float) -> dict[str, Any]:
@@ -578,7 +592,7 @@ def finish_meta(meta: RunMeta, env: Environment, state: RunState) -> None:
     meta.profile = state.profile_entry
     meta.collectors = state.collectors
     meta.export = state.export_entry
-    meta.load = describe_load(meta.settings, state.recorder.lateness)
+    meta.load = describe_load(meta.settings, state.recorder)
     # How the JOB records' times were measured (the jobs' own timestamps or polling).
     meta.load["job_timing"] = state.recorder.job_timing.describe()
     meta.loadgen = judge_loadgen(state.loadgen_cpu, meta.started_at + meta.settings.warmup_s)
