@@ -95,8 +95,12 @@ def test_an_open_load_arrives_evenly(open_runs: dict[str, Run], name: str) -> No
     assert run.returncode == 0, run.stdout
     assert 40 <= len(run.arrivals) <= 55, run.stdout  # 5/s for 10 s
     gaps = gaps_s(run.arrivals)
-    assert busiest_100ms(run.arrivals) <= 3
-    assert sum(gap < 0.02 for gap in gaps) < 0.2 * len(gaps)
+    # Where it fails, say how: a generator that was stalled (late_iterations) bunches the
+    # starts that fell due meanwhile, as on a machine too busy for a timing test.
+    seen = (f"{busiest_100ms(run.arrivals)} in the busiest 100 ms, "
+            f"{sum(gap < 0.02 for gap in gaps)} of {len(gaps)} gaps < 20 ms; {run.load}")
+    assert busiest_100ms(run.arrivals) <= 3, seen
+    assert sum(gap < 0.02 for gap in gaps) < 0.2 * len(gaps), seen
     # Every request the target received was recorded, and the stop did not wait for users
     # that were only waiting for their next start (the stop timeout is 30 s).
     assert run.recorded == len(run.arrivals) == run.load["complete"]
@@ -112,11 +116,14 @@ def test_poisson_arrivals_vary_like_a_poisson_process(open_runs: dict[str, Run])
     assert run.returncode == 0, run.stdout
     assert 25 <= len(run.arrivals) <= 80, run.stdout  # 50 expected; a Poisson count varies
     gaps = gaps_s(run.arrivals)
+    cv = statistics.pstdev(gaps) / statistics.mean(gaps)
+    seen = f"CV {cv:.2f}, {busiest_100ms(run.arrivals)} in the busiest 100 ms; {run.load}"
     # Exponential gaps have a coefficient of variation of 1 (even ones ~0, the old bursts
-    # ~3); with ~50 gaps its estimate is within ±0.4 but for a chance in thousands.
-    assert 0.6 <= statistics.pstdev(gaps) / statistics.mean(gaps) <= 1.5
-    # 0.5 arrivals expected per 100 ms: 7 would be a chance in a thousand, 10 all users.
-    assert busiest_100ms(run.arrivals) <= 6
+    # ~3); with ~50 gaps its estimate falls outside 0.6..1.5 once in ~800 runs (simulated).
+    assert 0.6 <= cv <= 1.5, seen
+    # 0.5 arrivals expected per 100 ms: 7 in some 100 ms happens once in ~4000 runs
+    # (simulated); the old bursts had all 10.
+    assert busiest_100ms(run.arrivals) <= 6, seen
     assert run.load["arrivals"] == "poisson"
     assert run.recorded == len(run.arrivals)
 

@@ -46,7 +46,9 @@ class Arrivals:
     mode: str = "even"  # config.ARRIVALS
     # Processes sharing the users: a worker's j-th user is user j * worker_count +
     # worker_index of the run (Locust gives each worker its index, 0..N-1), so users of
-    # different workers never share a phase, and the wall clock lines their slots up.
+    # different workers never share a phase, and the wall clock lines their slots up. (A
+    # worker beyond the count the master expected shares phases with others: pairs of
+    # starts, never all users at once.)
     worker_count: int = 1
     taken: int = 0
     rng: random.Random = field(default_factory=random.Random)
