@@ -411,6 +411,51 @@ def t_quantile(probability: float, df: float) -> float:
     return (low + high) / 2
 
 
+def block_means(t_s: Sequence[float] | np.ndarray, values: Sequence[float] | np.ndarray,
+                max_blocks: int = 60) -> tuple[np.ndarray, np.ndarray] | None:
+    """(block times, block means) of `values` (NaN left out) in at most `max_blocks` equal
+    time blocks, empty blocks left out; None with fewer than 5 samples or no time span."""
+    t = np.asarray(t_s, dtype=float)
+    y = np.asarray(values, dtype=float)
+    keep = np.isfinite(t) & np.isfinite(y)
+    t, y = t[keep], y[keep]
+    if t.size < 5:
+        return None
+    span = float(t.max() - t.min())
+    if span <= 0:
+        return None
+    blocks = min(max_blocks, t.size)
+    index = np.minimum(((t - t.min()) / span * blocks).astype(int), blocks - 1)
+    filled = np.unique(index)
+    return (np.array([t[index == i].mean() for i in filled]),
+            np.array([y[index == i].mean() for i in filled]))
+
+
+def fit_two_segments(t: np.ndarray, y: np.ndarray, min_first: int = 3,
+                     min_second: int = 5) -> int | None:
+    """The breakpoint of a two-segment least-squares fit of the points (t, y), sorted by t:
+    the index k for which separate straight lines through [:k] and [k:] leave the smallest
+    total squared residual, each segment holding at least `min_first` / `min_second` points;
+    None when there are too few points for both.
+
+    Separate lines, not a hinge, so that a step (a pool or cache filled at once) is one
+    change as well as a ramp that flattens is."""
+    n = t.size
+    best_k, best_sse = None, math.inf
+    for k in range(max(min_first, 2), n - max(min_second, 2) + 1):
+        sse = _line_sse(t[:k], y[:k]) + _line_sse(t[k:], y[k:])
+        if sse < best_sse:
+            best_k, best_sse = k, sse
+    return best_k
+
+
+def _line_sse(t: np.ndarray, y: np.ndarray) -> float:
+    t_centered = t - t.mean()
+    sxx = float((t_centered ** 2).sum())
+    slope = float((t_centered * (y - y.mean())).sum() / sxx) if sxx > 0 else 0.0
+    return float(((y - y.mean() - slope * t_centered) ** 2).sum())
+
+
 def trend_interval(t_s: Sequence[float] | np.ndarray, values: Sequence[float] | np.ndarray,
                    confidence: float = 0.95,
                    max_blocks: int = 60) -> tuple[float, float, float, int] | None:
@@ -425,22 +470,10 @@ def trend_interval(t_s: Sequence[float] | np.ndarray, values: Sequence[float] | 
     than a block would otherwise make the interval too narrow, and the t quantile uses
     n_eff - 2 degrees of freedom. With fewer than 3 effective points the interval is infinite.
     """
-    t = np.asarray(t_s, dtype=float)
-    y = np.asarray(values, dtype=float)
-    keep = np.isfinite(t) & np.isfinite(y)
-    t, y = t[keep], y[keep]
-    if t.size < 5:
+    means = block_means(t_s, values, max_blocks)
+    if means is None or means[0].size < 5:
         return None
-    span = float(t.max() - t.min())
-    blocks = min(max_blocks, t.size)
-    if span <= 0:
-        return None
-    index = np.minimum(((t - t.min()) / span * blocks).astype(int), blocks - 1)
-    filled = np.unique(index)
-    if filled.size < 5:
-        return None
-    block_t = np.array([t[index == i].mean() for i in filled])
-    block_y = np.array([y[index == i].mean() for i in filled])
+    block_t, block_y = means
     n = block_t.size
     t_centered = block_t - block_t.mean()
     sxx = float((t_centered ** 2).sum())
@@ -448,7 +481,9 @@ def trend_interval(t_s: Sequence[float] | np.ndarray, values: Sequence[float] | 
     residuals = block_y - block_y.mean() - slope * t_centered
     rss = float((residuals ** 2).sum())
     lag1 = 0.0
-    if rss > 0:
+    # Residuals at rounding level (a constant series: block means of equal floats differ in
+    # the last bits) are an exact line, not an autocorrelated one.
+    if rss > 1e-20 * float((block_y ** 2).sum()):
         lag1 = float((residuals[1:] * residuals[:-1]).sum() / rss)
     n_eff = n * (1 - lag1) / (1 + lag1) if lag1 > 0 else float(n)
     if n_eff <= 3:
