@@ -599,3 +599,75 @@ def draw_distribution(series: dict[str, tuple[np.ndarray, np.ndarray]], id_prefi
         ax.yaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
         _legend(ax)
         return _to_svg(fig, id_prefix, title)
+
+
+def draw_memory_growth(rss: pd.DataFrame, memory: dict[str, Any], window_start_s: float,
+                       duration_s: float, warmup_s: float, id_prefix: str) -> str:
+    """perfkit endurance: the target's RSS (`rss` has t_s and rss_mb) with the fitted
+    segments of the leak analysis (times in `memory` count from the judged window's start,
+    `window_start_s` after the run's), the warm-up growth if it stopped, and below it the
+    projection of the deciding slope to 24 h with its interval."""
+    title = "Target memory: RSS, fitted segments and the projection to 24 h"
+    with _style():
+        height_in = _TOP_IN + 1.9 + 1.4 + 2 * _GAP_IN + 2 * _BOTTOM_IN
+        fig = Figure(figsize=(_WIDTH_IN, height_in))
+        fig.subplots_adjust(left=_LEFT_IN / _WIDTH_IN, right=1 - _LEGEND_IN / _WIDTH_IN,
+                            top=1 - _TOP_IN / height_in, bottom=_BOTTOM_IN / height_in,
+                            hspace=(2 * _GAP_IN + _BOTTOM_IN) / 1.65)
+        ax_run, ax_day = fig.subplots(2, 1, gridspec_kw={"height_ratios": [1.9, 1.4]})
+        ax_run.set_title(title)
+        _time_axis([ax_run], duration_s, warmup_s)
+        if _has(rss, "rss_mb"):
+            ax_run.plot(rss["t_s"], rss["rss_mb"], color=PALETTE[3], label="RSS",
+                        **_markers(rss["rss_mb"]))
+        else:
+            _empty_note(ax_run, "memory not measured")
+        segments = memory.get("segments") or []
+        plateau = memory.get("plateau")
+        if plateau and segments:
+            early = segments[0]
+            ax_run.axvspan(window_start_s + early["start_s"], window_start_s + early["end_s"],
+                           color="#fef3c7", lw=0, zorder=0.5,
+                           label=f"warm-up growth: +{plateau['grew_mb']:.1f} MB, flat after")
+        for i, segment in enumerate(segments):
+            deciding = i == len(segments) - 1
+            ax_run.plot([window_start_s + segment["start_s"], window_start_s + segment["end_s"]],
+                        [segment["start_mb"], segment["end_mb"]],
+                        color="#111827" if deciding else "#6b7280",
+                        linestyle="--", linewidth=1.6 if deciding else 1.1, zorder=4,
+                        label=f"{'fit, deciding' if deciding else 'fit, early'}: "
+                              f"{round(segment['per_h'], 1) + 0.0:+,.1f} MB/h")
+        data_max = _nanmax(rss["rss_mb"]) if _has(rss, "rss_mb") else math.nan
+        _finish(ax_run, data_max, (), "MB")
+        _draw_projection(ax_day, memory)
+        return _to_svg(fig, id_prefix, title)
+
+
+def _draw_projection(ax: Axes, memory: dict[str, Any]) -> None:
+    projection = memory.get("projection_24h_mb")
+    ax.set_xlabel("hours after the end of the run, at the deciding slope", color="#4b5563")
+    ax.set_xlim(0, 24)
+    ax.xaxis.set_major_locator(MultipleLocator(4))
+    if not projection or projection.get("mb") is None:
+        _empty_note(ax, "no projection: no memory trend")
+        _finish(ax, math.nan, (), "MB")
+        return
+    hours = np.array([0.0, float(projection["hours"])])
+    level = float(projection["from_mb"])
+    ax.plot(hours, [level, projection["mb"]], color="#111827", linewidth=1.4,
+            label=f"projected: {projection['mb']:,.0f} MB in {projection['hours']:g} h")
+    tops = [level, float(projection["mb"])]
+    if projection.get("low") is not None and projection.get("high") is not None:
+        ax.fill_between(hours, [level, projection["low"]], [level, projection["high"]],
+                        color="#9ca3af", alpha=0.35, linewidth=0,
+                        label=f"{100 * memory['confidence']:.0f} % interval: "
+                              f"{projection['low']:,.0f} .. {projection['high']:,.0f} MB")
+        tops.append(float(projection["high"]))
+    else:
+        ax.plot([], [], " ", label="no interval (too few independent blocks)")
+    threshold = memory.get("threshold_mb_h")
+    if threshold is not None:
+        ax.plot(hours, [level, level + threshold * projection["hours"]], color=TARGET_COLOR,
+                linestyle=":", linewidth=1.2, label=f"growth at the {threshold:g} MB/h threshold")
+        tops.append(level + threshold * projection["hours"])
+    _finish(ax, max(tops), (), "MB")

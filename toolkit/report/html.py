@@ -79,7 +79,7 @@ def build_context(run: RunResult) -> dict[str, Any]:
         "skipped_lines": run.skipped_lines,
         "alarms": _alarms(run.alarms, started_at),
         "stress": stress_section(meta),
-        "endurance": endurance_section(meta),
+        "endurance": endurance_section(run),
         "workers": workers_section(meta),
         "profile": _profile(run),
         "collectors": _collectors(meta, duration_s),

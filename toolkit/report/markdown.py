@@ -72,9 +72,12 @@ def _stress_lines(stress: dict[str, Any] | None) -> list[str]:
 def _endurance_lines(endurance: dict[str, Any] | None) -> list[str]:
     if not endurance:
         return []
-    if endurance["slope_mb_per_h"] is None:
-        return ["**Memory growth:** not measured", ""]
-    low, high = endurance["ci_mb_per_h"]
-    return [f"**Memory growth:** {endurance['slope_mb_per_h']:+.1f} MB/h "
-            f"({100 * endurance['confidence']:.0f} % CI {low:+.1f} .. {high:+.1f}), threshold "
-            f"{endurance['threshold_mb_h']:g} MB/h: **{endurance['leak_verdict']}**", ""]
+    verdict = endurance["leak_verdict"]
+    reason = endurance.get("leak_reason")
+    if not reason:  # a summary.json written before the reason was stored
+        low, high = endurance["ci_mb_per_h"]
+        slope = endurance["slope_mb_per_h"]
+        reason = ("not measured" if slope is None else f"{slope:+.1f} MB/h" + (
+            f" ({100 * endurance['confidence']:.0f} % CI {low:+.1f} .. {high:+.1f})"
+            if low is not None and high is not None else " (no interval)"))
+    return [f"**Memory growth:** **{verdict.replace('_', ' ')}**: {_cell(reason)}", ""]
