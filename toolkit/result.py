@@ -140,24 +140,16 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        """perfkit's exit code for this run: 0 pass or warn, 1 a KPI failed (or a leak, or a
-        ramp without capacity) or the run did not complete, 3 not judged (verdict error:
-        nothing measured, the run failed), 130 interrupted."""
+        """perfkit's exit code for this run, from its status and verdict alone: 130
+        interrupted, 3 not judged (verdict error), 1 verdict fail or a run that did not
+        complete, else 0 (pass or warn)."""
         if self.meta.status == "interrupted":
             return 130
         if self.verdict == "error":
             return 3
-        code = 1 if self.meta.status != "completed" or self.verdict == "fail" else 0
-        stress, endurance = self.meta.stress, self.meta.endurance
-        if stress is not None:
-            if not stress.get("steps"):
-                return 1
-            if stress.get("stopped") not in ("broke", "max_steps"):
-                return code
-            return 0 if stress.get("capacity") else 1
-        if endurance is not None and endurance["memory"]["verdict"] == "leak":
+        if self.verdict == "fail" or self.meta.status != "completed":
             return 1
-        return code
+        return 0
 
 
 def empty_latency() -> pd.DataFrame:

@@ -15,7 +15,6 @@ import pandas as pd
 
 from ..config import JOB_NAMES, METRICS, KpiTarget
 from ..result import (
-    FAILED_STATUSES,
     LATENCY_COLUMNS,
     KpiResult,
     RunMeta,
@@ -426,18 +425,25 @@ def _stress_summary(stress: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _endurance_summary(endurance: dict[str, Any] | None) -> dict[str, Any] | None:
-    """summary.json "endurance": the leak verdict with its slope and interval, drift, budget."""
+    """summary.json "endurance": the leak verdict with its slope and interval (the slope that
+    decided: after the breakpoint where the growth changed), drift, budget."""
     if endurance is None:
         return None
     memory, drift = endurance["memory"], endurance["drift"]["endpoints"].get("all", {})
     return {
         "leak_verdict": memory["verdict"],
+        "leak_reason": memory.get("reason") or "",
         "slope_mb_per_h": memory["per_h"],
         "ci_mb_per_h": [memory["ci_low_per_h"], memory["ci_high_per_h"]],
         "confidence": memory["confidence"],
         "threshold_mb_h": memory["threshold_mb_h"],
+        "settled_s": memory.get("settled_s"),
+        "min_settled_s": memory.get("min_settled_s"),
+        "plateau": memory.get("plateau"),
+        "projection_24h_mb": memory.get("projection_24h_mb"),
         "note": memory.get("note") or "",
         "drift": {key: drift.get(key) for key in ("p95_first_ms", "p95_last_ms", "ratio")},
+        "drift_verdict": endurance["drift"].get("verdict"),
         "error_budget_used_percent": endurance["error_budget"].get("used_percent"),
     }
 
@@ -459,16 +465,37 @@ def _stress_lead(stress: dict[str, Any] | None) -> str:
 UNJUDGED_STATUSES = ("failed", "running")
 
 
+# How much each verdict weighs when the parts of a run's verdict are combined.
+VERDICT_RANK = {"pass": 0, "warn": 1, "fail": 2, "error": 3}
+
+
 def _verdict(run: RunResult, results: list[KpiResult]) -> tuple[str, str]:
-    """(verdict, the sentence that says why): error when nothing can be judged (the run failed
-    or never ended, or no request was recorded in the judged window: no data is never a
-    pass), fail when the target died (whatever was measured), the scenario raised, or a KPI
-    failed."""
+    """(verdict, the sentence that says why): the most severe of the run's own state, the
+    endurance results and the KPIs (error > fail > warn > pass), the reasons of the deciding
+    parts first — the run's state, then endurance, then the KPIs — and then those of any
+    lesser warning or failure. Every output (report banner, summary.json and .md, junit.xml,
+    the exit code) shows this one verdict."""
+    parts = [_run_part(run), *_endurance_parts(run.meta.endurance), _kpi_part(results)]
+    judged = [part for part in parts if part is not None]
+    rank = max(VERDICT_RANK[verdict] for verdict, _ in judged)
+    verdict = next(v for v, _ in judged if VERDICT_RANK[v] == rank)
+    reasons = [reason for v, reason in judged if VERDICT_RANK[v] == rank]
+    if verdict != "error":  # beside an error, nothing else was judged on trustworthy data
+        reasons += [reason for v, reason in judged if 0 < VERDICT_RANK[v] < rank]
+    return verdict, "; ".join(reasons)
+
+
+def _run_part(run: RunResult) -> tuple[str, str] | None:
+    """error when nothing can be judged (the run failed or never ended, or no request was
+    recorded in the judged window: no data is never a pass); fail when the run did not
+    complete (the target died, a worker was lost, --abort-on-fail stopped it: exit code 1,
+    so never a pass) or the scenario raised; None when the run itself is sound. An
+    interrupted run is judged on what it measured (its exit code is 130 whatever it says)."""
     meta = run.meta
     if meta.status in UNJUDGED_STATUSES:
         what = "never finished (no end was recorded)" if meta.status == "running" else "failed"
         return "error", f"the run {what}" + (f": {meta.message}" if meta.message else "")
-    if meta.status in FAILED_STATUSES:  # the target died: a verdict on the target
+    if meta.status not in ("completed", "interrupted"):  # a verdict on the target or the run
         return "fail", f"the run ended with status {meta.status}" + (
             f": {meta.message}" if meta.message else "")
     if not sum(int(s["count"]) for s in run.endpoints.values()):
@@ -481,12 +508,46 @@ def _verdict(run: RunResult, results: list[KpiResult]) -> tuple[str, str]:
         count = sum(int(f.get("count") or 0) for f in raised)
         return "fail", (f"the scenario raised {count} errors ({raised[0]['error']}); its "
                         f"requests are counted as failures")
+    return None
+
+
+def _kpi_part(results: list[KpiResult]) -> tuple[str, str]:
     worst = worst_offender(results)
     if worst is not None:
         return overall_verdict(results), f"{worst.kpi.name}: {worst.reason}"
     missing = sum(1 for result in results if result.verdict == "missing")
     return "pass", "every measured KPI met its target" + (
         f" ({missing} of {len(results)} could not be measured)" if missing else "")
+
+
+def _endurance_parts(endurance: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """An endurance run's memory growth, error budget and latency drift as verdict parts:
+    a leak or an exhausted error budget fails; inconclusive memory growth (a run too short
+    or too noisy to tell) and a latency drift warn; no leak passes. Memory that was not
+    measured decides nothing, like a missing KPI, and is said."""
+    if endurance is None:
+        return []
+    memory = endurance["memory"]
+    reason = memory.get("reason") or memory["verdict"]
+    parts = [{"leak": ("fail", f"memory leak: {reason}"),
+              "inconclusive": ("warn", f"memory growth inconclusive: {reason}"),
+              "no_leak": ("pass", f"no memory leak: {reason}"),
+              "missing": ("pass", f"memory growth not measured: {reason}")}[memory["verdict"]]]
+    budget = endurance["error_budget"]
+    used = budget.get("used_percent")
+    if used is not None and used > 100.0:
+        allowed = budget.get("allowed_failures") or 0.0
+        parts.append(("fail", f"error budget exhausted: {budget['failures']} failures, "
+                              f"{allowed:.1f} allowed ({budget['limit_percent']:g} % of "
+                              f"{budget['requests']} requests)"))
+    drift = endurance["drift"]
+    if drift.get("verdict") == "warn":
+        overall = drift["endpoints"]["all"]
+        parts.append(("warn", f"latency drift: p95 {format_value(overall['p95_first_ms'], 'ms')}"
+                              f" in the first {100 * drift['fraction']:.0f} % of the run, "
+                              f"{format_value(overall['p95_last_ms'], 'ms')} in the last "
+                              f"(×{overall['ratio']:.2f})"))
+    return parts
 
 
 def _record_or_none(result: KpiResult | None) -> dict[str, Any] | None:

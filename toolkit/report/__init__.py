@@ -14,7 +14,7 @@ from ..analysis.kpi import judge_run
 from ..analysis.stats import HistogramError
 from ..config import load_kpi_targets
 from ..errors import ConfigError, ReportError
-from ..result import FAILED_STATUSES, RunResult
+from ..result import RunResult
 from .html import render_html
 from .junit import write_junit
 from .markdown import render_markdown
@@ -38,15 +38,27 @@ def write_report(run: RunResult) -> Path:
          result.reason if result.verdict == "missing" else None)
         for result in run.kpis]
     status = run.meta.status
+    # A run that did not complete fails (exit code 1); an interrupted one is judged as it is.
     cases.append(("run status", f"the run ended with status {status}: {run.meta.message}"
-                  if status in FAILED_STATUSES else None, None))
+                  if status not in ("completed", "interrupted") else None, None))
     if run.meta.stress is not None:
         cases.append(("stress capacity", None if run.meta.stress.get("capacity") else
                       "no capacity: not even the first step held", None))
     if run.meta.endurance is not None:
-        memory = run.meta.endurance["memory"]
+        memory, budget = run.meta.endurance["memory"], run.meta.endurance["error_budget"]
         cases.append(("endurance memory growth",
-                       describe_memory(memory) if memory["verdict"] == "leak" else None, None))
+                      describe_memory(memory) if memory["verdict"] == "leak" else None,
+                      describe_memory(memory) if memory["verdict"] in ("inconclusive", "missing")
+                      else None))
+        used = budget.get("used_percent")
+        cases.append(("endurance error budget",
+                      f"{budget['failures']} failures, {budget['allowed_failures'] or 0:.1f} "
+                      f"allowed" if used is not None and used > 100.0 else None,
+                      None if used is not None else budget.get("note") or "not measurable"))
+    # junit.xml fails exactly when the verdict does: a failing verdict no case above explains
+    # (the scenario raised, say) is a case of its own.
+    if run.verdict == "fail" and not any(failure for _, failure, _ in cases):
+        cases.append(("verdict", run.verdict_reason, None))
     errors = [("verdict", run.verdict_reason)] if run.verdict == "error" else []
     write_junit(run.run_dir / JUNIT_XML, f"perfkit {run.run_id}", cases, errors)
     if run.meta.stress is not None:

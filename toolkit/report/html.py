@@ -145,8 +145,8 @@ def _banner(meta: RunMeta, results: Sequence[KpiResult], summary: dict[str, Any]
         headline = _sentence(reason[:1].upper() + reason[1:])
     elif worst is not None:
         headline = describe_offence(worst)
-    elif verdict == "fail":
-        headline = str(summary.get("verdict_reason") or "the run failed")
+    elif verdict in ("fail", "warn"):  # decided by no KPI: the run's state, endurance
+        headline = reason
     elif results and not counts["pass"]:
         headline = f"None of the {len(results)} KPIs could be measured"
     elif results:
