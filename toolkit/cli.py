@@ -307,9 +307,25 @@ def stress(step_users: int | None, step_rate: float | None, step_duration: float
 @cli.command(context_settings=LOCUSTFILE_ARGS)
 @load_options("1h")
 @click.option("--leak-threshold", default="10MB/h", show_default=True, callback=_mb_per_h,
-              help="Memory growth that counts as a leak once the whole CI is above it.")
+              help="Memory growth that counts as a leak once the whole CI of the continuing "
+                   "growth is above it.")
 def endurance(leak_threshold: float, **opts: Any) -> None:
-    """Long steady run: memory growth (MB/h with a CI), latency drift, error budget."""
+    """Long steady run: memory growth (MB/h with a CI), latency drift, error budget.
+
+    Memory growth is judged on whether it continues: where the growth changed (a warm-up
+    that stopped), a two-segment fit finds it and the later slope decides, so caches and
+    pools that fill and stay flat are no leak. LEAK (verdict fail, exit 1): the 95 % CI
+    of that slope lies above --leak-threshold. NO LEAK: below it, after at least 2 min of
+    flat memory following any warm-up growth — a run needs 2 min plus --warmup plus the
+    target's own warm-up (10 min or more for a noisy target such as the bundled service).
+    INCONCLUSIVE (verdict warn, exit 0): the run is too short or too noisy to tell; a
+    shorter run still proves a leak when the growth's lower bound is above 10 times the
+    threshold. An exhausted error budget fails the run; a p95 that drifts up by x1.5 and
+    10 ms or more from the first to the last 20 % warns.
+
+    Exit codes: 0 pass or warn, 1 fail (a leak, the error budget, a KPI, a run that did
+    not complete), 2 usage or environment error, 3 not judged, 130 interrupted.
+    """
     from .config import EnduranceSettings
     from .run.endurance import run_endurance
 
