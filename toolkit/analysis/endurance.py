@@ -9,7 +9,9 @@ directory) over the judged window (warm-up left out), stored in run.json "endura
   means, autocorrelation-widened t-interval) is not clearly below the threshold, a
   two-segment least-squares fit (one breakpoint, the later segment at least a third of the
   window) finds where the growth changed, and the later segment's slope with its interval
-  decides. The verdict, against --leak-threshold T:
+  decides (a breakpoint counts where the segments depart from one straight line by more than
+  growth at the threshold adds over the window; else the whole window's slope decides). The
+  verdict, against --leak-threshold T:
   - "leak": the later slope's whole interval lies above T, and the later segment lasts at
     least MIN_SETTLED_S — or, in a shorter run, its lower bound is above
     SHORT_RUN_LEAK_FACTOR × T (growth that large is no warm-up a short run could show);
@@ -26,8 +28,9 @@ directory) over the judged window (warm-up left out), stored in run.json "endura
   p95 is at least DRIFT_WARN_RATIO times the first's and DRIFT_WARN_MS slower;
 - error budget: the failures against what the error-rate KPI allows for this many requests;
 - resource trends: the whole window's slope and interval for RSS, USS, CPU, threads and open
-  descriptors. A series that barely changes (a step in the descriptor count) has a slope but
-  no finite interval: stored as null, shown as "no interval".
+  descriptors. A series that bends (descriptors opened during a warm-up, then steady) can have
+  a slope but no finite interval (too few independent blocks): stored as null, shown as "no
+  interval".
 The run's verdict includes these (analysis.kpi): a leak or an exhausted error budget fails the
 run, inconclusive memory growth or a drift warns.
 """

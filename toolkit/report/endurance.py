@@ -37,7 +37,6 @@ def report_section(run: RunResult) -> dict[str, Any] | None:
     used = budget.get("used_percent")
     projection = memory.get("projection_24h_mb")
     return {
-        "memory": describe_memory(memory),
         "note": memory.get("note") or "",
         "verdict": memory["verdict"],
         "pill": PILLS.get(memory["verdict"], "missing"),
