@@ -631,12 +631,16 @@ def draw_memory_growth(rss: pd.DataFrame, memory: dict[str, Any], window_start_s
                            label=f"warm-up growth: +{plateau['grew_mb']:.1f} MB, flat after")
         for i, segment in enumerate(segments):
             deciding = i == len(segments) - 1
+            # The deciding slope as the verdict states it (its trend of the samples, which
+            # can differ a little from this line through the block means).
+            per_h = memory["per_h"] if deciding and memory.get("per_h") is not None \
+                else segment["per_h"]
             ax_run.plot([window_start_s + segment["start_s"], window_start_s + segment["end_s"]],
                         [segment["start_mb"], segment["end_mb"]],
                         color="#111827" if deciding else "#6b7280",
                         linestyle="--", linewidth=1.6 if deciding else 1.1, zorder=4,
                         label=f"{'fit, deciding' if deciding else 'fit, early'}: "
-                              f"{round(segment['per_h'], 1) + 0.0:+,.1f} MB/h")
+                              f"{round(per_h, 1) + 0.0:+,.1f} MB/h")
         data_max = _nanmax(rss["rss_mb"]) if _has(rss, "rss_mb") else math.nan
         _finish(ax_run, data_max, (), "MB")
         _draw_projection(ax_day, memory)
