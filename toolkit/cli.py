@@ -282,25 +282,44 @@ def _mb_per_h(ctx: click.Context, param: click.Parameter, value: str) -> float:
 
 @cli.command(context_settings=LOCUSTFILE_ARGS)
 @load_options("30m")
+@click.option("--start-users", type=click.IntRange(1),
+              help="Users of the first step (closed load; default: the step).")
 @click.option("--step-users", type=click.IntRange(1),
-              help="Users added per step (closed load; default: --users).")
+              help="Users added per step (closed load; default: what reaches --users, the "
+                   "peak, in --max-steps steps).")
+@click.option("--start-rate", type=click.FloatRange(min=0, min_open=True),
+              help="Arrivals/s of the first step (with --rate; default: the step).")
 @click.option("--step-rate", type=click.FloatRange(min=0, min_open=True),
-              help="Arrivals/s added per step (with --rate; default: --rate).")
+              help="Arrivals/s added per step (with --rate, the peak; default: what reaches "
+                   "it in --max-steps steps).")
 @click.option("--step-duration", default="30s", show_default=True, callback=_duration,
               help="Length of each step.")
-@click.option("--max-steps", type=click.IntRange(1, 100), default=10, show_default=True)
+@click.option("--max-steps", type=click.IntRange(1, 100), default=10, show_default=True,
+              help="Most steps of the ramp.")
 @click.option("--max-error-rate", default="1%", show_default=True, callback=_percent,
               help="A step whose requests fail more often than this breaks.")
-def stress(step_users: int | None, step_rate: float | None, step_duration: float,
-           max_steps: int, max_error_rate: float, **opts: Any) -> None:
-    """Stepwise ramp until a KPI breaks; reports the capacity and how the target broke."""
+def stress(start_users: int | None, step_users: int | None, start_rate: float | None,
+           step_rate: float | None, step_duration: float, max_steps: int,
+           max_error_rate: float, **opts: Any) -> None:
+    """Stepwise ramp until a KPI breaks; reports the capacity and how the target broke.
+
+    A closed load ramps users from --start-users by --step-users up to --users, the peak. An
+    open load (--rate) ramps arrivals/s from --start-rate by --step-rate up to --rate, the
+    peak; each step's users, only its concurrency cap, are sized from its rate and the latency
+    seen (at most --users, where given). Where a step breaks a CPU KPI the capacity at that
+    limit is estimated from the measured CPU per request. Exit 0 pass or warn (capacity only
+    estimated), 1 capacity below the throughput KPI or none found, 3 nothing measured."""
     from .config import StressSettings
     from .run.stress import run_stress
 
+    # With --rate, --users caps the concurrency only when the user set it (the default 10
+    # would starve a slow target's open load).
+    users_source = click.get_current_context().get_parameter_source("users")
     result = run_stress(StressSettings(
-        load=build_settings("stress", **opts), step_users=step_users, step_rate=step_rate,
-        step_duration_s=step_duration, max_steps=max_steps,
-        max_error_rate_percent=max_error_rate), say)
+        load=build_settings("stress", **opts), start_users=start_users, step_users=step_users,
+        start_rate=start_rate, step_rate=step_rate, step_duration_s=step_duration,
+        max_steps=max_steps, max_error_rate_percent=max_error_rate,
+        users_given=users_source is not click.core.ParameterSource.DEFAULT), say)
     sys.exit(record_history(result, opts["history"]).exit_code)
 
 

@@ -423,12 +423,20 @@ class LoadSettings:
 
 @dataclass(frozen=True)
 class StressSettings:
+    """A stress ramp. A closed load ramps users from `start_users` by `step_users` up to
+    `load.users`, the peak; an open load ramps arrivals from `start_rate` by `step_rate` up to
+    `load.rate`, the peak, with each step's users (the concurrency cap) sized from the rate
+    and the latency seen, at most `load.users` when `users_given` (analysis/stress.py)."""
+
     load: LoadSettings
-    step_users: int | None = None    # closed load; default: the starting --users
-    step_rate: float | None = None   # open load; default: the starting --rate
+    start_users: int | None = None   # closed load; default: the step
+    step_users: int | None = None    # closed load; default: reaches --users in max_steps
+    start_rate: float | None = None  # open load; default: the step
+    step_rate: float | None = None   # open load; default: reaches --rate in max_steps
     step_duration_s: float = 30.0
     max_steps: int = 10
     max_error_rate_percent: float = 1.0
+    users_given: bool = True  # --users was given: with --rate it caps each step's users
 
 
 DEFAULT_LEAK_THRESHOLD_MB_H = 10.0

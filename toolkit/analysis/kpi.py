@@ -143,8 +143,9 @@ def _judge_capacity(result: KpiResult, run: RunResult, results: list[KpiResult])
     value = result.value or 0.0
     needed = result.kpi.target if result.kpi.target is not None else result.kpi.allowed
     if run.meta.stress is not None:
-        return replace(result, reason=result.reason + " (the highest load at which every KPI "
-                                                      "held, found by the stress ramp)")
+        from .stress import judge_throughput  # analysis.stress imports this module
+
+        return judge_throughput(result.kpi, run.meta.stress)
     if settings.rate:
         offered = f"open load at {settings.rate:g} iterations/s"
         kept_up = value >= KEPT_UP_SHARE * settings.rate
@@ -186,8 +187,9 @@ def _measure(kpi: KpiTarget, ctx: _Context) -> tuple[float | None, str]:
             return summary["error_rate_percent"], ""
         return summary[metric], ""
     if metric == "rps" and ctx.run.meta.stress is not None:
-        capacity = ctx.run.meta.stress.get("capacity")
-        return (float(capacity["rps"] or 0.0) if capacity else 0.0), ""
+        from .stress import capacity_rps  # analysis.stress imports this module
+
+        return capacity_rps(ctx.run.meta.stress)
     if metric == "rps":
         if ctx.run.latency.empty:
             # No records at all is a recorder that wrote nothing, not a target that served 0.
@@ -374,7 +376,13 @@ def judge_run(run: RunResult, targets: list[KpiTarget]) -> RunResult:
                        "timing": job_timing.get(name)}
                 for name, s in summaries.items() if name in JOB_NAMES}
     run.verdict, run.verdict_reason = _verdict(run, results)
-    run.verdict_reason = _stress_lead(run.meta.stress) + run.verdict_reason
+    if run.meta.stress is not None:
+        from .stress import judge_stress  # analysis.stress imports this module
+
+        # A stress run's verdict is its capacity result; the KPIs over the whole ramp,
+        # breaking step included, are information.
+        run.verdict, run.verdict_reason = judge_stress(
+            run.meta.stress, run.meta.status, run.meta.message, targets)
     count = sum(ep["count"] for ep in run.endpoints.values())
     failures = sum(ep["failures"] for ep in run.endpoints.values())
     meta = run.meta
@@ -409,17 +417,32 @@ def judge_run(run: RunResult, targets: list[KpiTarget]) -> RunResult:
 
 
 def _stress_summary(stress: dict[str, Any] | None) -> dict[str, Any] | None:
-    """summary.json "stress": the capacity, where it broke and every step, in brief."""
+    """summary.json "stress": the capacity (measured or estimated), the last step that held,
+    the estimate at a resource limit, where it broke, the knee and every step, in brief."""
     if stress is None:
         return None
-    capacity, broke = stress.get("capacity"), stress.get("broke")
+    capacity, broke, estimate = stress.get("capacity"), stress.get("broke"), stress.get("estimate")
+    knee = stress.get("knee")
     return {
         "capacity": None if capacity is None else {
-            key: capacity.get(key) for key in ("step", "users", "rate", "rps", "p95_ms")},
-        "broke_at": None if broke is None else {"step": broke["step"], "reason": broke["how"]},
+            key: capacity.get(key) for key in ("basis", "step", "users", "rate", "rps", "p95_ms",
+                                               "concurrency")},
+        "measured": stress.get("measured"),
+        "estimate": None if estimate is None else {
+            key: estimate.get(key) for key in ("kpi", "metric", "limit", "demand_per_request",
+                                               "rps", "concurrency", "steps", "text")},
+        "broke_at": None if broke is None else {
+            "step": broke["step"], "rps": broke.get("rps"), "p95_ms": broke.get("p95_ms"),
+            "reason": broke["how"]},
+        "knee": None if knee is None else {
+            key: knee.get(key) for key in ("status", "peak_rps", "peak_concurrency", "r2",
+                                           "sigma", "kappa", "note")},
+        "suggestion": stress.get("suggestion"),
         "stopped": stress.get("stopped"),
         "steps": [{key: step.get(key) for key in ("step", "users", "rate", "rps", "p95_ms",
-                                                  "error_rate_percent", "held")}
+                                                  "error_rate_percent", "concurrency",
+                                                  "cpu_busiest_mean_percent",
+                                                  "cpu_ms_per_request", "held")}
                   for step in stress.get("steps") or []],
     }
 
@@ -446,19 +469,6 @@ def _endurance_summary(endurance: dict[str, Any] | None) -> dict[str, Any] | Non
         "drift_verdict": endurance["drift"].get("verdict"),
         "error_budget_used_percent": endurance["error_budget"].get("used_percent"),
     }
-
-
-def _stress_lead(stress: dict[str, Any] | None) -> str:
-    """A stress run's verdict line leads with what the ramp found."""
-    if stress is None:
-        return ""
-    capacity, broke = stress.get("capacity"), stress.get("broke")
-    found = ("capacity: none, not even the first step held" if capacity is None else
-             f"capacity step {capacity['step']}: {format_value(capacity['rps'], 'rps')}, "
-             f"p95 {format_value(capacity['p95_ms'], 'ms')}")
-    where = (f"broke at step {broke['step']}: {broke['how']}" if broke else
-             f"never broke within {len(stress.get('steps') or [])} steps")
-    return f"{found}; {where}. KPIs over the whole ramp: "
 
 
 # A run that ended like this measured nothing that can be trusted: verdict "error".

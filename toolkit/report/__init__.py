@@ -33,17 +33,23 @@ def write_report(run: RunResult) -> Path:
     assert run.verdict is not None, "judge the run (analysis.kpi.judge_run) before reporting"
     rundir.write_json(run.run_dir / SUMMARY_JSON, run.summary)
     rundir.write_text(run.run_dir / SUMMARY_MD, render_markdown(run.summary))
+    stress = run.meta.stress
     cases: list[tuple[str, str | None, str | None]] = [
         (result.kpi.name, result.reason if result.verdict == "fail" else None,
          result.reason if result.verdict == "missing" else None)
-        for result in run.kpis]
+        for result in run.kpis] if stress is None else [
+        # A stress run's KPIs cover the whole ramp, breaking step included: information, so
+        # junit fails with the verdict (the capacity result) and not with them.
+        (result.kpi.name, None, None if result.verdict == "pass" else
+         f"{result.verdict} over the whole ramp, breaking step included (information): "
+         f"{result.reason}") for result in run.kpis]
     status = run.meta.status
     # A run that did not complete fails (exit code 1); an interrupted one is judged as it is.
     cases.append(("run status", f"the run ended with status {status}: {run.meta.message}"
                   if status not in ("completed", "interrupted") else None, None))
-    if run.meta.stress is not None:
-        cases.append(("stress capacity", None if run.meta.stress.get("capacity") else
-                      "no capacity: not even the first step held", None))
+    if stress is not None:
+        cases.append(("stress capacity", run.verdict_reason if run.verdict == "fail" else None,
+                      None))
     if run.meta.endurance is not None:
         memory, budget = run.meta.endurance["memory"], run.meta.endurance["error_budget"]
         cases.append(("endurance memory growth",

@@ -141,7 +141,9 @@ def _banner(meta: RunMeta, results: Sequence[KpiResult], summary: dict[str, Any]
               for v in ("pass", "warn", "fail", "missing")}
     worst = worst_offender(list(results))
     reason = str(summary.get("verdict_reason") or "")
-    if verdict == "error" or (worst is not None and not reason.startswith(worst.kpi.name)):
+    # A stress run's verdict is its capacity result, whatever the whole-ramp KPIs say.
+    if verdict == "error" or meta.stress is not None or (
+            worst is not None and not reason.startswith(worst.kpi.name)):
         headline = _sentence(reason[:1].upper() + reason[1:])
     elif worst is not None:
         headline = describe_offence(worst)

@@ -61,12 +61,28 @@ def _stress_lines(stress: dict[str, Any] | None) -> list[str]:
     if not stress:
         return []
     capacity, broke = stress["capacity"], stress["broke_at"]
-    return [("**Stress capacity:** " + (
-        f"step {capacity['step']}, {format_value(capacity['rps'], 'rps')}, p95 "
-        f"{format_value(capacity['p95_ms'], 'ms')}" if capacity else "none (not even the "
-                                                                    "first step held)"))
-            + " · **broke:** " + (f"step {broke['step']}: {_cell(broke['reason'])}" if broke
-                                  else f"never, within {len(stress['steps'])} steps"), ""]
+    if capacity is None:
+        found = "none within the KPIs" + (
+            f": step {broke['step']} served {format_value(broke.get('rps'), 'rps')} at p95 "
+            f"{format_value(broke.get('p95_ms'), 'ms')} and already broke" if broke else "")
+    elif capacity["basis"] == "estimated":
+        estimate = stress.get("estimate") or {}
+        found = (f"~{format_value(capacity['rps'], 'rps')}, **estimated**: "
+                 f"{_cell(estimate.get('text') or '')}")
+    else:
+        found = (f"step {capacity['step']}, {format_value(capacity['rps'], 'rps')}, p95 "
+                 f"{format_value(capacity['p95_ms'], 'ms')}")
+    lines = ["**Stress capacity:** " + found + " · **broke:** " + (
+        f"step {broke['step']}: {_cell(broke['reason'])}" if broke
+        else f"never, within {len(stress['steps'])} steps")]
+    knee = stress.get("knee") or {}
+    if knee.get("note"):
+        lines.append(f"**Knee:** {_cell(knee['note'])}")
+    if stress.get("suggestion"):
+        lines.append(f"**Next:** {_cell(stress['suggestion'])}")
+    lines.append("KPIs below: over the whole ramp, breaking step included (information; the "
+                 "verdict is the capacity result).")
+    return [item for line in lines for item in (line, "")]  # one paragraph each
 
 
 def _endurance_lines(endurance: dict[str, Any] | None) -> list[str]:

@@ -7,7 +7,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from ..analysis.stress import describe_breach, describe_step
+from ..analysis.stress import describe_breach, describe_capacity, describe_end
 from ..result import RunMeta
 from ..units import format_value
 
@@ -31,6 +31,11 @@ def draw_stress_chart(stress: dict[str, Any]) -> str:
         if s["p95_ms"] is not None:
             ax.annotate(f"{s['step']}", (s["rps"], s["p95_ms"]), textcoords="offset points",
                         xytext=(4, -12), fontsize=8)
+    capacity = stress.get("capacity")
+    if capacity is not None and capacity.get("rps"):
+        estimated = capacity["basis"] == "estimated"
+        ax.axvline(capacity["rps"], color="#2e7d32", linestyle="--" if estimated else "-",
+                   linewidth=1, label="capacity (estimated)" if estimated else "capacity")
     if any(s["p95_ms"] for s in steps):
         ax.set_yscale("log")
     ax.set_xlabel("throughput (requests/s)")
@@ -46,23 +51,32 @@ def draw_stress_chart(stress: dict[str, Any]) -> str:
 
 
 def report_section(meta: RunMeta) -> dict[str, Any] | None:
-    """What report.html shows of run.json "stress" (None for other runs): the verdict lines,
-    one row per step and the chart, redrawn from run.json."""
+    """What report.html shows of run.json "stress" (None for other runs): the capacity, how it
+    broke, the estimate at a resource limit, the knee, one row per step and the chart, redrawn
+    from run.json."""
     stress = meta.stress
     if not stress:
         return None
-    capacity, broke = stress.get("capacity"), stress.get("broke")
-    by_step = {s["step"]: s for s in stress["steps"]}
+    capacity, estimate, knee = stress.get("capacity"), stress.get("estimate"), stress.get("knee")
     chart = base64.b64encode(draw_stress_chart(stress).encode("utf-8")).decode("ascii")
     return {
-        "capacity": (describe_step(by_step[capacity["step"]]) if capacity
-                     else "none: not even the first step held"),
-        "broke": (f"step {broke['step']}: {broke['how']}" if broke
-                  else f"never, within {len(stress['steps'])} steps"),
+        "capacity": describe_capacity(stress),
+        "basis": capacity["basis"] if capacity else "none",
+        "broke": describe_end(stress),
+        # The estimate at the limit, where it is not the capacity itself (other KPIs broke too,
+        # or a step held above it): shown, not judged.
+        "estimate": estimate["text"] if estimate and (
+            capacity is None or capacity["basis"] == "measured") else None,
+        "knee": (knee or {}).get("note") or "",
+        "knee_status": (knee or {}).get("status") or "too_few_steps",
+        "suggestion": stress.get("suggestion"),
         "rows": [{"step": s["step"], "users": s["users"],
                   "rate": format_value(s["rate"], "/s") if s["rate"] is not None else "—",
                   "rps": format_value(s["rps"], ""), "p50": format_value(s["p50_ms"], ""),
                   "p95": format_value(s["p95_ms"], ""), "p99": format_value(s["p99_ms"], ""),
+                  "concurrency": format_value(s.get("concurrency"), ""),
+                  "cpu": format_value(s.get("cpu_busiest_mean_percent"), "%"),
+                  "demand": format_value(s.get("cpu_ms_per_request"), "ms"),
                   "errors": format_value(s["error_rate_percent"], "%"), "held": s["held"],
                   "why": "; ".join(describe_breach(b) for b in s["breaches"])}
                  for s in stress["steps"]],

@@ -21,6 +21,9 @@ is charged. Once the flow alone cannot keep the schedule (it sleeps 1 s per iter
 each request counts its own response time only. That lateness is the generator's:
 counted (`Lateness`), reported, never added to a request's latency. `--users` is the
 concurrency cap: more users, more slots in flight.
+
+A ramp (perfkit stress) changes the rate and the users at each step (`set_pace`); each user
+takes the new pace from its next iteration on.
 """
 
 import math
@@ -30,8 +33,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from locust import User
+from locust.env import Environment
 
 from .recorder import INTENDED_AT, LATE_SHARE, WAITED, Lateness
+
+
+# The current (rate, users) of a ramp, in Locust's parsed options: a master sends those to its
+# workers with every spawn message, so workers take each step's pace with its users.
+PACE_OPTION = "perfkit_pace"
+
+
+def set_pace(env: Environment, users: int, rate: float | None) -> None:
+    """From now on, `users` users of the open load together start `rate` iterations/s."""
+    if rate is not None and env.parsed_options is not None:
+        setattr(env.parsed_options, PACE_OPTION, [rate, users])
 
 
 @dataclass
@@ -81,6 +96,12 @@ class Arrivals:
         phase = self.phase_s(index)
         return phase + math.ceil((now - phase) / self.interval_s) * self.interval_s
 
+    def follow_pace(self, user: User) -> None:
+        """Take the pace `set_pace` last gave (a stress step), if any."""
+        pace = getattr(user.environment.parsed_options, PACE_OPTION, None)
+        if pace:
+            self.rate, self.users = float(pace[0]), int(pace[1])
+
     def gap_s(self) -> float:
         """The time from one intended start of a user to its next."""
         if self.mode == "poisson":
@@ -95,6 +116,7 @@ def make_open_loop(user_class: type[User], arrivals: Arrivals,
 
     def on_start(self: Any) -> None:
         user_class.on_start(self)
+        arrivals.follow_pace(self)
         index = arrivals.take_index(int(getattr(self.environment.runner, "worker_index", 0)))
         self._perfkit_next_at = arrivals.first_at(index, time.time())
         self._perfkit_first = True
@@ -109,6 +131,7 @@ def make_open_loop(user_class: type[User], arrivals: Arrivals,
         self._perfkit_own_late_s = self._perfkit_target_late_s = 0.0
 
     def wait_time(self: Any) -> float:
+        arrivals.follow_pace(self)
         if self._perfkit_first:
             self._perfkit_first = False
             return max(0.0, self._perfkit_next_at - time.time())

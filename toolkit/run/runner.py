@@ -52,6 +52,7 @@ from .alarms import WINDOW_S as ALARM_WINDOW_S
 from .alarms import AlarmWatcher
 from .live import LiveView
 from .observers import make_observers, start_export
+from .openloop import set_pace
 from .processes import stop_child
 from .recorder import Recorder, request_name
 from .scenario_errors import ScenarioErrors
@@ -449,10 +450,11 @@ def drive(env: Environment, settings: LoadSettings, plan: Plan, state: RunState,
                     if step_index >= 0 and plan.on_step_end and plan.on_step_end(step_index, state):
                         return
                     step_index = due[-1]
-                    _, users, _ = plan.steps[step_index]
+                    _, users, rate = plan.steps[step_index]
                     if plan.shape:
                         runner.start_shape()
                     else:
+                        set_pace(env, users, rate)
                         runner.start(users, settings.spawn_rate)
                 if step_index >= 0 and runner.state in LOAD_ENDING:
                     state.message = (f"the LoadTestShape ended the run after {elapsed:.0f} s"
