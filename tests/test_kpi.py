@@ -459,9 +459,11 @@ def test_an_open_load_at_the_target_rate_that_was_not_served_fails(tmp_path) -> 
 
 
 def test_a_stress_ramp_judges_throughput_by_its_capacity(tmp_path) -> None:
-    capacity = {"step": 2, "users": 20, "rate": None, "rps": 64.0, "p95_ms": 20.0,
-                "p99_ms": 30.0}
+    capacity = {"basis": "measured", "step": 2, "users": 20, "rate": None, "rps": 64.0,
+                "p95_ms": 20.0, "p99_ms": 30.0}
     result = throughput_of(tmp_path, 5, 40, stress={"capacity": capacity, "steps": [{}]})
     assert (result.verdict, result.value) == ("pass", 64.0)
+    # No capacity found is not a throughput of 0 rps: missing (the stress verdict fails).
     result = throughput_of(tmp_path, 5, 40, stress={"capacity": None, "steps": [{}]})
-    assert result.verdict == "fail"
+    assert (result.verdict, result.value) == ("missing", None)
+    assert result.reason.startswith("no capacity within the KPIs")

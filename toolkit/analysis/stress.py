@@ -460,7 +460,7 @@ def describe_capacity(stress: dict[str, Any]) -> str:
     """'capacity 40.2 rps at step 3 (…)', '~25 rps, estimated (…)', or what the first step
     served when nothing could be found."""
     capacity, broke = stress.get("capacity"), stress.get("broke")
-    steps = {s["step"]: s for s in stress.get("steps") or []}
+    steps = {s.get("step"): s for s in stress.get("steps") or []}
     if capacity is None:
         first = steps.get(broke["step"]) if broke else None
         served = (f": step {first['step']} ({describe_load(first)}) served "
