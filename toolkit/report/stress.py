@@ -36,7 +36,8 @@ def draw_stress_chart(stress: dict[str, Any]) -> str:
         estimated = capacity["basis"] == "estimated"
         ax.axvline(capacity["rps"], color="#2e7d32", linestyle="--" if estimated else "-",
                    linewidth=1, label="capacity (estimated)" if estimated else "capacity")
-    if any(s["p95_ms"] for s in steps):
+    latencies = [s[key] for s in steps for key in ("p95_ms", "p99_ms") if s[key]]
+    if latencies and max(latencies) > 10 * min(latencies):  # a log axis for a wide range only
         ax.set_yscale("log")
     ax.set_xlabel("throughput (requests/s)")
     ax.set_ylabel("latency (ms)")
@@ -60,7 +61,7 @@ def report_section(meta: RunMeta) -> dict[str, Any] | None:
     capacity, estimate, knee = stress.get("capacity"), stress.get("estimate"), stress.get("knee")
     chart = base64.b64encode(draw_stress_chart(stress).encode("utf-8")).decode("ascii")
     return {
-        "capacity": describe_capacity(stress),
+        "capacity": describe_capacity(stress).removeprefix("capacity "),
         "basis": capacity["basis"] if capacity else "none",
         "broke": describe_end(stress),
         # The estimate at the limit, where it is not the capacity itself (other KPIs broke too,
