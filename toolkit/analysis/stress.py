@@ -457,16 +457,18 @@ def describe_step(step: dict[str, Any]) -> str:
 
 
 def describe_capacity(stress: dict[str, Any]) -> str:
-    """'capacity 40.2 rps at step 3 (…)', '~25 rps, estimated (…)', or what the first step
-    served when nothing could be found."""
+    """'capacity 40.2 rps at step 3 (…)', '~25 rps, estimated (…)', or, where the first step
+    broke on what no demand explains (latency, errors, memory), that the capacity is below
+    its load and what it served."""
     capacity, broke = stress.get("capacity"), stress.get("broke")
     steps = {s.get("step"): s for s in stress.get("steps") or []}
     if capacity is None:
         first = steps.get(broke["step"]) if broke else None
-        served = (f": step {first['step']} ({describe_load(first)}) served "
-                  f"{format_value(first['rps'], 'rps')} at p95 "
-                  f"{format_value(first['p95_ms'], 'ms')} and already broke" if first else "")
-        return f"no capacity within the KPIs{served}"
+        if first is None:
+            return "capacity not found"
+        return (f"capacity below the first step's load: step {first['step']} "
+                f"({describe_load(first)}) served {format_value(first['rps'], 'rps')} at p95 "
+                f"{format_value(first['p95_ms'], 'ms')} and already broke")
     if capacity["basis"] == "measured":
         step = steps.get(capacity["step"])
         load = f" ({describe_load(step)}, p95 {format_value(step['p95_ms'], 'ms')})" \
@@ -549,7 +551,7 @@ def judge_stress(stress: dict[str, Any], status: str, message: str,
                  targets: list[KpiTarget]) -> tuple[str, str]:
     """(verdict, reason) of a stress run: its capacity result, the deciding reason first.
     error: no step completed or nothing was measured (or the run failed); fail: the target
-    died, the run did not complete, no capacity could be found, or the capacity is below the
+    died, the run did not complete, the capacity is below the first step (no estimate), or below the
     throughput KPI; warn: the capacity is only estimated (the first step broke) or the
     throughput KPI warns; pass: a capacity was measured and meets the throughput KPI (or none
     applies: missing never decides)."""
