@@ -381,6 +381,9 @@ def test_stress_finds_the_capacity_of_a_worker_pool(tmp_path: Path) -> None:
     assert "% under the 1000 rps throughput target; broke at step 3" in summary["verdict_reason"]
     assert summary["stress"]["capacity"]["step"] == 2
     assert summary["stress"]["broke_at"]["step"] == 3
+    # The whole-ramp KPIs leave out the first step's settle time (1.2 s, to the next whole
+    # second), not a tenth of the planned 4 steps (2.4 s) or of --duration.
+    assert summary["window"]["warmup_s"] < 2.3
     assert first_line.startswith("### perfkit: ❌ FAIL — capacity 1")
     assert "**Stress capacity:** step 2" in (tmp_path / "run" / "summary.md").read_text()
     assert 'name="stress capacity"' in junit and 'failures="1"' in junit

@@ -509,9 +509,11 @@ def describe_stress(stress: dict[str, Any]) -> list[str]:
         return [f"no step was completed ({stress.get('stopped')})"]
     lines = [describe_capacity(stress), describe_end(stress)]
     estimate, capacity = stress.get("estimate"), stress.get("capacity")
-    if estimate is not None and (capacity is None or capacity["basis"] == "measured"):
-        lines.append(f"at the {estimate['kpi']} limit (not the capacity: "
-                     f"{', '.join(estimate['other_breaches']) or 'other KPIs'} broke too): "
+    if estimate is not None and capacity is not None and capacity["basis"] == "measured":
+        others = estimate["other_breaches"]
+        why = (f"{', '.join(others)} broke too" if others else
+               "outside the held and the broken step: the demand did not grow with the load")
+        lines.append(f"at the {estimate['kpi']} limit, for information ({why}): "
                      f"{estimate['text']}")
     knee = stress.get("knee") or {}
     if knee.get("note"):
