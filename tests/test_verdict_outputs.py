@@ -143,12 +143,6 @@ def ramp(*steps: tuple[int, int, float | None]) -> dict[str, Any]:
                             "broke" if broke else "max_steps")
 
 
-# The stress verdict (error when no step completed; fail when the capacity is below the
-# throughput KPI; warn when it is only estimated; pass when measured and meeting it) is being
-# built beside this work: its cases that need it are marked until it lands.
-STRESS_VERDICT_PENDING = pytest.mark.xfail(
-    strict=True, reason="the stress verdict of issue 25 (estimated capacity, no step completed) "
-                        "is another engineer's change")
 FLAT_S = 200
 
 FIXED = {
@@ -186,8 +180,6 @@ FIXED = {
             HEALTH: EndpointSpec(rps=20, median_ms=5, error_rate=0.05)}))),
     "endurance error": ("error", lambda d: endurance_run(
         d, ERROR_RATE, np.full(FLAT_S, 80.0), RunSpec(duration_s=FLAT_S, endpoints={}))),
-}
-PENDING = {
     # The first step already breaks the CPU KPI: the capacity (~84 rps at 80 % of a core,
     # above the 50 rps KPI) can only be estimated from the CPU each request costs.
     "stress warn: estimated capacity": ("warn", lambda d: fixed_run(
@@ -197,10 +189,9 @@ PENDING = {
 }
 
 
-@pytest.mark.parametrize("name", [*FIXED, *(pytest.param(name, marks=STRESS_VERDICT_PENDING)
-                                            for name in PENDING)])
+@pytest.mark.parametrize("name", FIXED)
 def test_every_output_says_the_one_verdict_of_fixed_runs(tmp_path: Path, name: str) -> None:
-    verdict, build = {**FIXED, **PENDING}[name]
+    verdict, build = FIXED[name]
     build(tmp_path)
     result = rebuild_report(tmp_path)
     assert_outputs_agree(tmp_path, result.exit_code, verdict)

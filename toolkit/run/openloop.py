@@ -37,7 +37,6 @@ from locust.env import Environment
 
 from .recorder import INTENDED_AT, LATE_SHARE, WAITED, Lateness
 
-
 # The current (rate, users) of a ramp, in Locust's parsed options: a master sends those to its
 # workers with every spawn message, so workers take each step's pace with its users.
 PACE_OPTION = "perfkit_pace"
