@@ -19,6 +19,15 @@ Measurement choices (each is a known pitfall):
   module-global state, which any other caller in the process would disturb.
 - MB are MiB (2**20 bytes), as `ps` and `top` count them. Network counters include loopback,
   where the load test's own traffic runs.
+- What else the machine was doing, for comparisons (docs/regression.md): `others_cpu_percent`
+  is the machine's busy CPU (steal left out) minus perfkit's own processes (the process that
+  runs the load and its descendants: Locust workers, py-spy) minus the target's tree, in % of
+  one core; it is missing without a target tree to subtract, since the target's own work
+  would then count as other work. `sys_perfkit_cpu_percent` is perfkit's own share (the
+  target left out where it is perfkit's child), `sys_steal_percent` the CPU the hypervisor
+  gave to other guests (% of one core; missing where the OS does not report steal),
+  `sys_loadavg_1m` the kernel's one-minute load average (runnable and uninterruptible tasks,
+  the target's and perfkit's included).
 """
 
 import csv
@@ -42,6 +51,7 @@ COLUMNS = [
     "uss_mb", "threads", "open_files", "read_mb_s", "write_mb_s", "ctx_switches_s",
     "sys_cpu_percent", "sys_memory_percent", "sys_disk_read_mb_s", "sys_disk_write_mb_s",
     "sys_net_sent_mb_s", "sys_net_recv_mb_s",
+    "sys_loadavg_1m", "sys_steal_percent", "others_cpu_percent", "sys_perfkit_cpu_percent",
 ]
 MB = 1024 * 1024
 
@@ -222,6 +232,41 @@ def _busy_and_total_s(times: Any) -> tuple[float, float]:
     return total - times.idle - getattr(times, "iowait", 0.0), total
 
 
+def sample_cpu_s(root: psutil.Process,
+                 leave_out: set[tuple[int, float]]) -> dict[tuple[int, float], float]:
+    """CPU seconds (user + system) of every process of the tree under `root` except those in
+    `leave_out`, keyed as TreeSample keys; {} once root has gone. Only the CPU times are read:
+    this runs every second over perfkit's own processes."""
+    try:
+        tree = list_tree(root)
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return {}
+    cpu: dict[tuple[int, float], float] = {}
+    for proc in tree:
+        try:
+            key = (proc.pid, proc.create_time())
+            if key not in leave_out:
+                times = proc.cpu_times()
+                cpu[key] = times.user + times.system
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue  # exited while we looked
+    return cpu
+
+
+def cpu_rate_s(current: dict[tuple[int, float], float],
+               previous: dict[tuple[int, float], float], previous_at: float,
+               dt_s: float) -> float:
+    """CPU seconds per second of a set of processes between two sample_cpu_s readings; a
+    process born since `previous_at` counts from zero (as rate_baseline)."""
+    total = 0.0
+    for key, cpu_s in current.items():
+        if key in previous:
+            total += cpu_s - previous[key]
+        elif key[1] >= previous_at - _CREATE_TIME_SLACK_S:
+            total += cpu_s
+    return max(total, 0.0) / dt_s
+
+
 def _in_mb(value_bytes: float | None, digits: int) -> float | None:
     return None if value_bytes is None else round(value_bytes / MB, digits)
 
@@ -245,6 +290,15 @@ class SystemCollector(Sampler):
         self._previous_t: float | None = None
         self._previous_tree: TreeSample | None = None
         self._previous_machine: dict[str, Any] | None = None
+        # perfkit's own processes: the one sampling (which runs the load) and its descendants
+        self._own = psutil.Process()
+        self._previous_own: dict[tuple[int, float], float] | None = None
+        self._previous_own_at = 0.0
+        # CPU seconds per second of the last sample (None where not measured): the target's
+        # tree, and the machine's busy cores.
+        self._target_cpu_s: float | None = None
+        self._busy_cores: float | None = None
+        self._target_keys: set[tuple[int, float]] = set()
 
     def start(self) -> None:
         if self.pid is None:
@@ -268,8 +322,10 @@ class SystemCollector(Sampler):
     def take_sample(self) -> dict[str, Any] | None:
         t = time.time()
         row: dict[str, Any] = {"t": round(t, 3)}
+        self._target_cpu_s = self._busy_cores = None
         row.update(self._sample_target(t))
         row.update(self._sample_machine(t))
+        row.update(self._sample_others(t))
         self._previous_t = t
         if self._file is not None and not self._file.closed:
             self._writer.writerow([row.get(c) for c in COLUMNS])
@@ -286,6 +342,7 @@ class SystemCollector(Sampler):
             self._note_target_gone(t)
             return {}
         samples = list(tree.samples.values())
+        self._target_keys = set(tree.samples)
         fds = sum_field(samples, "fds")
         row: dict[str, Any] = {
             "procs": len(samples),
@@ -299,6 +356,7 @@ class SystemCollector(Sampler):
             baseline = rate_baseline(tree, self._previous_tree)
             cpu_s = rate_of_field(tree.samples, baseline, "cpu_s", dt_s)
             if cpu_s is not None:
+                self._target_cpu_s = cpu_s
                 row["cpu_percent"] = round(100.0 * cpu_s, 2)
                 row["cpu_busiest_percent"] = round(
                     100.0 * busiest_rate(tree.samples, baseline, "cpu_s", dt_s), 2)
@@ -320,14 +378,18 @@ class SystemCollector(Sampler):
         log.info("target pid %s exited; sampling the machine only", self.pid)
         self._root = None
         self._previous_tree = None
+        self._target_keys = set()
 
     def _sample_machine(self, t: float) -> dict[str, Any]:
+        times = psutil.cpu_times()
         now: dict[str, Any] = {
-            "cpu": _busy_and_total_s(psutil.cpu_times()),
+            "cpu": _busy_and_total_s(times),
+            "steal": getattr(times, "steal", None),  # Linux only
             "disk": psutil.disk_io_counters(),  # None where the kernel exposes no disks
             "net": psutil.net_io_counters(),
         }
-        row: dict[str, Any] = {"sys_memory_percent": psutil.virtual_memory().percent}
+        row: dict[str, Any] = {"sys_memory_percent": psutil.virtual_memory().percent,
+                               "sys_loadavg_1m": round(psutil.getloadavg()[0], 2)}
         before = self._previous_machine
         self._previous_machine = now
         if before is None or self._previous_t is None:
@@ -337,6 +399,13 @@ class SystemCollector(Sampler):
         total_s = now["cpu"][1] - before["cpu"][1]
         if total_s > 0:
             row["sys_cpu_percent"] = round(100.0 * max(busy_s, 0.0) / total_s, 2)
+            # Cores' worth, in the kernel's own time (total_s / cores is the interval it saw).
+            steal_s = None if now["steal"] is None else max(now["steal"] - before["steal"], 0.0)
+            cores_s = total_s / self._cpu_count
+            if steal_s is not None:
+                row["sys_steal_percent"] = round(100.0 * steal_s / cores_s, 2)
+            # Steal is CPU a process wanted and did not get: not work done on this machine.
+            self._busy_cores = max(busy_s - (steal_s or 0.0), 0.0) / cores_s
         pairs = [
             ("sys_disk_read_mb_s", "disk", "read_bytes"),
             ("sys_disk_write_mb_s", "disk", "write_bytes"),
@@ -349,6 +418,24 @@ class SystemCollector(Sampler):
             delta = getattr(now[source], field) - getattr(before[source], field)
             if delta >= 0:  # a counter that went back (device reset) is not a rate
                 row[column] = round(delta / MB / dt_s, 4)
+        return row
+
+    def _sample_others(self, t: float) -> dict[str, Any]:
+        """perfkit's own CPU, and the machine's less perfkit's and the target's."""
+        # Empty where the target's tree is all of perfkit's (a collector sampling its own
+        # process): perfkit's share is then zero.
+        own = sample_cpu_s(self._own, self._target_keys)
+        before, before_at = self._previous_own, self._previous_own_at
+        self._previous_own, self._previous_own_at = own, t
+        if before is None or self._previous_t is None:
+            return {}
+        perfkit_cpu_s = cpu_rate_s(own, before, before_at, t - self._previous_t)
+        row = {"sys_perfkit_cpu_percent": round(100.0 * perfkit_cpu_s, 2)}
+        if self._busy_cores is not None and self._target_cpu_s is not None:
+            # Counters are read a few hundred microseconds apart: a slightly negative
+            # remainder is rounding, not work.
+            others = self._busy_cores - perfkit_cpu_s - self._target_cpu_s
+            row["others_cpu_percent"] = round(100.0 * max(others, 0.0), 2)
         return row
 
     def close(self) -> None:
