@@ -85,6 +85,9 @@ class RunMeta:
     endurance: dict[str, Any] | None = None
     baseline: dict[str, Any] | None = None
     export: dict[str, Any] | None = None  # --prometheus-port / --otlp-endpoint, when given
+    # What else the machine was doing (perfkit.analysis.environment); None for runs recorded
+    # before resources.csv had the machine-load columns.
+    environment: dict[str, Any] | None = None
     verdict: str | None = None
 
     def collector_note(self, name: str) -> str:
@@ -190,6 +193,7 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
     "load": _OPTIONAL_OBJECT, "locust_counts": (dict,), "alarms": _OPTIONAL_OBJECT,
     "profile": _OPTIONAL_OBJECT, "stress": _OPTIONAL_OBJECT, "endurance": _OPTIONAL_OBJECT,
     "baseline": _OPTIONAL_OBJECT, "verdict": _OPTIONAL_TEXT, "distributed": _OPTIONAL_OBJECT,
+    "environment": _OPTIONAL_OBJECT,
 }
 _SETTINGS_TYPES: dict[str, tuple[type, ...]] = {
     "users": (int,), "spawn_rate": _NUMBER, "duration_s": _NUMBER,

@@ -24,6 +24,7 @@ from ..result import (
 )
 from ..units import format_percent, format_value
 from . import observed, stats
+from .environment import summarize_environment
 
 # A start plus warm-up within float error of a whole second is that second.
 _SAME_SECOND_S = 1e-6
@@ -386,6 +387,8 @@ def judge_run(run: RunResult, targets: list[KpiTarget]) -> RunResult:
     count = sum(ep["count"] for ep in run.endpoints.values())
     failures = sum(ep["failures"] for ep in run.endpoints.values())
     meta = run.meta
+    meta.environment = summarize_environment(run.resources, start, end,
+                                             (meta.machine or {}).get("cpu_count"))
     run.summary = json_safe({
         "run_id": run.run_id,
         "verdict": run.verdict,
@@ -412,6 +415,7 @@ def judge_run(run: RunResult, targets: list[KpiTarget]) -> RunResult:
         "kpi_file": meta.kpi_file,
         "stress": _stress_summary(meta.stress),
         "endurance": _endurance_summary(meta.endurance),
+        "environment": meta.environment,
     })
     return run
 

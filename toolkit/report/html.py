@@ -16,6 +16,7 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup
 
+from ..analysis.environment import describe_machine_load
 from ..analysis.kpi import judged_postgres, judged_warmup_s, judged_window, worst_offender
 from ..config import JOB_NAMES, METRICS
 from ..result import KpiResult, RunMeta, RunResult
@@ -641,6 +642,7 @@ def _environment(meta: RunMeta, duration_s: float) -> list[tuple[str, str]]:
         ("KPI file", str(meta.kpi_file or "defaults")),
         ("git revision", str(meta.git_revision or "—")),
         ("machine", ", ".join(f"{k} {v}" for k, v in machine.items()) or "—"),
+        ("machine load", describe_machine_load(meta.environment)),
         ("versions", ", ".join(f"{k} {v}" for k, v in versions.items()) or "—"),
         ("started", _utc(meta.started_at)),
         ("ended", _utc(meta.ended_at)),

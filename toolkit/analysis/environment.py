@@ -1,0 +1,139 @@
+"""What else the machine was doing during a run, from the machine columns of resources.csv
+(perfkit.collectors.system), and whether that explains a difference between runs.
+
+run.json and summary.json carry the summary as "environment"; `perfkit compare` turns a
+regression into "inconclusive" when the current run ran beside materially more other work than
+the baseline (docs/regression.md gives the rule and why). Pure functions, no I/O.
+"""
+
+import math
+from typing import Any
+
+import pandas as pd
+
+# Other work (other processes' CPU plus steal, % of one core) that must separate two runs
+# before it is taken to explain a regression: docs/regression.md, "What else the machine
+# was doing", says why a quarter of a core.
+BUSIER_CORE_PERCENT = 25.0
+
+_STATS = ("others_cpu_percent", "sys_steal_percent", "sys_perfkit_cpu_percent")
+
+
+def summarize_environment(resources: pd.DataFrame | None, start: float, end: float,
+                          cpu_count: int | None) -> dict[str, Any] | None:
+    """run.json "environment": mean and max of other processes' CPU, steal and perfkit's own
+    CPU (% of one core) over the judged window [start, end]; the one-minute load average at
+    the first and last sample of the run and its mean and max over the window. None for a run
+    whose resources.csv has none of these columns (recorded before they existed); a column
+    present but empty is a None value (not measured), never 0."""
+    if resources is None or "sys_loadavg_1m" not in resources:
+        return None
+    judged = resources[(resources["t"] >= start) & (resources["t"] <= end)]
+    summary: dict[str, Any] = {"cpu_count": cpu_count}
+    for column in _STATS:
+        values = _numbers(judged, column)
+        summary[column] = {"mean": _round(values.mean()), "max": _round(values.max())}
+    whole, values = _numbers(resources, "sys_loadavg_1m"), _numbers(judged, "sys_loadavg_1m")
+    summary["sys_loadavg_1m"] = {
+        "start": _round(whole.iloc[0]) if len(whole) else None,
+        "end": _round(whole.iloc[-1]) if len(whole) else None,
+        "mean": _round(values.mean()), "max": _round(values.max()),
+        "mean_per_core": _round(values.mean() / cpu_count) if cpu_count else None,
+    }
+    summary["samples"] = int(_numbers(judged, "others_cpu_percent").size)
+    return summary
+
+
+def _numbers(frame: pd.DataFrame, column: str) -> pd.Series:
+    if column not in frame:
+        return pd.Series([], dtype=float)
+    return pd.to_numeric(frame[column], errors="coerce").dropna()
+
+
+def _round(value: Any) -> float | None:
+    return None if value is None or not math.isfinite(float(value)) else round(float(value), 2)
+
+
+def other_work_percent(environment: dict[str, Any] | None) -> float | None:
+    """Other work beside the run, % of one core: other processes' mean CPU plus the mean steal
+    (0 where the OS reports no steal). None where other processes' CPU was not measured."""
+    if not environment:
+        return None
+    others = (environment.get("others_cpu_percent") or {}).get("mean")
+    if others is None:
+        return None
+    steal = (environment.get("sys_steal_percent") or {}).get("mean")
+    return float(others) + float(steal or 0.0)
+
+
+def check_environment(baselines: list[dict[str, Any] | None],
+                      currents: list[dict[str, Any] | None], labels: tuple[list[str], list[str]],
+                      threshold_percent: float = BUSIER_CORE_PERCENT) -> dict[str, Any]:
+    """Was the machine materially busier during the current runs than during the baseline's?
+
+    Each side is a list of run environments (summarize_environment), `labels` the runs' names.
+    The machine was busier in the current runs when even the quietest of them ran beside more
+    than `threshold_percent` of a core of other work more than the busiest baseline run did
+    (and the mirror image for the baseline). Returns compare.json's "environment": the other
+    work of each run, `busier` ("current", "baseline" or None), `difference_percent` and a
+    `note` that names the difference (or says what was not recorded)."""
+    base_work = [other_work_percent(env) for env in baselines]
+    cur_work = [other_work_percent(env) for env in currents]
+    record: dict[str, Any] = {
+        "baseline": baselines, "current": currents,
+        "baseline_other_work_percent": base_work, "current_other_work_percent": cur_work,
+        "threshold_percent": threshold_percent, "busier": None, "difference_percent": None,
+        "note": "", "explained": [],
+    }
+    unknown = [label for label, work in zip([*labels[0], *labels[1]], [*base_work, *cur_work],
+                                            strict=True) if work is None]
+    if unknown:
+        record["note"] = (f"the machine's other work was not recorded for {', '.join(unknown)} "
+                          f"(a run directory from before perfkit recorded it, or no target "
+                          f"process to tell apart from other work): judged without the "
+                          f"environment check")
+        return record
+    base = [work for work in base_work if work is not None]
+    cur = [work for work in cur_work if work is not None]
+    if min(cur) - max(base) > threshold_percent:
+        record["busier"], record["difference_percent"] = "current", round(min(cur) - max(base), 1)
+        record["note"] = (f"the machine was busier in the current run: it ran beside "
+                          f"{_share(cur)} of a core of other work, the baseline beside "
+                          f"{_share(base)}")
+    elif min(base) - max(cur) > threshold_percent:
+        record["busier"], record["difference_percent"] = "baseline", round(min(base) - max(cur), 1)
+        record["note"] = (f"the machine was busier in the baseline: it ran beside "
+                          f"{_share(base)} of a core of other work, the current run beside "
+                          f"{_share(cur)}; judged as usual (an improvement may be the "
+                          f"machine's)")
+    return record
+
+
+def _share(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.0f} %"
+    return f"{min(values):.0f}-{max(values):.0f} %"
+
+
+def describe_machine_load(environment: dict[str, Any] | None) -> str:
+    """One line for a report: other work, steal, load average, perfkit's own CPU."""
+    if not environment:
+        return "not recorded (a run from before perfkit recorded the machine's load)"
+    others, steal, own = (environment.get(key) or {} for key in _STATS)
+    load = environment.get("sys_loadavg_1m") or {}
+    parts = [f"other processes {_percent(others.get('mean'))} of a core "
+             f"(max {_percent(others.get('max'))})",
+             f"steal {_percent(steal.get('mean'))}",
+             f"load average {_number(load.get('start'))} at the start, "
+             f"{_number(load.get('end'))} at the end (mean {_number(load.get('mean'))}, "
+             f"{_number(load.get('mean_per_core'))} per core)",
+             f"perfkit itself {_percent(own.get('mean'))} of a core"]
+    return "; ".join(parts) + " (judged window)"
+
+
+def _percent(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.0f} %"
+
+
+def _number(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
