@@ -580,12 +580,14 @@ def _threshold_option(func: Any) -> Any:
 
 
 def _compare_settings(thresholds: tuple[str, ...], confidence: float,
-                      warmup_s: float | None = None) -> Any:
+                      warmup_s: float | None = None, baseline_runs: int = 1) -> Any:
     from .analysis.compare import CompareSettings, parse_thresholds
 
     default, per_metric = parse_thresholds(thresholds)
+    # A baseline saved from several runs is there to be judged against their spread.
     return CompareSettings(thresholds=per_metric, default_threshold=default,
-                           confidence=confidence, warmup_s=warmup_s)
+                           confidence=confidence, warmup_s=warmup_s,
+                           between_runs=baseline_runs > 1)
 
 
 def _compare_and_report(baselines: list[Any], currents: list[Any], settings: Any,
@@ -593,13 +595,20 @@ def _compare_and_report(baselines: list[Any], currents: list[Any], settings: Any
     """Compare runs (RunResults), write compare.* and junit.xml into `out`, print the verdict;
     1 on regression."""
     from .analysis.compare import compare_runs
-    from .report.compare_html import headline, write_compare_report
+    from .report.compare_html import describe_evidence, headline, write_compare_report
 
     comparison = compare_runs(baselines, currents, settings)
     html_path = write_compare_report(comparison, baselines, currents, out)
     for m in comparison.regressed:
         say(f"  regressed: {m.subject} {m.metric} {m.baseline:.4g} -> {m.current:.4g} {m.unit} "
             f"(x{m.ratio:.3f}, CI {m.ci_low:.3f}..{m.ci_high:.3f})")
+    say(f"compare: evidence {describe_evidence(comparison)}")
+    environment = comparison.environment
+    if environment.get("note"):
+        say(f"compare: {environment['note']}")
+    if environment.get("explained"):
+        say(f"  inconclusive, not regressed, as the machine explains them: "
+            f"{', '.join(environment['explained'])}")
     say(f"compare: {headline(comparison)}")
     say(f"report: {html_path}")
     return 1 if comparison.regressed else 0
@@ -615,13 +624,14 @@ def _compare_and_report(baselines: list[Any], currents: list[Any], settings: Any
               help="Warm-up left out of both runs (default: each run's own).")
 def compare(baseline_ref: str, current: Path, out: Path | None, thresholds: tuple[str, ...],
             confidence: float, warmup: float | None) -> None:
-    """Compare a baseline (run directory or saved name) with a run; exit 1 on a regression."""
+    """Compare a baseline (run directory or saved name) with a run; exit 1 on a regression
+    (not when the machine was busier in the run than in the baseline: inconclusive, exit 0)."""
     from . import rundir
     from .baseline import resolve_baseline
 
-    settings = _compare_settings(thresholds, confidence, warmup)
-    baseline_run = rundir.load_run(resolve_baseline(baseline_ref, Path("reports")))
-    sys.exit(_compare_and_report([baseline_run], [rundir.load_run(current)], settings,
+    baselines = [rundir.load_run(path) for path in resolve_baseline(baseline_ref, Path("reports"))]
+    settings = _compare_settings(thresholds, confidence, warmup, len(baselines))
+    sys.exit(_compare_and_report(baselines, [rundir.load_run(current)], settings,
                                  out or current / "compare"))
 
 
@@ -642,15 +652,16 @@ def regression(baseline_ref: str, repeat: int, thresholds: tuple[str, ...], conf
     from .run import runner
 
     settings = build_settings("regression", **opts)
-    baseline_run = rundir.load_run(resolve_baseline(baseline_ref, settings.reports_dir))
-    compare_settings = _compare_settings(thresholds, confidence)
+    baselines = [rundir.load_run(path)
+                 for path in resolve_baseline(baseline_ref, settings.reports_dir)]
+    compare_settings = _compare_settings(thresholds, confidence, baseline_runs=len(baselines))
     runs = []
     for i in range(repeat):
         out = settings.out / f"run-{i + 1}" if settings.out and repeat > 1 else settings.out
         runs.append(record_history(runner.run_load(dataclasses.replace(settings, out=out), say),
                                    opts["history"]))
     out_dir = (settings.out if settings.out and repeat > 1 else runs[-1].run_dir) / "compare"
-    compared = _compare_and_report([baseline_run], runs, compare_settings, out_dir)
+    compared = _compare_and_report(baselines, runs, compare_settings, out_dir)
     sys.exit(max(max(run.exit_code for run in runs), compared))
 
 
@@ -660,24 +671,28 @@ def baseline() -> None:
 
 
 @baseline.command("save")
-@click.argument("run", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--name", required=True, help="Baseline name.")
 @click.option("--reports-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("reports"), show_default=True)
-def baseline_save(run: Path, name: str, reports_dir: Path) -> None:
-    """Copy a run's data files (not its report or profiles) into reports/baselines/NAME."""
+def baseline_save(runs: tuple[Path, ...], name: str, reports_dir: Path) -> None:
+    """Copy runs' data files (not their reports or profiles) into reports/baselines/NAME.
+
+    Several runs of one scenario (3 or more) make a baseline that comparisons judge against
+    the spread between its runs, not only the noise within them."""
     from .baseline import save_baseline
 
-    path = save_baseline(run, name, reports_dir)
-    size_kb = sum(f.stat().st_size for f in path.iterdir()) / 1024
-    say(f"baseline {name}: {path} ({size_kb:.0f} kB)")
+    path = save_baseline(list(runs), name, reports_dir)
+    size_kb = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1024
+    plural = f", {len(runs)} runs" if len(runs) > 1 else ""
+    say(f"baseline {name}: {path} ({size_kb:.0f} kB{plural})")
 
 
 @baseline.command("list")
 @click.option("--reports-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("reports"), show_default=True)
 def baseline_list(reports_dir: Path) -> None:
-    """The saved baselines: name, scenario, duration, variants, size."""
+    """The saved baselines: name, scenario, duration, variants, size, runs."""
     from .baseline import list_baselines
 
     rows = list_baselines(reports_dir)
@@ -686,7 +701,7 @@ def baseline_list(reports_dir: Path) -> None:
     for row in rows:
         variants = ",".join(row["variants"]) or "-"
         say(f"{row['name']:24} {row['scenario']!s:12} {row['duration_s'] or 0:>6.0f} s  "
-            f"variants {variants:10} {row['size_kb']:7.0f} kB")
+            f"variants {variants:10} {row['size_kb']:7.0f} kB  runs {row['runs']}")
 
 
 @cli.group()

@@ -1,7 +1,10 @@
 """Compare runs: per endpoint and per target resource, baseline against current, with a verdict
-that needs both a practical threshold and statistical evidence (docs/regression.md).
+that needs both a practical threshold and statistical evidence (docs/regression.md), and that
+knows what else the machine was doing (perfkit.analysis.environment).
 
-Pure computation on loaded runs; writing the artefacts is perfkit.report.compare_html's job.
+The evidence is the noise within the runs (a block bootstrap over time), or, for a baseline of
+several runs, the spread between the runs (a t interval on per-run values). Pure computation
+on loaded runs; writing the artefacts is perfkit.report.compare_html's job.
 """
 
 import math
@@ -11,10 +14,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import t as student_t
 
 from ..errors import ConfigError
 from ..result import RunResult
 from . import stats
+from .environment import check_environment, summarize_environment
 from .kpi import judged_window
 
 # metric key -> (percentile or None, higher is worse, unit)
@@ -42,6 +47,11 @@ TARGET = "target"  # the subject of resource metrics: the target's process tree
 MIN_BEYOND_PERCENTILE = 5
 # Long runs are cut into at most this many blocks, so the bootstrap stays fast.
 MAX_BLOCKS = 600
+# Between-run evidence needs a spread to estimate: two runs give one degree of freedom, whose
+# t quantile at a family-wise level is in the hundreds.
+MIN_BETWEEN_RUNS = 3
+WITHIN_RUNS = "within runs"
+BETWEEN_RUNS = "between runs"
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,9 @@ class CompareSettings:
     resamples: int = 2000
     seed: int = 0
     warmup_s: float | None = None  # None: each run's own warm-up setting
+    # Judge against the spread between the baseline's runs (at least MIN_BETWEEN_RUNS) rather
+    # than the noise within them: what a baseline saved from several runs asks for.
+    between_runs: bool = False
 
     def threshold_for(self, metric: str) -> float:
         return self.thresholds.get(metric, self.default_threshold)
@@ -72,6 +85,11 @@ class MetricComparison:
     threshold: float
     verdict: str          # stats.VERDICTS
     note: str = ""
+    evidence: str = WITHIN_RUNS  # or BETWEEN_RUNS: what the interval and p come from
+    # Per-run values (between-run evidence only): baseline and current are their geometric
+    # means, the ratio theirs.
+    baseline_per_run: list[float] = field(default_factory=list)
+    current_per_run: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -86,6 +104,11 @@ class Comparison:
     only_in_baseline: list[str]
     only_in_current: list[str]
     notes: list[str]
+    evidence: str = WITHIN_RUNS
+    # What else the machine was doing in each run and whether it explains a regression
+    # (analysis.environment.check_environment); "explained" lists the metrics whose
+    # regression it turned into inconclusive.
+    environment: dict[str, Any] = field(default_factory=dict)
 
     @property
     def regressed(self) -> list[MetricComparison]:
@@ -227,7 +250,15 @@ def compare_runs(baselines: list[RunResult], currents: list[RunResult],
     for name in common:
         evidence.extend(_compare_endpoint(name, base, cur, base_weights, cur_weights, settings))
     evidence.extend(_compare_resources(base, cur, base_weights, cur_weights, settings))
-    metrics = _judge_all(evidence, settings)
+    notes = _settings_notes(baselines, currents)
+    between = settings.between_runs and len(baselines) >= MIN_BETWEEN_RUNS
+    if settings.between_runs and not between:
+        notes.append(f"between-run evidence needs a baseline of at least {MIN_BETWEEN_RUNS} "
+                     f"runs (this one has {len(baselines)}): judged within runs")
+    metrics = _judge_all(evidence, settings, between)
+    environment = _check_environment(baselines, currents, settings, metrics)
+    if environment["note"]:
+        notes.append(environment["note"])
     return Comparison(
         scenario=str(baselines[0].meta.scenario),
         baseline_runs=[str(run.run_dir) for run in baselines],
@@ -238,8 +269,34 @@ def compare_runs(baselines: list[RunResult], currents: list[RunResult],
         metrics=metrics,
         only_in_baseline=sorted(base_names - cur_names),
         only_in_current=sorted(cur_names - base_names),
-        notes=_settings_notes(baselines, currents),
+        notes=notes,
+        evidence=BETWEEN_RUNS if between else WITHIN_RUNS,
+        environment=environment,
     )
+
+
+def _check_environment(baselines: list[RunResult], currents: list[RunResult],
+                       settings: CompareSettings,
+                       metrics: list[MetricComparison]) -> dict[str, Any]:
+    """The machine's other work in each run (over the judged windows compared); where the
+    current runs ran beside materially more of it, every regression becomes inconclusive:
+    the machine explains it as well as the change does. An improvement stays one."""
+    def environments(runs: list[RunResult]) -> list[dict[str, Any] | None]:
+        return [summarize_environment(run.resources, *judged_window(run, settings.warmup_s),
+                                      (run.meta.machine or {}).get("cpu_count"))
+                for run in runs]
+
+    record = check_environment(environments(baselines), environments(currents),
+                               ([run.run_id for run in baselines],
+                                [run.run_id for run in currents]))
+    if record["busier"] == "current":
+        for m in metrics:
+            if m.verdict == "regressed":
+                m.verdict = "inconclusive"
+                m.note = "; ".join(filter(None, [m.note, "the machine was busier in the current "
+                                                 "run: not judged a regression"]))
+                record["explained"].append(f"{m.subject} {m.metric}")
+    return record
 
 
 @dataclass
@@ -250,6 +307,8 @@ class _Evidence:
     cur_boot: np.ndarray | None = None
     base_blocks: np.ndarray | None = None    # per-block values, for Mann-Whitney U
     cur_blocks: np.ndarray | None = None
+    base_runs: np.ndarray | None = None      # per-run values, for between-run evidence
+    cur_runs: np.ndarray | None = None
 
     @property
     def judgeable(self) -> bool:
@@ -267,20 +326,62 @@ def _measure(subject: str, metric: str, unit: str, higher_is_worse: bool,
         settings.threshold_for(metric), "missing", note), **evidence)
 
 
-def _judge_all(evidence: list[_Evidence], settings: CompareSettings) -> list[MetricComparison]:
+def _judge_all(evidence: list[_Evidence], settings: CompareSettings,
+               between: bool) -> list[MetricComparison]:
     """Verdicts at a family-wise level: `confidence` holds for the comparison as a whole."""
     level = stats.family_confidence(settings.confidence, sum(e.judgeable for e in evidence))
     for e in evidence:
         m = e.metric
         prob_greater = None
-        if e.judgeable and m.ratio is not None:
+        if e.judgeable and between and _positive(e.base_runs) and _positive(e.cur_runs):
+            assert e.base_runs is not None and e.cur_runs is not None
+            m.evidence = BETWEEN_RUNS
+            m.baseline_per_run = [float(v) for v in e.base_runs]
+            m.current_per_run = [float(v) for v in e.cur_runs]
+            (m.baseline, m.current, m.ratio, m.ci_low, m.ci_high, m.p_value,
+             prob_greater) = between_runs_interval(e.base_runs, e.cur_runs, level)
+        elif e.judgeable and m.ratio is not None:
             assert e.base_boot is not None and e.cur_boot is not None
+            if between:
+                m.note = "judged within runs: a run has no value of its own"
             m.ci_low, m.ci_high = stats.ratio_interval(e.base_boot, e.cur_boot, m.ratio, level)
             if e.base_blocks is not None and e.cur_blocks is not None:
                 m.p_value, prob_greater = stats.mann_whitney(e.cur_blocks, e.base_blocks)
         m.verdict = stats.judge_ratio(m.ratio, m.ci_low, m.ci_high, m.p_value, prob_greater,
                                       m.threshold, level, m.higher_is_worse)
     return [e.metric for e in evidence]
+
+
+def _positive(values: np.ndarray | None) -> bool:
+    return values is not None and values.size > 0 and bool(np.all(np.isfinite(values))
+                                                           & np.all(values > 0))
+
+
+def between_runs_interval(baseline: np.ndarray, current: np.ndarray, confidence: float
+                          ) -> tuple[float, float, float, float, float, float, float]:
+    """The current runs against the spread between runs, on the log scale: (baseline,
+    current, ratio, ci_low, ci_high, p_value, prob_greater).
+
+    baseline and current are the geometric means of the per-run values, ratio theirs. The
+    interval is Student's t on the difference of mean logs with the runs' pooled variance
+    (n + m - 2 degrees of freedom); for one current run it is the prediction interval of a new
+    run from the baseline's runs, mean ± t·s·√(1 + 1/n). prob_greater is 1 or 0 by the sign
+    of the difference: the t test is the significance, there is no second opinion to add."""
+    logs_b, logs_c = np.log(baseline), np.log(current)
+    n, m = logs_b.size, logs_c.size
+    diff = float(logs_c.mean() - logs_b.mean())
+    df = n + m - 2
+    pooled = (float(((logs_b - logs_b.mean()) ** 2).sum() + ((logs_c - logs_c.mean()) ** 2).sum())
+              / df)
+    se = math.sqrt(pooled * (1.0 / n + 1.0 / m))
+    half = float(student_t.ppf(0.5 + confidence / 2.0, df)) * se
+    if se > 0:
+        p_value = float(2.0 * student_t.sf(abs(diff) / se, df))
+    else:  # identical runs on each side: any difference is certain, none is none
+        p_value = 0.0 if diff else 1.0
+    prob_greater = 0.5 if diff == 0 else float(diff > 0)
+    return (math.exp(float(logs_b.mean())), math.exp(float(logs_c.mean())), math.exp(diff),
+            math.exp(diff - half), math.exp(diff + half), p_value, prob_greater)
 
 
 @dataclass
@@ -294,12 +395,17 @@ class _Latency:
     block_totals: np.ndarray  # requests per block
     duration_s: float
     block_s: float
+    run_us: np.ndarray        # run × percentile (NaN for a run without requests)
+    run_rps: np.ndarray       # requests per second of each run (NaN for a run without blocks)
 
 
 def _measure_latency(side: _Side, name: str, weights: np.ndarray) -> _Latency:
     percentiles = [p for p, _, _ in ENDPOINT_METRICS.values() if p is not None]
     values_us, counts = stats.block_counts(side.latency[name])
     bin_values, bin_counts = stats.coarsen_counts(values_us, counts)
+    run_counts = _per_run(counts, side.blocks_per_run, np.sum)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        run_rps = run_counts.sum(axis=1) / (np.asarray(side.blocks_per_run) * side.block_s)
     return _Latency(
         values_us=values_us, counts=counts,
         point_us=stats.percentiles_of_counts(values_us, counts.sum(axis=0), percentiles)[0],
@@ -307,7 +413,21 @@ def _measure_latency(side: _Side, name: str, weights: np.ndarray) -> _Latency:
                                             percentiles),
         block_us=stats.percentiles_of_counts(values_us, counts, percentiles),
         block_totals=counts.sum(axis=1).astype(float),
-        duration_s=side.n_blocks * side.block_s, block_s=side.block_s)
+        duration_s=side.n_blocks * side.block_s, block_s=side.block_s,
+        run_us=stats.percentiles_of_counts(values_us, run_counts, percentiles),
+        run_rps=np.where(np.isfinite(run_rps), run_rps, np.nan))
+
+
+def _per_run(per_block: np.ndarray, blocks_per_run: list[int], reduce: Any) -> np.ndarray:
+    """Rows of per-block values (blocks × k, runs one after another) reduced per run:
+    runs × k; a run without blocks reduces an empty array (sum 0, max NaN)."""
+    rows, offset = [], 0
+    for n in blocks_per_run:
+        part = per_block[offset:offset + n].astype(float)
+        with np.errstate(invalid="ignore"):
+            rows.append(reduce(part, axis=0) if n else np.full(per_block.shape[1:], np.nan))
+        offset += n
+    return np.asarray(rows, dtype=float).reshape(len(blocks_per_run), *per_block.shape[1:])
 
 
 def _compare_endpoint(name: str, base: _Side, cur: _Side, base_weights: np.ndarray,
@@ -325,7 +445,8 @@ def _compare_endpoint(name: str, base: _Side, cur: _Side, base_weights: np.ndarr
                 # a resample of runs of unequal length covers its own length of time
                 base_boot=(base_weights @ b.block_totals) / (base_weights.sum(axis=1) * b.block_s),
                 cur_boot=(cur_weights @ c.block_totals) / (cur_weights.sum(axis=1) * c.block_s),
-                base_blocks=b.block_totals / b.block_s, cur_blocks=c.block_totals / c.block_s))
+                base_blocks=b.block_totals / b.block_s, cur_blocks=c.block_totals / c.block_s,
+                base_runs=b.run_rps, cur_runs=c.run_rps))
             continue
         needed = math.ceil(MIN_BEYOND_PERCENTILE / (1.0 - percentile / 100.0))
         note = ""
@@ -337,7 +458,8 @@ def _compare_endpoint(name: str, base: _Side, cur: _Side, base_weights: np.ndarr
             None if math.isnan(b_point) else float(b_point) / 1000.0,
             None if math.isnan(c_point) else float(c_point) / 1000.0, settings, note,
             base_boot=b.boot_us[:, column], cur_boot=c.boot_us[:, column],
-            base_blocks=b.block_us[:, column], cur_blocks=c.block_us[:, column]))
+            base_blocks=b.block_us[:, column], cur_blocks=c.block_us[:, column],
+            base_runs=b.run_us[:, column] / 1000.0, cur_runs=c.run_us[:, column] / 1000.0))
         column += 1
     return results
 
@@ -360,12 +482,14 @@ def _compare_resources(base: _Side, cur: _Side, base_weights: np.ndarray,
         points: list[float | None] = []
         boots: list[np.ndarray | None] = []
         per_block: list[np.ndarray] = []
+        per_run: list[np.ndarray | None] = []
         for side, weights in ((base, base_weights), (cur, cur_weights)):
             blocks = _resource_blocks(side, column, metric)
             if blocks is None:
                 points.append(None)
                 boots.append(None)
                 per_block.append(np.array([]))
+                per_run.append(None)
                 continue
             present = blocks["count"].fillna(0).to_numpy()
             if metric.endswith("_peak"):
@@ -375,16 +499,24 @@ def _compare_resources(base: _Side, cur: _Side, base_weights: np.ndarray,
                 boot = drawn.max(axis=1)
                 boots.append(np.where(np.isfinite(boot), boot, np.nan))
                 per_block.append(peaks[present > 0])
+                # blocks without samples are NaN: out of the max (nanmax warns on a run of
+                # them), and a run with none is NaN again
+                run_peaks = _per_run(np.where(np.isnan(peaks), -np.inf, peaks),
+                                     side.blocks_per_run, np.max)
+                per_run.append(np.where(np.isfinite(run_peaks), run_peaks, np.nan))
             else:
                 sums = blocks["sum"].fillna(0).to_numpy(dtype=float)
                 points.append(float(sums.sum() / present.sum()))
                 with np.errstate(divide="ignore", invalid="ignore"):
                     boots.append((weights @ sums) / (weights @ present))
                     per_block.append((sums / present)[present > 0])
+                    per_run.append(_per_run(sums, side.blocks_per_run, np.sum)
+                                   / _per_run(present, side.blocks_per_run, np.sum))
         note = "" if None not in points else "not measured in both runs"
         results.append(_measure(TARGET, metric, unit, higher_is_worse, points[0], points[1],
                                 settings, note, base_boot=boots[0], cur_boot=boots[1],
-                                base_blocks=per_block[0], cur_blocks=per_block[1]))
+                                base_blocks=per_block[0], cur_blocks=per_block[1],
+                                base_runs=per_run[0], cur_runs=per_run[1]))
     return results
 
 

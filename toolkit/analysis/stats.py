@@ -373,7 +373,9 @@ def judge_ratio(ratio: float | None, ci_low: float | None, ci_high: float | None
     if ci_low >= 1.0 - threshold and ci_high <= 1.0 + threshold:
         return "unchanged"
     higher = ratio > 1.0 + threshold and ci_low > 1.0 and significant and (prob_greater or 0) > 0.5
-    lower = ratio < 1.0 - threshold and ci_high < 1.0 and significant and (prob_greater or 1) < 0.5
+    # 0.0 (every current block below every baseline block) is the strongest "lower"
+    lower = (ratio < 1.0 - threshold and ci_high < 1.0 and significant
+             and (1.0 if prob_greater is None else prob_greater) < 0.5)
     if higher:
         return "regressed" if higher_is_worse else "improved"
     if lower:

@@ -17,7 +17,14 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from .. import rundir
 from ..analysis import stats
-from ..analysis.compare import TARGET, Comparison, MetricComparison, comparison_record
+from ..analysis.compare import (
+    BETWEEN_RUNS,
+    TARGET,
+    Comparison,
+    MetricComparison,
+    comparison_record,
+)
+from ..analysis.environment import describe_machine_load
 from ..analysis.kpi import judged_window
 from ..result import RunResult
 from .junit import write_junit
@@ -53,6 +60,11 @@ def write_compare_report(comparison: Comparison, baselines: list[RunResult],
 
 
 def headline(comparison: Comparison) -> str:
+    explained = comparison.environment.get("explained")
+    if explained and not comparison.regressed:
+        return (f"inconclusive: the machine was busier in the current run "
+                f"({_shares(comparison.environment)}), which explains {len(explained)} "
+                f"regressed metrics")
     if comparison.regressed:
         parts = []
         for subject in comparison.regressed_subjects:
@@ -61,6 +73,36 @@ def headline(comparison: Comparison) -> str:
         return "REGRESSION in " + "; ".join(parts)
     improved = [m for m in comparison.metrics if m.verdict == "improved"]
     return "no regression" + (f" ({len(improved)} metrics improved)" if improved else "")
+
+
+def _shares(environment: dict[str, Any]) -> str:
+    def share(values: list[float | None]) -> str:
+        known = [v for v in values if v is not None]
+        return "—" if not known else " / ".join(f"{v:.0f} %" for v in known)
+
+    return (f"other work {share(environment['current_other_work_percent'])} of a core beside "
+            f"the current run, {share(environment['baseline_other_work_percent'])} beside the "
+            f"baseline")
+
+
+def describe_evidence(comparison: Comparison) -> str:
+    """Which noise the verdicts were judged against, in one phrase."""
+    if comparison.evidence == BETWEEN_RUNS:
+        return (f"between runs: the current run against the spread of the baseline's "
+                f"{len(comparison.baseline_runs)} runs (t interval on per-run values)")
+    runs = len(comparison.baseline_runs) + len(comparison.current_runs)
+    return ("within runs: block bootstrap and Mann-Whitney U over time blocks"
+            + (f" of {runs} pooled runs" if runs > 2 else ""))
+
+
+def _environment_rows(comparison: Comparison) -> list[tuple[str, str]]:
+    environment = comparison.environment
+    rows = []
+    for side, runs in (("baseline", comparison.baseline_runs),
+                       ("current", comparison.current_runs)):
+        for run, env in zip(runs, environment.get(side) or [None] * len(runs), strict=True):
+            rows.append((f"{side} {Path(run).name}", describe_machine_load(env)))
+    return rows
 
 
 def _number(value: float | None, digits: int = 4) -> str:
@@ -89,7 +131,8 @@ def render_compare_markdown(comparison: Comparison) -> str:
     lines = [f"## perfkit compare: {headline(comparison)}", "",
              f"Scenario `{comparison.scenario}`; baseline {', '.join(comparison.baseline_runs)}; "
              f"current {', '.join(comparison.current_runs)}. Ratio = current / baseline with its "
-             f"confidence interval ({comparison.confidence:.0%} for the whole comparison).", "",
+             f"confidence interval ({comparison.confidence:.0%} for the whole comparison); "
+             f"evidence {describe_evidence(comparison)}.", "",
              "| endpoint | metric | baseline | current | ratio [CI] | threshold | verdict |",
              "|---|---|---:|---:|---|---:|---|"]
     for m in comparison.metrics:
@@ -226,6 +269,10 @@ def render_compare_html(comparison: Comparison, baselines: list[RunResult],
                  else draw_endpoint(subject, baselines, currents, f"c{i}"))
         sections.append({"subject": subject, "metrics": metrics, "chart": chart,
                          "regressed": any(m.verdict == "regressed" for m in metrics)})
+    banner = ("fail" if comparison.regressed
+              else "warn" if comparison.environment.get("explained") else "pass")
     return env.get_template("compare.html.j2").render(
         comparison=comparison, headline=headline(comparison), sections=sections,
-        number=_number, ratio=_ratio)
+        number=_number, ratio=_ratio, banner=banner, evidence=describe_evidence(comparison),
+        between=comparison.evidence == BETWEEN_RUNS,
+        machine_load=_environment_rows(comparison))
