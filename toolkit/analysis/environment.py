@@ -121,14 +121,16 @@ def describe_machine_load(environment: dict[str, Any] | None) -> str:
         return "not recorded (a run from before perfkit recorded the machine's load)"
     others, steal, own = (environment.get(key) or {} for key in _STATS)
     load = environment.get("sys_loadavg_1m") or {}
-    parts = [f"other processes {_percent(others.get('mean'))} of a core "
+    parts = ["other processes not measured (no target process to tell apart)"
+             if others.get("mean") is None else
+             f"other processes {_percent(others.get('mean'))} of a core "
              f"(max {_percent(others.get('max'))})",
              f"steal {_percent(steal.get('mean'))}",
              f"load average {_number(load.get('start'))} at the start, "
              f"{_number(load.get('end'))} at the end (mean {_number(load.get('mean'))}, "
              f"{_number(load.get('mean_per_core'))} per core)",
              f"perfkit itself {_percent(own.get('mean'))} of a core"]
-    return "; ".join(parts) + " (judged window)"
+    return "; ".join(parts) + " (means and maxima over the judged window)"
 
 
 def _percent(value: float | None) -> str:
