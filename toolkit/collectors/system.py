@@ -234,21 +234,29 @@ def _busy_and_total_s(times: Any) -> tuple[float, float]:
 
 def sample_cpu_s(root: psutil.Process,
                  leave_out: set[tuple[int, float]]) -> dict[tuple[int, float], float]:
-    """CPU seconds (user + system) of every process of the tree under `root` except those in
-    `leave_out`, keyed as TreeSample keys; {} once root has gone. Only the CPU times are read:
-    this runs every second over perfkit's own processes."""
-    try:
-        tree = list_tree(root)
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return {}
+    """CPU seconds (user + system) of every process of the tree under `root` except the
+    subtrees of those in `leave_out`, keyed as TreeSample keys. Only the CPU times are read,
+    and a left-out subtree (the target's, when it is perfkit's child) is not walked: this runs
+    every second over perfkit's own processes."""
+    skip = {pid for pid, _ in leave_out}
     cpu: dict[tuple[int, float], float] = {}
-    for proc in tree:
+    pids = [root.pid]
+    while pids:
+        pid = pids.pop()
+        if pid in skip:
+            continue
         try:
-            key = (proc.pid, proc.create_time())
-            if key not in leave_out:
-                times = proc.cpu_times()
-                cpu[key] = times.user + times.system
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            proc = root if pid == root.pid else psutil.Process(pid)
+            key = (pid, proc.create_time())
+            if key in leave_out:
+                continue
+            times = proc.cpu_times()
+            cpu[key] = times.user + times.system
+            try:
+                pids.extend(_list_children_pids(pid))
+            except FileNotFoundError:  # no /proc/PID/task/TID/children (or gone): psutil's
+                pids.extend(child.pid for child in proc.children())
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, ProcessLookupError):
             continue  # exited while we looked
     return cpu
 
