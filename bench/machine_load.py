@@ -83,6 +83,7 @@ def main() -> None:
     assert target.stdout is not None
     url = target.stdout.readline().strip()
     rows: dict[str, list[tuple[float | None, float, bool, bool]]] = {}
+    waits: dict[str, list[float | None]] = {}
     try:
         for round_index in range(args.rounds):
             plan = [("A", levels[0]), ("A'", levels[0]),
@@ -91,9 +92,11 @@ def main() -> None:
                                                      out / f"r{round_index}-{i}", args))
                     for i, (label, level) in enumerate(plan)}
             base = runs["A"]
-            base_work = other_work_percent(json.loads(
-                (base.run_dir / "summary.json").read_text())["environment"])
-            rows.setdefault("A", []).append((base_work, 1.0, False, False))
+            base_environment = json.loads(
+                (base.run_dir / "summary.json").read_text())["environment"]
+            rows.setdefault("A", []).append((other_work_percent(base_environment), 1.0, False,
+                                             False))
+            waits.setdefault("A", []).append(base_environment["cpu_wait_ratio"])
             base_p50 = json.loads((base.run_dir / "summary.json").read_text())[
                 "endpoints"][HEALTH]["p50_ms"]
             for label, run in runs.items():
@@ -103,6 +106,7 @@ def main() -> None:
                 comparison = compare_runs([base], [run], CompareSettings())
                 statistics_alone = bool(comparison.regressed or
                                         comparison.environment.get("explained"))
+                waits.setdefault(label, []).append(summary["environment"]["cpu_wait_ratio"])
                 rows.setdefault(label, []).append((
                     other_work_percent(summary["environment"]),
                     summary["endpoints"][HEALTH]["p50_ms"] / base_p50,
@@ -113,8 +117,8 @@ def main() -> None:
         target.wait()
     print(f"\ncpu_burner --burn-ms {args.burn_ms:g}, one closed-loop user, {args.duration} "
           f"runs (1 s warm-up), {args.rounds} rounds; runs in {out}")
-    print(f"{'beside':<8} {'other work measured (% of a core)':<36} {'p50 / A':<22} "
-          f"{'regression: statistics':<24} {'with the check'}")
+    print(f"{'beside':<8} {'other work measured (% of a core)':<36} {'CPU wait ratio':<20} "
+          f"{'p50 / A':<22} {'regression: statistics':<24} {'with the check'}")
     for label, values in rows.items():
         work = [w for w, _, _, _ in values if w is not None]
         ratios = [r for _, r, _, _ in values]
@@ -126,7 +130,11 @@ def main() -> None:
         checked = sum(c for _, _, _, c in values)
         shown = "—" if label == "A" else f"{alone}/{len(values)}"
         shown_checked = "—" if label == "A" else f"{checked}/{len(values)}"
-        print(f"{label:<8} {work_text:<36} {ratio_text:<22} {shown:<24} {shown_checked}")
+        known = [w for w in waits[label] if w is not None]
+        wait_text = (f"{sum(known) / len(known):.2f} ({min(known):.2f}-{max(known):.2f})"
+                     if known else "not measured")
+        print(f"{label:<8} {work_text:<36} {wait_text:<20} {ratio_text:<22} {shown:<24} "
+              f"{shown_checked}")
 
 
 if __name__ == "__main__":

@@ -273,6 +273,9 @@ def test_environment_summary_from_a_resources_frame() -> None:
         "sys_steal_percent": [None, 1.0, 2.0, 4.0, 0.0, 0.0, 0.0, 0.0, 6.0, 9.0],
         "others_cpu_percent": [None, 50.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 90.0],
         "sys_perfkit_cpu_percent": [None, 5.0, 30.0, 30.0, 30.0, 30.0, 30.0, 30.0, 30.0, 5.0],
+        "cpu_percent": [None, 10.0, 50.0, 50.0, 50.0, 50.0, 50.0, 50.0, 50.0, 10.0],
+        "wait_percent": [None, 0.0, 20.0, 20.0, 20.0, 20.0, 20.0, 20.0, None, 0.0],
+        "sys_perfkit_wait_percent": [None, 0.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 0.0],
     })
     summary = summarize_environment(frame, 102.0, 108.0, cpu_count=2)
     assert summary is not None
@@ -283,6 +286,8 @@ def test_environment_summary_from_a_resources_frame() -> None:
     assert summary["sys_loadavg_1m"] == {"start": 0.5, "end": 2.4, "mean": 1.6, "max": 2.2,
                                      "mean_per_core": 0.8}
     assert summary["samples"] == 7
+    # seconds waited for a CPU per second run, over the seconds where all is known (102..107)
+    assert summary["cpu_wait_ratio"] == pytest.approx(6 * 24 / (6 * 80), abs=0.005)
     assert other_work_percent(summary) == pytest.approx(40.0 + 12 / 7, abs=0.01)
     # a run recorded before the columns existed: not recorded, not zero
     assert summarize_environment(frame[["t"]], 102.0, 108.0, 2) is None
@@ -296,9 +301,9 @@ def test_environment_summary_from_a_resources_frame() -> None:
     assert "other processes not measured" in describe_machine_load(unmeasured_summary)
 
 
-def _env(others: float | None, steal: float | None = 0.0) -> dict:
+def _env(others: float | None, steal: float | None = 0.0, wait: float | None = 0.1) -> dict:
     return {"others_cpu_percent": {"mean": others, "max": others},
-            "sys_steal_percent": {"mean": steal, "max": steal}}
+            "sys_steal_percent": {"mean": steal, "max": steal}, "cpu_wait_ratio": wait}
 
 
 def test_environment_rule() -> None:
@@ -322,6 +327,19 @@ def test_environment_rule() -> None:
     apart = check_environment([_env(3.0), _env(10.0)], [_env(85.0), _env(90.0)],
                               (["a1", "a2"], ["b1", "b2"]))
     assert apart["busier"] == "current" and "beside 85-90 %" in apart["note"]
+    # a saturated machine: other work cannot grow, the wait for a CPU does
+    saturated = check_environment([_env(170.0, wait=1.5)], [_env(180.0, wait=4.3)], labels)
+    assert saturated["busier"] == "current"
+    assert "waited 4.30 s for a CPU per second they ran, 1.50 s in the baseline" \
+        in saturated["note"]
+    assert check_environment([_env(170.0, wait=1.5)], [_env(180.0, wait=1.9)],
+                             labels)["busier"] is None
+    # waiting more with little other work is the run's own doing (a build that needs more CPU
+    # than the cores give): not the machine's
+    assert check_environment([_env(3.0, wait=0.1)], [_env(10.0, wait=2.0)],
+                             labels)["busier"] is None
+    assert check_environment([_env(170.0, wait=None)], [_env(180.0, wait=4.3)],
+                             labels)["busier"] is None
 
 
 @pytest.fixture(scope="module")
@@ -508,6 +526,7 @@ def test_system_collector_tells_other_work_from_perfkits_own(tmp_path: Path) -> 
     assert others >= 0.8 * 100 * other_s / wall_s > 10
     assert others == pytest.approx(100 * (machine_s - own_s) / wall_s, abs=10)
     assert frame["sys_loadavg_1m"].notna().all() and frame["sys_steal_percent"].notna().all()
+    assert frame["wait_percent"].notna().all() and frame["sys_perfkit_wait_percent"].notna().all()
 
 
 @pytest.mark.serial

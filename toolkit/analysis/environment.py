@@ -12,9 +12,11 @@ from typing import Any
 import pandas as pd
 
 # Other work (other processes' CPU plus steal, % of one core) that must separate two runs
-# before it is taken to explain a regression: docs/regression.md, "What else the machine
-# was doing", says why a quarter of a core.
+# before it is taken to explain a regression, and, where the machine is saturated, the rise in
+# seconds waited for a CPU per second run: docs/regression.md, "What else the machine was
+# doing", says why these.
 BUSIER_CORE_PERCENT = 25.0
+BUSIER_WAIT_RATIO = 0.5
 
 _STATS = ("others_cpu_percent", "sys_steal_percent", "sys_perfkit_cpu_percent")
 
@@ -23,7 +25,8 @@ def summarize_environment(resources: pd.DataFrame | None, start: float, end: flo
                           cpu_count: int | None) -> dict[str, Any] | None:
     """run.json "environment": mean and max of other processes' CPU, steal and perfkit's own
     CPU (% of one core) over the judged window [start, end]; the one-minute load average at
-    the first and last sample of the run and its mean and max over the window. None for a run
+    the first and last sample of the run and its mean and max over the window; the CPU wait
+    ratio of the target's and perfkit's processes over the window. None for a run
     whose resources.csv has none of these columns (recorded before they existed); a column
     present but empty is a None value (not measured), never 0."""
     if resources is None or "sys_loadavg_1m" not in resources:
@@ -40,8 +43,27 @@ def summarize_environment(resources: pd.DataFrame | None, start: float, end: flo
         "mean": _round(values.mean()), "max": _round(values.max()),
         "mean_per_core": _round(values.mean() / cpu_count) if cpu_count else None,
     }
+    summary["cpu_wait_ratio"] = _wait_ratio(judged)
     summary["samples"] = int(_numbers(judged, "others_cpu_percent").size)
     return summary
+
+
+_WAIT_COLUMNS = ["wait_percent", "sys_perfkit_wait_percent", "cpu_percent",
+                 "sys_perfkit_cpu_percent"]
+
+
+def _wait_ratio(judged: pd.DataFrame) -> float | None:
+    """Seconds the target's and perfkit's processes waited for a CPU per second they ran,
+    over the seconds where all four are known: how crowded the run queue was for them. It
+    keeps growing where the machine is saturated and other processes' CPU cannot."""
+    if not set(_WAIT_COLUMNS) <= set(judged.columns):
+        return None
+    frame = judged[_WAIT_COLUMNS].apply(pd.to_numeric, errors="coerce").dropna()
+    ran = frame["cpu_percent"].sum() + frame["sys_perfkit_cpu_percent"].sum()
+    if frame.empty or ran <= 0:
+        return None
+    waited = frame["wait_percent"].sum() + frame["sys_perfkit_wait_percent"].sum()
+    return _round(waited / ran)
 
 
 def _numbers(frame: pd.DataFrame, column: str) -> pd.Series:
@@ -67,23 +89,30 @@ def other_work_percent(environment: dict[str, Any] | None) -> float | None:
 
 
 def check_environment(baselines: list[dict[str, Any] | None],
-                      currents: list[dict[str, Any] | None], labels: tuple[list[str], list[str]],
-                      threshold_percent: float = BUSIER_CORE_PERCENT) -> dict[str, Any]:
+                      currents: list[dict[str, Any] | None],
+                      labels: tuple[list[str], list[str]]) -> dict[str, Any]:
     """Was the machine materially busier during the current runs than during the baseline's?
 
     Each side is a list of run environments (summarize_environment), `labels` the runs' names.
-    The machine was busier in the current runs when even the quietest of them ran beside more
-    than `threshold_percent` of a core of other work more than the busiest baseline run did
-    (and the mirror image for the baseline). Returns compare.json's "environment": the other
-    work of each run, `busier` ("current", "baseline" or None), `difference_percent` and a
-    `note` that names the difference (or says what was not recorded)."""
+    The current runs were busier when even the quietest of them ran beside more than
+    BUSIER_CORE_PERCENT of a core of other work more than the busiest baseline run did; or,
+    on a machine where other work took at least that much in every current run (saturated:
+    its CPU cannot grow further), when the target's and perfkit's processes of every current
+    run waited for a CPU more than BUSIER_WAIT_RATIO seconds per second run longer than in any
+    baseline run. The mirror image makes the baseline the busier. Returns compare.json's
+    "environment": each run's environment, other work and wait ratio, `busier` ("current",
+    "baseline" or None), `difference_percent` (other work) and a `note` that names the
+    difference (or says what was not recorded)."""
     base_work = [other_work_percent(env) for env in baselines]
     cur_work = [other_work_percent(env) for env in currents]
+    base_wait = [(env or {}).get("cpu_wait_ratio") for env in baselines]
+    cur_wait = [(env or {}).get("cpu_wait_ratio") for env in currents]
     record: dict[str, Any] = {
         "baseline": baselines, "current": currents,
         "baseline_other_work_percent": base_work, "current_other_work_percent": cur_work,
-        "threshold_percent": threshold_percent, "busier": None, "difference_percent": None,
-        "note": "", "explained": [],
+        "baseline_cpu_wait_ratio": base_wait, "current_cpu_wait_ratio": cur_wait,
+        "threshold_percent": BUSIER_CORE_PERCENT, "threshold_wait_ratio": BUSIER_WAIT_RATIO,
+        "busier": None, "difference_percent": None, "note": "", "explained": [],
     }
     unknown = [label for label, work in zip([*labels[0], *labels[1]], [*base_work, *cur_work],
                                             strict=True) if work is None]
@@ -95,18 +124,47 @@ def check_environment(baselines: list[dict[str, Any] | None],
         return record
     base = [work for work in base_work if work is not None]
     cur = [work for work in cur_work if work is not None]
-    if min(cur) - max(base) > threshold_percent:
-        record["busier"], record["difference_percent"] = "current", round(min(cur) - max(base), 1)
-        record["note"] = (f"the machine was busier in the current run: it ran beside "
-                          f"{_share(cur)} of a core of other work, the baseline beside "
-                          f"{_share(base)}")
-    elif min(base) - max(cur) > threshold_percent:
-        record["busier"], record["difference_percent"] = "baseline", round(min(base) - max(cur), 1)
-        record["note"] = (f"the machine was busier in the baseline: it ran beside "
-                          f"{_share(base)} of a core of other work, the current run beside "
-                          f"{_share(cur)}; judged as usual (an improvement may be the "
-                          f"machine's)")
+    for side, (busy, quiet, busy_wait, quiet_wait) in (
+            ("current", (cur, base, cur_wait, base_wait)),
+            ("baseline", (base, cur, base_wait, cur_wait))):
+        waited = _wait_rise(busy_wait, quiet_wait)
+        other = "the current run" if side == "baseline" else "the baseline"
+        if min(busy) - max(quiet) > BUSIER_CORE_PERCENT:
+            record["note"] = (f"the machine was busier in {_the(side)}: it ran beside "
+                              f"{_share(busy)} of a core of other work, {other} beside "
+                              f"{_share(quiet)}")
+        elif min(busy) >= BUSIER_CORE_PERCENT and waited is not None \
+                and waited > BUSIER_WAIT_RATIO:
+            record["note"] = (f"the machine was busier in {_the(side)}: beside {_share(busy)} "
+                              f"of a core of other work ({other}: {_share(quiet)}), its "
+                              f"processes waited {_ratios(busy_wait)} s for a CPU per second "
+                              f"they ran, {_ratios(quiet_wait)} s in {other}")
+        else:
+            continue
+        record["busier"] = side
+        record["difference_percent"] = round(min(busy) - max(quiet), 1)
+        if side == "baseline":
+            record["note"] += "; judged as usual (an improvement may be the machine's)"
+        break
     return record
+
+
+def _wait_rise(busy: list[float | None], quiet: list[float | None]) -> float | None:
+    """How much longer the least-waiting busy run waited per second run than the
+    most-waiting quiet run; None where a run has no wait ratio."""
+    if None in busy or None in quiet or not busy or not quiet:
+        return None
+    return min(v for v in busy if v is not None) - max(v for v in quiet if v is not None)
+
+
+def _the(side: str) -> str:
+    return "the current run" if side == "current" else "the baseline"
+
+
+def _ratios(values: list[float | None]) -> str:
+    known = [v for v in values if v is not None]
+    return (f"{known[0]:.2f}" if len(known) == 1
+            else f"{min(known):.2f}-{max(known):.2f}")
 
 
 def _share(values: list[float]) -> str:
@@ -129,7 +187,9 @@ def describe_machine_load(environment: dict[str, Any] | None) -> str:
              f"load average {_number(load.get('start'))} at the start, "
              f"{_number(load.get('end'))} at the end (mean {_number(load.get('mean'))}, "
              f"{_number(load.get('mean_per_core'))} per core)",
-             f"perfkit itself {_percent(own.get('mean'))} of a core"]
+             f"perfkit itself {_percent(own.get('mean'))} of a core",
+             f"the target and perfkit waited {_number(environment.get('cpu_wait_ratio'))} s "
+             f"for a CPU per second they ran"]
     return "; ".join(parts) + " (means and maxima over the judged window)"
 
 

@@ -52,6 +52,7 @@ COLUMNS = [
     "sys_cpu_percent", "sys_memory_percent", "sys_disk_read_mb_s", "sys_disk_write_mb_s",
     "sys_net_sent_mb_s", "sys_net_recv_mb_s",
     "sys_loadavg_1m", "sys_steal_percent", "others_cpu_percent", "sys_perfkit_cpu_percent",
+    "wait_percent", "sys_perfkit_wait_percent",
 ]
 MB = 1024 * 1024
 
@@ -72,9 +73,22 @@ class ProcessSample:
     read_bytes: int | None
     write_bytes: int | None
     ctx_switches: int
+    wait_s: float | None = None  # runnable but waiting for a CPU (read_wait_s)
 
 
-_BORN_AT_ZERO = ProcessSample(0.0, 0, 0, 0, 0, 0, 0, 0)
+_BORN_AT_ZERO = ProcessSample(0.0, 0, 0, 0, 0, 0, 0, 0, 0.0)
+
+
+def read_wait_s(pid: int) -> float | None:
+    """Seconds the process's threads were runnable but waiting for a CPU, since it started
+    (the scheduler's run delay, /proc/PID/schedstat); None where the kernel does not say.
+    Unlike CPU time it does not saturate: the more tasks queue for the cores, the longer each
+    waits per second it runs."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def sample_process(proc: psutil.Process) -> ProcessSample | None:
@@ -109,6 +123,7 @@ def sample_process(proc: psutil.Process) -> ProcessSample | None:
                 read_bytes=read_bytes,
                 write_bytes=write_bytes,
                 ctx_switches=ctx.voluntary + ctx.involuntary,
+                wait_s=read_wait_s(proc.pid),
             )
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return None
@@ -232,14 +247,18 @@ def _busy_and_total_s(times: Any) -> tuple[float, float]:
     return total - times.idle - getattr(times, "iowait", 0.0), total
 
 
+# (cpu_s, wait_s) of one process: what sample_cpu_s reads of perfkit's own processes
+CpuWait = tuple[float, float | None]
+
+
 def sample_cpu_s(root: psutil.Process,
-                 leave_out: set[tuple[int, float]]) -> dict[tuple[int, float], float]:
-    """CPU seconds (user + system) of every process of the tree under `root` except the
-    subtrees of those in `leave_out`, keyed as TreeSample keys. Only the CPU times are read,
-    and a left-out subtree (the target's, when it is perfkit's child) is not walked: this runs
-    every second over perfkit's own processes."""
+                 leave_out: set[tuple[int, float]]) -> dict[tuple[int, float], CpuWait]:
+    """CPU seconds (user + system) and seconds waited for a CPU (read_wait_s) of every
+    process of the tree under `root` except the subtrees of those in `leave_out`, keyed as
+    TreeSample keys. Only these are read, and a left-out subtree (the target's, when it is
+    perfkit's child) is not walked: this runs every second over perfkit's own processes."""
     skip = {pid for pid, _ in leave_out}
-    cpu: dict[tuple[int, float], float] = {}
+    cpu: dict[tuple[int, float], CpuWait] = {}
     pids = [root.pid]
     while pids:
         pid = pids.pop()
@@ -251,7 +270,7 @@ def sample_cpu_s(root: psutil.Process,
             if key in leave_out:
                 continue
             times = proc.cpu_times()
-            cpu[key] = times.user + times.system
+            cpu[key] = (times.user + times.system, read_wait_s(pid))
             try:
                 pids.extend(_list_children_pids(pid))
             except FileNotFoundError:  # no /proc/PID/task/TID/children (or gone): psutil's
@@ -261,17 +280,20 @@ def sample_cpu_s(root: psutil.Process,
     return cpu
 
 
-def cpu_rate_s(current: dict[tuple[int, float], float],
-               previous: dict[tuple[int, float], float], previous_at: float,
-               dt_s: float) -> float:
-    """CPU seconds per second of a set of processes between two sample_cpu_s readings; a
-    process born since `previous_at` counts from zero (as rate_baseline)."""
+def cpu_rate_s(current: dict[tuple[int, float], CpuWait],
+               previous: dict[tuple[int, float], CpuWait], previous_at: float,
+               dt_s: float, index: int = 0) -> float | None:
+    """Seconds per second (CPU, or with index 1 waiting for a CPU) of a set of processes
+    between two sample_cpu_s readings; a process born since `previous_at` counts from zero
+    (as rate_baseline). None where a process's value is unknown."""
     total = 0.0
-    for key, cpu_s in current.items():
-        if key in previous:
-            total += cpu_s - previous[key]
-        elif key[1] >= previous_at - _CREATE_TIME_SLACK_S:
-            total += cpu_s
+    for key, values in current.items():
+        now = values[index]
+        before = previous[key][index] if key in previous else (
+            0.0 if key[1] >= previous_at - _CREATE_TIME_SLACK_S else now)
+        if now is None or before is None:
+            return None
+        total += now - before
     return max(total, 0.0) / dt_s
 
 
@@ -300,7 +322,7 @@ class SystemCollector(Sampler):
         self._previous_machine: dict[str, Any] | None = None
         # perfkit's own processes: the one sampling (which runs the load) and its descendants
         self._own = psutil.Process()
-        self._previous_own: dict[tuple[int, float], float] | None = None
+        self._previous_own: dict[tuple[int, float], CpuWait] | None = None
         self._previous_own_at = 0.0
         # CPU seconds per second of the last sample (None where not measured): the target's
         # tree, and the machine's busy cores.
@@ -369,6 +391,8 @@ class SystemCollector(Sampler):
                 row["cpu_busiest_percent"] = round(
                     100.0 * busiest_rate(tree.samples, baseline, "cpu_s", dt_s), 2)
                 row["cpu_machine_percent"] = round(100.0 * cpu_s / self._cpu_count, 2)
+            wait = rate_of_field(tree.samples, baseline, "wait_s", dt_s)
+            row["wait_percent"] = None if wait is None else round(100.0 * wait, 2)
             read = rate_of_field(tree.samples, baseline, "read_bytes", dt_s)
             write = rate_of_field(tree.samples, baseline, "write_bytes", dt_s)
             ctx = rate_of_field(tree.samples, baseline, "ctx_switches", dt_s)
@@ -437,8 +461,13 @@ class SystemCollector(Sampler):
         self._previous_own, self._previous_own_at = own, t
         if before is None or self._previous_t is None:
             return {}
-        perfkit_cpu_s = cpu_rate_s(own, before, before_at, t - self._previous_t)
-        row = {"sys_perfkit_cpu_percent": round(100.0 * perfkit_cpu_s, 2)}
+        dt_s = t - self._previous_t
+        perfkit_cpu_s = cpu_rate_s(own, before, before_at, dt_s)
+        perfkit_wait_s = cpu_rate_s(own, before, before_at, dt_s, index=1)
+        assert perfkit_cpu_s is not None  # CPU times are always known
+        row: dict[str, Any] = {"sys_perfkit_cpu_percent": round(100.0 * perfkit_cpu_s, 2)}
+        if perfkit_wait_s is not None:
+            row["sys_perfkit_wait_percent"] = round(100.0 * perfkit_wait_s, 2)
         if self._busy_cores is not None and self._target_cpu_s is not None:
             # Counters are read a few hundred microseconds apart: a slightly negative
             # remainder is rounding, not work.
