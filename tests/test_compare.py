@@ -552,7 +552,9 @@ def test_compare_beside_a_cpu_burner_is_inconclusive(tmp_path: Path) -> None:
     assert "of a core of other work" in busy.stdout
     record = json.loads((tmp_path / "busy" / "compare" / "compare.json").read_text())
     environment = record["environment"]
-    assert environment["busier"] == "current" and environment["difference_percent"] > 25
+    # on a quiet machine the burner's CPU shows as other work; where other work had filled
+    # the cores already, as a longer wait for them
+    assert environment["busier"] == "current", environment["note"]
     # the rule fired: without it these would have been regressions (latency doubled)
     assert f"{HEALTH} p50_ms" in environment["explained"], record["metrics"]
     assert record["regression"] is False
@@ -561,8 +563,8 @@ def test_compare_beside_a_cpu_burner_is_inconclusive(tmp_path: Path) -> None:
     # each run says what else the machine was doing, in run.json, summary.json and its report
     busy_meta = json.loads((tmp_path / "busy" / "run.json").read_text())
     quiet_meta = json.loads((tmp_path / "quiet" / "run.json").read_text())
-    assert (busy_meta["environment"]["others_cpu_percent"]["mean"]
-            > quiet_meta["environment"]["others_cpu_percent"]["mean"] + 25)
+    assert check_environment([quiet_meta["environment"]], [busy_meta["environment"]],
+                             (["quiet"], ["busy"]))["busier"] == "current"
     summary = json.loads((tmp_path / "busy" / "summary.json").read_text())
     assert summary["environment"] == busy_meta["environment"]
     assert "other processes" in (tmp_path / "busy" / "report.html").read_text()

@@ -62,9 +62,9 @@ def write_compare_report(comparison: Comparison, baselines: list[RunResult],
 def headline(comparison: Comparison) -> str:
     explained = comparison.environment.get("explained")
     if explained and not comparison.regressed:
-        return (f"inconclusive: the machine was busier in the current run "
-                f"({_shares(comparison.environment)}), which explains {len(explained)} "
-                f"regressed metrics")
+        # the note (printed, and listed in the report) says by how much
+        return (f"inconclusive: the machine was busier in the current run, which explains "
+                f"{len(explained)} regressed metrics")
     if comparison.regressed:
         parts = []
         for subject in comparison.regressed_subjects:
@@ -73,16 +73,6 @@ def headline(comparison: Comparison) -> str:
         return "REGRESSION in " + "; ".join(parts)
     improved = [m for m in comparison.metrics if m.verdict == "improved"]
     return "no regression" + (f" ({len(improved)} metrics improved)" if improved else "")
-
-
-def _shares(environment: dict[str, Any]) -> str:
-    def share(values: list[float | None]) -> str:
-        known = [v for v in values if v is not None]
-        return "—" if not known else " / ".join(f"{v:.0f} %" for v in known)
-
-    return (f"other work {share(environment['current_other_work_percent'])} of a core beside "
-            f"the current run, {share(environment['baseline_other_work_percent'])} beside the "
-            f"baseline")
 
 
 def describe_evidence(comparison: Comparison) -> str:
