@@ -118,9 +118,10 @@ def test_a_dead_webhook_gives_up_within_its_deadline() -> None:
     assert "ConnectionRefused" in error or "refused" in error
 
 
-@pytest.mark.serial
 def test_a_target_that_turns_slow_raises_an_alarm_and_aborts_the_run(tmp_path: Path) -> None:
     # 4 workers at 5 ms, then 60× slower (300 ms) from 3 s on: p95 far over the 100 ms KPI.
+    # Not in the serial phase: a busy machine can only make the alarm come sooner, on the same
+    # KPI, and every assertion holds either way.
     kpis = tmp_path / "kpi.toml"
     kpis.write_text('replace_defaults = true\n[[kpi]]\nmetric = "p95_ms"\n'
                     'endpoint = "GET /api/v1/health"\ntarget = "100ms"\n', "utf-8")
