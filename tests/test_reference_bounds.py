@@ -85,11 +85,14 @@ def wait_for(condition: Any, what: str, timeout_s: float = 30.0) -> Any:
 
 
 SLOW = ["--fast", "--concurrency", "1", "--item-latency-ms", "1500", "--latency-sigma", "0"]
+# Items that outlast a test's own requests by far, even where a busy machine takes seconds to
+# answer them (three creates and a read took more than 1.5 s beside other tests).
+SLOWER = ["--fast", "--concurrency", "1", "--item-latency-ms", "10000", "--latency-sigma", "0"]
 
 
 def test_a_full_queue_answers_503_with_retry_after(start_reference_services: StartServices
                                                    ) -> None:
-    (service,) = start_reference_services([*SLOW, "--max-queued-jobs", "3"])
+    (service,) = start_reference_services([*SLOWER, "--max-queued-jobs", "3"])
     jobs = [create_job(service.url, [new_item()]) for _ in range(3)]
     response = httpx.post(service.url + API, json={"items": [new_item()]})
     assert response.status_code == 503, response.text
@@ -421,8 +424,10 @@ def test_a_restart_cancels_only_the_jobs_of_the_instance_that_restarted(
     first, second = start_reference_services(
         [*SLOW, "--database-url", postgres_url, "--instance-id", "first"],
         [*SLOW, "--database-url", postgres_url, "--instance-id", "second"])
-    jobs = {service.url: create_job(service.url, [new_item(), new_item(), new_item()])
-            for service in (first, second)}
+    # The second instance's job (ten items, one at a time) outlasts the first one's restart by
+    # far: three items (4.5 s) were done before a busy machine had restarted it.
+    jobs = {service.url: create_job(service.url, [new_item() for _ in range(items)])
+            for service, items in ((first, 3), (second, 10))}
     for url, job in jobs.items():
         wait_for_status(url, job["job_id"], ("processing",))
     first.stop(signal.SIGKILL)

@@ -96,9 +96,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 def test_celery_workers_research_every_job_and_show_the_queue(start_target: StartTarget,
                                                               broker: str,
                                                               database_url: str) -> None:
-    # One item at a time per worker, so the jobs outlast their creation by far.
+    # One item at a time per worker, so the jobs outlast their creation by far (at 200 ms an
+    # item, a busy machine had emptied the queue before it was read).
     service = start_target(**celery_options(broker, celery_workers=2, concurrency=1,
-                                            item_latency_ms=200, latency_sigma=0,
+                                            item_latency_ms=600, latency_sigma=0,
                                             database_url=database_url))
     url = service.url
     assert service.get_json("/api/v1/health")["queue"] == "celery"
@@ -141,8 +142,14 @@ def test_celery_workers_research_every_job_and_show_the_queue(start_target: Star
 
 def test_a_killed_service_leaves_no_worker_behind(start_target: StartTarget) -> None:
     service = start_target(**celery_options("redis", celery_workers=1))
-    pids = read_metrics(service.url, "application")["worker_pids"]
-    assert len(pids) == 2
+
+    def worker_pids() -> list[int] | None:
+        pids = read_metrics(service.url, "application")["worker_pids"]
+        return pids if len(pids) == 2 else None
+
+    # The worker's pool process may still be starting when the service already listens (a busy
+    # machine showed one of the two).
+    pids = wait_until(worker_pids, 30, "the worker and its pool process")
     service.send_signal(signal.SIGKILL)
     service.proc.wait(10)
 
@@ -153,7 +160,9 @@ def test_a_killed_service_leaves_no_worker_behind(start_target: StartTarget) -> 
 
 
 def test_shutdown_cancels_what_the_workers_did_not_finish(start_target: StartTarget) -> None:
-    service = start_target(**celery_options("redis", celery_workers=1, item_latency_ms=400,
+    # 2 s an item: the jobs outlast the creates and the wait for the first even on a busy
+    # machine (at 400 ms all three had finished there before the stop).
+    service = start_target(**celery_options("redis", celery_workers=1, item_latency_ms=2000,
                                             latency_sigma=0))
     jobs = [create_job(service.url, [new_item(), new_item()]) for _ in range(3)]
     wait_for_status(service.url, jobs[0]["job_id"], ("processing", "success"))
