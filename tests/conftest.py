@@ -19,19 +19,19 @@ _URL = re.compile(r"http://[\w.\-]+:\d+")
 # checkout's reports/history.db, and test processes never write one SQLite file together.
 os.environ["PERFKIT_HISTORY"] = "off"
 
-# The files whose tests take longest in all, longest first (the sum of each file's test times,
-# `pytest -m "not serial" -n 3 --durations=0`; measured 2026-12-06). scripts/test.sh hands
-# whole files to three workers in collection order (--dist loadfile --no-loadscope-reorder):
-# long files first, so no worker is still in a long one when the others have run out (xdist's
-# own order, by number of tests, left the 90 s soak test for last). Files not named follow in
-# pytest's order.
+# The files whose tests take longest in all, longest first (each file's share of the test time
+# in two runs of `pytest -m "not serial" -n 3|4 --durations=0`, 2026-12-06). scripts/test.sh
+# hands whole files to its workers in collection order (--dist loadfile
+# --no-loadscope-reorder): long files first, so no worker is still in a long one when the
+# others have run out (xdist's own order, by number of tests, left the 90 s soak test for
+# last). Files not named follow in pytest's order.
 LONGEST_FILES_FIRST = (
     "test_reliability.py", "test_load.py", "test_reference_celery.py", "test_observability.py",
-    "test_compare.py", "test_reference_bounds.py", "test_reference.py", "test_envelope.py",
-    "test_report_html.py", "test_bench.py", "test_locust.py", "test_history.py",
-    "test_reference_hostile.py", "test_reference_soak.py", "test_verdicts.py",
-    "test_profiling.py", "test_endurance.py", "test_regression_gate.py",
-    "test_report_outputs.py", "test_distributed.py", "test_layout.py", "test_collectors.py",
+    "test_envelope.py", "test_reference_bounds.py", "test_compare.py", "test_reference.py",
+    "test_regression_gate.py", "test_reference_soak.py", "test_report_html.py",
+    "test_locust.py", "test_distributed.py", "test_verdicts.py", "test_bench.py",
+    "test_report_outputs.py", "test_profiling.py", "test_history.py", "test_endurance.py",
+    "test_reference_hostile.py", "test_collectors.py", "test_layout.py",
 )
 
 
