@@ -42,11 +42,13 @@ fi
 PYTHON=${PYTHON:-python3.11}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 # The exact versions the tests are known to pass with (pyproject.toml has ranges), installed by
-# uv: pip took 146 s for them in a fresh venv here (it reads every package's whole index page
-# one after another, then byte-compiles all of site-packages), uv about 6 s plus 15 s to install
-# itself. The bytecode of what the tests import is written as they first import it.
+# uv, which fetches them in parallel: pip took 55-146 s for them in a fresh venv here, reading
+# every package's whole index page one after another. Compiled to bytecode as pip does: where
+# PYTHONDONTWRITEBYTECODE is set (it is on these machines) every process would otherwise
+# compile all it imports again.
 .venv/bin/pip install -q --disable-pip-version-check uv==0.13.8
-.venv/bin/uv pip install -q --python .venv/bin/python -c constraints.txt -e '.[dev]'
+.venv/bin/uv pip install -q --python .venv/bin/python --compile-bytecode -c constraints.txt \
+    -e '.[dev]'
 .venv/bin/ruff check .
 .venv/bin/mypy toolkit
 # Given arguments, pytest runs just those. Otherwise: the regression check (simultaneous A/A
