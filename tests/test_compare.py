@@ -387,6 +387,36 @@ def test_a_busier_current_run_makes_a_regression_inconclusive(
     assert record["regression"] is False and record["environment"]["busier"] == "current"
 
 
+def test_a_busier_machine_does_not_excuse_a_regression_larger_than_it_explains(
+        tmp_path: Path) -> None:
+    """The busier run's CPU wait bounds what the machine can explain: x5 stays a regression
+    beside a wait that explains at most x1.5-x3, while the x1.5 of busy_pair is excused."""
+    base = synthetic(tmp_path, "base", RunSpec(seed=1, duration_s=60))
+    slow = synthetic(tmp_path, "slow", RunSpec(seed=2, duration_s=60, latency_factor=5.0))
+    comparison = compare_runs([machine_load(base, others=3.0)],
+                              [machine_load(slow, others=85.0)])
+    assert comparison.environment["busier"] == "current"
+    # no wait recorded in these runs: the default bound
+    assert comparison.environment["explainable_ratio"] == 2.0
+    assert RESULTS in comparison.regressed_subjects
+    results_p50 = by_key(comparison, RESULTS, "p50_ms")
+    assert results_p50.verdict == "regressed"
+    assert "more than it explains (x2.00 at most)" in results_p50.note
+    assert f"{RESULTS} p50_ms" in comparison.environment["unexplained"]
+
+
+def test_the_wait_sets_how_much_a_busier_machine_explains() -> None:
+    def env(others: float, wait: float | None) -> dict:
+        return {"others_cpu_percent": {"mean": others}, "sys_steal_percent": {"mean": 0.0},
+                "cpu_wait_ratio": wait}
+
+    record = check_environment([env(30.0, 0.5)], [env(90.0, 2.5)], (["a"], ["b"]))
+    assert record["busier"] == "current"
+    assert record["explainable_ratio"] == pytest.approx(1.5 * 3.5 / 1.5)  # (1+2.5)/(1+0.5)
+    barely = check_environment([env(3.0, 0.0)], [env(60.0, 0.1)], (["a"], ["b"]))
+    assert barely["explainable_ratio"] == 1.65  # 1.5 x 1.1 (never under 1.5)
+
+
 def test_between_runs_interval_known_answer() -> None:
     # logs 0, 0.1, -0.1: mean 0, s = 0.1; one current run at log 0.5: se = 0.1 sqrt(1 + 1/3).
     # Student's t with 2 degrees of freedom has a closed form: F(t) = 1/2 + t / (2 sqrt(t²+2)).

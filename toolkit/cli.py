@@ -609,6 +609,10 @@ def _compare_and_report(baselines: list[Any], currents: list[Any], settings: Any
     if environment.get("explained"):
         say(f"  inconclusive, not regressed, as the machine explains them: "
             f"{', '.join(environment['explained'])}")
+    if environment.get("unexplained"):
+        say(f"  regressed by more than the busier machine explains "
+            f"(x{environment['explainable_ratio']:.2f} at most): "
+            f"{', '.join(environment['unexplained'])}")
     say(f"compare: {headline(comparison)}")
     say(f"report: {html_path}")
     return 1 if comparison.regressed else 0

@@ -279,8 +279,9 @@ def _check_environment(baselines: list[RunResult], currents: list[RunResult],
                        settings: CompareSettings,
                        metrics: list[MetricComparison]) -> dict[str, Any]:
     """The machine's other work in each run (over the judged windows compared); where the
-    current runs ran beside materially more of it, every regression becomes inconclusive:
-    the machine explains it as well as the change does. An improvement stays one."""
+    current runs ran beside materially more of it, every regression the machine can explain
+    (up to its `explainable_ratio`) becomes inconclusive: the machine explains it as well as
+    the change does. A larger one stays a regression; an improvement stays one."""
     def environments(runs: list[RunResult]) -> list[dict[str, Any] | None]:
         return [summarize_environment(run.resources, *judged_window(run, settings.warmup_s),
                                       (run.meta.machine or {}).get("cpu_count"))
@@ -290,12 +291,21 @@ def _check_environment(baselines: list[RunResult], currents: list[RunResult],
                                ([run.run_id for run in baselines],
                                 [run.run_id for run in currents]))
     if record["busier"] == "current":
+        limit = record["explainable_ratio"]
         for m in metrics:
-            if m.verdict == "regressed":
-                m.verdict = "inconclusive"
-                m.note = "; ".join(filter(None, [m.note, "the machine was busier in the current "
-                                                 "run: not judged a regression"]))
-                record["explained"].append(f"{m.subject} {m.metric}")
+            if m.verdict != "regressed" or not m.ratio:
+                continue
+            slower = m.ratio if m.higher_is_worse else 1.0 / m.ratio
+            if slower > limit:
+                m.note = "; ".join(filter(None, [m.note, (
+                    f"the machine was busier in the current run, but x{slower:.2f} is more "
+                    f"than it explains (x{limit:.2f} at most)")]))
+                record["unexplained"].append(f"{m.subject} {m.metric}")
+                continue
+            m.verdict = "inconclusive"
+            m.note = "; ".join(filter(None, [m.note, "the machine was busier in the current "
+                                             "run: not judged a regression"]))
+            record["explained"].append(f"{m.subject} {m.metric}")
     return record
 
 

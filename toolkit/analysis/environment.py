@@ -17,6 +17,16 @@ import pandas as pd
 # doing", says why these.
 BUSIER_CORE_PERCENT = 25.0
 BUSIER_WAIT_RATIO = 0.5
+# How much slower a busier machine can make a run, at most: its processes' time to get their
+# CPU work done grows with (1 + seconds waited for a CPU per second run), so the ratio of that
+# between the runs, with EXPLAINED_SLACK for the tail percentiles (which a crowded run queue
+# moves more than the median: measured ×2.6 at p50 for ×2.2 of (1 + wait),
+# docs/regression.md), and never less than EXPLAINED_MIN_RATIO. Where the wait was not
+# recorded, EXPLAINED_DEFAULT_RATIO. A regression beyond that is the change's, busier
+# machine or not: a gate must still fail a much slower change on a busy runner.
+EXPLAINED_SLACK = 1.5
+EXPLAINED_MIN_RATIO = 1.5
+EXPLAINED_DEFAULT_RATIO = 2.0
 
 _STATS = ("others_cpu_percent", "sys_steal_percent", "sys_perfkit_cpu_percent")
 
@@ -113,6 +123,7 @@ def check_environment(baselines: list[dict[str, Any] | None],
         "baseline_cpu_wait_ratio": base_wait, "current_cpu_wait_ratio": cur_wait,
         "threshold_percent": BUSIER_CORE_PERCENT, "threshold_wait_ratio": BUSIER_WAIT_RATIO,
         "busier": None, "difference_percent": None, "note": "", "explained": [],
+        "explainable_ratio": None, "unexplained": [],
     }
     unknown = [label for label, work in zip([*labels[0], *labels[1]], [*base_work, *cur_work],
                                             strict=True) if work is None]
@@ -143,10 +154,20 @@ def check_environment(baselines: list[dict[str, Any] | None],
             continue
         record["busier"] = side
         record["difference_percent"] = round(min(busy) - max(quiet), 1)
+        record["explainable_ratio"] = _explainable_ratio(busy_wait, quiet_wait)
         if side == "baseline":
             record["note"] += "; judged as usual (an improvement may be the machine's)"
         break
     return record
+
+
+def _explainable_ratio(busy: list[float | None], quiet: list[float | None]) -> float:
+    """The largest slowdown the busier side's CPU wait explains (EXPLAINED_SLACK)."""
+    if None in busy or None in quiet or not busy or not quiet:
+        return EXPLAINED_DEFAULT_RATIO
+    slowdown = (1.0 + max(v for v in busy if v is not None)) / \
+        (1.0 + min(v for v in quiet if v is not None))
+    return round(max(EXPLAINED_MIN_RATIO, EXPLAINED_SLACK * slowdown), 2)
 
 
 def _wait_rise(busy: list[float | None], quiet: list[float | None]) -> float | None:
