@@ -285,22 +285,36 @@ async def research_group(pool: WorkerPool, job_id: str, priority: int, key: str,
     cached = answer is not None
     error: str | None = None
     if answer is None:
-        async with (pool.semaphore.slot(priority) if pool.semaphore is not None
-                    else nullcontext()):
-            await mark_processing(pool, job_id, state)
-            started_at = time.perf_counter()
-            change_active_research(pool.metrics, +1)
-            try:
-                answer, error, _ = await ask_provider(pool.provider, {
-                    name: items[0][name] for name in ("product_name", "category",
-                                                      "price_exact", "currency",
-                                                      "seller_or_store")})
-            finally:
-                change_active_research(pool.metrics, -1)
+        marking: asyncio.Task[int] | None = None
+        try:
+            async with (pool.semaphore.slot(priority) if pool.semaphore is not None
+                        else nullcontext()):
+                # The job is processing from the moment its first item holds a slot; that
+                # write goes on beside the provider call instead of before it: waiting in
+                # line for SQLite's write lock (behind a burst of creates) held the slot,
+                # and with it a fifth of the research pool, idle.
+                marking = start_marking(pool, job_id, state)
+                started_at = time.perf_counter()
+                change_active_research(pool.metrics, +1)
+                try:
+                    answer, error, _ = await ask_provider(pool.provider, {
+                        name: items[0][name] for name in ("product_name", "category",
+                                                          "price_exact", "currency",
+                                                          "seller_or_store")})
+                    duration_s = time.perf_counter() - started_at
+                finally:
+                    change_active_research(pool.metrics, -1)
+        except BaseException:
+            if marking is not None:
+                marking.cancel()
+                await asyncio.gather(marking, return_exceptions=True)
+            raise
+        if marking is not None:
+            await marking
     else:
         await mark_processing(pool, job_id, state)
+        duration_s = time.perf_counter() - started_at
     status = "error" if answer is None else judge_answer(answer)
-    duration_s = time.perf_counter() - started_at
     if answer is not None and not cached and use_cache:
         await pool.cache.set_result(key, answer)
     now = sql_time(pool.db, utc_now())
@@ -314,12 +328,22 @@ async def research_group(pool: WorkerPool, job_id: str, priority: int, key: str,
         record_research(pool.metrics, status, duration_s)
 
 
+def start_marking(pool: WorkerPool, job_id: str,
+                  state: dict[str, bool]) -> asyncio.Task[int] | None:
+    """The job's move to processing, written in the background; None when another of its
+    items has started it already."""
+    if state["processing"]:
+        return None
+    state["processing"] = True
+    return asyncio.create_task(write_research(pool, [(
+        "UPDATE jobs SET status = 'processing', started_at = $1 "
+        "WHERE id = $2 AND status = 'pending'", [(sql_time(pool.db, utc_now()), job_id)])]))
+
+
 async def mark_processing(pool: WorkerPool, job_id: str, state: dict[str, bool]) -> None:
-    if not state["processing"]:
-        state["processing"] = True
-        await write_research(pool, [(
-            "UPDATE jobs SET status = 'processing', started_at = $1 "
-            "WHERE id = $2 AND status = 'pending'", [(sql_time(pool.db, utc_now()), job_id)])])
+    marking = start_marking(pool, job_id, state)
+    if marking is not None:
+        await marking
 
 
 def summarise_job(outcomes: Counter[str]) -> tuple[str, str]:
