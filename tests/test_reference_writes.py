@@ -1,6 +1,7 @@
 """The reference service's SQLite writes go through one writer that commits whatever waits
 together (db.Writer): on a real database file, concurrent writes all land, a write that fails
-fails alone, a write cancelled before its turn is never made, and a create gets its item ids."""
+fails alone, a write cancelled before its turn is never made, and a create gets its item ids.
+And a burst of creates, each waiting for its turn to insert, stays within the queue's cap."""
 
 import asyncio
 import shutil
@@ -8,12 +9,16 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from perfkit.reference import db
 from perfkit.reference.metrics import Metrics
 from perfkit.reference.settings import build_service_settings
 
+from .conftest import StartServices
+
+API = "/api/v1/research/products"
 JOB_SQL = ("INSERT INTO jobs (id, status, priority, callback_url, message, created_at, "
            "instance_id) VALUES ($1, 'pending', 5, NULL, 'queued', $2, 'test')")
 
@@ -124,3 +129,22 @@ def test_a_create_gets_its_item_ids_in_position_order(tmp_path: Path, schema: Pa
             for n in range(3)]
     assert returned == stored
     assert [len(ids) for ids in stored] == [4, 3, 2]
+
+
+def test_a_burst_of_creates_never_queues_past_the_cap(
+        start_reference_services: StartServices) -> None:
+    """30 creates at once against a cap of 5: exactly 5 are accepted. Each waits for its insert
+    after passing the queue check; those waiting count as queued, or all 30 passed together."""
+    (service,) = start_reference_services(["--fast", "--concurrency", "1", "--item-latency-ms",
+                                           "1500", "--latency-sigma", "0",
+                                           "--max-queued-jobs", "5"])
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+            responses = await asyncio.gather(*(client.post(API, json={"items": [{
+                "product_name": f"Burst item {n}", "category": "test",
+                "price_exact": 1000}]}) for n in range(30)))
+        return [response.status_code for response in responses]
+
+    codes = asyncio.run(burst())
+    assert sorted(codes) == [201] * 5 + [503] * 25

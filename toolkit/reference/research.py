@@ -109,6 +109,9 @@ class WorkerPool:
     # Under Celery: the last count of this instance's unfinished jobs, and when it was read.
     queued_jobs: int = 0
     queued_read_at: float = -math.inf
+    # Creates past the queue check whose job is not started yet: counted as queued, or a burst
+    # of creates all waiting for their insert would pass the check together, past the cap.
+    admitting: int = 0
     # What health last found of the database (None: it answered), and when it looked.
     database_error: str | None = None
     health_probed_at: float = -math.inf
@@ -161,7 +164,7 @@ async def count_queued_jobs(pool: WorkerPool) -> int:
     its active jobs in the database (read at most once a second: a create must not pay a
     count per request)."""
     if pool.queue is None:
-        return len(pool.tasks)
+        return len(pool.tasks) + pool.admitting
     now = time.monotonic()
     if now - pool.queued_read_at >= 1.0:
         rows = await fetch_rows(pool.db, "SELECT count(*) FROM jobs WHERE status IN "

@@ -188,10 +188,14 @@ async def create_research(body: ResearchRequest, pool: Pool) -> Response:
               "research_key": normalise_item_key(item.product_name, item.price_exact,
                                                  item.currency)}
              for position, item in enumerate(body.items)]
-    for item, item_id in zip(items, await insert_job(pool.db, job, items), strict=True):
-        item["id"] = item_id
-    if not await submit_job(pool, job, items):
-        return research_error(pool.settings, "the research queue is unreachable", 503)
+    pool.admitting += 1
+    try:
+        for item, item_id in zip(items, await insert_job(pool.db, job, items), strict=True):
+            item["id"] = item_id
+        if not await submit_job(pool, job, items):
+            return research_error(pool.settings, "the research queue is unreachable", 503)
+    finally:
+        pool.admitting -= 1
     data = {"job_id": job["id"], "status": "pending", "results": [],
             "metadata": job_metadata(pool.settings, Counter(), len(items), (
                 "pending", job["priority"], job["callback_url"], job["message"],
