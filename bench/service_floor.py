@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -185,7 +186,10 @@ async def wait_until_idle(url: str, timeout_s: float) -> None:
 
 def wrk_script(endpoint: str, job_ids: list[str]) -> str:
     if endpoint == "create":
-        return ('n = 0\nrequest = function()\n n = n + 1\n'
+        # Seeded per arm: wrk seeds Lua's random the same way every run, so each arm created
+        # the same products and the reference's research cache answered the later rounds.
+        return (f'math.randomseed({random.randrange(1, 2**31)})\n'
+                'n = 0\nrequest = function()\n n = n + 1\n'
                 'local body = \'{"items":[{"product_name":"Bench item \' .. '
                 'math.random(1e9) .. "-" .. n .. \'","category":"bench","price_exact":1000}]}\'\n'
                 f' return wrk.format("POST", "{API}", '
