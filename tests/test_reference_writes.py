@@ -135,8 +135,11 @@ def test_a_burst_of_creates_never_queues_past_the_cap(
         start_reference_services: StartServices) -> None:
     """30 creates at once against a cap of 5: exactly 5 are accepted. Each waits for its insert
     after passing the queue check; those waiting count as queued, or all 30 passed together."""
+    # Items of 5 s, one at a time: no job finishes (and frees a place) during the burst (0.2-0.5
+    # s at load average 10), and the service's stop, which waits for the simulated provider's
+    # answer in flight, stays short.
     (service,) = start_reference_services(["--fast", "--concurrency", "1", "--item-latency-ms",
-                                           "1500", "--latency-sigma", "0",
+                                           "5000", "--latency-sigma", "0",
                                            "--max-queued-jobs", "5"])
 
     async def burst() -> list[int]:
