@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
-from perfkit.config import build_load_settings
 from perfkit.run import ab as ab_run
+from perfkit.settings import build_load_settings
 
 ENDPOINTS = {"results": "GET /api/v1/research/products/{id}",
              "status": "GET /api/v1/research/products/{id}/status"}

@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 
 from perfkit.analysis.history import TrialSettings, judge_trials
-from perfkit.config import build_load_settings
 from perfkit.run import ab as ab_run
+from perfkit.settings import build_load_settings
 
 RESULTS = "GET /api/v1/research/products/{id}"
 ORDERS = list(itertools.permutations(("A", "A2", "B")))

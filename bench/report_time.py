@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from perfkit import rundir  # noqa: E402
 from perfkit.analysis.kpi import evaluate_kpis, judge_run  # noqa: E402
-from perfkit.config import load_kpi_targets  # noqa: E402
+from perfkit.kpi_file import load_kpi_targets  # noqa: E402
 from perfkit.report import REPORT_HTML, charts, rebuild_report  # noqa: E402
 from perfkit.report.html import render_html  # noqa: E402
 from tests.synthetic import EndpointSpec, RunSpec, make_run  # noqa: E402

@@ -18,7 +18,7 @@ import pytest
 from perfkit import rundir
 from perfkit.analysis import stats
 from perfkit.analysis.kpi import judge_window, window_kpis
-from perfkit.config import load_kpi_targets
+from perfkit.kpi_file import load_kpi_targets
 from perfkit.run.alarms import post_json
 from perfkit.run.recorder import Recorder
 

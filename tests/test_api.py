@@ -8,7 +8,7 @@ from pathlib import Path
 
 from perfkit import rundir
 from perfkit.analysis.kpi import judge_run
-from perfkit.config import load_kpi_targets
+from perfkit.kpi_file import load_kpi_targets
 from tests.targets import FIXED_DELAY, running_target
 
 # Starting a load imports Locust, which monkey-patches the standard library: the API is used

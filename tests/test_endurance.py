@@ -16,7 +16,7 @@ from perfkit import rundir
 from perfkit.analysis import stats
 from perfkit.analysis.endurance import MIN_SETTLED_S, analyze_endurance, judge_leak
 from perfkit.analysis.kpi import judge_run
-from perfkit.config import load_kpi_targets
+from perfkit.kpi_file import load_kpi_targets
 from perfkit.report import write_report
 from perfkit.result import LATENCY_COLUMNS, RunMeta, RunResult, RunSettings
 from tests.synthetic import START_T, RunSpec, make_run

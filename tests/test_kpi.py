@@ -9,8 +9,8 @@ import pytest
 
 from perfkit import rundir
 from perfkit.analysis.kpi import evaluate_kpis, judge_kpi, overall_verdict
-from perfkit.config import KpiTarget, load_kpi_targets
 from perfkit.errors import ConfigError
+from perfkit.kpi_file import KpiTarget, load_kpi_targets
 from perfkit.result import KpiResult, RunSettings
 from tests.synthetic import START_T, EndpointSpec, RunSpec, make_run
 

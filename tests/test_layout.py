@@ -103,7 +103,8 @@ def test_the_checker_resolves_relative_imports(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("statement", [
     "import perfkit",
-    "import perfkit.analysis.kpi, perfkit.report, perfkit.config, perfkit.rundir",
+    "import perfkit.analysis.kpi, perfkit.report, perfkit.kpi_file, perfkit.settings,"
+    " perfkit.rundir",
 ])
 def test_importing_perfkit_patches_nothing(statement: str) -> None:
     """Only starting a load may monkey-patch the standard library (Locust does, with gevent)."""

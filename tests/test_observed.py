@@ -17,8 +17,9 @@ from perfkit.analysis.observed import (
 )
 from perfkit.collectors.postgres import is_query, libpq_url, statement_deltas
 from perfkit.collectors.prometheus import read_process, read_server_histogram
-from perfkit.config import parse_metrics_auth, redact_argv, redact_url
 from perfkit.errors import ConfigError
+from perfkit.redaction import redact_argv, redact_url
+from perfkit.settings import parse_metrics_auth
 
 INSTRUMENTATOR = """\
 # HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.

@@ -245,7 +245,7 @@ def test_a_baseline_name_is_matched_whole(tmp_path: Path) -> None:
 
 
 def test_secrets_in_urls_stay_out_of_the_artefacts(tmp_path: Path) -> None:
-    from perfkit.config import redact_url
+    from perfkit.redaction import redact_url
 
     assert redact_url("http://user:pw@host:8000/api?token=abc&page=2") == \
         "http://***@host:8000/api?token=***&page=2"

@@ -26,7 +26,7 @@ import pytest
 from perfkit import rundir
 from perfkit.analysis import stats
 from perfkit.analysis.kpi import judge_run
-from perfkit.config import load_kpi_targets
+from perfkit.kpi_file import load_kpi_targets
 from perfkit.report import charts
 from perfkit.report.html import render_html
 from tests.synthetic import START_T, EndpointSpec, RunSpec, make_run

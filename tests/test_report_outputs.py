@@ -12,8 +12,8 @@ from lxml import etree
 
 from perfkit import rundir
 from perfkit.analysis.kpi import evaluate_kpis, judge_run
-from perfkit.config import load_kpi_targets
 from perfkit.errors import ConfigError
+from perfkit.kpi_file import load_kpi_targets
 from perfkit.report import rebuild_report
 from perfkit.report.junit import write_junit
 from perfkit.units import format_value

@@ -30,9 +30,10 @@ from perfkit.analysis.stress import (
     size_open_users,
     summarize_stress,
 )
-from perfkit.config import KpiTarget, LoadSettings, StressSettings, load_kpi_targets
 from perfkit.errors import ConfigError
+from perfkit.kpi_file import KpiTarget, load_kpi_targets
 from perfkit.result import RunMeta, RunResult, empty_latency
+from perfkit.settings import LoadSettings, StressSettings
 from perfkit.units import format_value
 from tests.targets import CAPACITY, CPU_BURNER, running_target
 

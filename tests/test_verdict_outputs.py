@@ -24,8 +24,9 @@ from perfkit import rundir
 from perfkit.analysis import stats
 from perfkit.analysis.endurance import analyze_endurance
 from perfkit.analysis.stress import judge_step, summarize_stress
-from perfkit.config import LoadSettings, StressSettings, load_kpi_targets
+from perfkit.kpi_file import load_kpi_targets
 from perfkit.report import rebuild_report
+from perfkit.settings import LoadSettings, StressSettings
 from tests.synthetic import START_T, EndpointSpec, RunSpec, make_run
 from tests.targets import FIXED_DELAY, start_target, stop_target
 

@@ -40,8 +40,8 @@ def load(*, target: str | None = None, scenario: str = "research", users: int = 
     `.verdict_reason`, `.kpis`, `.endpoints`, `.run_dir`, `.exit_code`). `locustfile_args`
     are the locustfile's own options (["--greeting", "hi"]). Errors in the
     options or the environment raise perfkit.errors.PerfkitError."""
-    from .config import ServiceOptions, build_load_settings
     from .run import runner
+    from .settings import ServiceOptions, build_load_settings
 
     settings = build_load_settings(
         "load", target=target, scenario=scenario, users=users, spawn_rate=spawn_rate,

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from . import rundir
-from .config import redact_url
 from .errors import ConfigError
+from .redaction import redact_url
 from .result import meta_from_json
 
 BASELINES_DIR = "baselines"

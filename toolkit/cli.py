@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from .config import (
+from .errors import InternalError, PerfkitError
+from .settings import (
     ARRIVALS,
     LoadSettings,
     Observability,
@@ -19,7 +20,6 @@ from .config import (
     parse_metrics_auth,
     require_extra,
 )
-from .errors import InternalError, PerfkitError
 from .settings_sources import Sources, read_sources
 from .units import parse_duration, parse_quantity
 
@@ -309,8 +309,8 @@ def stress(start_users: int | None, step_users: int | None, start_rate: float | 
     seen (at most --users, where given). Where a step breaks a CPU KPI the capacity at that
     limit is estimated from the measured CPU per request. Exit 0 pass or warn (capacity only
     estimated), 1 capacity below the throughput KPI or none found, 3 nothing measured."""
-    from .config import StressSettings
     from .run.stress import run_stress
+    from .settings import StressSettings
 
     # With --rate, --users caps the concurrency only when the user set it (the default 10
     # would starve a slow target's open load).
@@ -345,8 +345,8 @@ def endurance(leak_threshold: float, **opts: Any) -> None:
     Exit codes: 0 pass or warn, 1 fail (a leak, the error budget, a KPI, a run that did
     not complete), 2 usage or environment error, 3 not judged, 130 interrupted.
     """
-    from .config import EnduranceSettings
     from .run.endurance import run_endurance
+    from .settings import EnduranceSettings
 
     result = run_endurance(EnduranceSettings(
         load=build_settings("endurance", **opts), leak_threshold_mb_h=leak_threshold), say)

@@ -20,9 +20,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .config import require_extra
 from .errors import ConfigError, ReportError
 from .result import RunResult
+from .settings import require_extra
 
 log = logging.getLogger(__name__)
 

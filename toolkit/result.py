@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from .config import JOB_NAMES, KpiTarget
+from .kpi_file import JOB_NAMES, KpiTarget
 
 __all__ = ["JOB_NAMES", "LATENCY_COLUMNS", "KpiResult", "RunMeta", "RunResult", "RunSettings"]
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import JOB_NAMES, KpiTarget
+from ..kpi_file import JOB_NAMES, KpiTarget
 from ..result import RunResult, json_safe
 from . import stats
 from .kpi import judged_window

@@ -1,6 +1,6 @@
 """The verdict of a run against its KPI targets: pass / warn / fail / missing, with why.
 
-Pure computation on a RunResult in memory (the KPI file is read by perfkit.config), so it is
+Pure computation on a RunResult in memory (the KPI file is read by perfkit.kpi_file), so it is
 tested on fixed data. The judged window leaves the warm-up out; alarms and stress steps judge
 their own short windows with the same definitions (`judge_window`).
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..config import JOB_NAMES, METRICS, KpiTarget
+from ..kpi_file import JOB_NAMES, METRICS, KpiTarget
 from ..result import (
     LATENCY_COLUMNS,
     KpiResult,

@@ -50,9 +50,10 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import OptimizeWarning, curve_fit
 
-from ..config import JOB_NAMES, KpiTarget, StressSettings
 from ..errors import ConfigError
+from ..kpi_file import JOB_NAMES, KpiTarget
 from ..result import LATENCY_COLUMNS, KpiResult, Step
+from ..settings import StressSettings
 from ..units import format_percent, format_value
 from . import stats
 from .kpi import judge_kpi, judge_window, kpi_limit

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import rundir
-from ..config import redact_url
 from ..errors import ConfigError, RunError
+from ..redaction import redact_url
 from .sampling import CsvRows, Sampler
 
 log = logging.getLogger(__name__)

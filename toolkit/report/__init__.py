@@ -12,8 +12,8 @@ from .. import rundir
 from ..analysis.endurance import describe_memory
 from ..analysis.kpi import judge_run
 from ..analysis.stats import HistogramError
-from ..config import load_kpi_targets
 from ..errors import ConfigError, ReportError
+from ..kpi_file import load_kpi_targets
 from ..result import RunResult
 from .html import render_html
 from .junit import write_junit

@@ -18,7 +18,7 @@ from markupsafe import Markup
 
 from ..analysis.environment import describe_machine_load
 from ..analysis.kpi import judged_postgres, judged_warmup_s, judged_window, worst_offender
-from ..config import JOB_NAMES, METRICS
+from ..kpi_file import JOB_NAMES, METRICS
 from ..result import KpiResult, RunMeta, RunResult
 from ..units import format_percent, format_value
 from . import charts

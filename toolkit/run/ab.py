@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis.history import TrialSettings, TrialVerdict, judge_trials, trial_order
-from ..config import LoadSettings
 from ..errors import ConfigError, TargetError
 from ..report.ab_html import write_ab_report
 from ..result import RunResult
+from ..settings import LoadSettings
 from . import runner, target
 from .processes import start_child, stop_child
 

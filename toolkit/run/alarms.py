@@ -39,7 +39,8 @@ import pandas as pd
 
 from .. import rundir
 from ..analysis.kpi import judge_window, kpi_limit, window_kpis
-from ..config import KpiTarget, redact_url
+from ..kpi_file import KpiTarget
+from ..redaction import redact_url
 from ..result import KpiResult
 
 if TYPE_CHECKING:  # the runner imports this module

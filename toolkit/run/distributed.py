@@ -34,9 +34,9 @@ from locust.env import Environment
 from locust.rpc import Message, rpc
 from locust.runners import STATE_MISSING, MasterRunner
 
-from ..config import DEFAULT_MASTER_PORT, LoadSettings
 from ..errors import ClusterError, ConfigError, RunError
 from ..report.distributed import describe_worker
+from ..settings import DEFAULT_MASTER_PORT, LoadSettings
 from . import locustfile
 from .processes import start_child, stop_child
 from .recorder import Recorder

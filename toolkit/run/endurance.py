@@ -7,8 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..analysis.endurance import DRIFT_FRACTION, analyze_endurance, describe_memory
-from ..config import EnduranceSettings
 from ..result import RunResult
+from ..settings import EnduranceSettings
 from ..units import format_value
 from . import runner
 

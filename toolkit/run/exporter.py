@@ -30,8 +30,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from ..analysis import stats
-from ..config import JOB_NAMES
 from ..errors import ConfigError
+from ..kpi_file import JOB_NAMES
 from .recorder import Tally
 
 log = logging.getLogger(__name__)

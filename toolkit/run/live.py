@@ -4,7 +4,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..analysis import stats
-from ..config import LoadSettings
+from ..settings import LoadSettings
 
 if TYPE_CHECKING:  # the runner imports this module
     from .recorder import Recorder

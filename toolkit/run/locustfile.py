@@ -33,8 +33,8 @@ from locust.contrib.fasthttp import FastHttpSession
 from locust.env import Environment
 from locust.util.load_locustfile import load_locustfile as import_locustfile
 
-from ..config import DEFAULT_REQUEST_TIMEOUT_S, LoadSettings
 from ..errors import ConfigError
+from ..settings import DEFAULT_REQUEST_TIMEOUT_S, LoadSettings
 from .openloop import Arrivals, make_open_loop
 from .recorder import ARM, Recorder
 from .scenario_errors import guard_on_start

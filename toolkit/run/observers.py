@@ -12,7 +12,7 @@ from ..collectors.postgres import PostgresCollector
 from ..collectors.prometheus import PrometheusCollector, metrics_url
 from ..collectors.redis_info import RedisCollector
 from ..collectors.sampling import Sampler
-from ..config import Observability
+from ..settings import Observability
 from .exporter import LiveExport, Snapshot, request_tallies
 
 if TYPE_CHECKING:

@@ -41,12 +41,14 @@ from .. import rundir
 from ..analysis.kpi import judge_run
 from ..collectors.app import AppCollector
 from ..collectors.system import SystemCollector
-from ..config import JOB_NAMES, LoadSettings, redact_argv, redact_url
 from ..errors import ClusterError, ConfigError, InternalError, PerfkitError, RunError, TargetError
+from ..kpi_file import JOB_NAMES
+from ..redaction import redact_argv, redact_url
 from ..report import write_report
 from ..report.distributed import describe_worker
 from ..report.html import describe_lateness, describe_stop
 from ..result import DEGRADED, RunMeta, RunResult, RunSettings
+from ..settings import LoadSettings
 from . import distributed, locustfile, target
 from .alarms import WINDOW_S as ALARM_WINDOW_S
 from .alarms import AlarmWatcher

@@ -22,8 +22,9 @@ from ..analysis.stress import (
     size_open_users,
     summarize_stress,
 )
-from ..config import KpiTarget, StressSettings
+from ..kpi_file import KpiTarget
 from ..result import RunResult
+from ..settings import StressSettings
 from . import runner
 
 # Locust's advice: spawning faster than this "is known to sometimes cause issues".
