@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
+from perfkit.options import parse_options
 from perfkit.run import ab as ab_run
 from perfkit.settings import build_load_settings
 
@@ -43,9 +44,11 @@ def main() -> None:
         parser.error("--runs must be at least 3 (a spread of successive runs needs two)")
     root = args.out or Path(tempfile.mkdtemp(prefix="ab-noise-"))
     endpoint = ENDPOINTS[args.scenario]
-    load = build_load_settings("ab", scenario=args.scenario, users=5, spawn_rate=50,
-                               duration=args.duration, rate=args.rate, warmup="2s",
-                               kpi=Path(__file__).parent.parent / ".ci" / "regression-kpi.toml")
+    values, given = parse_options("ab", dict(
+        scenario=args.scenario, users=5, spawn_rate=50, duration=args.duration,
+        rate=args.rate, warmup="2s",
+        kpi=Path(__file__).parent.parent / ".ci" / "regression-kpi.toml"))
+    load = build_load_settings("ab", values, given=given)
     serve = f"{sys.executable} -m perfkit serve --fast --host 127.0.0.1 --port {{port}}"
     modes = {"free": (serve, {0, 1}), "pinned": (f"taskset -c 1 {serve}", {0})}
     p50s: dict[str, list[float]] = {mode: [] for mode in modes}

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from perfkit.analysis.history import TrialSettings, judge_trials
+from perfkit.options import parse_options
 from perfkit.run import ab as ab_run
 from perfkit.settings import build_load_settings
 
@@ -67,10 +68,11 @@ def main() -> None:
     args = parser.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix="ab-power-"))
     root.mkdir(parents=True, exist_ok=True)
-    load = build_load_settings("ab", scenario=args.scenario, users=args.users, spawn_rate=50,
-                               duration=args.duration, rate=args.rate or None,
-                               warmup=args.warmup,
-                               kpi=Path(__file__).parent.parent / ".ci" / "regression-kpi.toml")
+    values, given = parse_options("ab", dict(
+        scenario=args.scenario, users=args.users, spawn_rate=50, duration=args.duration,
+        rate=args.rate or None, warmup=args.warmup,
+        kpi=Path(__file__).parent.parent / ".ci" / "regression-kpi.toml"))
+    load = build_load_settings("ab", values, given=given)
     trial = TrialSettings(threshold=args.threshold, confidence=args.confidence)
     a = ab_run.Arm("A", ("--fast",))
     if "=" in args.slowdown:

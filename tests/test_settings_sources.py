@@ -1,5 +1,6 @@
-"""Where an option's value comes from: command line > PERFKIT_* > perfkit.toml > locust.conf >
-defaults, shown by `perfkit config`; and Locust's time spans."""
+"""Where an option's value comes from: command line > PERFKIT_* > LOCUST_* > --config >
+perfkit.toml > Locust's config files > defaults, shown by `perfkit config`; and Locust's time
+spans."""
 
 import os
 import subprocess
@@ -11,12 +12,6 @@ import pytest
 from perfkit.errors import ConfigError
 from perfkit.settings_sources import read_sources
 from perfkit.units import parse_duration
-
-PARAMS = {"load": [("users", ["--users", "-u"]), ("spawn_rate", ["--spawn-rate", "-r"]),
-                   ("duration", ["--duration", "-t", "--run-time"]),
-                   ("target", ["--target", "-H", "--host"]), ("tags", ["--tags", "-T"])],
-          "worker": [("master", ["--master"])]}
-
 
 @pytest.mark.parametrize("text, seconds", [
     ("90", 90.0), ("90s", 90.0), ("5m", 300.0), ("2h", 7200.0), ("1h30m", 5400.0),
@@ -36,28 +31,32 @@ def test_perfkit_toml_outranks_locust_conf_and_passes_unknown_keys_on(tmp_path: 
         "# Locust's own file\nusers = 3\nspawn-rate = 2\nrun-time = 1h30m\nheadless = true\n"
         "greeting = hello\ntags = [a, b]\n")
     (tmp_path / "perfkit.toml").write_text('users = 7\n[worker]\nmaster = "10.0.0.1:5557"\n')
-    sources = read_sources(tmp_path, PARAMS, ("load",))
-    assert sources.default_map == {
-        "load": {"users": 7, "spawn_rate": "2", "duration": "1h30m", "tags": ["a", "b"]},
-        "worker": {"master": "10.0.0.1:5557"}}
+    sources = read_sources(tmp_path, home=tmp_path)
+    expected = {"users": 7, "spawn_rate": "2", "duration": "1h30m", "headless": True,
+                "tags": ["a", "b"]}
+    for command in ("load", "stress", "endurance", "regression"):
+        assert sources.default_map[command] == expected
+    assert sources.default_map["worker"] == {"master": "10.0.0.1:5557"}
+    assert "ab" not in sources.default_map  # its arms are set apart
     assert sources.origins[("load", "users")] == str(tmp_path / "perfkit.toml")
     assert sources.origins[("load", "spawn_rate")] == f"{tmp_path / 'locust.conf'}:3"
-    assert sources.locustfile_args == ["--headless", "--greeting=hello"]
+    # Not perfkit's: the locustfile's own, for its parser.
+    assert sources.locustfile_config == [("greeting", "hello")]
 
 
 def test_tool_perfkit_in_pyproject(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n[tool.perfkit]\n'
                                              '"spawn-rate" = 4\n')
-    assert read_sources(tmp_path, PARAMS, ("load",)).default_map == {"load": {"spawn_rate": 4}}
+    assert read_sources(tmp_path, home=tmp_path).defaults_of("load") == {"spawn_rate": 4}
 
 
 def test_an_unknown_key_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "perfkit.toml").write_text("usres = 7\n")
     with pytest.raises(ConfigError, match="perfkit.toml: 'usres' is not an option"):
-        read_sources(tmp_path, PARAMS, ("load",))
-    (tmp_path / "perfkit.toml").write_text('master = "x"\n')
+        read_sources(tmp_path, home=tmp_path)
+    (tmp_path / "perfkit.toml").write_text('connect-timeout = "5s"\n')
     with pytest.raises(ConfigError, match=r"put it in a \[worker\] table"):
-        read_sources(tmp_path, PARAMS, ("load",))
+        read_sources(tmp_path, home=tmp_path)
 
 
 def test_perfkit_config_shows_each_value_and_its_source(tmp_path: Path) -> None:
@@ -74,7 +73,7 @@ def test_perfkit_config_shows_each_value_and_its_source(tmp_path: Path) -> None:
     assert lines["duration"].split()[1:] == ["5400.0", str(tmp_path / "perfkit.toml")]
     assert lines["target"].split()[1:] == ["http://10.9.9.9:80", f"{tmp_path}/locust.conf:2"]
     assert lines["workers"].split()[1:] == ["0", "default"]
-    assert "--mine 1" in done.stdout
+    assert "--mine 1" in done.stdout  # the locustfile's own argument
 
 
 def test_version_names_perfkit_and_locust() -> None:

@@ -5,7 +5,7 @@ The Python API, for pytest and scripts (README "Python API"):
     import perfkit
 
     result = perfkit.load(fast=True, users=60, duration="30s")
-    assert result.verdict != "fail", result.verdict_reason
+    assert result.verdict not in ("fail", "error"), result.verdict_reason
 
 Importing perfkit changes nothing global and loads neither Locust nor pandas; only starting a
 load imports Locust, which monkey-patches the standard library with gevent, as under
@@ -13,46 +13,55 @@ load imports Locust, which monkey-patches the standard library with gevent, as u
 patched (e.g. a subprocess of the test).
 """
 
+import os
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .result import RunResult
 
-__all__ = ["RunResult", "load"]
+__all__ = ["RunResult", "__version__", "load"]
+
+try:
+    __version__ = version("perfkit")
+except PackageNotFoundError:  # a checkout on sys.path, not installed
+    __version__ = "unknown"
 
 
-def load(*, target: str | None = None, scenario: str = "research", users: int = 10,
-         spawn_rate: float = 10.0, duration: float | str = "60s", rate: float | None = None,
-         kpi: Path | str | None = None, out: Path | str | None = None, workers: int = 0,
-         target_pid: int | None = None, variants: tuple[str, ...] | list[str] = (),
-         fast: bool = False, warmup: float | str | None = None, profile: bool = False,
-         alert_webhook: str | None = None, abort_on_fail: bool = False,
-         reports_dir: Path | str = "reports", request_timeout: float | str = 60.0,
-         queue: str = "inprocess", broker: str | None = None, celery_workers: int = 2,
-         envelope: bool = False, extra_latency: tuple[str, ...] | list[str] = (),
-         tags: tuple[str, ...] | list[str] = (), exclude_tags: tuple[str, ...] | list[str] = (),
-         locustfile_args: tuple[str, ...] | list[str] = (), stop_timeout: float | str = 30.0,
-         arrivals: str = "even", say: Callable[[str], None] = print) -> "RunResult":
-    """`perfkit load` with the same options (durations as "30s" or seconds): runs the load,
-    writes the run directory and its report, and returns the judged RunResult (`.verdict`,
-    `.verdict_reason`, `.kpis`, `.endpoints`, `.run_dir`, `.exit_code`). `locustfile_args`
-    are the locustfile's own options (["--greeting", "hi"]). Errors in the
-    options or the environment raise perfkit.errors.PerfkitError."""
+def load(*, say: Callable[[str], None] = print,
+         locustfile_args: tuple[str, ...] | list[str] = (), **options: Any) -> "RunResult":
+    """`perfkit load` with the same options, as keyword arguments named as in `perfkit load
+    --help` (`spawn_rate=5`, `duration="30s"` or seconds, `kpi=` a KPI file, `tags=["a"]`,
+    `user_classes=["MyUser"]`); what is not given comes from where the command's would:
+    PERFKIT_* and LOCUST_* variables, `config=` (--config), perfkit.toml and Locust's config
+    files in the working directory, then the defaults. `locustfile_args` are the rest of a
+    command line: the locustfile's own options (["--greeting", "hi"]).
+
+    Runs the load, writes the run directory and its report, appends the run to the history
+    (`history=`, "off" to skip) and returns the judged RunResult: `.verdict` (pass, warn,
+    fail, or error: nothing measured), `.verdict_reason`, `.kpis`, `.endpoints`, `.run_dir`,
+    `.exit_code`. A bad option or environment raises perfkit.errors.PerfkitError (an unknown
+    option name a TypeError)."""
+    from .history import check_history, record_run
+    from .options import env_names, find_option, parse_options
     from .run import runner
-    from .settings import ServiceOptions, build_load_settings
+    from .settings import build_load_settings
+    from .settings_sources import read_sources
 
-    settings = build_load_settings(
-        "load", target=target, scenario=scenario, users=users, spawn_rate=spawn_rate,
-        duration=duration, rate=rate, kpi=kpi, out=out, workers=workers,
-        target_pid=target_pid, variants=variants, fast=fast, warmup=warmup, profile=profile,
-        alert_webhook=alert_webhook, abort_on_fail=abort_on_fail, reports_dir=reports_dir,
-        request_timeout=request_timeout, service=ServiceOptions(
-            queue=queue, broker=broker, celery_workers=celery_workers, envelope=envelope),
-        tags=tags, exclude_tags=exclude_tags, locustfile_args=locustfile_args,
-        stop_timeout=stop_timeout, extra_latency=extra_latency, arrivals=arrivals)
-    return runner.run_load(settings, say)
+    config = options.get("config") or os.environ.get(
+        env_names(find_option("load", "config"), "load")[0])
+    sources = read_sources(Path.cwd(), config)
+    values, given = parse_options("load", options, sources.defaults_of("load"))
+    settings = build_load_settings("load", values, given=given, locustfile_args=locustfile_args,
+                                   locustfile_config=sources.locustfile_config)
+    check_history(settings.history)
+    result = runner.run_load(settings, say)
+    problem = record_run(settings.history, result)
+    if problem:
+        say(f"perfkit: {problem}")
+    return result
 
 
 def __getattr__(name: str) -> Any:

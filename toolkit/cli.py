@@ -1,6 +1,8 @@
-"""The perfkit command line. Settings are built here and passed down as typed objects."""
+"""The perfkit command line: click commands only. The options come from options.py's table;
+settings are built once here and passed down as typed objects; errors become exit codes."""
 
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -11,17 +13,9 @@ from typing import Any
 import click
 
 from .errors import InternalError, PerfkitError
-from .settings import (
-    ARRIVALS,
-    LoadSettings,
-    Observability,
-    ServiceOptions,
-    build_load_settings,
-    parse_metrics_auth,
-    require_extra,
-)
+from .options import LOAD, click_options, env_names, find_option, given, version_message
+from .settings import LoadSettings, build_load_settings, require_extra
 from .settings_sources import Sources, read_sources
-from .units import parse_duration, parse_quantity
 
 log = logging.getLogger(__name__)
 
@@ -31,206 +25,52 @@ def say(message: str) -> None:
     click.echo(message)
 
 
-def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    return None if value is None else parse_duration(value)
+def say_err(message: str) -> None:
+    """say() on stderr: with Locust's --json, stdout carries only Locust's JSON."""
+    click.echo(message, err=True)
 
 
-LOAD_COMMANDS = ("load", "stress", "endurance", "regression")
 # A load command takes the arguments it does not know itself along to the locustfile's own
-# parser (its init_command_line_parser options), as `locust` does.
+# parser (its init_command_line_parser options, and User class names), as `locust` does.
 LOCUSTFILE_ARGS = {"ignore_unknown_options": True, "allow_extra_args": True}
 
 
-def _env(name: str) -> str:
-    return f"PERFKIT_{name.upper()}"
-
-
-def _locust_options() -> list[Any]:
-    """Locust's own options that perfkit shares: tags, the stop timeout, an open master."""
-    return [
-        click.option("--tags", "-T", "tags", multiple=True, envvar=_env("tags"),
-                     help="Run only the locustfile's tasks with one of these tags "
-                          "(-T a b, or a,b)."),
-        click.option("--exclude-tags", "-E", "exclude_tags", multiple=True,
-                     envvar=_env("exclude_tags"),
-                     help="Run none of the tasks with one of these tags."),
-        click.option("--stop-timeout", default="30s", show_default=True, callback=_duration,
-                     envvar=_env("stop_timeout"),
-                     help="When the run ends, let users finish the task in hand for this "
-                          "long (as k6's gracefulStop; Locust's default is 0s); requests cut "
-                          "off then are counted as interrupted."),
-        click.option("--master-bind-host", envvar=_env("master_bind_host"),
-                     help="Open the master to workers on other machines: the address "
-                          "to listen on (* for all)."),
-        click.option("--master-bind-port", type=click.IntRange(1, 65535),
-                     envvar=_env("master_bind_port"),
-                     help="The master's port (default 5557 with --master-bind-host, "
-                          "else a free one)."),
-        click.option("--expect-workers", type=click.IntRange(0), default=0,
-                     show_default=True, envvar=_env("expect_workers"),
-                     help="Workers (local ones included) to wait for before the load "
-                          "starts; exit 2 if fewer joined in time."),
-        click.option("--expect-workers-timeout", default="60s", show_default=True,
-                     callback=_duration, envvar=_env("expect_workers_timeout"),
-                     help="How long to wait for --expect-workers."),
-    ]
-
-
-def load_options(default_duration: str) -> Any:
-    """Options shared by load, stress, endurance and regression (names are a contract).
-    Locust's spellings are aliases (-u, -r, -t/--run-time, -H/--host, --processes)."""
-
-    def decorate(func: Any) -> Any:
-        options = [
-            click.option("--target", "-H", "--host", "target", envvar=_env("target"),
-                         help="Base URL of the target; default: start the bundled service."),
-            click.option("--scenario", "-f", "--locustfile", "scenario", default="research",
-                         show_default=True, envvar=_env("scenario"),
-                         help="Scenario name (scenarios/) or path of a Locust file."),
-            click.option("--users", "-u", type=click.IntRange(1), default=10, show_default=True,
-                         envvar=_env("users"), help="Peak number of concurrent users."),
-            click.option("--spawn-rate", "-r", type=click.FloatRange(min=0, min_open=True),
-                         default=10.0, show_default=True, envvar=_env("spawn_rate"),
-                         help="Users started per second."),
-            click.option("--duration", "-t", "--run-time", "duration", default=default_duration,
-                         show_default=True, callback=_duration, envvar=_env("duration"),
-                         help="Run length: 30s, 5m, 1h30m (with a LoadTestShape, at most)."),
-            click.option("--rate", type=click.FloatRange(min=0, min_open=True),
-                         envvar=_env("rate"),
-                         help="Open load: iterations per second in all, spread over time "
-                              "(--arrivals), latency measured from the intended send time."),
-            click.option("--arrivals", type=click.Choice(ARRIVALS), default="even",
-                         show_default=True, envvar=_env("arrivals"),
-                         help="With --rate: arrivals evenly spaced (1/rate apart), or a "
-                              "Poisson process of that rate."),
-            click.option("--kpi", "kpi_file", type=click.Path(path_type=Path),
-                         envvar=_env("kpi"),
-                         help="KPI targets (TOML) that replace or extend the defaults."),
-            click.option("--out", type=click.Path(path_type=Path), envvar=_env("out"),
-                         help="Run directory (default reports/<timestamp>-<scenario>)."),
-            click.option("--workers", "--processes", "workers", type=click.IntRange(0),
-                         default=0, show_default=True, envvar=_env("workers"),
-                         help="Local Locust worker processes under one master."),
-            *_locust_options(),
-            click.option("--target-pid", type=int, envvar=_env("target_pid"),
-                         help="PID of the target to sample (with --target)."),
-            click.option("--variant", "variants", multiple=True, envvar=_env("variant"),
-                         help="Reference-service variant (repeatable): n_plus_one, no_index, "
-                              "new_client_per_call, no_cache, unbounded, high_prefetch "
-                              "(with --queue celery)."),
-            click.option("--queue", type=click.Choice(["inprocess", "celery"]),
-                         default="inprocess", show_default=True,
-                         help="Bundled service: research in its in-process pool, or in Celery "
-                              "worker processes (needs --broker)."),
-            click.option("--broker", help="Bundled service's Celery broker: redis://HOST:6379/N "
-                                          "or amqp://USER:PASSWORD@HOST:5672//."),
-            click.option("--celery-workers", type=click.IntRange(1), default=2,
-                         show_default=True,
-                         help="Bundled service's Celery worker processes (--queue celery)."),
-            click.option("--envelope", is_flag=True,
-                         help="Bundled service answers as the original backend: "
-                              "{success, data, message}."),
-            click.option("--fast", is_flag=True, envvar=_env("fast"),
-                         help="Bundled service with its fast simulated-LLM profile (tens of ms)."),
-            click.option("--warmup", default=None, callback=_duration, envvar=_env("warmup"),
-                         help="Warm-up shown but kept out of the verdict (default: 10%, max 30s)."),
-            click.option("--profile", is_flag=True, envvar=_env("profile"),
-                         help="Record the target with py-spy."),
-            click.option("--alert-webhook", envvar=_env("alert_webhook"),
-                         help="POST alarms as JSON to this URL."),
-            click.option("--abort-on-fail", is_flag=True, envvar=_env("abort_on_fail"),
-                         help="Stop early when a KPI alarm fires."),
-            click.option("--request-timeout", default="60s", show_default=True,
-                         callback=_duration, envvar=_env("request_timeout"),
-                         help="A request unanswered this long is a failure (scenarios that "
-                              "set their own timeout keep it)."),
-            click.option("--metrics-path", default="/metrics", show_default=True,
-                         help="The target's Prometheus endpoint: a path, or a full URL."),
-            click.option("--metrics-auth", envvar="PERFKIT_METRICS_AUTH",
-                         help="bearer:TOKEN or basic:USER:PASSWORD for --metrics-path "
-                              "(or $PERFKIT_METRICS_AUTH)."),
-            click.option("--db-url", help="The target's PostgreSQL, sampled directly: "
-                                          "postgresql://USER@HOST/DB."),
-            click.option("--redis-url", help="The target's Redis, sampled with INFO: "
-                                             "redis://HOST:PORT/DB."),
-            click.option("--prometheus-port", type=click.IntRange(0, 65535),
-                         help="Serve perfkit's own live metrics on this port (0: any)."),
-            click.option("--otlp-endpoint",
-                         help="Push perfkit's live metrics to this OTLP/HTTP endpoint."),
-            click.option("--extra-latency", multiple=True,
-                         help="Bundled service: known slowdown for one endpoint, as "
-                              "`perfkit serve --extra-latency` (results=20% or results=20ms)."),
-            click.option("--history", default=str(Path("reports") / "history.db"),
-                         show_default=True, envvar="PERFKIT_HISTORY",
-                         help="History store the run's numbers are appended to: a SQLite "
-                              "file or a postgresql:// URL ($PERFKIT_HISTORY); 'off' to "
-                              "skip."),
-        ]
-        for option in reversed(options):
-            func = option(func)
-        return func
-
-    return decorate
-
-
-def build_settings(command: str, **opts: Any) -> LoadSettings:
+def build_settings(command: str, opts: dict[str, Any]) -> LoadSettings:
     """Settings of a load-generating command, KPI targets included, built once. Arguments
-    perfkit does not know go to the locustfile's parser, after those of a locust.conf."""
+    perfkit does not know go to the locustfile's parser, with a Locust config file's items
+    that no option of perfkit's takes."""
     from .history import check_history
 
     ctx = click.get_current_context()
-    sources = ctx.find_object(Sources)
-    conf_args = sources.locustfile_args if sources else []
-    if command in LOAD_COMMANDS:
+    sources = ctx.find_object(Sources) or Sources()
+    settings = build_load_settings(
+        command, opts, given=frozenset(name for name in opts if given(ctx, name)),
+        locustfile_args=ctx.args, locustfile_config=sources.locustfile_config,
+        argv=tuple(sys.argv))
+    if command != "ab":
         # The run's numbers go to the history after the run: its driver is checked before.
-        check_history(opts["history"])
-    return build_load_settings(
-        command, target=opts["target"], scenario=opts["scenario"], users=opts["users"],
-        spawn_rate=opts["spawn_rate"], duration=opts["duration"], rate=opts["rate"],
-        kpi=opts["kpi_file"], out=opts["out"], workers=opts["workers"],
-        target_pid=opts["target_pid"], variants=opts["variants"], fast=opts["fast"],
-        warmup=opts["warmup"], profile=opts["profile"], alert_webhook=opts["alert_webhook"],
-        abort_on_fail=opts["abort_on_fail"], request_timeout=opts["request_timeout"],
-        argv=tuple(sys.argv), service=ServiceOptions(
-            queue=opts["queue"], broker=opts["broker"], celery_workers=opts["celery_workers"],
-            envelope=opts["envelope"]), observe=Observability(
-            metrics_path=opts["metrics_path"], metrics_auth=parse_metrics_auth(
-                opts["metrics_auth"]), db_url=opts["db_url"], redis_url=opts["redis_url"],
-            prometheus_port=opts["prometheus_port"], otlp_endpoint=opts["otlp_endpoint"]),
-        tags=opts["tags"], exclude_tags=opts["exclude_tags"],
-        locustfile_args=(*conf_args, *ctx.args), master_bind_host=opts["master_bind_host"],
-        master_bind_port=opts["master_bind_port"], expect_workers=opts["expect_workers"],
-        expect_workers_timeout=opts["expect_workers_timeout"],
-        stop_timeout=opts["stop_timeout"], extra_latency=opts["extra_latency"],
-        arrivals=opts["arrivals"])
+        check_history(settings.history)
+    return settings
 
 
-def _version_message() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+def output(settings: LoadSettings) -> Any:
+    return say_err if settings.locust_outputs.json_stdout else say
 
-    found = []
-    for package in ("perfkit", "locust"):
-        try:
-            found.append(f"{package} {version(package)}")
-        except PackageNotFoundError:
-            found.append(f"{package} (not installed)")
-    return ", ".join(found)
+
+def record_history(result: Any, settings: LoadSettings) -> Any:
+    """Append a finished run to the history store (a warning, never a failure); the run."""
+    from .history import record_run
+
+    problem = record_run(settings.history, result)
+    if problem:
+        output(settings)(f"perfkit: {problem}")
+    return result
 
 
 def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     if value and not ctx.resilient_parsing:
-        say(_version_message())
+        say(version_message())
         ctx.exit()
-
-
-def record_history(result: Any, location: str) -> Any:
-    """Append a finished run to the history store (a warning, never a failure); the run."""
-    from .history import record_run
-
-    problem = record_run(location, result)
-    if problem:
-        say(f"perfkit: {problem}")
-    return result
 
 
 @click.group()
@@ -242,65 +82,34 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     """perfkit: load, stress and endurance tests of the product-research API, with KPI
     verdicts, regression gating and one self-contained HTML report.
 
-    Options may also come from PERFKIT_* environment variables and from perfkit.toml (or
-    [tool.perfkit] in pyproject.toml, or a locust.conf) in the working directory; `perfkit
-    config` shows the effective values and where each came from."""
+    Options may also come from PERFKIT_* (and Locust's LOCUST_*) environment variables, from
+    --config FILE, from perfkit.toml (or [tool.perfkit] in pyproject.toml) and from Locust's
+    config files (locust.conf, [tool.locust], ~/.locust.conf); `perfkit config COMMAND` shows
+    the effective values and where each came from."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    sources = read_sources(Path.cwd(), _command_params(), LOAD_COMMANDS)
+    config_file = (ctx.obj or {}).get("config") if isinstance(ctx.obj, dict) else None
+    sources = read_sources(Path.cwd(), config_file)
     ctx.default_map = sources.default_map
     ctx.obj = sources
 
 
-def _command_params() -> dict[str, list[tuple[str, list[str]]]]:
-    return {name: [(p.name or "", list(p.opts)) for p in command.params
-                   if isinstance(p, click.Option)]
-            for name, command in cli.commands.items()}
-
-
 @cli.command(context_settings=LOCUSTFILE_ARGS)
-@load_options("60s")
+@click_options("load")
 def load(**opts: Any) -> None:
-    """Steady load for a duration; writes a run directory and report.html."""
+    """Steady load for a duration; writes a run directory and report.html.
+
+    [USERCLASS ...] and the locustfile's own options may follow, as with `locust`."""
     from .run import runner
 
-    result = runner.run_load(build_settings("load", **opts), say)
-    sys.exit(record_history(result, opts["history"]).exit_code)
-
-
-def _percent(ctx: click.Context, param: click.Parameter, value: str) -> float:
-    return parse_quantity(value if value.strip().endswith("%") else f"{value}%", "%")
-
-
-def _mb_per_h(ctx: click.Context, param: click.Parameter, value: str) -> float:
-    number = value.strip().removesuffix("/h").removesuffix("MB").strip()
-    try:
-        return float(number)
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: write MB per hour, e.g. 10MB/h") from None
+    settings = build_settings("load", opts)
+    result = runner.run_load(settings, output(settings))
+    sys.exit(record_history(result, settings).exit_code)
 
 
 @cli.command(context_settings=LOCUSTFILE_ARGS)
-@load_options("30m")
-@click.option("--start-users", type=click.IntRange(1),
-              help="Users of the first step (closed load; default: the step).")
-@click.option("--step-users", type=click.IntRange(1),
-              help="Users added per step (closed load; default: what reaches --users, the "
-                   "peak, in --max-steps steps).")
-@click.option("--start-rate", type=click.FloatRange(min=0, min_open=True),
-              help="Arrivals/s of the first step (with --rate; default: the step).")
-@click.option("--step-rate", type=click.FloatRange(min=0, min_open=True),
-              help="Arrivals/s added per step (with --rate, the peak; default: what reaches "
-                   "it in --max-steps steps).")
-@click.option("--step-duration", default="30s", show_default=True, callback=_duration,
-              help="Length of each step.")
-@click.option("--max-steps", type=click.IntRange(1, 100), default=10, show_default=True,
-              help="Most steps of the ramp.")
-@click.option("--max-error-rate", default="1%", show_default=True, callback=_percent,
-              help="A step whose requests fail more often than this breaks.")
-def stress(start_users: int | None, step_users: int | None, start_rate: float | None,
-           step_rate: float | None, step_duration: float, max_steps: int,
-           max_error_rate: float, **opts: Any) -> None:
+@click_options("stress")
+def stress(**opts: Any) -> None:
     """Stepwise ramp until a KPI breaks; reports the capacity and how the target broke.
 
     A closed load ramps users from --start-users by --step-users up to --users, the peak. An
@@ -314,21 +123,19 @@ def stress(start_users: int | None, step_users: int | None, start_rate: float | 
 
     # With --rate, --users caps the concurrency only when the user set it (the default 10
     # would starve a slow target's open load).
-    users_source = click.get_current_context().get_parameter_source("users")
+    settings = build_settings("stress", opts)
     result = run_stress(StressSettings(
-        load=build_settings("stress", **opts), start_users=start_users, step_users=step_users,
-        start_rate=start_rate, step_rate=step_rate, step_duration_s=step_duration,
-        max_steps=max_steps, max_error_rate_percent=max_error_rate,
-        users_given=users_source is not click.core.ParameterSource.DEFAULT), say)
-    sys.exit(record_history(result, opts["history"]).exit_code)
+        load=settings, start_users=opts["start_users"], step_users=opts["step_users"],
+        start_rate=opts["start_rate"], step_rate=opts["step_rate"],
+        step_duration_s=opts["step_duration"], max_steps=opts["max_steps"],
+        max_error_rate_percent=opts["max_error_rate"],
+        users_given=given(click.get_current_context(), "users")), output(settings))
+    sys.exit(record_history(result, settings).exit_code)
 
 
 @cli.command(context_settings=LOCUSTFILE_ARGS)
-@load_options("1h")
-@click.option("--leak-threshold", default="10MB/h", show_default=True, callback=_mb_per_h,
-              help="Memory growth that counts as a leak once the whole CI of the continuing "
-                   "growth is above it.")
-def endurance(leak_threshold: float, **opts: Any) -> None:
+@click_options("endurance")
+def endurance(**opts: Any) -> None:
     """Long steady run: memory growth (MB/h with a CI), latency drift, error budget.
 
     Memory growth is judged on whether it continues: where the growth changed (a warm-up
@@ -348,18 +155,14 @@ def endurance(leak_threshold: float, **opts: Any) -> None:
     from .run.endurance import run_endurance
     from .settings import EnduranceSettings
 
+    settings = build_settings("endurance", opts)
     result = run_endurance(EnduranceSettings(
-        load=build_settings("endurance", **opts), leak_threshold_mb_h=leak_threshold), say)
-    sys.exit(record_history(result, opts["history"]).exit_code)
+        load=settings, leak_threshold_mb_h=opts["leak_threshold"]), output(settings))
+    sys.exit(record_history(result, settings).exit_code)
 
 
 @cli.command()
-@click.option("--master", required=True, envvar=_env("master"),
-              help="HOST[:PORT] of the master (port 5557 by default). The master sends the "
-                   "scenario and the run's settings; nothing else is needed.")
-@click.option("--connect-timeout", default="60s", show_default=True, callback=_duration,
-              envvar=_env("connect_timeout"),
-              help="Keep asking the master for this long (it may start after the worker).")
+@click_options("worker")
 def worker(master: str, connect_timeout: float) -> None:
     """Join a perfkit master as a Locust worker (distributed load, docs/distributed.md).
 
@@ -378,37 +181,42 @@ def worker(master: str, connect_timeout: float) -> None:
 @click.argument("command", default="load")
 @click.pass_context
 def show_config(ctx: click.Context, command: str) -> None:
-    """The effective options of COMMAND (load by default) and where each came from: the
-    command line (perfkit config load -u 5), PERFKIT_* variables, perfkit.toml,
-    locust.conf or the default."""
+    """The effective options of COMMAND (load by default; `history analyze` for a group's)
+    and where each came from: the command line (perfkit config load -u 5), PERFKIT_* and
+    LOCUST_* variables, --config FILE, perfkit.toml, Locust's config files or the default."""
+    args = list(ctx.args)
     target = cli.commands.get(command)
-    if target is None or command == "config":
+    if isinstance(target, click.Group) and args:
+        target, command = target.commands.get(args[0]), f"{command} {args.pop(0)}"
+    if target is None or isinstance(target, click.Group) or command == "config":
         raise click.BadParameter(f"no command {command!r}", param_hint="COMMAND")
-    assert ctx.parent is not None
     sources: Sources = ctx.find_object(Sources) or Sources()
-    sub = target.make_context(command, list(ctx.args), parent=ctx.parent,
-                              resilient_parsing=True)
+    sub = target.make_context(command, args, parent=ctx.parent, resilient_parsing=True,
+                              default_map=sources.defaults_of(command))
     say(f"perfkit {command}: effective options (files read: "
         f"{', '.join(sources.files) or 'none'})")
     for param in target.params:
-        if not isinstance(param, click.Option) or param.name is None:
+        if not isinstance(param, click.Option) or param.name is None or param.hidden \
+                or not param.expose_value:
             continue
         source = sub.get_parameter_source(param.name)
         where = {click.core.ParameterSource.COMMANDLINE: "command line",
-                 click.core.ParameterSource.ENVIRONMENT: f"environment {_envvar(param, sub)}",
+                 click.core.ParameterSource.ENVIRONMENT:
+                     f"environment {_envvar(command, param.name)}",
                  click.core.ParameterSource.DEFAULT_MAP:
                      sources.origins.get((command, param.name), "settings file"),
                  }.get(source, "default") if source else "default"  # type: ignore[arg-type]
         say(f"  {param.name:24} {_shown(sub.params.get(param.name))!s:28} {where}")
-    if command in LOAD_COMMANDS:
-        args = [*sources.locustfile_args, *sub.args]
-        say(f"  {'locustfile arguments':24} {' '.join(args) or '-'}")
+    if command in LOAD:
+        say(f"  {'locustfile arguments':24} {' '.join(sub.args) or '-'}")
+        config = " ".join(f"{key}={_shown(value)}" for key, value in sources.locustfile_config)
+        say(f"  {'locustfile config':24} {config or '-'}")
 
 
-def _envvar(param: click.Option, ctx: click.Context) -> str:
-    if isinstance(param.envvar, str):
-        return param.envvar
-    return f"{ctx.auto_envvar_prefix}_{(param.name or '').upper()}"
+def _envvar(command: str, name: str) -> str:
+    """The variable that gave the option its value: the first of its names that is set."""
+    names = env_names(find_option(command, name), command)
+    return next((n for n in names if n in os.environ), names[0])
 
 
 def _shown(value: Any) -> str:
@@ -418,56 +226,7 @@ def _shown(value: Any) -> str:
 
 
 @cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8000, show_default=True)
-@click.option("--database-url", help="SQLAlchemy async URL (default: SQLite file, WAL).")
-@click.option("--redis-url", help="Redis for the result cache (default: in-process TTL cache).")
-@click.option("--variant", "variants", multiple=True,
-              help="Variant to run (repeatable): n_plus_one, no_index, new_client_per_call, "
-                   "no_cache, unbounded, high_prefetch (with --queue celery).")
-@click.option("--fast", is_flag=True, help="Fast simulated-LLM profile (tens of ms per item).")
-@click.option("--item-latency-ms", type=click.FloatRange(0),
-              help="Median simulated LLM latency per call (default: 8000, --fast 30).")
-@click.option("--latency-sigma", type=click.FloatRange(0),
-              help="Spread of that latency (lognormal sigma; default 0.3).")
-@click.option("--error-rate", type=click.FloatRange(0, 1),
-              help="Share of LLM calls that fail transiently (default 0.02, --fast 0).")
-@click.option("--insufficient-rate", type=click.FloatRange(0, 1),
-              help="Share of LLM answers too thin to use (default 0.05, --fast 0).")
-@click.option("--concurrency", type=click.IntRange(1), default=5, show_default=True,
-              help="Research slots (semaphore size).")
-@click.option("--extra-latency", multiple=True,
-              help="Known slowdown for one endpoint: results=20ms or results=20% "
-                   "(health, create, status, results, cancel; repeatable).")
-@click.option("--seed", type=int, help="Seed of the simulated LLM's randomness.")
-@click.option("--slow-query-ms", type=click.FloatRange(0), default=100.0, show_default=True,
-              help="Queries at least this slow are listed in /api/v1/metrics/database.")
-@click.option("--queue", type=click.Choice(["inprocess", "celery"]), default="inprocess",
-              show_default=True,
-              help="Where research runs: the in-process pool, or Celery worker processes "
-                   "(needs --broker).")
-@click.option("--broker", help="Celery broker: redis://HOST:6379/N or "
-                               "amqp://USER:PASSWORD@HOST:5672//.")
-@click.option("--celery-workers", type=click.IntRange(1), default=2, show_default=True,
-              help="Celery worker processes, started and stopped with the service.")
-@click.option("--prefetch-multiplier", type=click.IntRange(1),
-              help="Tasks a Celery worker reserves ahead (default 1; 16 under high_prefetch).")
-@click.option("--max-tasks-per-child", type=click.IntRange(1), default=100, show_default=True,
-              help="Recycle a Celery worker process after this many tasks.")
-@click.option("--result-expires-s", type=click.FloatRange(0, min_open=True), default=3600.0,
-              show_default=True, help="How long Celery keeps a task result (callbacks only).")
-@click.option("--queue-prefix", default="perfkit", show_default=True,
-              help="Queue names PREFIX.research and PREFIX.callbacks: one service per prefix "
-                   "on a broker.")
-@click.option("--envelope", is_flag=True,
-              help="Answer the research routes as {success, data, message}.")
-@click.option("--max-queued-jobs", type=click.IntRange(1), default=200, show_default=True,
-              help="Unfinished jobs accepted before creates are answered 503 with Retry-After.")
-@click.option("--max-body-bytes", type=click.IntRange(1024), default=1_000_000,
-              show_default=True, help="Larger request bodies are answered 413 unread.")
-@click.option("--instance-id",
-              help="This instance's name on its jobs: a restart cancels only its own jobs in a "
-                   "shared database (default: HOST:PORT, random with --port 0).")
+@click_options("serve")
 def serve(**opts: Any) -> None:
     """Run the bundled reference research service until interrupted."""
     from .reference import server
@@ -479,21 +238,7 @@ def serve(**opts: Any) -> None:
 
 @cli.command()
 @click.argument("url")
-@click.option("-c", "--concurrency", type=click.IntRange(1), default=1, show_default=True,
-              help="Concurrent connections, each sending its next request on the last answer.")
-@click.option("-n", "--requests", type=click.IntRange(1), help="Total requests.")
-@click.option("-d", "--duration", callback=_duration, help="Run length instead of -n: 30s, 5m.")
-@click.option("-m", "--method", default="GET", show_default=True)
-@click.option("-H", "--header", "headers", multiple=True, help="'Name: value' (repeatable).")
-@click.option("--body", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="File sent as the request body.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=30.0,
-              show_default=True, help="Per-request timeout in seconds.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the result in the summary.json shape of a run.")
-@click.option("--max-failures", default="0", show_default=True,
-              help="Failed requests (non-2xx, timeout, connection error) allowed before the "
-                   "exit code is 1: a count (5) or a share of the requests (1%).")
+@click_options("bench")
 def bench(**opts: Any) -> None:
     """Quick fixed-concurrency HTTP benchmark of one URL, with exact percentiles.
 
@@ -515,12 +260,7 @@ def bench(**opts: Any) -> None:
 
 
 @cli.command()
-@click.option("--pid", type=int, required=True, help="Root of the process tree to watch.")
-@click.option("--interval", default="1s", show_default=True, callback=_duration,
-              help="Time between samples.")
-@click.option("--duration", callback=_duration, help="Stop after this long (default: Ctrl-C).")
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also record every sample to this CSV file.")
+@click_options("monitor")
 def monitor(**opts: Any) -> None:
     """Live CPU, memory, threads, I/O and network of a process tree, like top."""
     from . import monitor as live_monitor
@@ -532,8 +272,7 @@ def monitor(**opts: Any) -> None:
 
 @cli.command()
 @click.argument("run", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--kpi", "kpi_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="KPI targets (TOML) instead of the ones the run recorded.")
+@click_options("report")
 def report(run: Path, kpi_file: Path | None) -> None:
     """Rebuild report.html, summary.json/.md and junit.xml of a run; exit 1 on a failed KPI."""
     from .report import REPORT_HTML, rebuild_report
@@ -545,15 +284,7 @@ def report(run: Path, kpi_file: Path | None) -> None:
 
 
 @cli.command()
-@click.option("--pid", type=int, required=True, help="Python process to record (with children).")
-@click.option("--duration", default="30s", show_default=True, callback=_duration,
-              help="How long to record.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
-              show_default=True, help="Directory for profile.svg and profile.speedscope.json.")
-@click.option("--rate", type=click.IntRange(1, 1000), default=100, show_default=True,
-              help="Samples per second.")
-@click.option("--memory", is_flag=True,
-              help="Top allocation sites with memray instead of a CPU flamegraph.")
+@click_options("profile")
 def profile(**opts: Any) -> None:
     """Flamegraph of a running Python process with py-spy (or its allocations with memray)."""
     from . import profiling
@@ -563,20 +294,6 @@ def profile(**opts: Any) -> None:
     profiling.run_profile(profiling.ProfileSettings(
         pid=opts["pid"], duration_s=opts["duration"], out_dir=opts["out"],
         rate_hz=opts["rate"], memory=opts["memory"]), say)
-
-
-def _threshold_option(func: Any) -> Any:
-    options = [
-        click.option("--threshold", "thresholds", multiple=True,
-                     help="Practical threshold: 10% for every metric, p99_ms=20% for one "
-                          "(repeatable; default 10%)."),
-        click.option("--confidence", type=click.FloatRange(0.5, 1.0, max_open=True),
-                     default=0.99, show_default=True,
-                     help="Statistical confidence for the comparison as a whole."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
 
 
 def _compare_settings(thresholds: tuple[str, ...], confidence: float,
@@ -621,11 +338,7 @@ def _compare_and_report(baselines: list[Any], currents: list[Any], settings: Any
 @cli.command()
 @click.argument("baseline_ref", metavar="BASELINE")
 @click.argument("current", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Where compare.html/.md/.json and junit.xml go (default CURRENT/compare).")
-@_threshold_option
-@click.option("--warmup", default=None, callback=_duration,
-              help="Warm-up left out of both runs (default: each run's own).")
+@click_options("compare")
 def compare(baseline_ref: str, current: Path, out: Path | None, thresholds: tuple[str, ...],
             confidence: float, warmup: float | None) -> None:
     """Compare a baseline (run directory or saved name) with a run; exit 1 on a regression
@@ -640,14 +353,8 @@ def compare(baseline_ref: str, current: Path, out: Path | None, thresholds: tupl
 
 
 @cli.command(context_settings=LOCUSTFILE_ARGS)
-@click.option("--baseline", "baseline_ref", required=True,
-              help="Run directory or saved baseline name (reports/baselines/NAME).")
-@click.option("--repeat", type=click.IntRange(1, 20), default=1, show_default=True,
-              help="Run N times and compare all N runs, pooled, with the baseline.")
-@_threshold_option
-@load_options("60s")
-def regression(baseline_ref: str, repeat: int, thresholds: tuple[str, ...], confidence: float,
-               **opts: Any) -> None:
+@click_options("regression")
+def regression(**opts: Any) -> None:
     """Run the scenario, then compare with a baseline; exit 1 on a regression or failed KPI."""
     import dataclasses
 
@@ -655,15 +362,17 @@ def regression(baseline_ref: str, repeat: int, thresholds: tuple[str, ...], conf
     from .baseline import resolve_baseline
     from .run import runner
 
-    settings = build_settings("regression", **opts)
+    settings = build_settings("regression", opts)
     baselines = [rundir.load_run(path)
-                 for path in resolve_baseline(baseline_ref, settings.reports_dir)]
-    compare_settings = _compare_settings(thresholds, confidence, baseline_runs=len(baselines))
+                 for path in resolve_baseline(opts["baseline_ref"], settings.reports_dir)]
+    compare_settings = _compare_settings(opts["thresholds"], opts["confidence"],
+                                         baseline_runs=len(baselines))
+    repeat = opts["repeat"]
     runs = []
     for i in range(repeat):
         out = settings.out / f"run-{i + 1}" if settings.out and repeat > 1 else settings.out
-        runs.append(record_history(runner.run_load(dataclasses.replace(settings, out=out), say),
-                                   opts["history"]))
+        runs.append(record_history(runner.run_load(dataclasses.replace(settings, out=out),
+                                                   output(settings)), settings))
     out_dir = (settings.out if settings.out and repeat > 1 else runs[-1].run_dir) / "compare"
     compared = _compare_and_report(baselines, runs, compare_settings, out_dir)
     sys.exit(max(max(run.exit_code for run in runs), compared))
@@ -676,9 +385,7 @@ def baseline() -> None:
 
 @baseline.command("save")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--name", required=True, help="Baseline name.")
-@click.option("--reports-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("reports"), show_default=True)
+@click_options("baseline save")
 def baseline_save(runs: tuple[Path, ...], name: str, reports_dir: Path) -> None:
     """Copy runs' data files (not their reports or profiles) into reports/baselines/NAME.
 
@@ -693,8 +400,7 @@ def baseline_save(runs: tuple[Path, ...], name: str, reports_dir: Path) -> None:
 
 
 @baseline.command("list")
-@click.option("--reports-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("reports"), show_default=True)
+@click_options("baseline list")
 def baseline_list(reports_dir: Path) -> None:
     """The saved baselines: name, scenario, duration, variants, size, runs."""
     from .baseline import list_baselines
@@ -713,16 +419,10 @@ def history() -> None:
     """Every run's numbers over time: import, list, change points (docs/regression.md)."""
 
 
-def _history_option(func: Any) -> Any:
-    return click.option("--history", "location", default=str(Path("reports") / "history.db"),
-                        show_default=True, envvar="PERFKIT_HISTORY",
-                        help="SQLite file or postgresql:// URL (or $PERFKIT_HISTORY).")(func)
-
-
 @history.command("import")
 @click.argument("run_dirs", nargs=-1, required=True,
                 type=click.Path(exists=True, file_okay=False, path_type=Path))
-@_history_option
+@click_options("history import")
 def history_import(run_dirs: tuple[Path, ...], location: str) -> None:
     """Add run directories (or saved baselines) to the history."""
     from .history import import_runs, open_history
@@ -732,10 +432,7 @@ def history_import(run_dirs: tuple[Path, ...], location: str) -> None:
 
 
 @history.command("list")
-@_history_option
-@click.option("--scenario", help="Only runs of this scenario.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
-              help='Write {"runs": [...]} to this file.')
+@click_options("history list")
 def history_list(location: str, scenario: str | None, json_path: Path | None) -> None:
     """The runs in the history, oldest first."""
     from .history import list_runs, open_history
@@ -750,22 +447,7 @@ def history_list(location: str, scenario: str | None, json_path: Path | None) ->
 
 
 @history.command("analyze")
-@_history_option
-@click.option("--scenario", help="Only runs of this scenario.")
-@click.option("--min-change", default="10%", show_default=True, callback=_percent,
-              help="Smallest change of level that counts.")
-@click.option("--metric", "metrics", multiple=True,
-              help="Metric to search (repeatable; default p50/p95/p99, rps, CPU, RSS).")
-@click.option("--min-runs", type=click.IntRange(2), default=4, show_default=True,
-              help="Runs needed on each side of a change point.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
-              help='Write {"change_points": [...]} to this file.')
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"),
-              show_default=True, help="Where history.html and history.md go.")
-@click.option("--fail-on-regression", is_flag=True,
-              help="Exit 1 when a regression change point lies in the newest runs.")
-@click.option("--newest", type=click.IntRange(1), default=5, show_default=True,
-              help="How many of the newest runs --fail-on-regression looks at.")
+@click_options("history analyze")
 def history_analyze(location: str, scenario: str | None, min_change: float,
                     metrics: tuple[str, ...], min_runs: int, json_path: Path | None, out: Path,
                     fail_on_regression: bool, newest: int) -> None:
@@ -795,56 +477,53 @@ def history_analyze(location: str, scenario: str | None, min_change: float,
 
 
 @cli.command()
-@click.option("--a", "a_opts", default="", help="Bundled service options of A, e.g. '--fast'.")
-@click.option("--b", "b_opts", default="",
-              help="Bundled service options of B, e.g. '--fast --variant n_plus_one'.")
-@click.option("--a-cmd", help="Command that starts target A on {port} (instead of --a).")
-@click.option("--b-cmd", help="Command that starts target B on {port} (instead of --b).")
-@click.option("--repeat", type=click.IntRange(2, 50), default=5, show_default=True,
-              help="Pairs of runs (A B B A ...), each on a freshly started target.")
-@click.option("--threshold", default="10%", show_default=True, callback=_percent,
-              help="Practical threshold of the ratio B/A.")
-@click.option("--confidence", type=click.FloatRange(0.5, 1.0, max_open=True), default=0.95,
-              show_default=True, help="Confidence for the trial as a whole (all metrics).")
-@click.option("--fail-on-inconclusive", is_flag=True,
-              help="Exit 1 when the trials cannot tell (default: exit 0 with a line saying so).")
-@click.option("--simultaneous", is_flag=True,
-              help="Each trial starts A and B and loads both at once from one load generator "
-                   "(each gets --users and --rate): far less noise than separate runs.")
-@load_options("20s")
-def ab(a_opts: str, b_opts: str, a_cmd: str | None, b_cmd: str | None, repeat: int,
-       threshold: float, confidence: float, fail_on_inconclusive: bool, simultaneous: bool,
-       **opts: Any) -> None:
+@click_options("ab")
+def ab(**opts: Any) -> None:
     """A/B trials on this machine, interleaved runs or --simultaneous; exit 1 when B is slower
     than A."""
     from .analysis.history import TrialSettings, ab_exit_code
     from .run.ab import AbSettings, Arm, run_ab
 
     result = run_ab(AbSettings(
-        load=build_settings("ab", **opts), a=Arm.parse("A", a_opts, a_cmd),
-        b=Arm.parse("B", b_opts, b_cmd), repeat=repeat, simultaneous=simultaneous,
-        trial=TrialSettings(threshold=threshold / 100.0, confidence=confidence)), say)
-    sys.exit(ab_exit_code(result.verdict, fail_on_inconclusive))
+        load=build_settings("ab", opts), a=Arm.parse("A", opts["a_opts"], opts["a_cmd"]),
+        b=Arm.parse("B", opts["b_opts"], opts["b_cmd"]), repeat=opts["repeat"],
+        simultaneous=opts["simultaneous"], trial=TrialSettings(
+            threshold=opts["threshold"] / 100.0, confidence=opts["confidence"])), say)
+    sys.exit(ab_exit_code(result.verdict, opts["fail_on_inconclusive"]))
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def spread_tags(args: list[str]) -> list[str]:
     """Locust's `--tags a b c` as click's `--tags a --tags b --tags c`: click options take
-    one value each."""
+    one value each (so do Locust's other lists, --exclude-tags and --config-users)."""
     spread: list[str] = []
-    tag_option: str | None = None
+    list_option: str | None = None
     for arg in args:
-        if arg in ("-T", "--tags", "-E", "--exclude-tags"):
-            tag_option = arg
+        if arg in _LIST_OPTIONS:
+            list_option = arg
             spread.append(arg)
             continue
-        if tag_option is not None and not arg.startswith("-") and spread[-1] != tag_option:
-            spread.append(tag_option)
+        if list_option is not None and not arg.startswith("-") and spread[-1] != list_option:
+            spread.append(list_option)
         if arg.startswith("-"):
-            tag_option = None
+            list_option = None
         spread.append(arg)
     return spread
+
+
+_LIST_OPTIONS = ("-T", "--tags", "-E", "--exclude-tags", "--config-users")
+
+
+def config_file_of(args: list[str]) -> str | None:
+    """The --config FILE of a command line (it decides the defaults before click parses the
+    command), else $PERFKIT_CONFIG."""
+    for i, arg in enumerate(args):
+        if arg == "--config" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return os.environ.get(env_names(find_option("load", "config"), "load")[0])
 
 
 def main() -> None:
@@ -856,7 +535,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGHUP, _interrupt)
     try:
-        cli.main(args=spread_tags(sys.argv[1:]), standalone_mode=False,
+        args = spread_tags(sys.argv[1:])
+        cli.main(args=args, obj={"config": config_file_of(args)}, standalone_mode=False,
                  auto_envvar_prefix="PERFKIT")
     except click.exceptions.Abort:
         click.echo("perfkit: interrupted", err=True)

@@ -136,6 +136,9 @@ class RunResult:
     endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
+    # Locust's --exit-code-on-error, set by the run when a request failed or the scenario
+    # raised (as Locust counts errors): the exit code then, interrupted and error aside.
+    exit_code_on_error: int | None = None
 
     @property
     def run_id(self) -> str:
@@ -150,6 +153,8 @@ class RunResult:
             return 130
         if self.verdict == "error":
             return 3
+        if self.exit_code_on_error is not None:
+            return self.exit_code_on_error
         if self.verdict == "fail" or self.meta.status != "completed":
             return 1
         return 0

@@ -1,25 +1,30 @@
 """Typed settings: the options of a command as the objects a run is driven by. Built once
-(by the CLI, `perfkit.load` or a test, from options.py's table) and passed down; no import-time
-state, and nothing here reads the environment.
+(by the CLI or `perfkit.load`, from the values options.py's table gives, or by a test) and
+passed down; nothing here reads the environment. The defaults are the table's.
 """
 
 import importlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
 from .kpi_file import KpiTarget, load_kpi_targets
-from .units import parse_duration
+from .options import default_value
 
-DEFAULT_REQUEST_TIMEOUT_S = 60.0
-DEFAULT_EXPECT_WORKERS_TIMEOUT_S = 60.0
+# Locust's master port, where a master opened to other machines listens by default.
 DEFAULT_MASTER_PORT = 5557
+
+
+def _default(name: str, command: str = "load") -> Any:
+    return default_value(command, name)
+
+
+DEFAULT_REQUEST_TIMEOUT_S: float = _default("request_timeout")
 # As k6's gracefulStop (Locust's own default is 0: users killed mid-request, their requests
 # lost): requests in flight when the duration ends are waited for this long.
-DEFAULT_STOP_TIMEOUT_S = 30.0
-# How an open load's arrivals are spread over time (run/openloop.py).
-ARRIVALS = ("even", "poisson")
+DEFAULT_STOP_TIMEOUT_S: float = _default("stop_timeout")
 
 
 @dataclass(frozen=True)
@@ -92,23 +97,39 @@ def check_extras(observe: Observability) -> None:
 
 
 @dataclass(frozen=True)
+class LocustOutputs:
+    """Locust's own outputs of a run (--csv, --csv-full-history, --html, --json,
+    --json-file), written by Locust's writers where Locust writes them, beside the run
+    directory; None or False: not asked for."""
+
+    csv_prefix: str | None = None
+    csv_full_history: bool = False
+    html_file: str | None = None
+    json_stdout: bool = False
+    json_file: str | None = None
+
+
+@dataclass(frozen=True)
 class LoadSettings:
     """One run of load, stress, endurance or regression, as the user asked for it.
 
     `kpi_targets`: the KPI file's targets, read once when the settings are built (None: read
     `kpi_file`, or the defaults), so a bad KPI file fails before any load starts.
+    `duration_given`: False when the duration is the default, which a locustfile's
+    LoadTestShape then does not cut (it ends the run itself, as under Locust).
     """
 
     command: str = "load"
     target: str | None = None
-    scenario: str = "research"
-    users: int = 10
-    spawn_rate: float = 10.0
-    duration_s: float = 60.0
+    scenario: str = _default("scenario")
+    users: int = _default("users")
+    spawn_rate: float = _default("spawn_rate")
+    duration_s: float = _default("duration")
+    duration_given: bool = True
     rate: float | None = None
     kpi_file: Path | None = None
     out: Path | None = None
-    workers: int = 0
+    workers: int = _default("workers")
     target_pid: int | None = None
     variants: tuple[str, ...] = ()
     latency_profile: str = "guide"
@@ -117,29 +138,45 @@ class LoadSettings:
     profile: bool = False
     alert_webhook: str | None = None
     abort_on_fail: bool = False
-    reports_dir: Path = Path("reports")
+    reports_dir: Path = _default("reports_dir")
+    history: str = _default("history")
     argv: tuple[str, ...] = field(default_factory=tuple)
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     service: ServiceOptions = field(default_factory=ServiceOptions)
     kpi_targets: tuple[KpiTarget, ...] | None = None
     observe: Observability = field(default_factory=Observability)
-    # Locust semantics (docs: README "Locust compatibility"): task tags, and the arguments
-    # perfkit does not know, for the locustfile's own init_command_line_parser options.
+    # Locust semantics (README "Locust compatibility"): task tags, User classes, and the
+    # arguments perfkit does not know, for the locustfile's own init_command_line_parser
+    # options: from the command line (`locustfile_args`) and from Locust's config files
+    # (`locustfile_config`, (key, value) items, read below the environment as Locust does).
     tags: tuple[str, ...] = ()
     exclude_tags: tuple[str, ...] = ()
+    user_classes: tuple[str, ...] = ()
     locustfile_args: tuple[str, ...] = ()
+    locustfile_config: tuple[tuple[str, Any], ...] = ()
+    config_users: tuple[str, ...] = ()
+    equal_weights: bool = False
     # A master open to other machines (docs/distributed.md); None: loopback, local workers only.
     master_bind_host: str | None = None
     master_bind_port: int | None = None
-    expect_workers: int = 0
-    expect_workers_timeout_s: float = DEFAULT_EXPECT_WORKERS_TIMEOUT_S
+    expect_workers: int = _default("expect_workers")
+    expect_workers_timeout_s: float = _default("expect_workers_timeout")
+    enable_rebalancing: bool = False
     # Locust's --stop-timeout: how long a stopping user may finish the task in hand.
     stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S
-    arrivals: str = "even"  # an open load's arrivals: evenly spread, or Poisson
+    arrivals: str = _default("arrivals")  # an open load's arrivals: evenly spread, or Poisson
     # A simultaneous A/B trial (perfkit ab --simultaneous): (label, base URL) of each arm. Every
     # user class then runs once per arm against its URL, and each request is recorded under
     # "[label] name"; `users` and `rate` are the whole run's, shared evenly by the arms.
     arms: tuple[tuple[str, str], ...] = ()
+    # Locust's outputs, logging and reporting habits (options.py: their Locust meaning).
+    locust_outputs: LocustOutputs = field(default_factory=LocustOutputs)
+    loglevel: str | None = None
+    logfile: str | None = None
+    skip_log_setup: bool = False
+    only_summary: bool = False
+    reset_stats: bool = False
+    exit_code_on_error: int | None = None
 
     def __post_init__(self) -> None:
         if self.kpi_targets is None:
@@ -188,7 +225,7 @@ class StressSettings:
     users_given: bool = True  # --users was given: with --rate it caps each step's users
 
 
-DEFAULT_LEAK_THRESHOLD_MB_H = 10.0
+DEFAULT_LEAK_THRESHOLD_MB_H: float = _default("leak_threshold", "endurance")
 
 
 @dataclass(frozen=True)
@@ -197,54 +234,63 @@ class EnduranceSettings:
     leak_threshold_mb_h: float = DEFAULT_LEAK_THRESHOLD_MB_H
 
 
-def build_load_settings(command: str = "load", *, target: str | None = None,
-                        scenario: str = "research", users: int = 10, spawn_rate: float = 10.0,
-                        duration: float | str = "60s", rate: float | None = None,
-                        kpi: Path | str | None = None, out: Path | str | None = None,
-                        workers: int = 0, target_pid: int | None = None,
-                        variants: tuple[str, ...] | list[str] = (), fast: bool = False,
-                        warmup: float | str | None = None, profile: bool = False,
-                        alert_webhook: str | None = None, abort_on_fail: bool = False,
-                        reports_dir: Path | str = "reports",
-                        request_timeout: float | str = DEFAULT_REQUEST_TIMEOUT_S,
-                        argv: tuple[str, ...] = (),
-                        observe: Observability | None = None,
-                        service: ServiceOptions | None = None,
-                        tags: tuple[str, ...] | list[str] = (),
-                        exclude_tags: tuple[str, ...] | list[str] = (),
+def build_load_settings(command: str, values: dict[str, Any], *,
+                        given: frozenset[str] = frozenset(),
                         locustfile_args: tuple[str, ...] | list[str] = (),
-                        master_bind_host: str | None = None,
-                        master_bind_port: int | None = None, expect_workers: int = 0,
-                        expect_workers_timeout: float | str = DEFAULT_EXPECT_WORKERS_TIMEOUT_S,
-                        stop_timeout: float | str = DEFAULT_STOP_TIMEOUT_S,
-                        extra_latency: tuple[str, ...] | list[str] = (),
-                        arrivals: str = "even") -> LoadSettings:
-    """LoadSettings from the options of `perfkit load` (durations as "30s" or seconds)."""
-    check_extras(observe or Observability())
-    if arrivals not in ARRIVALS:
-        raise ConfigError(f"arrivals {arrivals!r}: choose {' or '.join(ARRIVALS)}")
+                        locustfile_config: tuple[tuple[str, Any], ...] | list[Any] = (),
+                        argv: tuple[str, ...] | list[str] = ()) -> LoadSettings:
+    """LoadSettings from the option values of a load command (options.parse_options or
+    click's, every option of the command present); `given`: the names the user set."""
+    observe = Observability(
+        metrics_path=values["metrics_path"], metrics_auth=parse_metrics_auth(
+            values["metrics_auth"]), db_url=values["db_url"], redis_url=values["redis_url"],
+        prometheus_port=values["prometheus_port"], otlp_endpoint=values["otlp_endpoint"])
+    check_extras(observe)
+    if values["csv_full_history"] and not values["csv"]:
+        raise ConfigError("--csv-full-history needs --csv (as in Locust)")
+    scenario = str(values["scenario"])
+    if "," in scenario or scenario.startswith(("http://", "https://")):
+        raise ConfigError(f"-f {scenario}: perfkit runs one locustfile, a path or a bundled "
+                          f"scenario name (Locust also takes lists, packages and URLs)")
+    workers = values["workers"]
+    if workers == -1:  # Locust's --processes -1: one per core
+        workers = os.cpu_count() or 1
     return LoadSettings(
-        command=command, target=target, scenario=scenario, users=users, spawn_rate=spawn_rate,
-        duration_s=_seconds(duration), rate=rate,
-        kpi_file=None if kpi is None else Path(kpi), out=None if out is None else Path(out),
-        workers=workers, target_pid=target_pid, variants=tuple(variants),
-        latency_profile="fast" if fast else "guide",
-        warmup_s=None if warmup is None else _seconds(warmup), profile=profile,
-        alert_webhook=alert_webhook, abort_on_fail=abort_on_fail, reports_dir=Path(reports_dir),
-        request_timeout_s=_seconds(request_timeout), argv=tuple(argv),
-        observe=observe or Observability(), service=service or ServiceOptions(),
-        tags=_split_tags(tags), exclude_tags=_split_tags(exclude_tags),
-        locustfile_args=tuple(locustfile_args), master_bind_host=master_bind_host,
-        master_bind_port=master_bind_port, expect_workers=expect_workers,
-        expect_workers_timeout_s=_seconds(expect_workers_timeout),
-        stop_timeout_s=_seconds(stop_timeout), extra_latency=tuple(extra_latency),
-        arrivals=arrivals)
+        command=command, target=values["target"], scenario=scenario, users=values["users"],
+        spawn_rate=values["spawn_rate"], duration_s=values["duration"],
+        duration_given="duration" in given, rate=values["rate"], kpi_file=values["kpi"],
+        out=values["out"], workers=workers, target_pid=values["target_pid"],
+        variants=tuple(values["variants"]),
+        latency_profile="fast" if values["fast"] else "guide",
+        extra_latency=tuple(values["extra_latency"]), warmup_s=values["warmup"],
+        profile=values["profile"], alert_webhook=values["alert_webhook"],
+        abort_on_fail=values["abort_on_fail"], reports_dir=Path(values["reports_dir"]),
+        history=values["history"], argv=tuple(argv),
+        request_timeout_s=values["request_timeout"], service=ServiceOptions(
+            queue=values["queue"], broker=values["broker"],
+            celery_workers=values["celery_workers"], envelope=values["envelope"]),
+        observe=observe, tags=split_tags(values["tags"]),
+        exclude_tags=split_tags(values["exclude_tags"]),
+        user_classes=split_tags(values["user_classes"]),
+        locustfile_args=tuple(locustfile_args), locustfile_config=tuple(locustfile_config),
+        config_users=tuple(values["config_users"]), equal_weights=values["equal_weights"],
+        master_bind_host=values["master_bind_host"],
+        master_bind_port=values["master_bind_port"], expect_workers=values["expect_workers"],
+        expect_workers_timeout_s=values["expect_workers_timeout"],
+        enable_rebalancing=values["enable_rebalancing"],
+        stop_timeout_s=values["stop_timeout"], arrivals=values["arrivals"],
+        locust_outputs=LocustOutputs(
+            csv_prefix=values["csv"], csv_full_history=values["csv_full_history"],
+            html_file=values["html"], json_stdout=values["json"],
+            json_file=values["json_file"]),
+        loglevel=values["loglevel"].upper() if values["loglevel"] else None,
+        logfile=values["logfile"], skip_log_setup=values["skip_log_setup"],
+        only_summary=values["only_summary"], reset_stats=values["reset_stats"],
+        exit_code_on_error=values["exit_code_on_error"])
 
 
-def _split_tags(tags: tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """`--tags a b`, `--tags a,b` and `--tags a --tags b` all mean (a, b)."""
-    return tuple(t for text in tags for t in str(text).replace(",", " ").split())
-
-
-def _seconds(value: float | str) -> float:
-    return float(value) if isinstance(value, int | float) else parse_duration(value)
+def split_tags(tags: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """`--tags a b`, `--tags a,b`, `--tags a --tags b` and Locust's `[a, b]` (a LOCUST_TAGS
+    value) all mean (a, b)."""
+    return tuple(t.strip("'\"") for text in tags
+                 for t in str(text).strip("[]").replace(",", " ").split())

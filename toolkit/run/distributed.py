@@ -13,13 +13,12 @@ perfkit adds three things to it, all with Locust's custom messages:
   a run that lost a worker ends `degraded`, one that lost them all `failed` (verdict error).
 """
 
+import argparse
 import importlib.resources
 import logging
 import os
 import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -38,7 +37,7 @@ from ..errors import ClusterError, ConfigError, RunError
 from ..report.distributed import describe_worker
 from ..settings import DEFAULT_MASTER_PORT, LoadSettings
 from . import locustfile
-from .processes import start_child, stop_child
+from .processes import Emit, ForkedProcess, fork_child, stop_child
 from .recorder import Recorder
 from .scenario_errors import ScenarioErrors
 
@@ -81,7 +80,11 @@ def describe_setup(settings: LoadSettings, scenario_path: Path) -> dict[str, Any
         "worker_count": max(settings.expect_workers, settings.workers),
         "request_timeout_s": settings.request_timeout_s, "tags": list(settings.tags),
         "exclude_tags": list(settings.exclude_tags),
-        "locustfile_args": list(settings.locustfile_args)}}
+        "user_classes": list(settings.user_classes),
+        "locustfile_args": list(settings.locustfile_args),
+        "locustfile_config": [list(item) for item in settings.locustfile_config],
+        "config_users": list(settings.config_users), "equal_weights": settings.equal_weights,
+        "reset_stats": settings.reset_stats}}
 
 
 @dataclass
@@ -162,29 +165,50 @@ class WorkerWatch:
                 "lost": len(self.lost()), "refused": self.refused}
 
 
-def open_master(env: Environment, settings: LoadSettings, scenario_path: Path, run_dir: Path,
-                say: Say) -> tuple[list[subprocess.Popen], WorkerWatch]:
-    """A master runner bound where the settings say, and its local worker processes."""
+def master_port(settings: LoadSettings) -> int:
+    """The master's port: --master-bind-port, else Locust's 5557 for a master open to other
+    machines, else a free one (chosen before the local workers are forked, who connect to it)."""
+    if settings.master_bind_port:
+        return settings.master_bind_port
+    return _free_port() if settings.master_bind_host is None else DEFAULT_MASTER_PORT
+
+
+def fork_workers(loaded: locustfile.Locustfile, settings: LoadSettings,
+                 options: argparse.Namespace, port: int, run_dir: Path,
+                 emit: Emit) -> list[ForkedProcess]:
+    """`settings.workers` local workers forked from this process, after the locustfile was
+    imported (as Locust's --processes): its module-level code ran once, here, and each worker
+    connects to the master on `port` with what this process holds. Their output goes to
+    `emit` ("[worker-1] ...") and RUN/worker-N.log."""
     bind_host = settings.master_bind_host or "127.0.0.1"
-    port = settings.master_bind_port or (_free_port() if settings.master_bind_host is None
-                                         else DEFAULT_MASTER_PORT)
+    connect_host = "127.0.0.1" if bind_host in LOOPBACK_BINDS else bind_host
+    count = max(settings.expect_workers, settings.workers)
+
+    def serve(index: int) -> Callable[[], int]:
+        return lambda: serve_worker(loaded, settings, locustfile.worker_options(options),
+                                    connect_host, port, lambda line: None, count)
+
+    return [fork_child(f"worker-{index}", serve(index), run_dir / f"worker-{index}.log", emit)
+            for index in range(1, settings.workers + 1)]
+
+
+def open_master(env: Environment, settings: LoadSettings, scenario_path: Path, port: int,
+                say: Say) -> WorkerWatch:
+    """A master runner bound where the settings say, on `port`, and its watch."""
+    bind_host = settings.master_bind_host or "127.0.0.1"
     try:
         runner = env.create_master_runner(master_bind_host=bind_host, master_bind_port=port)
     except Exception as exc:  # zmq: address in use, or not an address of this machine
         raise ConfigError(f"cannot open the master on {bind_host}:{port}: {exc}") from exc
     expected = max(settings.expect_workers, settings.workers)
     watch = WorkerWatch(runner, say, describe_setup(settings, scenario_path), expected)
-    connect_host = "127.0.0.1" if bind_host in LOOPBACK_BINDS else bind_host
-    command = [sys.executable, "-m", "perfkit", "worker", "--master", f"{connect_host}:{port}"]
-    processes = [start_child(command, run_dir / f"worker-{index}.log")
-                 for index in range(settings.workers)]
     if settings.master_bind_host is not None:
         say(f"perfkit: master listening on {bind_host}:{port}; waiting for {expected} workers "
             f"(perfkit worker --master HOST:{port})")
-    return processes, watch
+    return watch
 
 
-def wait_for_workers(watch: WorkerWatch, processes: list[subprocess.Popen],
+def wait_for_workers(watch: WorkerWatch, processes: list[ForkedProcess],
                      settings: LoadSettings, run_dir: Path) -> None:
     """Until every expected worker joined; ClusterError, naming how many did, after the
     timeout or when a local worker process exits."""
@@ -241,15 +265,26 @@ def run_worker(master: str, say: Say, connect_timeout_s: float = DEFAULT_CONNECT
         spawn_rate=given["spawn_rate"], duration_s=given["duration_s"], rate=given["rate"],
         arrivals=given["arrivals"],
         request_timeout_s=given["request_timeout_s"], tags=tuple(given["tags"]),
-        exclude_tags=tuple(given["exclude_tags"]),
-        locustfile_args=tuple(given["locustfile_args"]), kpi_targets=())
+        exclude_tags=tuple(given["exclude_tags"]), user_classes=tuple(given["user_classes"]),
+        locustfile_args=tuple(given["locustfile_args"]),
+        locustfile_config=tuple((key, value) for key, value in given["locustfile_config"]),
+        config_users=tuple(given["config_users"]), equal_weights=given["equal_weights"],
+        reset_stats=given["reset_stats"], kpi_targets=())
     loaded = locustfile.load_locustfile(scenario_path)
-    options = locustfile.parse_locust_options(settings, None)
+    options = locustfile.worker_options(locustfile.parse_locust_options(settings, None))
+    loaded = locustfile.select_user_classes(loaded, options.user_classes)
+    return serve_worker(loaded, settings, options, host, port, say, given["worker_count"])
+
+
+def serve_worker(loaded: locustfile.Locustfile, settings: LoadSettings,
+                 options: argparse.Namespace, host: str, port: int, say: Say,
+                 worker_count: int) -> int:
+    """A Locust worker of the master at host:port, with perfkit's recorder: its buckets
+    travel to the master with Locust's reports. Returns the exit code."""
     recorder = Recorder(None)
     env = locustfile.make_environment(loaded, None, settings.rate, settings.users,
                                       recorder, options, settings.request_timeout_s,
-                                      arrivals=settings.arrivals,
-                                      worker_count=given["worker_count"])
+                                      arrivals=settings.arrivals, worker_count=worker_count)
     ScenarioErrors().attach(env)
     # Installed before any user starts: each user's client binds its request method then.
     with locustfile.interruptions_counted(recorder):
@@ -259,16 +294,17 @@ def run_worker(master: str, say: Say, connect_timeout_s: float = DEFAULT_CONNECT
             "hostname": socket.gethostname(), "addresses": _addresses(), "pid": os.getpid(),
             "perfkit": perfkit_version()})
         say(f"perfkit worker: joined {host}:{port} as {runner.client_id} "
-            f"(scenario {scenario_path.name}, perfkit {perfkit_version()})")
+            f"(scenario {loaded.path.name}, perfkit {perfkit_version()})")
 
         gevent.signal_handler(signal.SIGINT, runner.quit)
         gevent.signal_handler(signal.SIGTERM, runner.quit)
         assert runner.greenlet is not None
         runner.greenlet.join()
     # As Locust's worker shuts down: `quitting`, whose Locust listener tells the master this
-    # worker quits, after its last report.
+    # worker quits, after its last report; then `quit`.
     locustfile.fire_quitting(env)
     gevent.sleep(0.2)  # let the message leave before the process does
+    locustfile.fire_quit(0)
     return 0
 
 

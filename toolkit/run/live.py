@@ -1,5 +1,6 @@
 """The live view of a run: a block redrawn in place on a terminal, plain lines otherwise."""
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -36,9 +37,12 @@ def format_progress(elapsed_s: float, duration_s: float, users: int,
     failures = sum(tally.failures for name, tally in recorder.totals.items() if " " in name)
     sample = state.system.latest() or {}
     cpu, rss = sample.get("cpu_busiest_percent"), sample.get("rss_mb")
+    clock = (f"{elapsed_s:5.0f}s  (until the LoadTestShape ends)" if math.isinf(duration_s) else
+             f"{elapsed_s:5.0f}s / {duration_s:.0f}s  (remaining "
+             f"{max(duration_s - elapsed_s, 0):.0f}s)")
     lines = [
-        f"{elapsed_s:5.0f}s / {duration_s:.0f}s  (remaining {max(duration_s - elapsed_s, 0):.0f}s)"
-        f"  users {users}  rps {recorder.rps():.1f}  requests {requests}  failures {failures}"
+        f"{clock}  users {users}  rps {recorder.rps():.1f}  requests {requests}"
+        f"  failures {failures}"
         f"  target cpu {'-' if cpu is None or cpu != cpu else f'{cpu:.0f}% of a core'}"
         f"  rss {'-' if rss is None or rss != rss else f'{rss:.0f}MB'}"
         + (f"  scenario errors {state.errors.count}" if state.errors.count else "")

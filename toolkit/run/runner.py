@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import math
 import platform
 import re
 import signal
@@ -53,9 +54,10 @@ from . import distributed, locustfile, target
 from .alarms import WINDOW_S as ALARM_WINDOW_S
 from .alarms import AlarmWatcher
 from .live import LiveView
+from .locust_outputs import LocustWriters, check_outputs
 from .observers import make_observers, start_export
 from .openloop import set_pace
-from .processes import stop_child
+from .processes import ForkedProcess, stop_child
 from .recorder import Recorder, request_name
 from .scenario_errors import ScenarioErrors
 
@@ -115,6 +117,12 @@ class RunState:
     export: Any = None  # exporter.LiveExport while perfkit's own metrics are served
     export_entry: dict[str, Any] | None = None
     workers: distributed.WorkerWatch | None = None  # a master's workers
+    locust_writers: LocustWriters | None = None  # Locust's --csv/--html/--json outputs
+    locust_outputs: list[str] = field(default_factory=list)  # the files they wrote
+    judged_from: float | None = None  # --reset-stats: when spawning last completed
+    had_errors: bool = False  # a request failed or the scenario raised (Locust's sense)
+    shape_unbounded: bool = False  # a LoadTestShape ended the run, no run time given
+    warmup_by_default: bool = True  # no --warmup: a tenth of the run, known once it ends
 
 
 def make_run_dir(settings: LoadSettings) -> Path:
@@ -169,13 +177,18 @@ def _version(package: str) -> str | None:
 
 def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> RunResult:
     """Run one load test end to end: the judged result, its run directory written. Whatever
-    happens, the managed service is stopped; an unexpected error leaves its traceback in the
-    run directory's perfkit.log and raises InternalError (exit code 3). Without a `plan`, a
-    locustfile's LoadTestShape drives the users (the duration an upper bound)."""
+    happens, the managed service and the local workers are stopped; an unexpected error
+    leaves its traceback in the run directory's perfkit.log and raises InternalError (exit
+    code 3); a usage error found once run.json exists marks it failed. Without a `plan`, a
+    locustfile's LoadTestShape drives the users and, without a given duration, ends the run.
+    Local workers are forked from this process once the locustfile is imported, before
+    anything else starts (as Locust's --processes)."""
     check_settings(settings)
+    locustfile.setup_logging(settings)
     scenario_path = locustfile.resolve_scenario(settings.scenario)
     loaded = locustfile.load_locustfile(scenario_path)
     options = locustfile.parse_locust_options(settings, settings.target)
+    loaded = locustfile.select_user_classes(loaded, options.user_classes, settings.argv)
     if plan is not None or loaded.shape is None:
         loaded = dataclasses.replace(loaded, shape=None)
     elif settings.rate is not None:
@@ -184,8 +197,13 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> RunR
     plan = plan or Plan(steps=[(0.0, settings.users, settings.rate)],
                         shape=loaded.shape is not None)
     run_dir = make_run_dir(settings)
-    managed = None
+    live = LiveView(say, settings, sys.stdout.isatty())
+    managed, meta, workers, port = None, None, [], None
     try:
+        if settings.workers:
+            port = distributed.master_port(settings)
+            workers = distributed.fork_workers(loaded, settings, options, port, run_dir,
+                                               relay(live, say))
         managed, url, pid = start_target(settings, run_dir, say)
         options.host = url
         meta = RunMeta(
@@ -206,9 +224,18 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> RunR
         with listeners_of_this_run():
             env, state = prepare_run(settings, say, plan, run_dir, url, pid, loaded, options)
             with locustfile.interruptions_counted(state.recorder):
-                run_plan(env, state, settings, say, plan, meta, managed, scenario_path)
-        return judge_and_report(rundir.load_run(run_dir, meta), settings, state, plan, say)
-    except PerfkitError:
+                run_plan(env, state, settings, say, plan, meta, managed, scenario_path,
+                         (workers, port, live))
+        result = judge_and_report(rundir.load_run(run_dir, meta), settings, state, plan, say)
+        if state.had_errors and settings.exit_code_on_error is not None:
+            result.exit_code_on_error = settings.exit_code_on_error
+        locustfile.fire_quit(result.exit_code)
+        return result
+    except PerfkitError as exc:
+        if meta is not None and meta.status == "running":
+            # A usage error found once run.json exists (tags that leave no task): it says so.
+            meta.status, meta.message = "failed", str(exc)
+            rundir.write_meta(run_dir, meta)
         raise
     except OSError as exc:  # a full disk, a directory made read-only: the environment
         raise RunError(f"cannot write the run directory {run_dir}: "
@@ -223,8 +250,21 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> RunR
             where = f"its traceback could not be written: {log_error.strerror or log_error}"
         raise InternalError(f"internal error: {type(exc).__name__}: {exc} ({where})") from exc
     finally:
+        for process in workers:
+            stop_child(process)  # no-op once stopped
         if managed is not None:
             target.stop_reference_service(managed)  # no-op once it has stopped
+
+
+def relay(live: LiveView, say: Say) -> Callable[[str, bool], None]:
+    """Where a local worker's output lines go: perfkit's terminal, below the live view."""
+    def emit(line: str, is_err: bool) -> None:
+        live.close()
+        if is_err:
+            print(line, file=sys.stderr, flush=True)
+        else:
+            say(line)
+    return emit
 
 
 def prepare_run(settings: LoadSettings, say: Say, plan: Plan, run_dir: Path, url: str,
@@ -239,6 +279,7 @@ def prepare_run(settings: LoadSettings, say: Say, plan: Plan, run_dir: Path, url
                      system=SystemCollector(pid, run_dir / rundir.RESOURCES),
                      app=AppCollector(url, run_dir),
                      observers=make_observers(settings.observe, url, run_dir))
+    state.warmup_by_default = settings.warmup_s is None
     state.alarms = AlarmWatcher(run_dir, settings.targets, say, settings.alert_webhook,
                                 settings.effective_warmup_s, run_id=run_dir.name)
     env = locustfile.make_environment(loaded, url, settings.rate, settings.users,
@@ -246,6 +287,13 @@ def prepare_run(settings: LoadSettings, say: Say, plan: Plan, run_dir: Path, url
                                       settings.arms, settings.arrivals)
     env.stop_timeout = settings.stop_timeout_s
     state.errors.attach(env)
+    if settings.reset_stats:
+        # As Locust's --reset-stats: what happened before spawning completed is not judged.
+        def on_spawned(**_: Any) -> None:
+            state.judged_from = time.time()
+        env.events.spawning_complete.add_listener(on_spawned)
+    if any(dataclasses.astuple(settings.locust_outputs)):
+        state.locust_writers = LocustWriters(env, settings.locust_outputs, options)
     return env, state
 
 
@@ -267,20 +315,24 @@ def listeners_of_this_run() -> Iterator[None]:
 
 
 def run_plan(env: Environment, state: "RunState", settings: LoadSettings, say: Say, plan: Plan,
-             meta: RunMeta, managed: target.ManagedTarget | None, scenario_path: Path) -> None:
-    """Start the runner and the collectors, follow the plan, stop everything, finish `meta`."""
-    workers: list[subprocess.Popen] = []
+             meta: RunMeta, managed: target.ManagedTarget | None, scenario_path: Path,
+             local: tuple[list[ForkedProcess], int | None, LiveView]) -> None:
+    """Start the runner and the collectors, follow the plan, stop everything, finish `meta`.
+    `local`: the forked local workers, the master's port they connect to, the live view."""
+    workers, port, live = local
     never_started = False
     try:
         state.export = start_export(settings.observe, state, env, plan,
                                     {"run_id": state.run_dir.name, "scenario": settings.scenario},
                                     say)
         if settings.workers or settings.expect_workers or settings.master_bind_host:
-            workers, state.workers = distributed.open_master(env, settings, scenario_path,
-                                                             state.run_dir, say)
+            state.workers = distributed.open_master(
+                env, settings, scenario_path, port or distributed.master_port(settings), say)
             distributed.wait_for_workers(state.workers, workers, settings, state.run_dir)
         else:
             env.create_local_runner()
+        if state.locust_writers is not None:
+            state.locust_writers.start()
         locustfile.fire_init(env)
         state.system.start()
         if state.app is not None:
@@ -290,7 +342,7 @@ def run_plan(env: Environment, state: "RunState", settings: LoadSettings, say: S
         state.started_at = meta.started_at = time.time()
         if state.workers is not None:
             state.workers.started_at = state.started_at
-        drive(env, settings, plan, state, managed, say)
+        drive(env, settings, plan, state, managed, live)
     except TargetError as exc:
         state.status, state.message = "target_died", str(exc)
     except RunError as exc:
@@ -323,6 +375,7 @@ def check_settings(settings: LoadSettings) -> None:
         raise ConfigError("a simultaneous A/B trial runs in one process: no --workers")
     if settings.target_pid is not None and not psutil.pid_exists(settings.target_pid):
         raise ConfigError(f"--target-pid {settings.target_pid}: no such process")
+    check_outputs(settings.locust_outputs)
 
 
 def start_target(settings: LoadSettings, run_dir: Path,
@@ -339,7 +392,7 @@ def start_target(settings: LoadSettings, run_dir: Path,
     return managed, managed.url, managed.process.pid
 
 
-def stop_run(env: Environment, state: RunState, workers: list[subprocess.Popen],
+def stop_run(env: Environment, state: RunState, workers: list[ForkedProcess],
              managed: target.ManagedTarget | None) -> None:
     """Stop the load, the recorder, the collectors, the workers and the target, in order;
     each step on its own, so one that fails (a full disk under the recorder) skips no other."""
@@ -355,6 +408,10 @@ def stop_run(env: Environment, state: RunState, workers: list[subprocess.Popen],
 
     step("the load", lambda: stop_runner(env, env.stop_timeout or 0.0))
     state.load_ended_at = time.time()
+    if env.runner is not None:
+        state.had_errors = bool(env.runner.stats.errors or env.runner.exceptions)
+    if state.locust_writers is not None:
+        state.locust_outputs = step("Locust's outputs", state.locust_writers.finish) or []
     step("the recorder", lambda: state.recorder.flush(final=True))
     if state.alarms is not None:
         state.alarm_summary = step("the alarms", state.alarms.close)
@@ -405,8 +462,13 @@ def judge_and_report(result: RunResult, settings: LoadSettings, state: RunState,
 
 
 def drive(env: Environment, settings: LoadSettings, plan: Plan, state: RunState,
-          managed: target.ManagedTarget | None, say: Say) -> None:
-    """Follow the plan second by second until the duration ends or something stops the run."""
+          managed: target.ManagedTarget | None, live: LiveView) -> None:
+    """Follow the plan second by second until the duration ends or something stops the run.
+    A LoadTestShape without a given duration runs until it ends the run, as under Locust;
+    with one, the duration cuts it, and the message says so."""
+    say = live.say
+    limit_s = settings.duration_s if settings.duration_given or not plan.shape else math.inf
+    live.duration_s = limit_s
     runner = env.runner
     assert runner is not None
     interrupted: list[str] = []
@@ -422,7 +484,6 @@ def drive(env: Environment, settings: LoadSettings, plan: Plan, state: RunState,
     own = [psutil.Process()]
     for process in own:
         process.cpu_percent()  # the first reading is meaningless
-    live = LiveView(say, settings, sys.stdout.isatty())
     step_index = -1
     try:
         with rundir.open_for_append(timeline) as timeline_file:
@@ -443,9 +504,12 @@ def drive(env: Environment, settings: LoadSettings, plan: Plan, state: RunState,
                                       f"{elapsed:.0f} s")
                 if state.workers is not None and runner.state in LOAD_RUNNING:
                     state.workers.check()
-                if elapsed >= settings.duration_s:
+                if elapsed >= limit_s:
                     if step_index >= 0 and plan.on_step_end:
                         plan.on_step_end(step_index, state)
+                    if plan.shape:
+                        state.message = (f"the run time limit ({elapsed:.0f} s, -t) ended the "
+                                         f"run before its LoadTestShape did")
                     return
                 due = [i for i, step in enumerate(plan.steps) if step[0] <= elapsed]
                 if due and due[-1] != step_index:
@@ -461,6 +525,7 @@ def drive(env: Environment, settings: LoadSettings, plan: Plan, state: RunState,
                 if step_index >= 0 and runner.state in LOAD_ENDING:
                     state.message = (f"the LoadTestShape ended the run after {elapsed:.0f} s"
                                      if plan.shape else "the scenario stopped by itself")
+                    state.shape_unbounded = plan.shape and math.isinf(limit_s)
                     return
                 loadgen_cpu = _loadgen_cpu_percent(runner, own)
                 if loadgen_cpu is not None:
@@ -482,7 +547,8 @@ def drive(env: Environment, settings: LoadSettings, plan: Plan, state: RunState,
                         state.message = (f"--abort-on-fail: a KPI alarm after {elapsed:.0f} s "
                                          f"({state.alarms.last_message})")
                         return
-                live.show(elapsed, runner.user_count, state)
+                if not settings.only_summary:
+                    live.show(elapsed, runner.user_count, state)
                 next_tick += 1.0
                 gevent.sleep(max(0.0, next_tick - time.time()))
     finally:
@@ -592,11 +658,21 @@ def finish_meta(meta: RunMeta, env: Environment, state: RunState) -> None:
                              + (f"; {state.message}" if state.message else ""))
     meta.status = state.status
     meta.message = state.message
+    if state.shape_unbounded:  # the shape's own length, and the warm-up's default from it
+        length_s = round(meta.ended_at - meta.started_at, 1)
+        warmup_s = min(30.0, length_s / 10.0) if state.warmup_by_default \
+            else meta.settings.warmup_s
+        meta.settings = dataclasses.replace(meta.settings, duration_s=length_s,
+                                            warmup_s=warmup_s)
+    if state.judged_from is not None:  # --reset-stats: the judged window starts there
+        meta.settings = dataclasses.replace(meta.settings, warmup_s=max(
+            meta.settings.warmup_s, round(state.judged_from - meta.started_at, 3)))
     meta.alarms = state.alarm_summary
     meta.profile = state.profile_entry
     meta.collectors = state.collectors
     meta.export = state.export_entry
     meta.load = describe_load(meta.settings, state.recorder)
+    meta.load["locust_outputs"] = state.locust_outputs
     # How the JOB records' times were measured (the jobs' own timestamps or polling).
     meta.load["job_timing"] = state.recorder.job_timing.describe()
     meta.loadgen = judge_loadgen(state.loadgen_cpu, meta.started_at + meta.settings.warmup_s)
