@@ -13,6 +13,7 @@ from perfkit.errors import ConfigError
 from perfkit.settings_sources import read_sources
 from perfkit.units import parse_duration
 
+
 @pytest.mark.parametrize("text, seconds", [
     ("90", 90.0), ("90s", 90.0), ("5m", 300.0), ("2h", 7200.0), ("1h30m", 5400.0),
     ("3h30m10s", 12610.0), ("500ms", 0.5), ("1.5s", 1.5), ("1h 30m", 5400.0)])

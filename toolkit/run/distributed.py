@@ -37,7 +37,7 @@ from ..errors import ClusterError, ConfigError, RunError
 from ..report.distributed import describe_worker
 from ..settings import DEFAULT_MASTER_PORT, LoadSettings
 from . import locustfile
-from .processes import Emit, ForkedProcess, fork_child, stop_child
+from .processes import Emit, ForkedProcess, fork_children, stop_child
 from .recorder import Recorder
 from .scenario_errors import ScenarioErrors
 
@@ -184,12 +184,12 @@ def fork_workers(loaded: locustfile.Locustfile, settings: LoadSettings,
     connect_host = "127.0.0.1" if bind_host in LOOPBACK_BINDS else bind_host
     count = max(settings.expect_workers, settings.workers)
 
-    def serve(index: int) -> Callable[[], int]:
-        return lambda: serve_worker(loaded, settings, locustfile.worker_options(options),
-                                    connect_host, port, lambda line: None, count)
+    def serve() -> int:
+        return serve_worker(loaded, settings, locustfile.worker_options(options), connect_host,
+                            port, lambda line: None, count)
 
-    return [fork_child(f"worker-{index}", serve(index), run_dir / f"worker-{index}.log", emit)
-            for index in range(1, settings.workers + 1)]
+    return fork_children([(f"worker-{index}", serve, run_dir / f"worker-{index}.log")
+                          for index in range(1, settings.workers + 1)], emit)
 
 
 def open_master(env: Environment, settings: LoadSettings, scenario_path: Path, port: int,

@@ -5,6 +5,8 @@ directory. The master (or the only process) writes them from Locust's statistics
 workers' reports feed, as under `locust`.
 """
 
+import copy
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -75,9 +77,13 @@ class LocustWriters:
             html = get_html_report(self.env, show_download_link=False)
             Path(self.options.html_file).write_text(html, "utf-8")
             written.append(self.options.html_file)
-        if self.outputs.json_stdout:
-            stats.print_stats_json(runner.stats)
-        if self.outputs.json_file:
-            stats.save_stats_json(runner.stats, self.outputs.json_file)
-            written.append(f"{self.outputs.json_file}.json")
+        if self.outputs.json_stdout or self.outputs.json_file:
+            # Locust's print_stats_json/save_stats_json, on a copy: serializing an entry clears
+            # it (it is how workers report), and perfkit reads the counts after this.
+            text = json.dumps(copy.deepcopy(runner.stats).serialize_stats(), indent=4)
+            if self.outputs.json_stdout:
+                print(text, flush=True)
+            if self.outputs.json_file:
+                Path(f"{self.outputs.json_file}.json").write_text(text, "utf-8")
+                written.append(f"{self.outputs.json_file}.json")
         return written

@@ -1,6 +1,6 @@
 """Child processes that never outlive perfkit: the managed reference service and local workers.
 
-Local workers are forked from the running perfkit (`fork_child`) after the locustfile was
+Local workers are forked from the running perfkit (`fork_children`) after the locustfile was
 imported, as Locust's --processes forks its workers, so its module-level code runs once per
 process tree; their output reaches perfkit's terminal line by line with their name in front
 (`[worker-1] ...`) and their log file. The reference service is started as a command
@@ -78,7 +78,7 @@ Emit = Callable[[str, bool], None]  # (line, from stderr)
 
 
 class ForkedProcess:
-    """A child forked by `fork_child`: what stop_child uses of a Popen (pid, poll, wait,
+    """A child forked by `fork_children`: what stop_child uses of a Popen (pid, poll, wait,
     returncode), and the greenlets that relay its output."""
 
     def __init__(self, pid: int, relays: list[Any], log_file: IO[bytes]) -> None:
@@ -115,40 +115,60 @@ class ForkedProcess:
         self.log_file.close()
 
 
-def fork_child(name: str, run: Callable[[], int], log_path: Path, emit: Emit) -> ForkedProcess:
-    """Fork this process; the child calls `run` and exits with what it returns (never coming
-    back here: no `finally` of the parent's runs in it). Its stdout and stderr lines reach
-    `emit` as "[name] line" and `log_path` as written. Like start_child's children, it has a
-    session of its own and dies with perfkit."""
+def fork_children(children: list[tuple[str, Callable[[], int], Path]],
+                  emit: Emit) -> list[ForkedProcess]:
+    """Fork this process once per (name, run, log path); each child calls `run` and exits
+    with what it returns (never coming back here: no `finally` of the parent's runs in it).
+    Its stdout and stderr lines reach `emit` as "[name] line" and its log file as written.
+    Like start_child's children, each has a session of its own and dies with perfkit.
+    Every child is forked before any output is relayed: a greenlet alive at a fork lives on in
+    the child, and would read its elder siblings' pipes there."""
+    import gevent
+
+    forked: list[tuple[int, int, int, Path, str]] = []
+    for name, run, log_path in children:
+        out_read, out_write = os.pipe()
+        err_read, err_write = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = gevent.fork()
+        if pid == 0:
+            inherited = [fd for _, out_fd, err_fd, _, _ in forked for fd in (out_fd, err_fd)]
+            _run_child(run, out_write, err_write, [out_read, err_read, *inherited])
+        os.close(out_write)
+        os.close(err_write)
+        forked.append((pid, out_read, err_read, log_path, name))
+    return [_relay(pid, out_read, err_read, log_path, name, emit)
+            for pid, out_read, err_read, log_path, name in forked]
+
+
+def _run_child(run: Callable[[], int], out_write: int, err_write: int,
+               close: list[int]) -> None:
+    code = 1
+    try:
+        os.setsid()
+        _prepare_child()
+        os.dup2(out_write, 1)
+        os.dup2(err_write, 2)
+        for fd in (out_write, err_write, *close):
+            os.close(fd)
+        code = run()
+    except BaseException:  # the child's boundary: whatever it was, say it and exit
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # a closed stream: nothing more can be said
+                pass
+        os._exit(code)
+
+
+def _relay(pid: int, out_read: int, err_read: int, log_path: Path, name: str,
+           emit: Emit) -> ForkedProcess:
     import gevent
     from gevent.fileobject import FileObjectPosix
 
-    out_read, out_write = os.pipe()
-    err_read, err_write = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = gevent.fork()
-    if pid == 0:  # the child
-        code = 1
-        try:
-            os.setsid()
-            _prepare_child()
-            os.dup2(out_write, 1)
-            os.dup2(err_write, 2)
-            for fd in (out_read, out_write, err_read, err_write):
-                os.close(fd)
-            code = run()
-        except BaseException:  # the child's boundary: whatever it was, say it and exit
-            traceback.print_exc()
-        finally:
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    stream.flush()
-                except Exception:  # a closed stream: nothing more can be said
-                    pass
-            os._exit(code)
-    os.close(out_write)
-    os.close(err_write)
     log_file = log_path.open("ab")
 
     def relay(fd: int, is_err: bool) -> None:

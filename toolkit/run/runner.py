@@ -508,8 +508,8 @@ def drive(env: Environment, settings: LoadSettings, plan: Plan, state: RunState,
                     if step_index >= 0 and plan.on_step_end:
                         plan.on_step_end(step_index, state)
                     if plan.shape:
-                        state.message = (f"the run time limit ({elapsed:.0f} s, -t) ended the "
-                                         f"run before its LoadTestShape did")
+                        state.message = (f"the run time limit (-t {limit_s:g} s) ended the run "
+                                         f"before its LoadTestShape did")
                     return
                 due = [i for i, step in enumerate(plan.steps) if step[0] <= elapsed]
                 if due and due[-1] != step_index:
