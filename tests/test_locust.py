@@ -1,7 +1,8 @@
 """A user's locustfile behaves under `perfkit load` as under `locust --headless`: the same file
 (tests/targets/locust_compat.py: a LoadTestShape, an init hook with its own argument, every
 lifecycle event, tagged tasks) run by both, compared on users over time, request names and
-the events fired. Also: a worker of another perfkit version is refused with a reason."""
+the events fired. Also: a worker of another perfkit version is refused with a reason.
+Locust's own example locustfiles: tests/test_locust_examples.py."""
 
 import csv
 import json
@@ -25,7 +26,8 @@ def distinct_in_order(values: list[int]) -> list[int]:
 
 
 def test_a_locustfile_runs_as_under_locust(tmp_path: Path) -> None:
-    common = ["-t", "30s", "-T", "browse", "buy", "--greeting", "hi"]
+    # -t 5s cuts the shape (3 s of 2 users, then 3 s of 4) in both; perfkit says so.
+    common = ["-t", "5s", "-T", "browse", "buy", "--greeting", "hi"]
     with running_target(FAULTY, "--delay-ms", "2") as (url, _):
         locust = run(str(Path(sys.executable).with_name("locust")), "-f", str(LOCUSTFILE),
                      "--headless", "-H", url, *common, "--events-file",
@@ -39,10 +41,12 @@ def test_a_locustfile_runs_as_under_locust(tmp_path: Path) -> None:
 
     # The hooks fired in the same order, and the locustfile's own argument reached them.
     events = (tmp_path / "locust-events.txt").read_text().splitlines()
-    assert events == ["init greeting=hi", "test_start", "test_stop", "quitting"]
-    assert (tmp_path / "perfkit-events.txt").read_text().splitlines() == events
+    assert events == ["init greeting=hi", "test_start", "test_stop", "quitting", "quit 0"]
+    # perfkit's quit carries its own exit code (the verdict's).
+    assert (tmp_path / "perfkit-events.txt").read_text().splitlines() == \
+        [*events[:-1], f"quit {perfkit.returncode}"]
 
-    # The shape drove the users through the same steps and ended both runs well before -t.
+    # The shape drove the users through the same steps until -t ended both runs.
     with (tmp_path / "locust_stats_history.csv").open() as file:
         locust_users = [int(row["User Count"]) for row in csv.DictReader(file)]
     run_dir = tmp_path / "run"
@@ -50,9 +54,10 @@ def test_a_locustfile_runs_as_under_locust(tmp_path: Path) -> None:
     perfkit_users = [int(u) for u in result.timeline["users"]]
     assert distinct_in_order(locust_users)[-2:] == [2, 4]
     assert distinct_in_order(perfkit_users)[-2:] == [2, 4]
-    assert result.meta.status == "completed"
-    assert "LoadTestShape ended the run" in result.meta.message
-    assert result.meta.ended_at - result.meta.started_at < 30
+    message = "the run time limit (-t 5 s) ended the run before its LoadTestShape did"
+    assert result.meta.status == "completed" and result.meta.message == message
+    assert result.meta.ended_at - result.meta.started_at < 6
+    assert message in (run_dir / "report.html").read_text()
 
     # Only the tagged tasks ran, under the same request names.
     with (tmp_path / "locust_stats.csv").open() as file:
@@ -75,6 +80,9 @@ def test_tags_that_leave_no_task_are_a_usage_error(tmp_path: Path) -> None:
                "--out", str(tmp_path / "run"))
     assert done.returncode == 2
     assert "no task of locust_compat.py" in done.stderr
+    # Found once run.json was written: it says the run failed, and why.
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["status"] == "failed" and "no task of locust_compat.py" in meta["message"]
 
 
 def test_a_worker_of_another_version_is_refused(tmp_path: Path) -> None:
@@ -126,7 +134,8 @@ def test_a_shape_drives_local_workers_and_their_hooks_fire(tmp_path: Path) -> No
     assert result.meta.status == "completed", result.meta.message
     assert "LoadTestShape ended the run" in result.meta.message
     assert distinct_in_order([int(u) for u in result.timeline["users"]])[-2:] == [2, 4]
-    lines = events_file.read_text().splitlines()
-    assert sorted(set(lines)) == ["init greeting=w", "quitting", "test_start", "test_stop"]
+    lines = [line.split()[0] for line in events_file.read_text().splitlines()]
+    assert sorted(set(lines)) == ["init", "quit", "quitting", "test_start", "test_stop"]
     assert all(lines.count(line) == 3 for line in set(lines))
+    assert "init greeting=w" in events_file.read_text()
     assert set(result.latency["name"]) == {"GET /items"}

@@ -1,6 +1,6 @@
 """A locustfile that uses what Locust users use: a LoadTestShape, an init hook with its own
-command-line argument, every lifecycle event, and tagged tasks. Run by tests/test_locust.py
-under both `locust --headless` and `perfkit load`.
+command-line argument, every lifecycle event (quit too), and tagged tasks. Run by
+tests/test_locust.py under both `locust --headless` and `perfkit load`.
 
 Each event appends one line to the file named by `--events-file`, so a test can compare the
 order in which the two tools fire them, and `--greeting` shows that the locustfile's own
@@ -8,6 +8,8 @@ argument reached `environment.parsed_options`.
 """
 
 from locust import HttpUser, LoadTestShape, constant, events, tag, task
+
+EVENTS_FILE = []  # events.quit has no environment: the init hook keeps the path for it
 
 
 @events.init_command_line_parser.add_listener
@@ -25,6 +27,7 @@ def note(environment, line):
 
 @events.init.add_listener
 def on_init(environment, **_):
+    EVENTS_FILE.append(environment.parsed_options.events_file)
     note(environment, f"init greeting={environment.parsed_options.greeting}")
 
 
@@ -41,6 +44,13 @@ def on_test_stop(environment, **_):
 @events.quitting.add_listener
 def on_quitting(environment, **_):
     note(environment, "quitting")
+
+
+@events.quit.add_listener
+def on_quit(exit_code, **_):
+    if EVENTS_FILE and EVENTS_FILE[0]:
+        with open(EVENTS_FILE[0], "a", encoding="utf-8") as file:
+            file.write(f"quit {exit_code}\n")
 
 
 class Shopper(HttpUser):
