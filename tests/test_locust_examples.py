@@ -6,7 +6,7 @@ in the same order on the master and the workers, module-level code once per proc
 arguments from the environment and a --config file, User classes named on the command line,
 and Locust's own outputs in Locust's formats.
 
-The runs start in two waves of six in one module-scoped fixture (a few seconds of load each;
+The runs start in two waves of six or seven in one module-scoped fixture (a few seconds of load each;
 all at once, their processes starved each other on a busy 2-core machine); the tests read
 what they left behind.
 """
@@ -45,6 +45,18 @@ from stages import *  # noqa: F401,F403 - Locust's example, unchanged
 
 StagesShape.stages = [{{"duration": 2, "users": 2, "spawn_rate": 10}},
                       {{"duration": 4, "users": 4, "spawn_rate": 10}}]
+"""
+# A default duration shorter than the shape (2 s against its 4 s; the command's default is
+# 60 s), not given by the user: the shape ends the run all the same.
+SHAPE_PAST_DEFAULT = """\
+import sys
+from pathlib import Path
+from perfkit.run import runner
+from perfkit.settings import LoadSettings
+
+shape, url, out, kpi = sys.argv[1:]
+runner.run_load(LoadSettings(scenario=shape, target=url, duration_s=2.0, duration_given=False,
+                             out=Path(out), kpi_file=Path(kpi), history="off"), print)
 """
 # The KPI of Locust's own verdict only (failures fail): the default KPIs judge the whole
 # machine too (its network, its CPU), which other work on it can fail.
@@ -104,6 +116,8 @@ def plan(base: Path) -> dict[str, Run]:
         "perfkit arguments": Run([*PERFKIT, "--config", "{DIR}/my.conf", "--out", "{DIR}/run"],
                                  2, env={"LOCUST_MY_ARGUMENT": "fromenv", "LOCUST_HOST": "{URL}",
                                          "LOCUST_LOCUSTFILE": arguments}),
+        "perfkit shape default": Run([sys.executable, "-c", SHAPE_PAST_DEFAULT, "{SHAPE}",
+                                      "{URL}", "{DIR}/run", "{KPI}"], 2),
         "locust manual": Run([*LOCUST, "-f", manual, "--headless", "-u", "10", "-r", "10", "-t",
                               "3", "-H", "{URL}", *json_out], 2),
         "perfkit manual": Run([*PERFKIT, "-f", manual, "-u", "10", "-r", "10", "-t", "3s",
@@ -140,7 +154,7 @@ def prepare(run: Run, name: str, base: Path) -> tuple[list[str], dict[str, str]]
                         .replace("https://postman-echo.com", run.url))
     (run.dir / "my.conf").write_text(ARGUMENTS_CONF)
     values = {"{URL}": run.url, "{DIR}": str(run.dir), "{SHAPE}": str(shape),
-              "{TESTDATA}": str(testdata)}
+              "{TESTDATA}": str(testdata), "{KPI}": str(base / "errors.toml")}
 
     def fill(text: str) -> str:
         for key, value in values.items():
@@ -225,6 +239,12 @@ def test_a_shape_without_run_time_ends_the_run_as_under_locust(runs: dict[str, R
     assert "LoadTestShape ended the run" in (perfkit.dir / "run" / "report.html").read_text()
     # perfkit recorded every request the target answered.
     assert recorded(perfkit)["GET /"][0] == perfkit.routes("GET /") > 0
+    # The duration perfkit would take by default does not cut a shape either.
+    past_default = runs["perfkit shape default"]
+    assert past_default.returncode == 0, past_default.stderr + past_default.stdout
+    meta = perfkit_run(past_default).meta
+    assert "LoadTestShape ended the run" in meta.message
+    assert meta.ended_at - meta.started_at > 3 and meta.settings.duration_s > 3
 
 
 HOOK = re.compile(r"^(?:\[worker-(\d)\] )?(\d+)\. ")

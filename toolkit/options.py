@@ -558,14 +558,18 @@ def find_option(command: str, name: str) -> Option:
 def env_names(option: Option, command: str) -> list[str]:
     """The environment variables of `option` for `command`, the first set one winning:
     PERFKIT_* (the option's own, for the load commands' shared options PERFKIT_<NAME>, else
-    PERFKIT_<COMMAND>_<NAME>), then Locust's LOCUST_* where Locust has the option."""
+    PERFKIT_<COMMAND>_<NAME>), then Locust's LOCUST_* where Locust has the option. Locust's
+    refused and ignored options have only Locust's (PERFKIT_MASTER is the worker's)."""
+    locust = [option.locust_env] if option.locust_env else []
+    if option.fate != HONOURED:
+        return locust
     if option.env:
         own = option.env
     elif set(LOAD) <= set(option.commands):
         own = f"PERFKIT_{option.name.upper()}"
     else:
         own = f"PERFKIT_{command.replace(' ', '_').upper()}_{option.name.upper()}"
-    return [own, *([option.locust_env] if option.locust_env else [])]
+    return [own, *locust]
 
 
 def given(ctx: click.Context, name: str) -> bool:
@@ -581,7 +585,7 @@ def _where(ctx: click.Context, option: Option, command: str) -> str:
         return next((n for n in env_names(option, command) if n in os.environ), option.name)
     if source is ParameterSource.DEFAULT_MAP:
         return f"{option.long_names[0]} (in a config file)"
-    return option.spellings[0]
+    return max(option.spellings, key=len)
 
 
 def _fate_callback(option: Option, command: str) -> Callable[..., Any]:

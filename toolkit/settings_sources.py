@@ -25,6 +25,7 @@ file; in a Locust config file it is the locustfile's own argument, handed to its
 Locust does.
 """
 
+import json
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -194,12 +195,18 @@ def _read_conf(path: Path) -> list[tuple[str, Any, str]]:
         if not match:
             raise ConfigError(f"{path}:{lineno}: expected key = value")
         key, value = match.group(1), match.group(2)
-        if value.startswith("[") and value.endswith("]"):
-            items.append((key, [v.strip() for v in value[1:-1].split(",") if v.strip()],
-                          f"{path}:{lineno}"))
-        else:
-            items.append((key, value, f"{path}:{lineno}"))
+        items.append((key, _conf_list(value) if value.startswith("[") and value.endswith("]")
+                      else value, f"{path}:{lineno}"))
     return items
+
+
+def _conf_list(text: str) -> list[str]:
+    """`[a, b]` or JSON, as configargparse reads a list (JSON objects kept as JSON text)."""
+    try:
+        items = json.loads(text)
+    except ValueError:
+        return [v.strip() for v in text[1:-1].split(",") if v.strip()]
+    return [item if isinstance(item, str) else json.dumps(item) for item in items]
 
 
 def _locust_toml_items(table: dict[str, Any], origin: str) -> list[tuple[str, Any, str]]:
@@ -216,6 +223,9 @@ def _apply_locust_items(items: list[tuple[str, Any, str]], file: str,
     sources.files.append(file)
     for key, value, origin in items:
         spelled = key.replace("-", "_")
+        if spelled == "config":
+            raise ConfigError(f"{origin}: config names a Locust config file for one run: give "
+                              f"it as --config FILE or PERFKIT_CONFIG")
         commands = [c for c in CONFIGURED_BY_FILES if spelled in names.get(c, {})]
         for command in commands:
             _set(sources, command, key, value, origin, names)
