@@ -6,9 +6,9 @@ in the same order on the master and the workers, module-level code once per proc
 arguments from the environment and a --config file, User classes named on the command line,
 and Locust's own outputs in Locust's formats.
 
-The runs start in two waves of six or seven in one module-scoped fixture (a few seconds of load each;
-all at once, their processes starved each other on a busy 2-core machine); the tests read
-what they left behind.
+The runs start in two waves of six or seven in one module-scoped fixture (a few seconds of
+load each; all at once, their processes starved each other on a busy 2-core machine); the
+tests read what they left behind.
 """
 
 import csv
