@@ -315,6 +315,16 @@ def test_a_refused_locust_option_names_perfkits_way(option: Option) -> None:
             f"Locust's {max(option.spellings, key=len)} is not perfkit's: {option.reason}"
 
 
+def test_version_and_help_on_a_load_command(capsys: pytest.CaptureFixture[str]) -> None:
+    for spelling in ("-V", "--version"):
+        with pytest.raises(click.exceptions.Exit):
+            parse("load", [spelling])
+        assert re.match(r"perfkit \S+, locust 2\.", capsys.readouterr().out)
+    with pytest.raises(click.exceptions.Exit):
+        parse("load", ["--help"])
+    assert "--run-time" in capsys.readouterr().out
+
+
 def test_a_refusal_is_one_line_and_exit_2_before_any_run(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "perfkit", "load", "--worker", "--out",
                            str(tmp_path / "run")], capture_output=True, text=True, timeout=60,

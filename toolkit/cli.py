@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from .errors import InternalError, PerfkitError
-from .options import LOAD, click_options, env_names, find_option, given, version_message
+from .options import LOAD, click_options, env_names, find_option, given, show_version
 from .settings import LoadSettings, build_load_settings, require_extra
 from .settings_sources import Sources, read_sources
 
@@ -54,6 +54,7 @@ def build_settings(command: str, opts: dict[str, Any]) -> LoadSettings:
 
 
 def output(settings: LoadSettings) -> Any:
+    """Where a run's lines go: stdout, or stderr when Locust's --json has stdout."""
     return say_err if settings.locust_outputs.json_stdout else say
 
 
@@ -67,16 +68,10 @@ def record_history(result: Any, settings: LoadSettings) -> Any:
     return result
 
 
-def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
-    if value and not ctx.resilient_parsing:
-        say(version_message())
-        ctx.exit()
-
-
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 @click.option("--version", "-V", is_flag=True, expose_value=False, is_eager=True,
-              callback=_show_version, help="Show the perfkit and Locust versions and exit.")
+              callback=show_version, help="Show the perfkit and Locust versions and exit.")
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool) -> None:
     """perfkit: load, stress and endurance tests of the product-research API, with KPI

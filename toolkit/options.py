@@ -82,7 +82,7 @@ class JsonText(click.ParamType):
         return [rv]
 
 
-def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+def show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     if value and not ctx.resilient_parsing:
         click.echo(version_message())
         ctx.exit()
@@ -625,7 +625,7 @@ def make_click_option(option: Option, command: str) -> click.Option:
                       default=default if not option.multiple else (),
                       show_default=default is not None and not option.multiple)
     if option.name == "version":
-        kwargs.update(expose_value=False, is_eager=True, callback=_show_version)
+        kwargs.update(expose_value=False, is_eager=True, callback=show_version)
     elif option.fate != HONOURED:
         kwargs["callback"] = _fate_callback(option, command)
     elif option.convert is not None:

@@ -172,7 +172,7 @@ def parse_locust_options(settings: LoadSettings, host: str | None) -> argparse.N
     options.num_users = settings.users
     options.spawn_rate = settings.spawn_rate
     options.host = host
-    options.run_time = int(settings.duration_s) if settings.duration_given else None
+    options.run_time = int(settings.duration_s)
     options.tags = list(settings.tags) or None
     options.exclude_tags = list(settings.exclude_tags) or None
     options.expect_workers = settings.expect_workers or settings.workers
@@ -205,7 +205,7 @@ def _check_unknown_locust_options(parser: Any, options: argparse.Namespace) -> N
     parser: refused rather than parsed and ignored."""
     for action in parser._actions:
         strings = set(action.option_strings)
-        if not strings or strings & _KNOWN_SPELLINGS or action.dest not in _LOCUST_DESTS:
+        if not strings or strings & _KNOWN_SPELLINGS or action.dest not in _locust_dests():
             continue
         if getattr(options, action.dest, action.default) != action.default:
             raise ConfigError(f"Locust's {action.option_strings[-1]} is not known to this "
@@ -213,13 +213,12 @@ def _check_unknown_locust_options(parser: Any, options: argparse.Namespace) -> N
                               f"compatibility)")
 
 
+@functools.cache
 def _locust_dests() -> frozenset[str]:
+    """The destinations of Locust's own options (not a locustfile's)."""
     parser = get_empty_argument_parser(add_help=False, default_config_files=[])
     setup_parser_arguments(parser)
     return frozenset(action.dest for action in parser._actions)
-
-
-_LOCUST_DESTS = _locust_dests()
 
 
 def worker_options(options: argparse.Namespace) -> argparse.Namespace:

@@ -196,6 +196,8 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> RunR
                           f"--rate paces a fixed number of users: use one or the other")
     plan = plan or Plan(steps=[(0.0, settings.users, settings.rate)],
                         shape=loaded.shape is not None)
+    if plan.shape and not settings.duration_given:
+        options.run_time = None  # as under Locust: the shape ends the run
     run_dir = make_run_dir(settings)
     live = LiveView(say, settings, sys.stdout.isatty())
     managed, meta, workers, port = None, None, [], None
