@@ -1,10 +1,14 @@
 """Load from many machines, on Locust's own master/worker protocol (docs/distributed.md).
 
-perfkit adds three things to it, all with Locust's custom messages:
-- setup: a worker knows only the master's address. Before it joins it asks the master
-  (`perfkit_setup`, from a throw-away connection) for the scenario (a bundled name, or the
-  text of the user's locustfile) and the run's settings, sending its perfkit version; the
-  master refuses a worker of another version, since its recording and merging could differ.
+Local workers (--workers/--processes) are forked from the master's process once the
+locustfile is imported, as Locust's --processes forks (`fork_workers`), and hold the scenario
+and the settings from the start. perfkit adds three things to Locust's protocol, all with
+Locust's custom messages:
+- setup: a worker on another machine (`perfkit worker`) knows only the master's address.
+  Before it joins it asks the master (`perfkit_setup`, from a throw-away connection) for the
+  scenario (a bundled name, or the text of the user's locustfile) and the run's settings,
+  sending its perfkit version; the master refuses a worker of another version, since its
+  recording and merging could differ.
 - identity: once joined, a worker tells the master its host name, addresses and pid
   (`perfkit_worker_info`), so the report can say which machine a worker was.
 - losses: Locust marks a worker "missing" after 3 missed heartbeats (one a second) and drops
