@@ -265,7 +265,8 @@ def make_environment(locustfile: Locustfile, host: str | None, rate: float | Non
         schedule = Arrivals(rate, users, arrivals, worker_count=max(1, worker_count))
         user_classes = [make_open_loop(cls, schedule, recorder.lateness)
                         for cls in user_classes]
-    final = dict(zip((name for name, _ in by_name), user_classes, strict=False))
+    # By name, for --config-users (one class per name: no arms then).
+    final = {} if arms else dict(zip((name for name, _ in by_name), user_classes, strict=True))
     env = Environment(user_classes=user_classes, host=host, shape_class=locustfile.shape,
                       parsed_options=options, events=locust.events, tags=options.tags,
                       exclude_tags=options.exclude_tags, reset_stats=bool(options.reset_stats),
