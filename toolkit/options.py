@@ -472,6 +472,9 @@ OPTIONS: tuple[Option, ...] = (
        default=200),
     _o("max_body_bytes", "--max-body-bytes", "Larger request bodies are answered 413 unread.",
        commands="serve", type=click.IntRange(1024), default=1_000_000),
+    _o("statement_timeout_s", "--statement-timeout", "SECONDS a PostgreSQL statement may run "
+       "before it is cancelled and the request answered 503 (0: no limit).", commands="serve",
+       type=click.FloatRange(0), default=10.0),
     _o("instance_id", "--instance-id", "This instance's name on its jobs: a restart cancels "
        "only its own jobs in a shared database (default: HOST:PORT, random with --port 0).",
        commands="serve"),

@@ -196,7 +196,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         metrics = Metrics(settings)
-        db = open_database(settings.database_url, metrics)
+        db = open_database(settings.database_url, metrics, settings.statement_timeout_s)
         await create_schema(db.engine, with_indexes=not settings.has("no_index"))
         await lease_drivers(db, HOT_PATH_CONNECTIONS)
         orphaned = await cancel_orphaned_jobs(db, settings.instance_id,

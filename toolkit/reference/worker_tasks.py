@@ -25,7 +25,7 @@ ITEMS_SQL = ("SELECT id, product_name, category, price_exact, currency, seller_o
 
 async def open_worker_pool(settings: ServiceSettings, simulator_url: str) -> WorkerPool:
     metrics = Metrics(settings)
-    db = open_database(settings.database_url, metrics)
+    db = open_database(settings.database_url, metrics, settings.statement_timeout_s)
     cache = await open_cache(settings.redis_url, settings.cache_ttl_s, metrics)
     provider = open_client(simulator_url, metrics, settings.profile, settings.provider_attempts,
                            settings.has("new_client_per_call"), settings.seed)
