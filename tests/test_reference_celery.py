@@ -132,7 +132,19 @@ def test_celery_workers_research_every_job_and_show_the_queue(start_target: Star
     assert app["queue_depth"] == 0
     assert app["researched_items"] == sum(1 + n % 3 for n in range(8))
     assert app["research_avg_time"] > 0
-    assert app["provider_calls"] is None  # counted in the workers, not here
+    # Counted in the worker processes, read from their Prometheus counts; the job time is not
+    # among them: missing, not zero.
+    items = sum(1 + n % 3 for n in range(8))
+    assert app["finished_jobs"] == 8 and app["provider_calls"] >= items, app
+    assert app["cache_hits"] + app["cache_misses"] == items and app["active_research"] == 0
+    assert app["job_avg_time"] is None
+    # /metrics: the research counts are the worker processes', summed.
+    prometheus = httpx.get(url + "/metrics").text
+    assert f'perfkit_reference_items_total{{status="success"}} {items:.1f}' in prometheus
+    assert 'perfkit_reference_jobs_total{status="success"} 8.0' in prometheus
+    assert 'perfkit_reference_provider_seconds_count{outcome="ok"}' in prometheus
+    assert "perfkit_reference_active_research 0.0" in prometheus
+    assert prometheus.count("# TYPE perfkit_reference_items_total counter") == 1
 
     pids = app["worker_pids"]
     assert service.stop(signal.SIGTERM) == 0, service.output
