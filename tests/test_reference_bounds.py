@@ -6,7 +6,6 @@ connections mid-research, a paused Redis, and two instances sharing one database
 import asyncio
 import collections
 import json
-import shutil
 import signal
 import socket
 import subprocess
@@ -374,30 +373,6 @@ def test_connections_killed_mid_statement_are_503_and_replaced_never_500(
     assert 503 in answers and answers[200] > 200, answers  # the kills landed; reads went on
     assert not any("Traceback" in line for line in service.output), service.output[-40:]
     assert [httpx.get(service.url + path).status_code for path in paths] == [200, 200]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def private_redis(tmp_path: Any) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A redis-server of our own, so pausing it (SIGSTOP) disturbs nobody else."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL)
-    wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"],
-                                    capture_output=True).stdout.strip() == b"PONG",
-             "redis-server answers", 10)
-    yield f"redis://127.0.0.1:{port}/0", proc
-    proc.send_signal(signal.SIGCONT)
-    proc.terminate()
-    proc.wait(10)
 
 
 def test_a_paused_redis_is_a_cache_miss_never_a_failed_job(

@@ -29,7 +29,7 @@ from .db import (
 )
 from .metrics import Metrics, record_request
 from .provider import close_client, open_client, start_simulator, stop_simulator
-from .research import build_pool, cancel_active_jobs, drain_pool
+from .research import build_pool, cancel_active_jobs, drain_pool, watch_lost_jobs
 from .routes import API, research_error, router
 from .settings import ENDPOINTS, ServiceSettings
 
@@ -229,6 +229,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             from .workers import start_workers, stop_workers
 
             pool.queue = await start_workers(settings, simulator.url)
+            sweeper = asyncio.create_task(watch_lost_jobs(pool))
         # Everything built so far lives as long as the app: moved out of the collector's sight,
         # a full collection no longer walks it (a pause on every request that triggers one).
         gc.freeze()
@@ -236,6 +237,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             yield {"metrics": metrics, "pool": pool, "health_body": describe_health(settings)}
         finally:
             if pool.queue is not None:
+                sweeper.cancel()
                 pool.accepting = False
                 busy = await fetch_rows(db, "SELECT 1 FROM jobs WHERE status = 'processing'")
                 await stop_workers(pool.queue, settings.profile.shutdown_grace_s, bool(busy))
