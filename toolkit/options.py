@@ -533,6 +533,9 @@ OPTIONS: tuple[Option, ...] = (
        commands="history analyze", type=click.IntRange(2), default=4),
     _o("json_path", "--json", 'Write {"change_points": [...]} to this file.',
        commands="history analyze", type=click.Path(dir_okay=False, path_type=Path)),
+    _o("kpi_file", "--kpi", "KPI targets (TOML, replacing or extending the defaults) whose "
+       "levels history.html draws.", commands="history analyze",
+       type=click.Path(dir_okay=False, path_type=Path)),
     _o("out", "--out", "Where history.html and history.md go.", commands="history analyze",
        type=click.Path(file_okay=False, path_type=Path), default=Path("reports")),
     _o("fail_on_regression", "--fail-on-regression", "Exit 1 when a regression change point "
