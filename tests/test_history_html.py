@@ -344,3 +344,30 @@ def test_filters_and_the_numbers_in_tables(page: Any,
     page.check("#f-changed")
     assert {title.split(" — ")[0] for title in page.locator("figure.chart h3")
             .all_inner_texts()} == {f"research · {RESULTS}"}
+
+
+def test_a_thousand_runs_in_chromium(browser: Any, tmp_path: Path) -> None:
+    """1,000 runs: every chart drawn with a point per run and a rolling median, the newest
+    100 a click away, a run found by keyboard."""
+    runs, series = thousand_runs(4)
+    path = tmp_path / "history.html"
+    path.write_text(render_history_html(runs, series, [], load_kpi_targets(None),
+                                        [None] * len(runs)))
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    opened = context.new_page()
+    errors: list[str] = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    opened.goto(path.as_uri())
+    figures = opened.locator("figure.chart")
+    assert figures.count() == len(series) == 38
+    first = figures.first
+    assert first.locator("path.dots").get_attribute("d").count("M") == 1000
+    assert "line: rolling median of 21 runs" in first.locator("figcaption").inner_text()
+    opened.select_option("#f-newest", "100")
+    assert first.locator("path.dots").get_attribute("d").count("M") == 100
+    assert "rolling median" not in first.locator("figcaption").inner_text()
+    first.locator("svg").focus()
+    opened.keyboard.press("Home")
+    assert opened.locator("#tip").inner_text().startswith("#901 2026-0900-load-research")
+    assert errors == []
+    context.close()
