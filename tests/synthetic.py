@@ -7,11 +7,14 @@ knows the true distribution and can compare perfkit's figures with numpy's on th
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from perfkit import rundir
 from perfkit.analysis import stats
+from perfkit.analysis.compare import RESOURCE_METRICS, TARGET
+from perfkit.analysis.history import STORED_ENDPOINT_KEYS
 
 START_T = 1_764_130_000
 
@@ -133,3 +136,27 @@ def _bucket(t: int, name: str, values_ms: np.ndarray, failures: int) -> dict:
         hist.record_value(int(value_us), int(n))
     return {"t": t, "name": name, "count": int(values_ms.size), "failures": int(failures),
             "hist": stats.encode_histogram(hist)}
+
+
+def simulated_history(n_runs: int, endpoints: int, seed: int = 0
+                      ) -> tuple[list[dict[str, Any]], dict[tuple[str, str, str],
+                                                            list[tuple[int, float]]]]:
+    """A history store's runs and series as perfkit.history.list_runs/load_series return
+    them, SIMULATED: `n_runs` runs an hour apart of one scenario with `endpoints` endpoints,
+    every metric perfkit.analysis.history.run_metrics stores for each, values with noise in
+    every digit (what a page of the history must carry)."""
+    rng = np.random.default_rng(seed)
+    runs = [{"run_id": f"2026-{i:04d}-load-research", "started_at": START_T + i * 3600,
+             "git_revision": f"{rng.integers(16 ** 7):07x}", "git_branch": "main",
+             "variants": "n_plus_one" if i % 7 == 0 else "", "verdict": "pass",
+             "command": "load", "source": None} for i in range(n_runs)]
+    series: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
+    for e in range(endpoints):
+        for metric in STORED_ENDPOINT_KEYS:
+            values = rng.lognormal(3, 0.3, n_runs)
+            series["research", f"GET /api/v1/endpoint-{e}", metric] = list(
+                enumerate(values.tolist()))
+    for metric in RESOURCE_METRICS:
+        series["research", TARGET, metric] = list(enumerate(
+            rng.lognormal(4, 0.1, n_runs).tolist()))
+    return runs, series

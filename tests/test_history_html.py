@@ -28,7 +28,7 @@ from perfkit.report.history_html import (
     find_report_links,
     render_history_html,
 )
-from tests.synthetic import START_T, EndpointSpec, RunSpec, make_run
+from tests.synthetic import START_T, EndpointSpec, RunSpec, make_run, simulated_history
 
 HEALTH = "GET /api/v1/health"
 RESULTS = "GET /api/v1/research/products/{id}"
@@ -49,7 +49,7 @@ def test_kpi_levels_go_to_their_series_and_change_points_to_their_run(tmp_path: 
     runs = [{"run_id": f"r{i}", "started_at": START_T + i * DAY_S, "git_revision": f"c{i}",
              "variants": "n_plus_one" if i >= 6 else "", "verdict": "pass"} for i in range(10)]
     series = {("s", HEALTH, "p99_ms"): [(i, 40.0) for i in range(10)],
-              ("s", HEALTH, "p50_ms"): [(i, 2.0) for i in range(10)],
+              ("s", HEALTH, "p50_ms"): [(i, 2.0) for i in range(10) if i != 4],
               ("s", RESULTS, "p50_ms"): [(i, 10.0 if i < 6 else 30.0) for i in range(2, 10)],
               ("s", TARGET, "rss_mb_peak"): [(i, 100.0 + i / 3) for i in range(10)]}
     cp = ChangePoint("s", RESULTS, "p50_ms", index=4, run_id="r6", previous_run_id="r5",
@@ -65,6 +65,9 @@ def test_kpi_levels_go_to_their_series_and_change_points_to_their_run(tmp_path: 
     assert [(t["level"], t["value"]) for t in by_key[TARGET, "rss_mb_peak"]["thresholds"]] == [
         ("allowed", 1024.0)]
     assert by_key[HEALTH, "p50_ms"]["thresholds"] == []
+    # a series with a gap lists its runs; one without names its first
+    assert by_key[HEALTH, "p50_ms"]["i"] == [0, 1, 2, 3, 5, 6, 7, 8, 9]
+    assert by_key[RESULTS, "p50_ms"]["first"] == 2 and "i" not in by_key[RESULTS, "p50_ms"]
     # The change point's index is its place in the series (which starts at run 2): the run is 6
     changes = by_key[RESULTS, "p50_ms"]["changes"]
     assert [(c["at"], c["direction"], c["commits"]) for c in changes] == [(6, "regression",
@@ -106,39 +109,16 @@ def test_report_links_are_relative_and_only_where_the_report_is(tmp_path: Path) 
     assert find_report_links(runs, out) == ["../../runs/kept%20run/report.html", None, None]
 
 
-def thousand_runs(endpoints: int) -> tuple[list[dict[str, Any]], dict[tuple[str, str, str],
-                                                                      list[tuple[int, float]]]]:
-    """1,000 runs of one scenario with `endpoints` endpoints, every stored metric each (as
-    perfkit.analysis.history.run_metrics stores them), values with noise in every digit."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    runs = [{"run_id": f"2026-{i:04d}-load-research", "started_at": START_T + i * 3600,
-             "git_revision": f"{rng.integers(16 ** 7):07x}", "git_branch": "main",
-             "variants": "n_plus_one" if i % 7 == 0 else "", "verdict": "pass",
-             "command": "load"} for i in range(1000)]
-    series: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
-    metrics = ("count", "failures", "rps", "error_rate_percent", "p50_ms", "p95_ms", "p99_ms",
-               "mean_ms", "max_ms")
-    for e in range(endpoints):
-        for metric in metrics:
-            values = rng.lognormal(3, 0.3, 1000)
-            series["research", f"GET /api/v1/endpoint-{e}", metric] = list(enumerate(values))
-    for metric in ("cpu_percent_mean", "rss_mb_peak"):
-        series["research", TARGET, metric] = list(enumerate(rng.lognormal(4, 0.1, 1000)))
-    return runs, series
-
-
 @pytest.mark.parametrize("endpoints", [4, 10])
 def test_a_history_of_1000_runs_stays_under_3_mb(endpoints: int) -> None:
-    runs, series = thousand_runs(endpoints)
+    runs, series = simulated_history(1000, endpoints)
     links = [f"../{run['run_id']}/report.html" for run in runs]
     html = render_history_html(runs, series, [], load_kpi_targets(None), links)
     size_mb = len(html.encode()) / 1e6
     assert size_mb < 3.0, size_mb
     data = page_data(html)
     assert len(data["runs"]) == 1000 and len(data["series"]) == len(series)
-    assert all(len(s["v"]) == 1000 for s in data["series"])
+    assert all(len(s["v"]) == 1000 and s["first"] == 0 for s in data["series"])
     assert not EXTERNAL.search(html)
 
 
@@ -349,7 +329,9 @@ def test_filters_and_the_numbers_in_tables(page: Any,
 def test_a_thousand_runs_in_chromium(browser: Any, tmp_path: Path) -> None:
     """1,000 runs: every chart drawn with a point per run and a rolling median, the newest
     100 a click away, a run found by keyboard."""
-    runs, series = thousand_runs(4)
+    runs, series = simulated_history(1000, 4)
+    gap = series["research", TARGET, "rss_mb_peak"]
+    gap.pop(500)  # a run that recorded no RSS
     path = tmp_path / "history.html"
     path.write_text(render_history_html(runs, series, [], load_kpi_targets(None),
                                         [None] * len(runs)))
@@ -363,6 +345,8 @@ def test_a_thousand_runs_in_chromium(browser: Any, tmp_path: Path) -> None:
     first = figures.first
     assert first.locator("path.dots").get_attribute("d").count("M") == 1000
     assert "line: rolling median of 21 runs" in first.locator("figcaption").inner_text()
+    rss = opened.locator("figure.chart").filter(has_text="target RSS peak")
+    assert rss.locator("path.dots").get_attribute("d").count("M") == 999
     opened.select_option("#f-newest", "100")
     assert first.locator("path.dots").get_attribute("d").count("M") == 100
     assert "rolling median" not in first.locator("figcaption").inner_text()
