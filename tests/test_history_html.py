@@ -225,6 +225,34 @@ def history_values(root: Path, run_id: str, endpoint: str, metric: str) -> float
     return dict(load_series(store, runs)["research", endpoint, metric])[index]
 
 
+# The contrast of every piece of text with what is behind it (WCAG 2's formula): an HTML
+# element's colour against its nearest background, an SVG text's fill against the chart's.
+CONTRASTS_JS = """() => {
+  const rgb = (c) => (c.match(/[\\d.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => [r, g, b].map((v) => {
+    v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+  }).reduce((sum, v, k) => sum + v * [0.2126, 0.7152, 0.0722][k], 0);
+  const background = (e) => {
+    for (; e; e = e.parentElement) {
+      const c = rgb(getComputedStyle(e).backgroundColor);
+      if (c.length === 3 || (c.length === 4 && c[3] > 0)) return c.slice(0, 3);
+    }
+    return [255, 255, 255];
+  };
+  const found = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    const e = node.parentElement;
+    if (!node.textContent.trim() || !e.checkVisibility() || e.closest('script, .sr-only')) continue;
+    const style = getComputedStyle(e);
+    const fg = rgb(e instanceof SVGElement ? style.fill : style.color);
+    const [a, b] = [lum(fg), lum(background(e))].sort((x, y) => y - x);
+    found.push([(a + 0.05) / (b + 0.05), node.textContent.trim().slice(0, 40)]);
+  }
+  return found;
+}"""
+
+
 def test_the_page_shows_every_series_with_axes_levels_and_change_points(
         page: Any, fifty_runs: tuple[Path, list[Path]]) -> None:
     figures = page.locator("figure.chart")
@@ -244,6 +272,14 @@ def test_the_page_shows_every_series_with_axes_levels_and_change_points(
     health = chart(page, HEALTH, "p99 latency (ms)")
     assert "KPI target 100 ms: above the chart" in health.locator("figcaption").inner_text()
     assert figures.first.evaluate("e => e.getBoundingClientRect().width") > 500
+    contrasts = page.evaluate(CONTRASTS_JS)
+    assert len(contrasts) > 500  # every chart's labels, the tables' cells
+    low = [(round(ratio, 2), text) for ratio, text in contrasts if ratio < 4.5]
+    assert low == []  # WCAG AA for normal text
+    # a phone's width: the charts shrink to it, wide tables scroll inside their own box
+    page.set_viewport_size({"width": 400, "height": 800})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 400
+    assert 300 < figures.first.evaluate("e => e.getBoundingClientRect().width") < 400
 
 
 def test_hovering_a_point_names_its_run_and_a_click_opens_its_report(
