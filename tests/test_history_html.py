@@ -77,6 +77,10 @@ def test_kpi_levels_go_to_their_series_and_change_points_to_their_run(tmp_path: 
     assert page["data"]["runs"][0]["report"] == "../r0/report.html"
     assert page["data"]["runs"][6]["variants"] == "n_plus_one"
     assert page["reports"] == 1 and page["regressions"] == 1
+    # the metric filter lists latencies, then the target's resources, each with its unit
+    assert page["data"]["metrics"] == [("p50_ms", "p50 latency (ms)"),
+                                       ("p99_ms", "p99 latency (ms)"),
+                                       ("rss_mb_peak", "target RSS peak (MB)")]
 
     html = render_history_html(runs, series, [cp], load_kpi_targets(None),
                                ["../r0/report.html", *[None] * 9])

@@ -136,7 +136,7 @@ def build_history_page(runs: list[dict[str, Any]],
                   "variants": run.get("variants") or "", "verdict": run.get("verdict") or "",
                   "command": run.get("command") or "", "report": link}
                  for run, link in zip(runs, report_links, strict=True)]
-    data_series = []
+    data_series: list[dict[str, Any]] = []
     rows = []
     for key in keys:
         scenario, endpoint, metric = key
@@ -176,7 +176,11 @@ def build_history_page(runs: list[dict[str, Any]],
                    for cp in change_points]
     span = (f"{len(runs)} runs, {_when(runs[0].get('started_at'))} to "
             f"{_when(runs[-1].get('started_at'))} (UTC)" if runs else "no runs")
-    return {"data": {"runs": data_runs, "series": data_series}, "rows": rows,
+    metrics = sorted({(s["metric"], s["label"], s["unit"]) for s in data_series},
+                     key=lambda m: (_metric_order(m[0]), m[0]))
+    return {"data": {"runs": data_runs, "series": data_series,
+                     "metrics": [(metric, f"{label} ({unit})" if unit else label)
+                                 for metric, label, unit in metrics]}, "rows": rows,
             "change_rows": change_rows, "span": span,
             "regressions": sum(cp.direction == "regression" for cp in change_points),
             "improvements": sum(cp.direction == "improvement" for cp in change_points),
