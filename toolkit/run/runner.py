@@ -53,6 +53,7 @@ from ..settings import LoadSettings
 from . import distributed, locustfile, target
 from .alarms import WINDOW_S as ALARM_WINDOW_S
 from .alarms import AlarmWatcher
+from .faults import FaultSchedule
 from .live import LiveView
 from .locust_outputs import LocustWriters, check_outputs
 from .observers import make_observers, start_export
@@ -123,6 +124,8 @@ class RunState:
     had_errors: bool = False  # a request failed or the scenario raised (Locust's sense)
     shape_unbounded: bool = False  # a LoadTestShape ended the run, no run time given
     warmup_by_default: bool = True  # no --warmup: a tenth of the run, known once it ends
+    faults: FaultSchedule | None = None  # --fault: the faults' greenlets while they run
+    fault_records: list[dict[str, Any]] | None = None  # what they did, for run.json
 
 
 def make_run_dir(settings: LoadSettings) -> Path:
@@ -344,6 +347,11 @@ def run_plan(env: Environment, state: "RunState", settings: LoadSettings, say: S
         state.started_at = meta.started_at = time.time()
         if state.workers is not None:
             state.workers.started_at = state.started_at
+        if settings.faults:
+            emit = relay(live, live.say)
+            state.faults = FaultSchedule(settings.faults, settings.duration_s,
+                                         lambda line: emit(line, False))
+            state.faults.start(state.started_at)
         drive(env, settings, plan, state, managed, live)
     except TargetError as exc:
         state.status, state.message = "target_died", str(exc)
@@ -408,6 +416,8 @@ def stop_run(env: Environment, state: RunState, workers: list[ForkedProcess],
             state.message = state.message or f"stopping the run: {name} failed (see perfkit.log)"
             return None
 
+    if state.faults is not None:  # first: a fault in progress is undone at once
+        state.fault_records = step("the faults", state.faults.stop)
     step("the load", lambda: stop_runner(env, env.stop_timeout or 0.0))
     state.load_ended_at = time.time()
     if env.runner is not None:
@@ -670,6 +680,7 @@ def finish_meta(meta: RunMeta, env: Environment, state: RunState) -> None:
         meta.settings = dataclasses.replace(meta.settings, warmup_s=max(
             meta.settings.warmup_s, round(state.judged_from - meta.started_at, 3)))
     meta.alarms = state.alarm_summary
+    meta.faults = state.fault_records
     meta.profile = state.profile_entry
     meta.collectors = state.collectors
     meta.export = state.export_entry

@@ -1,0 +1,69 @@
+"""--fault: the spec, the commands run during a real load, and what they did to a target that
+goes down for a known time when a fault touches it (tests/targets/outage.py)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from perfkit.errors import ConfigError
+from perfkit.faults import Fault, parse_fault, schedule_faults
+from tests.targets import OUTAGE, running_target
+
+
+def perfkit(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "perfkit", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_a_fault_spec_is_read_with_commas_inside_its_commands() -> None:
+    fault = parse_fault("at=30s, for=10s, do=docker pause a,b ,undo=docker unpause a,b")
+    assert fault == Fault(text="at=30s, for=10s, do=docker pause a,b ,undo=docker unpause a,b",
+                          at_s=30.0, do="docker pause a,b", undo="docker unpause a,b",
+                          for_s=10.0)
+    assert parse_fault("at=1m,every=10m,timeout=5s,do=kill -9 1").every_s == 600.0
+    for bad, why in (("for=10s,do=x", "at=TIME"), ("at=1s", "do=COMMAND"),
+                     ("at=1s,do=x,undo=y", "undo needs for"), ("at=soon,do=x", "at: bad"),
+                     ("at=1s,whenever=2s,do=x", "not KEY=VALUE"), ("at=1s,at=2s,do=x", "twice"),
+                     ("at=1s,for=10s,every=5s,do=x", "every must be longer than for")):
+        with pytest.raises(ConfigError, match=why):
+            parse_fault(bad)
+
+
+def test_a_repeated_fault_recurs_within_the_run_only() -> None:
+    fault = parse_fault("at=5m,every=10m,do=x")
+    assert [at for at, _ in schedule_faults([fault], 3600.0)] == \
+        [300.0, 900.0, 1500.0, 2100.0, 2700.0, 3300.0]
+    late = parse_fault("at=2h,do=x")  # listed once, to be reported as not reached
+    assert [at for at, _ in schedule_faults([late], 3600.0)] == [7200.0]
+
+
+def test_fault_commands_run_on_time_and_failures_are_recorded_not_swallowed(
+        tmp_path: Path) -> None:
+    undone = tmp_path / "undone"
+    with running_target(OUTAGE, "--control", str(tmp_path / "unused")) as (url, _):
+        result = perfkit(
+            "load", "--target", url, "--scenario", "health", "--users", "2", "--duration",
+            "5s", "--warmup", "0s", "--out", str(tmp_path / "run"),
+            "--fault", f"at=1s,for=2s,do=echo on,undo=touch {undone}",
+            "--fault", "at=1s,do=echo boom; exit 3",
+            "--fault", "at=2s,timeout=1s,do=sleep 30",
+            "--fault", "at=1h,do=echo never")
+    assert result.returncode in (0, 1), result.stderr
+    faults = json.loads((tmp_path / "run" / "run.json").read_text())["faults"]
+    by_do = {fault["do"]["command"] if fault["do"] else fault["what"]: fault
+             for fault in faults}
+    undo = by_do["echo on"]
+    assert undo["status"] == "done" and undone.exists()
+    assert undo["do"]["output"] == "on\n" and undo["undo"]["exit_code"] == 0
+    assert 1.9 <= undo["ended_at"] - undo["started_at"] <= 2.5
+    failed = by_do["echo boom; exit 3"]
+    assert failed["status"] == "failed" and failed["do"]["exit_code"] == 3
+    assert failed["do"]["output"] == "boom\n"
+    slow = by_do["sleep 30"]
+    assert slow["status"] == "failed" and slow["do"]["timed_out"]
+    assert slow["do"]["exit_code"] is None and slow["do"]["duration_s"] < 5
+    assert by_do["echo never"]["status"] == "not_reached"
+    assert "fault 2 do (exit 3): echo boom; exit 3 -- boom" in result.stdout
