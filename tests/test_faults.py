@@ -67,3 +67,36 @@ def test_fault_commands_run_on_time_and_failures_are_recorded_not_swallowed(
     assert slow["do"]["exit_code"] is None and slow["do"]["duration_s"] < 5
     assert by_do["echo never"]["status"] == "not_reached"
     assert "fault 2 do (exit 3): echo boom; exit 3 -- boom" in result.stdout
+
+
+def test_an_outage_of_three_seconds_is_measured_and_fails_the_availability_kpi(
+        tmp_path: Path) -> None:
+    control = tmp_path / "down"
+    run_dir = tmp_path / "run"
+    with running_target(OUTAGE, "--control", str(control), "--outage-s", "3") as (url, _):
+        result = perfkit("load", "--target", url, "--scenario", "health", "--rate", "10",
+                         "--users", "4", "--duration", "60s", "--warmup", "0s",
+                         "--out", str(run_dir), "--fault", f"at=20s,do=touch {control}",
+                         timeout=180)
+    assert result.returncode == 1, result.stdout + result.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (fault,) = summary["faults"]
+    assert fault["status"] == "done" and fault["recovered"]
+    assert abs(fault["recovery_s"] - 3.0) <= 1.0
+    assert abs(fault["recovery_from_start_s"] - 3.0) <= 1.0
+    assert 15 <= fault["errors"] <= fault["requests"] <= 45  # 10/s for about 3 s
+    judged_s = summary["availability"]["judged_s"]
+    assert abs(summary["availability"]["percent"] - 100.0 * (judged_s - 3) / judged_s) <= 1.0
+    kpis = {kpi["metric"]: kpi for kpi in summary["kpis"]}
+    assert kpis["availability_percent"]["verdict"] == "fail"
+    assert kpis["recovery_s_max"]["verdict"] == "pass"
+    assert kpis["availability_percent"]["reason"].startswith("availability 9")
+    # The same run judged against an availability the outage stays within passes it.
+    loose = tmp_path / "loose.toml"
+    loose.write_text('[[kpi]]\nmetric = "availability_percent"\ntarget = "90%"\n')
+    again = perfkit("report", str(run_dir), "--kpi", str(loose))
+    assert again.returncode in (0, 1), again.stderr
+    rejudged = json.loads((run_dir / "summary.json").read_text())
+    kpis = {kpi["metric"]: kpi for kpi in rejudged["kpis"]}
+    assert kpis["availability_percent"]["verdict"] == "pass"
+    assert kpis["availability_percent"]["value"] == summary["availability"]["percent"]
