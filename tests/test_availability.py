@@ -101,3 +101,14 @@ def test_a_run_without_faults_has_availability_alone() -> None:
                                     100.0, 100.0, 110.0)
     assert result["faults"] == []
     assert result["availability"]["percent"] == pytest.approx(90.0)
+
+
+def test_the_next_fault_cuts_a_recovery_short_but_not_the_end_of_the_run() -> None:
+    # Fault 1 bad 110..112, good 113..114, fault 2 from 115 bad to the end of the run.
+    latency = timeline(range(100, 125), {t: "fail" for t in [110, 111, 112, *range(115, 125)]})
+    seconds = judge_seconds(latency, TARGETS, 100.0, 125.0)
+    faults = [{"index": i, "what": "x", "status": "done", "started_at": at, "ended_at": at,
+               "do": {"exit_code": 0}, "undo": None} for i, at in ((1, 110.0), (2, 115.0))]
+    first, second = summarize_availability(seconds, faults, 100.0, 100.0, 125.0)["faults"]
+    assert first["recovered"] and first["recovery_s"] == pytest.approx(2.5)
+    assert second["recovered"] is False

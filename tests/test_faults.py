@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from perfkit import rundir
+from perfkit.analysis import stats
 from perfkit.errors import ConfigError
-from perfkit.faults import Fault, parse_fault, schedule_faults
+from perfkit.faults import Fault, NetFault, parse_fault, schedule_faults
 from perfkit.units import format_value
-from tests.targets import OUTAGE, running_target
+from tests.targets import FIXED_DELAY, OUTAGE, running_target
 
 
 def perfkit(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -29,6 +31,19 @@ def test_a_fault_spec_is_read_with_commas_inside_its_commands() -> None:
                      ("at=1s,do=x,undo=y", "undo needs for"), ("at=soon,do=x", "at: bad"),
                      ("at=1s,whenever=2s,do=x", "not KEY=VALUE"), ("at=1s,at=2s,do=x", "twice"),
                      ("at=1s,for=10s,every=5s,do=x", "every must be longer than for")):
+        with pytest.raises(ConfigError, match=why):
+            parse_fault(bad)
+
+
+def test_a_network_fault_is_one_of_four_kinds_and_lasts_a_given_time() -> None:
+    assert parse_fault("at=20s,for=15s,net=latency:300ms").net == NetFault("latency", 0.3)
+    assert parse_fault("at=1s,for=2s,net=bandwidth:100KB/s").net == \
+        NetFault("bandwidth", 102400.0)
+    assert parse_fault("at=1s,for=2s,net=blackhole").what == "net=blackhole"
+    for bad, why in (("at=1s,net=reset", "needs for"),
+                     ("at=1s,for=2s,net=reset,do=x", "not both"),
+                     ("at=1s,for=2s,net=latency", "write net=latency:300ms"),
+                     ("at=1s,for=2s,net=bandwidth:fast", "write net=latency:300ms")):
         with pytest.raises(ConfigError, match=why):
             parse_fault(bad)
 
@@ -131,3 +146,44 @@ def test_an_outage_of_three_seconds_is_measured_and_fails_the_availability_kpi(
     kpis = {kpi["metric"]: kpi for kpi in rejudged["kpis"]}
     assert kpis["availability_percent"]["verdict"] == "pass"
     assert kpis["availability_percent"]["value"] == summary["availability"]["percent"]
+
+
+def test_network_faults_through_the_proxy_show_in_their_own_window_only(
+        tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    with running_target(FIXED_DELAY, "--delay-ms", "1") as (url, _):
+        result = perfkit("load", "--target", url, "--scenario", "health", "--rate", "20",
+                         "--users", "10", "--duration", "20s", "--warmup", "0s",
+                         "--out", str(run_dir),
+                         "--fault", "at=4s,for=4s,net=latency:300ms",
+                         "--fault", "at=11s,for=2s,net=reset")
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    assert "fault proxy on 127.0.0.1:" in result.stdout
+    run = rundir.load_run(run_dir)
+    latency_fault, reset_fault = run.meta.faults or []
+    assert latency_fault["what"] == "net=latency:300ms" and latency_fault["status"] == "done"
+    assert 3.9 <= latency_fault["ended_at"] - latency_fault["started_at"] <= 4.5
+    per_second = run.latency.groupby("t").agg(
+        count=("count", "sum"), failures=("failures", "sum"),
+        hist=("hist", list)).reset_index()
+
+    def during(t: int, fault: dict, margin_s: float) -> bool:
+        return fault["started_at"] - margin_s <= t <= fault["ended_at"] + margin_s
+
+    slow_seconds = fast_seconds = 0
+    for t, failures, hists in zip(per_second["t"], per_second["failures"], per_second["hist"],
+                                  strict=True):
+        p50 = stats.percentile_ms(stats.merge_histograms(hists), 50)
+        assert p50 is not None
+        if during(t, latency_fault, -1.0):  # whole seconds well inside the latency fault
+            assert p50 >= 300.0, t
+            slow_seconds += 1
+        elif not during(t, latency_fault, 1.0) and not during(t, reset_fault, 1.0):
+            assert p50 < 100.0, t
+            fast_seconds += 1
+        if failures:  # connections reset: in the reset fault's window only
+            assert during(t, reset_fault, 1.0), t
+    assert slow_seconds >= 2 and fast_seconds >= 5
+    assert per_second["failures"].sum() > 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [fault["recovered"] for fault in summary["faults"]] == [True, True]

@@ -5,7 +5,9 @@ then), `undo` (a shell command run when the fault ends), `for` (how long the fau
 `undo` runs `for` after `do` started; without `undo` the fault is taken to last `for`),
 `every` (repeat the fault every so long while the run lasts, as an endurance run's "a fault
 every 10 minutes") and `timeout` (the most a command may take, default 60 s). A command may
-hold commas: the text after `do=` runs up to the next `,KEY=` of a known key.
+hold commas: the text after `do=` runs up to the next `,KEY=` of a known key. Instead of
+`do`, `net` is a network fault between the load and the target, through perfkit's proxy
+(run/proxy.py), for `for`: `latency:300ms`, `bandwidth:100KB/s`, `reset` or `blackhole`.
 
 What runs the faults during a run is run/faults.py; what they did to the target is
 analysis/availability.py. Pure parsing here, no I/O.
@@ -19,9 +21,38 @@ from .errors import ConfigError
 from .units import parse_duration
 
 DEFAULT_TIMEOUT_S = 60.0
-KEYS = ("at", "for", "every", "timeout", "do", "undo")
+KEYS = ("at", "for", "every", "timeout", "do", "undo", "net")
 _SPLIT = re.compile(r",\s*(?=(?:" + "|".join(KEYS) + r")\s*=)")
 _COMMAND = re.compile(r"(?:^|,)\s*(?:do|undo)\s*=")
+
+
+@dataclass(frozen=True)
+class NetFault:
+    kind: str            # latency | bandwidth | reset | blackhole
+    amount: float = 0.0  # latency: seconds; bandwidth: bytes per second
+
+
+def parse_net_fault(text: str) -> NetFault:
+    """`latency:300ms`, `bandwidth:100KB/s` (B, KB, MB per second), `reset`, `blackhole`;
+    ValueError with the reason otherwise."""
+    kind, _, amount = text.strip().partition(":")
+    kind = kind.strip().lower()
+    if kind in ("reset", "blackhole") and not amount:
+        return NetFault(kind)
+    if kind == "latency" and amount:
+        return NetFault(kind, parse_duration(amount))
+    if kind == "bandwidth" and amount:
+        number = amount.strip().removesuffix("/s")
+        for suffix, scale in (("KB", 1024.0), ("MB", 1024.0**2), ("B", 1.0)):
+            if number.endswith(suffix):
+                try:
+                    rate = float(number.removesuffix(suffix)) * scale
+                except ValueError:
+                    break
+                if rate > 0:
+                    return NetFault(kind, rate)
+                break
+    raise ValueError("write net=latency:300ms, bandwidth:100KB/s, reset or blackhole")
 
 
 @dataclass(frozen=True)
@@ -30,15 +61,17 @@ class Fault:
 
     text: str
     at_s: float
-    do: str
+    do: str | None = None
     undo: str | None = None
     for_s: float | None = None
     every_s: float | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
+    net: NetFault | None = None  # a network fault through perfkit's proxy (run/proxy.py)
+    net_text: str = ""
 
     @property
     def what(self) -> str:
-        return self.do
+        return f"net={self.net_text}" if self.net is not None else str(self.do)
 
 
 def parse_fault(text: str) -> Fault:
@@ -60,9 +93,21 @@ def parse_fault(text: str) -> Fault:
         if key in values:
             raise ConfigError(f"--fault {text!r}: {key} is given twice")
         values[key] = value.strip()
-    if "at" not in values or not values.get("do"):
-        raise ConfigError(f"--fault {text!r}: needs at least at=TIME and do=COMMAND, e.g. "
-                          f"at=30s,for=10s,do='docker pause db',undo='docker unpause db'")
+    if "at" not in values or not (values.get("do") or values.get("net")):
+        raise ConfigError(f"--fault {text!r}: needs at least at=TIME and do=COMMAND (or "
+                          f"net=...), e.g. at=30s,for=10s,do='docker pause db',"
+                          f"undo='docker unpause db', or at=20s,for=15s,net=latency:300ms")
+    net = None
+    if "net" in values:
+        if "do" in values or "undo" in values:
+            raise ConfigError(f"--fault {text!r}: one fault is a command (do=) or a network "
+                              f"fault (net=), not both")
+        if "for" not in values:
+            raise ConfigError(f"--fault {text!r}: net= needs for=TIME (how long it lasts)")
+        try:
+            net = parse_net_fault(values["net"])
+        except (ValueError, ConfigError) as exc:
+            raise ConfigError(f"--fault {text!r}: net={values['net']}: {exc}") from None
     durations = {}
     for key in ("at", "for", "every", "timeout"):
         if key in values:
@@ -79,9 +124,11 @@ def parse_fault(text: str) -> Fault:
     if "every" in values and durations["every"] <= durations.get("for", 0.0):
         raise ConfigError(f"--fault {text!r}: every must be longer than for (one fault at a "
                           f"time)")
-    return Fault(text=text, at_s=durations["at"], do=values["do"], undo=values.get("undo"),
-                 for_s=durations.get("for"), every_s=durations.get("every"),
-                 timeout_s=durations.get("timeout", DEFAULT_TIMEOUT_S))
+    return Fault(text=text, at_s=durations["at"], do=values.get("do"),
+                 undo=values.get("undo"), for_s=durations.get("for"),
+                 every_s=durations.get("every"),
+                 timeout_s=durations.get("timeout", DEFAULT_TIMEOUT_S), net=net,
+                 net_text=values.get("net", ""))
 
 
 def schedule_faults(faults: tuple[Fault, ...] | list[Fault],

@@ -332,9 +332,11 @@ OPTIONS: tuple[Option, ...] = (
     _o("otlp_endpoint", "--otlp-endpoint", "Push perfkit's live metrics to this OTLP/HTTP "
        "endpoint."),
     _o("faults", "--fault", "Run a fault during the load (repeatable): at=30s,for=10s,do=CMD"
-       "[,undo=CMD][,every=10m][,timeout=60s]; its availability and recovery are judged "
-       "(docs/reliability.md).", commands=("load", "stress", "endurance"), type=FaultText(),
-       multiple=True, metavar="SPEC", env="PERFKIT_FAULT"),
+       "[,undo=CMD][,every=10m][,timeout=60s], or a network fault through perfkit's proxy: "
+       "at=20s,for=15s,net=latency:300ms (bandwidth:100KB/s, reset, blackhole); availability "
+       "and recovery are judged (docs/reliability.md).",
+       commands=("load", "stress", "endurance"), type=FaultText(), multiple=True,
+       metavar="SPEC", env="PERFKIT_FAULT"),
     _o("history", "--history", "History store the run's numbers are appended to: a SQLite "
        "file or a postgresql:// URL; 'off' to skip.", default=_HISTORY, env="PERFKIT_HISTORY"),
     # -- Locust's options perfkit refuses (one line, exit 2) ...

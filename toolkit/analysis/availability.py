@@ -11,12 +11,12 @@ without requests is judged only between a fault's start and its recovery, and is
 says nothing, and is not judged.
 
 A fault has **recovered** at the first of GOOD_RUN_S consecutive good seconds that begins at
-or after its start and ends after its end. The recovery happened inside the last bad second
-before them, so it is placed in that second's middle (± 0.5 s, the timeline's resolution):
-`recovery_s` counts from the fault's end (what the recovery KPI judges: the guide's "recovery
-time"), `recovery_from_start_s` from its start; a fault without for= or undo= ends when its
-command returns, so both are about equal. `errors` and `requests`: those completed from the
-fault's start to its recovery.
+or after its start and ends after its end (fewer where the next fault starts before them).
+The recovery happened inside the last bad second before them, so it is placed in that
+second's middle (± 0.5 s, the timeline's resolution): `recovery_s` counts from the fault's
+end (what the recovery KPI judges: the guide's "recovery time"), `recovery_from_start_s` from
+its start; a fault without for= or undo= ends when its command returns, so both are about
+equal. `errors` and `requests`: those completed from the fault's start to its recovery.
 
 **availability_percent** = (judged seconds − down time) / judged seconds, the down time being
 the bad seconds less, for each fault, the part of its first bad second before it began and
@@ -124,6 +124,8 @@ def summarize_availability(seconds: pd.DataFrame, faults: list[dict[str, Any]] |
     # Parts of bad seconds a fault's start and its recovery estimate leave out (the second
     # the fault began in, before it began; the recovery's second, after it): not down time.
     credit_s = 0.0
+    starts = sorted(float(f["started_at"]) for f in faults or []
+                    if f.get("started_at") is not None)
     for fault in faults or []:
         entry = _fault_entry(fault, started_at)
         entries.append(entry)
@@ -132,10 +134,14 @@ def summarize_availability(seconds: pd.DataFrame, faults: list[dict[str, Any]] |
         fault_start = float(fault["started_at"])
         fault_end = float(fault.get("ended_at") or fault_start)
         first = int(math.floor(fault_start))
+        # The next fault cuts the good run short: good up to its start is recovered.
+        next_start = next((math.floor(s) for s in starts if s > fault_end), None)
         recovered_second = None
-        for t in range(first, last_second - good_run_s + 2):
-            if t + good_run_s > fault_end and all(
-                    good.get(s, False) for s in range(t, t + good_run_s)):
+        for t in range(first, last_second + 1):
+            needed = good_run_s if next_start is None else min(good_run_s, next_start - t)
+            if needed >= 1 and t + needed > fault_end and all(
+                    good.get(s, False) for s in range(t, t + needed)) \
+                    and t + needed - 1 <= last_second:
                 recovered_second = t
                 break
         span = range(first, recovered_second if recovered_second is not None

@@ -387,8 +387,10 @@ def _measure_postgres(kpi: KpiTarget, postgres: dict[str, Any]) -> tuple[float |
 
 def window_kpis(targets: list[KpiTarget]) -> list[KpiTarget]:
     """The KPIs a few seconds of a run can judge: upper bounds, not database timings (whose
-    app.csv samples come every few seconds and are cumulative)."""
-    return [kpi for kpi in targets if kpi.bound == "upper" and not kpi.metric.startswith("db_")]
+    app.csv samples come every few seconds and are cumulative) nor the recovery of a fault
+    (a whole run's)."""
+    return [kpi for kpi in targets if kpi.bound == "upper" and not kpi.metric.startswith("db_")
+            and kpi.metric not in _AVAILABILITY_METRICS]
 
 
 def judge_window(records: list[dict[str, Any]], resources: pd.DataFrame | None, start: float,

@@ -20,6 +20,7 @@ import gevent
 from gevent.event import Event
 
 from ..faults import Fault, schedule_faults
+from .proxy import FaultProxy
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +65,10 @@ class FaultSchedule:
     """The occurrences of the run's faults; `records()` is run.json's "faults"."""
 
     def __init__(self, faults: tuple[Fault, ...], duration_s: float,
-                 say: Callable[[str], None]) -> None:
+                 say: Callable[[str], None], proxy: FaultProxy | None = None) -> None:
         self.occurrences = schedule_faults(faults, duration_s)
         self.say = say
+        self.proxy = proxy  # the network faults' (net=), started by the runner
         self.stopping = Event()
         self.greenlets: list[gevent.Greenlet] = []
         self.entries: list[dict[str, Any]] = [
@@ -85,6 +87,17 @@ class FaultSchedule:
             return  # the run ended first: not reached
         entry["started_at"] = time.time()
         entry["status"] = "running"
+        if fault.net is not None:
+            assert self.proxy is not None and fault.for_s is not None  # the runner's, parse's
+            self.proxy.fault = fault.net
+            self.say(f"perfkit: fault {entry['index']}: {fault.what} for {fault.for_s:g} s")
+            self.stopping.wait(timeout=fault.for_s)
+            if self.proxy.fault is fault.net:  # not replaced by an overlapping one
+                self.proxy.fault = None
+            entry["ended_at"] = time.time()
+            entry["status"] = "done"
+            return
+        assert fault.do is not None  # parse_fault: do= or net=
         entry["do"] = run_command(fault.do, fault.timeout_s)
         self._tell(entry, "do")
         if fault.undo is not None:
