@@ -187,3 +187,47 @@ def test_network_faults_through_the_proxy_show_in_their_own_window_only(
     assert per_second["failures"].sum() > 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [fault["recovered"] for fault in summary["faults"]] == [True, True]
+
+
+def test_endurance_repeats_a_fault_and_stress_runs_one(tmp_path: Path) -> None:
+    control = tmp_path / "down"
+    with running_target(OUTAGE, "--control", str(control), "--outage-s", "1") as (url, _):
+        endurance = perfkit("endurance", "--target", url, "--scenario", "health", "--rate",
+                            "10", "--users", "2", "--duration", "14s", "--warmup", "0s",
+                            "--out", str(tmp_path / "endurance"),
+                            "--fault", "at=2s,every=5s,do=echo hit")
+        # A step with errors beyond the error-rate KPI or --max-error-rate breaks and ends
+        # the ramp: here neither judges, for the outage's recovery to be seen.
+        latency_only = tmp_path / "kpis.toml"
+        latency_only.write_text('replace_defaults = true\n[[kpi]]\nmetric = "p99_ms"\n'
+                                'endpoint = "GET /api/v1/health"\ntarget = "1s"\n')
+        stress = perfkit("stress", "--target", url, "--scenario", "health", "--rate", "20",
+                         "--start-rate", "10", "--step-rate", "10", "--step-duration", "5s",
+                         "--max-error-rate", "50%", "--kpi", str(latency_only),
+                         "--out", str(tmp_path / "stress"),
+                         "--fault", f"at=2s,do=touch {control}")
+    assert endurance.returncode in (0, 1), endurance.stdout + endurance.stderr
+    faults = json.loads((tmp_path / "endurance" / "summary.json").read_text())["faults"]
+    assert [round(fault["at_s"]) for fault in faults] == [2, 7, 12]
+    assert all(fault["status"] == "done" for fault in faults)
+    assert all(0.0 <= fault["started_at_s"] - fault["at_s"] <= 0.5 for fault in faults)
+    assert stress.returncode in (0, 1), stress.stdout + stress.stderr
+    (fault,) = json.loads((tmp_path / "stress" / "summary.json").read_text())["faults"]
+    assert fault["status"] == "done" and fault["recovered"] and fault["errors"] > 0
+    assert abs(fault["recovery_s"] - 1.0) <= 1.0
+
+
+def test_a_blackhole_is_down_while_nothing_comes_back(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    with running_target(FIXED_DELAY, "--delay-ms", "1") as (url, _):
+        result = perfkit("load", "--target", url, "--scenario", "health", "--rate", "10",
+                         "--users", "40", "--duration", "16s", "--warmup", "0s",
+                         "--request-timeout", "2s", "--out", str(run_dir),
+                         "--fault", "at=4s,for=3s,net=blackhole")
+    assert result.returncode == 1, result.stdout + result.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (fault,) = summary["faults"]
+    # Requests sent into the hole time out 2 s later: seconds without answers, then failures.
+    assert fault["recovered"] and fault["errors"] >= 20
+    assert summary["availability"]["silent_s"] >= 1
+    assert 3.0 <= fault["recovery_from_start_s"] <= 3.0 + 2.0 + 1.0
