@@ -217,17 +217,26 @@ def test_endurance_repeats_a_fault_and_stress_runs_one(tmp_path: Path) -> None:
     assert abs(fault["recovery_s"] - 1.0) <= 1.0
 
 
-def test_a_blackhole_is_down_while_nothing_comes_back(tmp_path: Path) -> None:
+def test_a_blackhole_is_down_while_nothing_comes_back_and_bandwidth_slows(
+        tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     with running_target(FIXED_DELAY, "--delay-ms", "1") as (url, _):
         result = perfkit("load", "--target", url, "--scenario", "health", "--rate", "10",
-                         "--users", "40", "--duration", "16s", "--warmup", "0s",
+                         "--users", "40", "--duration", "20s", "--warmup", "0s",
                          "--request-timeout", "2s", "--out", str(run_dir),
-                         "--fault", "at=4s,for=3s,net=blackhole")
+                         "--fault", "at=4s,for=3s,net=blackhole",
+                         "--fault", "at=13s,for=4s,net=bandwidth:1KB/s")
     assert result.returncode == 1, result.stdout + result.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
-    (fault,) = summary["faults"]
+    blackhole, bandwidth = summary["faults"]
     # Requests sent into the hole time out 2 s later: seconds without answers, then failures.
-    assert fault["recovered"] and fault["errors"] >= 20
+    assert blackhole["recovered"] and blackhole["errors"] >= 20
     assert summary["availability"]["silent_s"] >= 1
-    assert 3.0 <= fault["recovery_from_start_s"] <= 3.0 + 2.0 + 1.0
+    assert 3.0 <= blackhole["recovery_from_start_s"] <= 3.0 + 2.0 + 1.0
+    # A request and its answer are a few hundred bytes each: at 1 KB/s each way, 0.2 s or more.
+    run = rundir.load_run(run_dir)
+    start = run.meta.started_at + bandwidth["started_at_s"]
+    inside = run.latency[(run.latency["t"] >= start + 1) & (run.latency["t"] <= start + 3)]
+    p50 = stats.percentile_ms(stats.merge_histograms(inside["hist"]), 50)
+    assert p50 is not None and p50 >= 200.0
+    assert bandwidth["errors"] == 0
