@@ -73,6 +73,9 @@ class Fault:
     def what(self) -> str:
         return f"net={self.net_text}" if self.net is not None else str(self.do)
 
+    def __str__(self) -> str:  # as written (perfkit config shows it so)
+        return self.text
+
 
 def parse_fault(text: str) -> Fault:
     """A Fault from its text; a ConfigError saying what is wrong with it."""
