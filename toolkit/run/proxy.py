@@ -70,6 +70,10 @@ class FaultProxy:
             reset_socket(client)  # as the target refusing would look without the proxy
             return
         upstream.settimeout(None)
+        for sock in (client, upstream):
+            # Forward each chunk at once: Nagle's algorithm would hold a request's second
+            # segment (a POST's body after its headers) for the first's delayed ACK.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         pumps = [gevent.spawn(self._pump, client, upstream, True),
                  gevent.spawn(self._pump, upstream, client, False)]
         try:
