@@ -26,14 +26,16 @@ def bucket(t: int, latencies_ms: list[float], failures: int = 0,
 
 def timeline(seconds: range, bad: dict[int, str] = {},  # noqa: B006 - read only
              silent: tuple[int, ...] = ()) -> pd.DataFrame:
-    """Ten 10 ms requests a second; "fail": all ten failed, "slow": one took 300 ms."""
+    """Ten 10 ms requests a second; "fail": all ten failed, "slow": half took 300 ms,
+    "blip": one took 300 ms, "one failed": one failed."""
     rows = []
     for t in seconds:
         if t in silent:
             continue
         kind = bad.get(t)
-        rows.append(bucket(t, [10.0] * 9 + [300.0 if kind == "slow" else 10.0],
-                           failures=10 if kind == "fail" else 0))
+        slow = {"slow": 5, "blip": 1}.get(kind or "", 0)
+        rows.append(bucket(t, [10.0] * (10 - slow) + [300.0] * slow,
+                           failures={"fail": 10, "one failed": 1}.get(kind or "", 0)))
     return pd.DataFrame(rows)
 
 
@@ -48,6 +50,21 @@ def test_a_second_is_good_only_inside_the_error_and_latency_kpis() -> None:
     assert seconds["why"].tolist()[3].startswith(f"{HEALTH} p99 30")
     # 1 failure in 1,009 requests is 0.099 %: inside the 0.1 % KPI.
     assert seconds.loc[seconds["t"] == 105, "failures"].item() == 1
+
+
+def test_a_second_is_judged_as_a_sample_of_few_requests() -> None:
+    """One slow request in ten (a 10 % chance under a p99 KPI) or one failure in ten under
+    0.1 % (1 %) is what a healthy target does now and then: good. Two failures in twenty (0.02 %
+    chance), or a max KPI's limit passed once, is not."""
+    latency = timeline(range(100, 104), {100: "blip", 101: "one failed"})
+    latency.loc[len(latency)] = bucket(102, [10.0] * 10, failures=2) | {"name": "GET /x"}
+    seconds = judge_seconds(latency, TARGETS, 100.0, 103.5)
+    assert seconds["good"].tolist() == [True, True, False, True]
+    assert seconds["why"].tolist()[2] == "error rate 10 %"
+    strict = [*TARGETS, KpiTarget("health max", "max_ms", HEALTH, 200.0, None, "ms", "upper",
+                                  "test")]
+    assert judge_seconds(latency, strict, 100.0, 103.5)["good"].tolist() == [
+        False, True, False, True]
 
 
 def test_recovery_and_availability_of_a_three_second_outage_begun_mid_second() -> None:

@@ -4,8 +4,14 @@ run's faults (run.json "faults", run/faults.py). Pure functions on data in memor
 A second of the judged window is **good** when the target served in it (requests completed
 in it; latency.jsonl buckets requests by the second they completed) with an error rate and a
 latency inside their KPIs: the run's error-rate KPI (the guide's 0.1 % without one), each
-endpoint's error-rate KPI, and each endpoint latency KPI (p50 … p99.9, max, mean) computed on
-that second's own requests, against the KPI's failing level (allowed, else target). A second
+endpoint's error-rate KPI, and each endpoint latency KPI (p50 … p99.9, max, mean), against
+the KPI's failing level (allowed, else target). A second holds few requests, so it is judged
+as a sample, not as a run: it is bad when its failures (or its requests over a percentile's
+limit: 1 % of them may be over a p99's) are more than the KPI allows with a chance under
+ALPHA (a binomial tail). One failed request among 50 in a second under a 0.1 % KPI is noise
+(a 5 % chance), and a run of a healthy target stays available; a second in which most
+requests fail or are slow is down. A max KPI allows none over it; a mean KPI is compared as
+it is. A second
 without requests is judged only between a fault's start and its recovery, and is down there
 (the target answered nothing: a blackhole, a hang); elsewhere a quiet second of a sparse load
 says nothing, and is not judged.
@@ -29,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import binom
 
 from ..kpi_file import JOB_NAMES, KpiTarget
 from ..units import format_value
@@ -38,6 +45,8 @@ from . import stats
 GOOD_RUN_S = 5
 # The guide's error-rate KPI, for a KPI file without one.
 GUIDE_ERROR_RATE_PERCENT = 0.1
+# A second is bad when what went wrong in it is this unlikely under its KPIs.
+ALPHA = 0.001
 
 _PERCENTILES = {"p50_ms": 50.0, "p90_ms": 90.0, "p95_ms": 95.0, "p99_ms": 99.0,
                 "p999_ms": 99.9, "max_ms": 100.0}
@@ -68,8 +77,9 @@ def judge_seconds(latency: pd.DataFrame, targets: list[KpiTarget], start: float,
     overall = [kpi for kpi in targets
                if kpi.metric == "error_rate_percent" and kpi.endpoint is None]
     limit = _limit(overall[0]) if overall else GUIDE_ERROR_RATE_PERCENT
-    rate = 100.0 * totals["failures"].to_numpy() / totals["count"].to_numpy()
-    mark(rate > (limit if limit is not None else GUIDE_ERROR_RATE_PERCENT),
+    failures, counts = totals["failures"].to_numpy(), totals["count"].to_numpy()
+    rate = 100.0 * failures / counts
+    mark(_beyond(failures, counts, limit if limit is not None else GUIDE_ERROR_RATE_PERCENT),
          lambda i: f"error rate {format_value(rate[i], '%')}")
     for kpi in targets:
         kpi_limit = _limit(kpi)
@@ -79,14 +89,18 @@ def judge_seconds(latency: pd.DataFrame, targets: list[KpiTarget], start: float,
         if rows.empty:
             continue
         if kpi.metric == "error_rate_percent":
-            sums = rows.groupby("t")[["count", "failures"]].sum().reindex(seconds)
-            own = 100.0 * sums["failures"].to_numpy() / sums["count"].to_numpy()
-            mark(np.nan_to_num(own) > kpi_limit,
+            sums = rows.groupby("t")[["count", "failures"]].sum().reindex(seconds, fill_value=0)
+            own_failures, own_counts = sums["failures"].to_numpy(), sums["count"].to_numpy()
+            with np.errstate(invalid="ignore", divide="ignore"):
+                own = 100.0 * own_failures / own_counts
+            mark(_beyond(own_failures, own_counts, kpi_limit),
                  lambda i, own=own, kpi=kpi: f"{kpi.endpoint} error rate "
                                              f"{format_value(own[i], '%')}")
         elif kpi.metric in _PERCENTILES or kpi.metric == "mean_ms":
-            values_ms = _per_second_ms(rows, seconds, kpi.metric)
-            mark(np.nan_to_num(values_ms) > kpi_limit,
+            values_ms, over, counts_ = _per_second_ms(rows, seconds, kpi.metric, kpi_limit)
+            broken = (np.nan_to_num(values_ms) > kpi_limit if kpi.metric == "mean_ms" else
+                      _beyond(over, counts_, 100.0 - _PERCENTILES[kpi.metric]))
+            mark(broken,
                  lambda i, v=values_ms, kpi=kpi: f"{kpi.endpoint} "
                                                  f"{kpi.metric.removesuffix('_ms')} "
                                                  f"{format_value(v[i], 'ms')}")
@@ -95,17 +109,30 @@ def judge_seconds(latency: pd.DataFrame, targets: list[KpiTarget], start: float,
                          "why": why.astype(str)})
 
 
-def _per_second_ms(rows: pd.DataFrame, seconds: np.ndarray, metric: str) -> np.ndarray:
-    """`metric` of one endpoint's requests in each second (NaN where it had none)."""
+def _beyond(observed: np.ndarray, counts: np.ndarray, allowed_percent: float) -> np.ndarray:
+    """Per second: are `observed` of `counts` requests (failures, or requests over a limit)
+    more than `allowed_percent` of them with a chance under ALPHA? (None allowed: any.)"""
+    chance = binom.sf(observed - 1, counts, allowed_percent / 100.0)
+    return (observed > 0) & (chance < ALPHA)
+
+
+def _per_second_ms(rows: pd.DataFrame, seconds: np.ndarray, metric: str,
+                   limit_ms: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per second, of one endpoint's requests: `metric` (NaN where it had none), how many
+    took longer than `limit_ms`, and how many there were."""
     by_second = rows.groupby("t")["hist"].apply(list)
     blocks = [by_second.get(t, []) for t in seconds.tolist()]
     values_us, counts = stats.block_counts(blocks)
+    totals = counts.sum(axis=1)
+    over = counts[:, values_us > limit_ms * 1000.0].sum(axis=1)
     if metric == "mean_ms":
-        totals = counts.sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(totals > 0, counts @ values_us / np.maximum(totals, 1) / 1000.0,
-                            np.nan)
-    return stats.percentiles_of_counts(values_us, counts, [_PERCENTILES[metric]])[:, 0] / 1000.0
+            values_ms = np.where(totals > 0,
+                                 counts @ values_us / np.maximum(totals, 1) / 1000.0, np.nan)
+    else:
+        values_ms = stats.percentiles_of_counts(values_us, counts,
+                                                [_PERCENTILES[metric]])[:, 0] / 1000.0
+    return values_ms, over, totals
 
 
 def summarize_availability(seconds: pd.DataFrame, faults: list[dict[str, Any]] | None,
