@@ -48,6 +48,21 @@ def test_a_network_fault_is_one_of_four_kinds_and_lasts_a_given_time() -> None:
             parse_fault(bad)
 
 
+def test_a_stack_fault_names_a_built_in_one_and_outages_last_a_given_time() -> None:
+    assert parse_fault("at=20s,stack=service-restart").what == "stack=service-restart"
+    assert parse_fault("at=20s,for=5s,stack=postgres-outage").for_s == 5.0
+    for bad, why in (("at=1s,stack=postgres-outage", "needs for"),
+                     ("at=1s,for=2s,stack=redis-pause", None),
+                     ("at=1s,stack=reboot", "write one of service-restart"),
+                     ("at=1s,stack=celery-kill,do=x", "not several"),
+                     ("at=1s,for=2s,stack=celery-kill,net=reset", "not several")):
+        if why is None:
+            assert parse_fault(bad).stack == "redis-pause"
+            continue
+        with pytest.raises(ConfigError, match=why):
+            parse_fault(bad)
+
+
 def test_a_repeated_fault_recurs_within_the_run_only() -> None:
     fault = parse_fault("at=5m,every=10m,do=x")
     assert [at for at, _ in schedule_faults([fault], 3600.0)] == \

@@ -8,6 +8,8 @@ every 10 minutes") and `timeout` (the most a command may take, default 60 s). A 
 hold commas: the text after `do=` runs up to the next `,KEY=` of a known key. Instead of
 `do`, `net` is a network fault between the load and the target, through perfkit's proxy
 (run/proxy.py), for `for`: `latency:300ms`, `bandwidth:100KB/s`, `reset` or `blackhole`.
+Or `stack` is a built-in fault of the stack perfkit starts itself (no --target; run/stack.py):
+`service-restart`, `postgres-outage` (for `for`), `redis-pause` (for `for`) or `celery-kill`.
 
 What runs the faults during a run is run/faults.py; what they did to the target is
 analysis/availability.py. Pure parsing here, no I/O.
@@ -21,7 +23,10 @@ from .errors import ConfigError
 from .units import parse_duration
 
 DEFAULT_TIMEOUT_S = 60.0
-KEYS = ("at", "for", "every", "timeout", "do", "undo", "net")
+KEYS = ("at", "for", "every", "timeout", "do", "undo", "net", "stack")
+# name: does it need for= (how long the outage lasts)? The others are instant: a kill.
+STACK_FAULTS = {"service-restart": False, "postgres-outage": True, "redis-pause": True,
+                "celery-kill": False}
 _SPLIT = re.compile(r",\s*(?=(?:" + "|".join(KEYS) + r")\s*=)")
 _COMMAND = re.compile(r"(?:^|,)\s*(?:do|undo)\s*=")
 
@@ -68,9 +73,12 @@ class Fault:
     timeout_s: float = DEFAULT_TIMEOUT_S
     net: NetFault | None = None  # a network fault through perfkit's proxy (run/proxy.py)
     net_text: str = ""
+    stack: str | None = None  # a built-in fault of the bundled stack (STACK_FAULTS)
 
     @property
     def what(self) -> str:
+        if self.stack is not None:
+            return f"stack={self.stack}"
         return f"net={self.net_text}" if self.net is not None else str(self.do)
 
     def __str__(self) -> str:  # as written (perfkit config shows it so)
@@ -96,10 +104,22 @@ def parse_fault(text: str) -> Fault:
         if key in values:
             raise ConfigError(f"--fault {text!r}: {key} is given twice")
         values[key] = value.strip()
-    if "at" not in values or not (values.get("do") or values.get("net")):
+    if "at" not in values or not (values.get("do") or values.get("net")
+                                  or values.get("stack")):
         raise ConfigError(f"--fault {text!r}: needs at least at=TIME and do=COMMAND (or "
-                          f"net=...), e.g. at=30s,for=10s,do='docker pause db',"
+                          f"net=... or stack=...), e.g. at=30s,for=10s,do='docker pause db',"
                           f"undo='docker unpause db', or at=20s,for=15s,net=latency:300ms")
+    stack = values.get("stack")
+    if stack is not None:
+        if sum(key in values for key in ("do", "net", "stack")) > 1 or "undo" in values:
+            raise ConfigError(f"--fault {text!r}: one fault is a command (do=), a network "
+                              f"fault (net=) or a built-in one (stack=), not several")
+        if stack not in STACK_FAULTS:
+            raise ConfigError(f"--fault {text!r}: stack={stack}: write one of "
+                              f"{', '.join(STACK_FAULTS)}")
+        if STACK_FAULTS[stack] and "for" not in values:
+            raise ConfigError(f"--fault {text!r}: stack={stack} needs for=TIME (how long it "
+                              f"lasts)")
     net = None
     if "net" in values:
         if "do" in values or "undo" in values:
@@ -131,7 +151,7 @@ def parse_fault(text: str) -> Fault:
                  undo=values.get("undo"), for_s=durations.get("for"),
                  every_s=durations.get("every"),
                  timeout_s=durations.get("timeout", DEFAULT_TIMEOUT_S), net=net,
-                 net_text=values.get("net", ""))
+                 net_text=values.get("net", ""), stack=stack)
 
 
 def schedule_faults(faults: tuple[Fault, ...] | list[Fault],

@@ -302,6 +302,12 @@ OPTIONS: tuple[Option, ...] = (
        "amqp://USER:PASSWORD@HOST:5672//."),
     _o("celery_workers", "--celery-workers", "Bundled service's Celery worker processes "
        "(--queue celery).", type=click.IntRange(1), default=2),
+    _o("service_database_url", "--service-database-url", "Bundled service's database: "
+       "postgresql+asyncpg://USER@HOST/DB or sqlite+aiosqlite:///FILE (default: a temporary "
+       "SQLite file; stack=postgres-outage needs PostgreSQL)."),
+    _o("service_queue_prefix", "--service-queue-prefix", "Bundled service's Celery queue names "
+       "PREFIX.research and PREFIX.callbacks (--queue celery; one service per prefix on a "
+       "broker).", default="perfkit"),
     _o("envelope", "--envelope", "Bundled service answers as the original backend: {success, "
        "data, message}.", flag=True),
     _o("fast", "--fast", "Bundled service with its fast simulated-LLM profile (tens of ms).",
@@ -333,7 +339,9 @@ OPTIONS: tuple[Option, ...] = (
        "endpoint."),
     _o("faults", "--fault", "Run a fault during the load (repeatable): at=30s,for=10s,do=CMD"
        "[,undo=CMD][,every=10m][,timeout=60s], or a network fault through perfkit's proxy: "
-       "at=20s,for=15s,net=latency:300ms (bandwidth:100KB/s, reset, blackhole); availability "
+       "at=20s,for=15s,net=latency:300ms (bandwidth:100KB/s, reset, blackhole), or a "
+       "built-in fault of the bundled service: at=20s,stack=service-restart (celery-kill; "
+       "for=5s with postgres-outage, redis-pause); availability "
        "and recovery are judged (docs/reliability.md).",
        commands=("load", "stress", "endurance"), type=FaultText(), multiple=True,
        metavar="SPEC", env="PERFKIT_FAULT"),

@@ -38,6 +38,8 @@ class ServiceOptions:
     broker: str | None = None
     celery_workers: int = 2
     envelope: bool = False
+    database_url: str | None = None
+    queue_prefix: str = "perfkit"
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,8 @@ class LoadSettings:
         if service.queue != "inprocess":
             args += ["--queue", service.queue, "--celery-workers", str(service.celery_workers)]
             args += ["--broker", service.broker] if service.broker else []
+            args += ["--queue-prefix", service.queue_prefix]
+        args += ["--database-url", service.database_url] if service.database_url else []
         for extra in self.extra_latency:
             args += ["--extra-latency", extra]
         return args + (["--envelope"] if service.envelope else [])
@@ -272,7 +276,9 @@ def build_load_settings(command: str, values: dict[str, Any], *,
         history=values["history"], argv=tuple(argv),
         request_timeout_s=values["request_timeout"], service=ServiceOptions(
             queue=values["queue"], broker=values["broker"],
-            celery_workers=values["celery_workers"], envelope=values["envelope"]),
+            celery_workers=values["celery_workers"], envelope=values["envelope"],
+            database_url=values["service_database_url"],
+            queue_prefix=values["service_queue_prefix"]),
         observe=observe, tags=split_tags(values["tags"]),
         exclude_tags=split_tags(values["exclude_tags"]),
         user_classes=split_tags(values["user_classes"]),

@@ -402,6 +402,18 @@ class SystemCollector(Sampler):
         self._previous_tree = tree
         return row
 
+    def follow(self, pid: int) -> None:
+        """Sample `pid`'s tree from now on: the target restarted (a stack=service-restart
+        fault); the seconds it was down are a gap."""
+        try:
+            root = psutil.Process(pid)
+        except psutil.Error:
+            self.notes.append(f"restarted target pid {pid} not found")
+            return
+        self._previous_tree = None
+        self.pid, self._root = pid, root
+        self.notes.append(f"target restarted as pid {pid}; sampled from then on")
+
     def _note_target_gone(self, t: float) -> None:
         stamp = time.strftime("%H:%M:%S", time.gmtime(t))
         self.notes.append(

@@ -8,6 +8,7 @@ so (analysis/availability.py). When the run ends first, a fault still due is rec
 reached, and a fault in progress is undone at once, so the system is left as it was found.
 """
 
+import functools
 import logging
 import os
 import signal
@@ -19,8 +20,9 @@ from typing import Any
 import gevent
 from gevent.event import Event
 
-from ..faults import Fault, schedule_faults
+from ..faults import STACK_FAULTS, Fault, schedule_faults
 from .proxy import FaultProxy
+from .stack import BundledStack
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +67,12 @@ class FaultSchedule:
     """The occurrences of the run's faults; `records()` is run.json's "faults"."""
 
     def __init__(self, faults: tuple[Fault, ...], duration_s: float,
-                 say: Callable[[str], None], proxy: FaultProxy | None = None) -> None:
+                 say: Callable[[str], None], proxy: FaultProxy | None = None,
+                 stack: BundledStack | None = None) -> None:
         self.occurrences = schedule_faults(faults, duration_s)
         self.say = say
         self.proxy = proxy  # the network faults' (net=), started by the runner
+        self.stack = stack  # the built-in faults' (stack=): the service perfkit started
         self.stopping = Event()
         self.greenlets: list[gevent.Greenlet] = []
         self.entries: list[dict[str, Any]] = [
@@ -97,15 +101,26 @@ class FaultSchedule:
             entry["ended_at"] = time.time()
             entry["status"] = "done"
             return
-        assert fault.do is not None  # parse_fault: do= or net=
-        entry["do"] = run_command(fault.do, fault.timeout_s)
+        # A stack fault runs as a command does: its action, its undo (where it lasts `for`).
+        if fault.stack is not None:
+            assert self.stack is not None  # the runner refuses stack= without its service
+            stack, name = self.stack, fault.stack
+            do = functools.partial(stack.act, name, "do", fault.timeout_s)
+            undo = functools.partial(stack.act, name, "undo", fault.timeout_s) \
+                if STACK_FAULTS[name] else None
+        else:
+            assert fault.do is not None  # parse_fault: do=, net= or stack=
+            do = functools.partial(run_command, fault.do, fault.timeout_s)
+            undo = functools.partial(run_command, fault.undo, fault.timeout_s) \
+                if fault.undo is not None else None
+        entry["do"] = do()
         self._tell(entry, "do")
-        if fault.undo is not None:
+        if undo is not None:
             assert fault.for_s is not None  # parse_fault requires it
             self.stopping.wait(timeout=max(0.0, entry["started_at"] + fault.for_s
                                            - time.time()))
             entry["ended_at"] = time.time()
-            entry["undo"] = run_command(fault.undo, fault.timeout_s)
+            entry["undo"] = undo()
             self._tell(entry, "undo")
         elif fault.for_s is not None:
             entry["ended_at"] = entry["started_at"] + fault.for_s

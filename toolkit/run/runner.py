@@ -50,7 +50,7 @@ from ..report import write_report
 from ..report.distributed import describe_worker
 from ..report.html import describe_lateness, describe_stop
 from ..result import DEGRADED, RunMeta, RunResult, RunSettings
-from ..settings import LoadSettings
+from ..settings import LoadSettings, require_extra
 from . import distributed, locustfile, target
 from .alarms import WINDOW_S as ALARM_WINDOW_S
 from .alarms import AlarmWatcher
@@ -63,6 +63,7 @@ from .processes import ForkedProcess, stop_child
 from .proxy import FaultProxy
 from .recorder import Recorder, request_name
 from .scenario_errors import ScenarioErrors
+from .stack import BundledStack
 
 log = logging.getLogger(__name__)
 
@@ -358,8 +359,14 @@ def run_plan(env: Environment, state: "RunState", settings: LoadSettings, say: S
             state.workers.started_at = state.started_at
         if settings.faults:
             emit = relay(live, live.say)
+            stack = None
+            if managed is not None:
+                stack = BundledStack(managed, settings.serve_args()
+                                     + stack_serve_args(settings, state.run_dir),
+                                     state.run_dir, settings.service.database_url,
+                                     state.system.follow)
             state.faults = FaultSchedule(settings.faults, settings.duration_s,
-                                         lambda line: emit(line, False), state.proxy)
+                                         lambda line: emit(line, False), state.proxy, stack)
             state.faults.start(state.started_at)
         drive(env, settings, plan, state, managed, live)
     except TargetError as exc:
@@ -380,8 +387,9 @@ def run_plan(env: Environment, state: "RunState", settings: LoadSettings, say: S
 
 def check_settings(settings: LoadSettings) -> None:
     if settings.target and (settings.variants or settings.serve_args()):
-        raise ConfigError("--variant, --queue, --broker, --envelope and --extra-latency apply "
-                          "to the bundled service only, not to --target")
+        raise ConfigError("--variant, --queue, --broker, --envelope, --extra-latency and "
+                          "--service-database-url apply to the bundled service only, not to "
+                          "--target")
     from ..reference.settings import parse_extra_latency
 
     for text in settings.extra_latency:
@@ -395,6 +403,7 @@ def check_settings(settings: LoadSettings) -> None:
     if settings.target_pid is not None and not psutil.pid_exists(settings.target_pid):
         raise ConfigError(f"--target-pid {settings.target_pid}: no such process")
     check_outputs(settings.locust_outputs)
+    check_stack_faults(settings)
     if any(fault.net is not None for fault in settings.faults):
         if settings.target and urlsplit(settings.target).scheme != "http":
             raise ConfigError(f"--fault net=...: the target must be an http:// URL (perfkit's "
@@ -404,6 +413,41 @@ def check_settings(settings: LoadSettings) -> None:
             raise ConfigError("--fault net=...: the fault proxy listens on this machine's "
                               "loopback for one target: not with workers on other machines "
                               "or a simultaneous A/B trial")
+
+
+def check_stack_faults(settings: LoadSettings) -> None:
+    """A built-in fault (stack=) needs the part of the stack it acts on, started by perfkit."""
+    names = {fault.stack for fault in settings.faults if fault.stack is not None}
+    if not names:
+        return
+    if settings.target:
+        raise ConfigError(f"--fault stack={sorted(names)[0]}: built-in faults act on the "
+                          f"bundled service perfkit starts, not on --target (use do=COMMAND)")
+    database_url = settings.service.database_url or ""
+    if "postgres-outage" in names:
+        if not database_url.startswith("postgresql"):
+            raise ConfigError("--fault stack=postgres-outage needs the bundled service on "
+                              "PostgreSQL: --service-database-url postgresql+asyncpg://USER@HOST/DB")
+        require_extra("--fault stack=postgres-outage", "postgres", "psycopg")
+    if "redis-pause" in names:
+        raise ConfigError("--fault stack=redis-pause needs a Redis perfkit started for the "
+                          "bundled service, and perfkit starts none (pause yours with "
+                          "do='kill -STOP PID',undo='kill -CONT PID')")
+    if "celery-kill" in names and settings.service.queue != "celery":
+        raise ConfigError("--fault stack=celery-kill needs the bundled service's Celery "
+                          "workers: --queue celery --broker redis://HOST:6379/N")
+
+
+def stack_serve_args(settings: LoadSettings, run_dir: Path) -> list[str]:
+    """The service's options where a built-in fault restarts it: a restarted service must find
+    the jobs of the first (its database a file of the run, not a temporary one it removes) and
+    own them (one instance id)."""
+    if not any(fault.stack == "service-restart" for fault in settings.faults):
+        return []
+    args = ["--instance-id", f"perfkit-{run_dir.name}"]
+    if not settings.service.database_url:
+        args += ["--database-url", f"sqlite+aiosqlite:///{(run_dir / 'service.db').resolve()}"]
+    return args
 
 
 def start_target(settings: LoadSettings, run_dir: Path,
@@ -416,7 +460,8 @@ def start_target(settings: LoadSettings, run_dir: Path,
     say("perfkit: starting the bundled reference service "
         f"({settings.latency_profile} profile{', ' if settings.variants else ''}"
         f"{', '.join(settings.variants)})")
-    managed = target.start_reference_service(run_dir / "target.log", settings.serve_args())
+    managed = target.start_reference_service(
+        run_dir / "target.log", settings.serve_args() + stack_serve_args(settings, run_dir))
     return managed, managed.url, managed.process.pid
 
 
@@ -541,7 +586,8 @@ def drive(env: Environment, settings: LoadSettings, plan: Plan, state: RunState,
                     state.status = "interrupted"
                     state.message = f"stopped by {interrupted[0]} after {elapsed:.0f} s"
                     return
-                if managed is not None and managed.process.poll() is not None:
+                if managed is not None and not managed.restarting \
+                        and managed.process.poll() is not None:
                     raise TargetError(f"the target exited with code {managed.process.returncode} "
                                       f"after {elapsed:.0f} s")
                 if managed is None and settings.target_pid and not _alive(settings.target_pid):

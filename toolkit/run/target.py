@@ -28,14 +28,19 @@ class ManagedTarget:
     process: subprocess.Popen
     url: str
     log_path: Path
+    restarting: bool = False  # a stack=service-restart fault has it down on purpose
+
+
+def serve_command(serve_args: list[str], port: int = 0) -> list[str]:
+    return [sys.executable, "-m", "perfkit", "serve", "--host", "127.0.0.1", "--port",
+            str(port), *serve_args]
 
 
 def start_reference_service(log_path: Path, serve_args: list[str],
                             timeout_s: float = 60.0) -> ManagedTarget:
     """Start `perfkit serve SERVE_ARGS` on a free loopback port; its output goes to
     `log_path`. The service prints its URL once it listens (and its Celery workers are up)."""
-    command = [sys.executable, "-m", "perfkit", "serve", "--host", "127.0.0.1", "--port", "0",
-               *serve_args]
+    command = serve_command(serve_args)
     process = start_child(command, log_path)
     try:
         return _wait_for_service(process, log_path, timeout_s)

@@ -1,0 +1,80 @@
+"""Built-in faults of the stack perfkit starts itself (--fault stack=...): refused where their
+part of the stack is not perfkit's, and, run against the bundled service, what they did to it."""
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.targets import OUTAGE, running_target
+
+
+def perfkit(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "perfkit", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize(("options", "says"), [
+    (("--fault", "at=1s,stack=service-restart", "--target", "TARGET"), "not on --target"),
+    (("--fault", "at=1s,for=2s,stack=postgres-outage"), "--service-database-url postgresql"),
+    (("--fault", "at=1s,for=2s,stack=postgres-outage", "--service-database-url",
+      "sqlite+aiosqlite:///x.db"), "needs the bundled service on PostgreSQL"),
+    (("--fault", "at=1s,for=2s,stack=redis-pause"), "needs a Redis perfkit started"),
+    (("--fault", "at=1s,stack=celery-kill"), "--queue celery"),
+])
+def test_a_stack_fault_without_its_part_of_the_stack_is_refused_in_one_line(
+        tmp_path: Path, options: tuple[str, ...], says: str) -> None:
+    with running_target(OUTAGE, "--control", str(tmp_path / "unused")) as (url, _):
+        result = perfkit("load", "--scenario", "health", "--duration", "2s",
+                         "--out", str(tmp_path / "run"),
+                         *(url if option == "TARGET" else option for option in options),
+                         timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], result.stderr
+    assert not (tmp_path / "run" / "target.log").exists()  # refused before anything started
+
+
+def faults_of(run_dir: Path) -> tuple[list[dict], dict]:
+    return (json.loads((run_dir / "run.json").read_text())["faults"],
+            json.loads((run_dir / "summary.json").read_text()))
+
+
+def test_a_service_restart_kills_the_bundled_service_and_starts_it_on_its_port_and_database(
+        tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = perfkit("load", "--fast", "--scenario", "research", "--users", "4",
+                     "--duration", "16s", "--warmup", "0s", "--out", str(run_dir),
+                     "--fault", "at=5s,stack=service-restart")
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    faults, summary = faults_of(run_dir)
+    (fault,) = faults
+    assert fault["status"] == "done" and fault["what"] == "stack=service-restart"
+    assert fault["do"]["exit_code"] == 0 and "healthy on port" in fault["do"]["output"]
+    port = json.loads((run_dir / "run.json").read_text())["target"].rsplit(":", 1)[1]
+    assert f"healthy on port {port} " in fault["do"]["output"]
+    # The restarted service opened the run's database, where the first one left its jobs.
+    assert (run_dir / "service.db").exists()
+    (measured,) = summary["faults"]
+    assert measured["recovered"], measured
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["status"] == "completed", meta.get("message")
+
+
+def test_a_celery_kill_kills_the_pool_processes_and_the_nodes_replace_them(
+        tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = perfkit("load", "--fast", "--scenario", "research", "--users", "4",
+                     "--duration", "14s", "--warmup", "0s", "--out", str(run_dir),
+                     "--queue", "celery", "--broker", "redis://127.0.0.1:6379/13",
+                     "--service-queue-prefix", f"perfkit-test-{uuid.uuid4().hex[:8]}",
+                     "--fault", "at=5s,stack=celery-kill")
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    faults, summary = faults_of(run_dir)
+    (fault,) = faults
+    assert fault["status"] == "done", fault
+    assert fault["do"]["output"].startswith("killed 2 Celery pool processes")
+    assert summary["faults"][0]["recovered"], summary["faults"]
