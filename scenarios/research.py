@@ -38,7 +38,7 @@ from locust import HttpUser, User, between, task
 from locust.clients import ResponseContextManager
 from locust.user.task import LOCUST_STATE_STOPPING
 
-from perfkit.run.recorder import JOB_TIMESTAMPS, JOB_TIMING
+from perfkit.run.recorder import JOB_ID, JOB_TIMESTAMPS, JOB_TIMING
 from perfkit.scenarios import shapes
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,12 @@ def create_job(user: HttpUser, body: dict[str, Any]) -> str | None:
 
 def post_job(user: HttpUser, body: dict[str, Any]) -> shapes.CreatedJob | None:
     with user.client.post(PRODUCTS, json=body, name=PRODUCTS, catch_response=True) as response:
-        return read_or_fail(response, "create", shapes.read_created_job)
+        created = read_or_fail(response, "create", shapes.read_created_job)
+        if created is not None:
+            # Recorded at the end of the `with`, with this context (Locust's copy of the
+            # one given): run/jobs.py counts the accepted jobs that never ended.
+            response.request_meta["context"][JOB_ID] = created.job_id
+        return created
 
 
 def get_status(user: HttpUser, job_id: str) -> shapes.JobStatus | None:
@@ -169,13 +174,16 @@ def wait_for_job(user: HttpUser, job_id: str, started_at: float, timeout_s: floa
 
 
 def record_job(user: HttpUser, name: str, duration_s: float, timing: str | float | None,
-               error: str | None) -> None:
+               error: str | None, job_id: str | None = None) -> None:
     """A JOB record of `duration_s`; `timing`: how it was measured (recorder.JOB_TIMING),
-    None for a job that never finished (the time waited for it is not a completion time)."""
+    None for a job that never finished (the time waited for it is not a completion time).
+    `job_id`: the job's, where it reached a final state."""
+    context: dict[str, Any] = {} if timing is None else {JOB_TIMING: timing}
+    if job_id is not None:
+        context[JOB_ID] = job_id
     user.environment.events.request.fire(
         request_type="JOB", name=name, response_time=duration_s * 1000, response_length=0,
-        exception=RuntimeError(error) if error else None,
-        context={} if timing is None else {JOB_TIMING: timing})
+        exception=RuntimeError(error) if error else None, context=context)
 
 
 def research_flow(user: HttpUser, rng: random.Random) -> None:
@@ -200,7 +208,8 @@ def research_flow(user: HttpUser, rng: random.Random) -> None:
             if from_timestamps_s is not None:
                 duration_s, timing = from_timestamps_s, JOB_TIMESTAMPS
                 break
-    record_job(user, "job_completion", duration_s, timing, error)
+    record_job(user, "job_completion", duration_s, timing, error,
+               job_id if status in shapes.FINISHED else None)
     if len(body["items"]) == 10:
         record_job(user, "batch_10_completion", duration_s, timing, error)
 

@@ -71,6 +71,8 @@ METRICS: dict[str, Metric] = {
     # analysis/availability.py: the guide's availability and recovery-time KPIs.
     "availability_percent": Metric("%", "lower", "none", "availability"),
     "recovery_s_max": Metric("s", "upper", "none", "slowest recovery after a fault"),
+    # run/jobs.py: research jobs accepted (201) that never reached a final state.
+    "lost_jobs": Metric("jobs", "upper", "none", "lost jobs"),
 }
 
 

@@ -92,6 +92,10 @@ class RunMeta:
     # started_at, ended_at, do and undo {command, exit_code, duration_s, timed_out, output,
     # error}); None for a run without faults.
     faults: list[dict[str, Any]] | None = None
+    # Research jobs accepted (201) during the run and how many never reached a final state
+    # (run/jobs.py: accepted, ended_in_run, ended_after_stop, lost, lost_ids, checked_s); None
+    # where none were accepted or they were not seen (--workers).
+    lost_work: dict[str, Any] | None = None
     verdict: str | None = None
 
     def collector_note(self, name: str) -> str:
@@ -203,6 +207,7 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
     "profile": _OPTIONAL_OBJECT, "stress": _OPTIONAL_OBJECT, "endurance": _OPTIONAL_OBJECT,
     "baseline": _OPTIONAL_OBJECT, "verdict": _OPTIONAL_TEXT, "distributed": _OPTIONAL_OBJECT,
     "environment": _OPTIONAL_OBJECT, "faults": (list, type(None)),
+    "lost_work": _OPTIONAL_OBJECT,
 }
 _SETTINGS_TYPES: dict[str, tuple[type, ...]] = {
     "users": (int,), "spawn_rate": _NUMBER, "duration_s": _NUMBER,

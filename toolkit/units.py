@@ -37,6 +37,7 @@ QUANTITY_UNITS: dict[str, dict[str, float]] = {
     "MB": {"KB": 1 / 1024, "MB": 1.0, "GB": 1024.0},
     "MB/s": {"KB/s": 1 / 1024, "MB/s": 1.0, "GB/s": 1024.0},
     "queries/s": {"queries/s": 1.0, "qps": 1.0},
+    "jobs": {"jobs": 1.0, "job": 1.0},
 }
 
 

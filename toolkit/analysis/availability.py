@@ -261,3 +261,15 @@ def describe_fault(fault: dict[str, Any]) -> str:
             f"{format_value(fault['recovery_s'], 's')} after its end "
             f"({format_value(fault['recovery_from_start_s'], 's')} after its start); "
             f"{errors}{problem}")
+
+
+def describe_lost_work(lost_work: dict[str, Any] | None) -> str:
+    """One line on the research jobs accepted and never finished (run/jobs.py)."""
+    if not lost_work:
+        return ("Lost work not measured: no research job was accepted (or the users ran in "
+                "other processes)")
+    line = (f"Lost work: {lost_work['lost']} of {lost_work['accepted']} research jobs accepted "
+            f"(201) never reached a final state ({lost_work['ended_after_stop']} ended after "
+            f"the stop, checked for {format_value(lost_work['checked_s'], 's')})")
+    ids = lost_work.get("lost_ids") or []
+    return line + (f"; e.g. {', '.join(ids[:3])}" if ids else "")

@@ -240,6 +240,8 @@ def _measure(kpi: KpiTarget, ctx: _Context) -> tuple[float | None, str]:
         return _measure_database(kpi, ctx)
     if metric in _AVAILABILITY_METRICS:
         return _measure_availability(metric, ctx.available or {})
+    if metric == "lost_jobs":
+        return _measure_lost_jobs(ctx.run.meta.lost_work)
     return _measure_resource(metric, ctx)
 
 
@@ -253,6 +255,13 @@ def _measure_availability(metric: str, available: dict[str, Any]) -> tuple[float
         return None, ("no fault ran in this run (--fault)" if not available.get("faults")
                       else "no fault was reached before the run ended")
     return max(float(f["recovery_s"]) for f in ran), ""
+
+
+def _measure_lost_jobs(jobs: dict[str, Any] | None) -> tuple[float | None, str]:
+    if jobs is None:
+        return None, ("no research job was accepted in this run (the scenario creates none), "
+                      "or its users ran in other processes (--workers)")
+    return float(jobs["lost"]), ""
 
 
 def _no_requests(endpoint: str, ctx: _Context) -> str:
@@ -467,6 +476,7 @@ def judge_run(run: RunResult, targets: list[KpiTarget]) -> RunResult:
         "environment": meta.environment,
         "availability": available["availability"],
         "faults": available["faults"],
+        "lost_work": meta.lost_work,
     })
     return run
 

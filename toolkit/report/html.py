@@ -16,7 +16,7 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup
 
-from ..analysis.availability import describe_fault
+from ..analysis.availability import describe_fault, describe_lost_work
 from ..analysis.environment import describe_machine_load
 from ..analysis.kpi import judged_postgres, judged_warmup_s, judged_window, worst_offender
 from ..kpi_file import JOB_NAMES, METRICS
@@ -610,7 +610,9 @@ def faults_section(summary: dict[str, Any]) -> dict[str, Any] | None:
     rows = [{"status": "failed" if fault.get("problem") else
              "not-recovered" if fault.get("recovered") is False else
              fault.get("status") or "", "line": describe_fault(fault)} for fault in faults]
-    return {"lead": lead, "rows": rows, "good_run_s": available.get("good_run_s")}
+    return {"lead": lead, "rows": rows, "good_run_s": available.get("good_run_s"),
+            "lost_work": describe_lost_work(summary.get("lost_work"))}
+
 
 
 def _profile(run: RunResult) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from ..analysis.availability import describe_fault
+from ..analysis.availability import describe_fault, describe_lost_work
 from ..units import format_value
 
 VERDICT_MARK = {"pass": "✅ pass", "warn": "⚠️ warn", "fail": "❌ fail", "missing": "⚪ missing",
@@ -113,4 +113,4 @@ def _fault_lines(summary: dict[str, Any]) -> list[str]:
              f"({format_value(available.get('down_s'), 's')} down of "
              f"{available.get('judged_s')} judged seconds)", ""]
     lines += [f"- {_cell(describe_fault(fault))}" for fault in faults]
-    return [*lines, ""]
+    return [*lines, f"- {_cell(describe_lost_work(summary.get('lost_work')))}", ""]

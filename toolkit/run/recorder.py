@@ -47,6 +47,9 @@ LATE_SHARE = 0.1
 JOB_TIMING = "perfkit_job_timing"
 JOB_TIMESTAMPS = "timestamps"
 JOB_TIMING_KEY = "perfkit_job_timing"
+# Context key of a research job's id: on the create request that was answered 201 with it,
+# and on its JOB record once the job reached a final state (run/jobs.py counts the lost).
+JOB_ID = "perfkit_job_id"
 
 
 @dataclass

@@ -55,6 +55,7 @@ from . import distributed, locustfile, target
 from .alarms import WINDOW_S as ALARM_WINDOW_S
 from .alarms import AlarmWatcher
 from .faults import FaultSchedule
+from .jobs import JobLedger
 from .live import LiveView
 from .locust_outputs import LocustWriters, check_outputs
 from .observers import make_observers, start_export
@@ -130,6 +131,9 @@ class RunState:
     faults: FaultSchedule | None = None  # --fault: the faults' greenlets while they run
     proxy: FaultProxy | None = None  # --fault net=...: perfkit's proxy before the target
     fault_records: list[dict[str, Any]] | None = None  # what they did, for run.json
+    jobs: JobLedger | None = None  # research jobs accepted and not seen to end (run/jobs.py)
+    target_url: str = ""  # the target itself (not perfkit's fault proxy in front of it)
+    jobs_entry: dict[str, Any] | None = None  # run.json "lost_work": the lost-jobs check
 
 
 def make_run_dir(settings: LoadSettings) -> Path:
@@ -295,6 +299,9 @@ def prepare_run(settings: LoadSettings, say: Say, plan: Plan, run_dir: Path, url
                      app=AppCollector(url, run_dir),
                      observers=make_observers(settings.observe, url, run_dir))
     state.warmup_by_default = settings.warmup_s is None
+    state.target_url = url
+    if not (settings.workers or settings.expect_workers or settings.master_bind_host):
+        state.jobs = JobLedger()  # the users run here: their jobs are seen here
     state.alarms = AlarmWatcher(run_dir, settings.targets, say, settings.alert_webhook,
                                 settings.effective_warmup_s, run_id=run_dir.name)
     env = locustfile.make_environment(loaded, load_url or url, settings.rate, settings.users,
@@ -302,6 +309,8 @@ def prepare_run(settings: LoadSettings, say: Say, plan: Plan, run_dir: Path, url
                                       settings.arms, settings.arrivals)
     env.stop_timeout = settings.stop_timeout_s
     state.errors.attach(env)
+    if state.jobs is not None:
+        env.events.request.add_listener(state.jobs.on_request)
     if settings.reset_stats:
         # As Locust's --reset-stats: what happened before spawning completed is not judged.
         def on_spawned(**_: Any) -> None:
@@ -518,6 +527,10 @@ def stop_run(env: Environment, state: RunState, workers: list[ForkedProcess],
                                   lambda: export.stop(state.load_ended_at))
     for process in workers:
         step(f"worker {process.pid}", functools.partial(stop_child, process))
+    if state.jobs is not None and state.jobs.accepted:
+        jobs = state.jobs
+        state.jobs_entry = step("the lost-jobs check", lambda: jobs.check_lost(
+            state.target_url, env.stop_timeout or 0.0))
     if managed is not None:
         if managed.process.poll() is not None and state.status == "completed":
             state.status = "target_died"
@@ -760,6 +773,7 @@ def finish_meta(meta: RunMeta, env: Environment, state: RunState) -> None:
             meta.settings.warmup_s, round(state.judged_from - meta.started_at, 3)))
     meta.alarms = state.alarm_summary
     meta.faults = state.fault_records
+    meta.lost_work = state.jobs_entry
     meta.profile = state.profile_entry
     meta.collectors = state.collectors
     meta.export = state.export_entry
