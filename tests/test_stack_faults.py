@@ -5,11 +5,16 @@ import json
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.targets import OUTAGE, running_target
+
+POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+BROKER = "redis://127.0.0.1:6379/13"
 
 
 def perfkit(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -36,6 +41,18 @@ def test_a_stack_fault_without_its_part_of_the_stack_is_refused_in_one_line(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0], result.stderr
     assert not (tmp_path / "run" / "target.log").exists()  # refused before anything started
+
+
+@pytest.fixture
+def postgres_database() -> Iterator[str]:
+    """A database of its own on the machine's PostgreSQL (an outage of it disturbs no one)."""
+    name = f"perfkit_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def faults_of(run_dir: Path) -> tuple[list[dict], dict]:
@@ -78,3 +95,33 @@ def test_a_celery_kill_kills_the_pool_processes_and_the_nodes_replace_them(
     assert fault["status"] == "done", fault
     assert fault["do"]["output"].startswith("killed 2 Celery pool processes")
     assert summary["faults"][0]["recovered"], summary["faults"]
+
+
+@pytest.mark.serial  # measures the recovery of a 40 s research run
+@pytest.mark.parametrize("queue", ["inprocess", "celery"])
+def test_a_postgres_outage_in_a_research_run_is_recovered_from_and_loses_no_job(
+        tmp_path: Path, postgres_database: str, queue: str) -> None:
+    run_dir = tmp_path / "run"
+    celery = ("--queue", "celery", "--broker", BROKER, "--service-queue-prefix",
+              f"perfkit-test-{uuid.uuid4().hex[:8]}") if queue == "celery" else ()
+    result = perfkit("load", "--fast", "--scenario", "research", "--users", "6",
+                     "--duration", "40s", "--warmup", "0s", "--out", str(run_dir),
+                     "--service-database-url", postgres_database, *celery,
+                     "--fault", "at=15s,for=5s,stack=postgres-outage")
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    faults, summary = faults_of(run_dir)
+    (fault,) = faults
+    assert fault["status"] == "done", fault
+    assert "refuses connections" in fault["do"]["output"]
+    assert "accepts connections again" in fault["undo"]["output"]
+    assert 4.9 <= fault["ended_at"] - fault["started_at"] <= 6.0
+    (measured,) = summary["faults"]
+    assert measured["recovered"] and measured["recovery_s"] is not None, measured
+    assert measured["errors"] >= 1  # the service did notice its database was gone
+    lost = summary["lost_work"]
+    assert lost["accepted"] >= 10 and lost["lost"] == 0, lost
+    kpis = {kpi["metric"]: kpi for kpi in summary["kpis"]}
+    assert kpis["lost_jobs"]["verdict"] == "pass"
+    html = (run_dir / "report.html").read_text()
+    assert 'data-fault-status="done"' in html and "fault (--fault)" in html
+    assert "Lost work: 0 of" in html
