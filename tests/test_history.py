@@ -290,7 +290,6 @@ def test_an_open_load_favours_neither_arm(tmp_path: Path) -> None:
         p50 = _p50_by_arm(out / trial)
         ratios.append(p50["B"] / p50["A"])
         assert 0.93 < ratios[-1] < 1.07, (trial, p50)
-        assert max(p50.values()) < 15.0, (trial, p50)  # no queue in the generator
     assert 0.96 < math.sqrt(ratios[0] * ratios[1]) < 1.04, ratios
 
 
