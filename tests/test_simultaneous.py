@@ -4,6 +4,7 @@ tests/test_history.py; Locust is not imported here, as it would monkey-patch thi
 
 from pathlib import Path
 
+from perfkit.kpi_file import is_job
 from perfkit.run.recorder import ARM, Recorder
 
 
@@ -16,3 +17,10 @@ def test_requests_of_an_arm_are_recorded_under_its_label(tmp_path: Path) -> None
     recorder.flush(final=True)
     names = (tmp_path / "latency.jsonl").read_text()
     assert '"[A] GET /x"' in names and '"[B] GET /x"' in names
+
+
+def test_an_arms_job_records_are_jobs_not_requests() -> None:
+    assert is_job("job_completion") and is_job("[A] job_completion")
+    assert is_job("[B] batch_10_completion")
+    assert not is_job("[A] GET /job_completion") and not is_job("GET /x")
+    assert not is_job("[A] GET /x")
