@@ -291,6 +291,8 @@ def test_an_open_load_favours_neither_arm(tmp_path: Path) -> None:
         ratios.append(p50["B"] / p50["A"])
         assert 0.93 < ratios[-1] < 1.07, (trial, p50)
     assert 0.96 < math.sqrt(ratios[0] * ratios[1]) < 1.04, ratios
+    assert json.loads((out / "compare.json").read_text())["pair_orders"] == ["AB", "BA"]
+    assert "A first x" in (out / "compare.html").read_text()
 
 
 def test_the_arm_first_in_a_trials_order_is_spawned_first(tmp_path: Path) -> None:

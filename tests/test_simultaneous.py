@@ -5,6 +5,7 @@ tests/test_history.py; Locust is not imported here, as it would monkey-patch thi
 from pathlib import Path
 
 from perfkit.kpi_file import is_job
+from perfkit.report.ab_html import describe_order_effect
 from perfkit.run.recorder import ARM, Recorder
 
 
@@ -24,3 +25,11 @@ def test_an_arms_job_records_are_jobs_not_requests() -> None:
     assert is_job("[B] batch_10_completion")
     assert not is_job("[A] GET /job_completion") and not is_job("GET /x")
     assert not is_job("[A] GET /x")
+
+
+def test_the_ab_report_splits_b_over_a_by_which_arm_ran_first() -> None:
+    metric = {"a_values": [10.0, 10.0, 10.0], "b_values": [11.0, 9.0, 11.0]}
+    assert (describe_order_effect(metric, ["AB", "BA", "AB"])
+            == "A first x1.100 (2) · B first x0.900 (1)")
+    # a pair left out of this metric: which is which is unknown
+    assert describe_order_effect(metric, ["AB", "BA"]) == ""

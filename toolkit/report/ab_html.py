@@ -57,6 +57,7 @@ def render_ab_html(record: dict[str, Any]) -> str:
             f"<td>{p_text}</td>"
             f"<td style='color:{colour};font-weight:bold'>{m['verdict']}</td>"
             f"<td>{_pairs_svg(m['a_values'], m['b_values'])}</td>"
+            f"<td>{html.escape(describe_order_effect(m, record.get('pair_orders') or []))}</td>"
             f"<td>{html.escape(m['note'])}</td></tr>")
     banner = {"regression": "#c62828", "no regression": "#2e7d32",
               "not judged": "#555"}.get(record["outcome"], "#b26a00")
@@ -76,12 +77,30 @@ wall time {_fmt(record['wall_time_s'], 0)} s.</p>
 <p>Ratio = geometric mean of B/A over the pairs; its interval is a paired t interval on
 log(B/A) at the family-wise confidence {record['confidence']:.0%} (Bonferroni over the
 metrics), so it holds the noise between runs. A metric regressed when the ratio exceeds
-1 + {record['threshold']:.0%} and the interval lies wholly above 1.</p>
+1 + {record['threshold']:.0%} and the interval lies wholly above 1. B/A by which arm ran
+first: a ratio that follows the order (above 1 when A ran first, below when B did) is the
+order's doing, which alternating the order cancels; a ratio above 1 both ways is B's.</p>
 <ul>{notes}</ul>
 <table><tr><th>endpoint</th><th>metric</th><th>A mean</th><th>B mean</th><th>B/A</th>
-<th>interval</th><th>p</th><th>verdict</th><th>pairs</th><th>note</th></tr>
+<th>interval</th><th>p</th><th>verdict</th><th>pairs</th><th>B/A by which arm ran first</th>
+<th>note</th></tr>
 {''.join(rows)}</table></body></html>
 """
+
+
+def describe_order_effect(metric: dict[str, Any], orders: list[str]) -> str:
+    """The geometric mean of B/A over the pairs in which A ran first, and over those in which
+    B did ("A first x1.02 (3) · B first x0.99 (2)"); empty where a metric left pairs out."""
+    if len(orders) != len(metric["a_values"]):
+        return ""
+    parts = []
+    for first in ("A", "B"):
+        logs = [math.log(b / a) for a, b, order in
+                zip(metric["a_values"], metric["b_values"], orders, strict=True)
+                if order.startswith(first)]
+        if logs:
+            parts.append(f"{first} first x{math.exp(sum(logs) / len(logs)):.3f} ({len(logs)})")
+    return " · ".join(parts)
 
 
 def _mean(values: list[float]) -> float | None:

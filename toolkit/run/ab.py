@@ -87,6 +87,9 @@ class AbResult:
     verdict: TrialVerdict
     notes: list[str]
     duration_s: float
+    # Which arm came first in each judged pair ("AB" or "BA"): what being first does shows
+    # as a difference between the two (the report splits B/A by it).
+    pair_orders: list[str] = dataclasses.field(default_factory=list)
 
 
 def run_ab(settings: AbSettings, say: Say) -> AbResult:
@@ -105,15 +108,16 @@ def run_ab(settings: AbSettings, say: Say) -> AbResult:
             say(f"perfkit ab: trial {i + 1}/{len(order)}: A and B at once")
             runs.append(run_together([(label, arms[label]) for label in labels], load,
                                      out / f"{i + 1:02d}-{labels}", say))
-        pairs, notes = _simultaneous_pairs(runs)
+        pairs, notes, pair_orders = _simultaneous_pairs(runs, order)
     else:
         order = trial_order(settings.repeat)
         for i, label in enumerate(order):
             say(f"perfkit ab: run {i + 1}/{len(order)}: {label} = {arms[label].describe()}")
             runs.append(_run_arm(arms[label], load, out / f"{i + 1:02d}-{label}", say))
-        pairs, notes = _pairs(order, runs)
+        pairs, notes, pair_orders = _pairs(order, runs)
     verdict = judge_trials(pairs, settings.trial)
-    result = AbResult(out, order, runs, verdict, notes, time.monotonic() - started)
+    result = AbResult(out, order, runs, verdict, notes, time.monotonic() - started,
+                      pair_orders)
     paths = write_ab_report(result_record(result, settings), out)
     for m in verdict.regressed:
         say(f"  regressed: {m.endpoint} {m.metric} x{m.ratio:.3f} "
@@ -139,9 +143,10 @@ def headline(verdict: TrialVerdict) -> str:
             f"{verdict.threshold:.0%}, confidence {verdict.confidence:.0%})")
 
 
-def _pairs(order: list[str], runs: list[RunResult]) -> tuple[list[Any], list[str]]:
-    """Adjacent (A, B) pairs whose runs both completed with requests measured."""
-    pairs, notes = [], []
+def _pairs(order: list[str], runs: list[RunResult]) -> tuple[list[Any], list[str], list[str]]:
+    """Adjacent (A, B) pairs whose runs both completed with requests measured, the notes on
+    those left out, and each pair's order."""
+    pairs, notes, orders = [], [], []
     for k in range(0, len(runs) - 1, 2):
         first, second = runs[k], runs[k + 1]
         a, b = (first, second) if order[k] == "A" else (second, first)
@@ -151,7 +156,8 @@ def _pairs(order: list[str], runs: list[RunResult]) -> tuple[list[Any], list[str
                          f"{broken[0].meta.status} {broken[0].meta.message}".strip())
             continue
         pairs.append((a.endpoints, b.endpoints))
-    return pairs, notes
+        orders.append(order[k] + order[k + 1])
+    return pairs, notes, orders
 
 
 def split_arms(run: RunResult) -> dict[str, dict[str, dict[str, Any]]]:
@@ -164,9 +170,11 @@ def split_arms(run: RunResult) -> dict[str, dict[str, dict[str, Any]]]:
     return by_arm
 
 
-def _simultaneous_pairs(runs: list[RunResult]) -> tuple[list[Any], list[str]]:
-    """(A, B) of each trial whose run completed with requests of both arms measured."""
-    pairs, notes = [], []
+def _simultaneous_pairs(runs: list[RunResult],
+                        order: list[str]) -> tuple[list[Any], list[str], list[str]]:
+    """(A, B) of each trial whose run completed with requests of both arms measured, the
+    notes on those left out, and each pair's order."""
+    pairs, notes, orders = [], [], []
     for i, run in enumerate(runs):
         by_arm = split_arms(run)
         if run.meta.status != "completed" or not {"A", "B"} <= by_arm.keys():
@@ -174,7 +182,8 @@ def _simultaneous_pairs(runs: list[RunResult]) -> tuple[list[Any], list[str]]:
                          f"{run.meta.message}".strip())
             continue
         pairs.append((by_arm["A"], by_arm["B"]))
-    return pairs, notes
+        orders.append(order[i])
+    return pairs, notes, orders
 
 
 def run_together(arms: list[tuple[str, Arm]], load: LoadSettings, out: Path,
@@ -270,6 +279,7 @@ def result_record(result: AbResult, settings: AbSettings) -> dict[str, Any]:
         "threshold": verdict.threshold,
         "confidence": verdict.confidence,
         "order": result.order,
+        "pair_orders": result.pair_orders,
         "design": (f"simultaneous trials (arms loaded at once, in the order "
                    f"{' '.join(result.order)}), each on freshly started targets"
                    if settings.simultaneous else
