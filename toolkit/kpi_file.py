@@ -27,6 +27,7 @@ def is_job(name: str) -> bool:
     an HTTP request."""
     return _ARM_PREFIX.sub("", name, count=1) in JOB_NAMES
 
+
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
 # The bundled API's request names: a KPI naming something close to one of these but not
