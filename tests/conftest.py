@@ -3,13 +3,17 @@ process; its first URL line says where it listens."""
 
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -151,3 +155,29 @@ def reference_service(reference_service_database: Path) -> Iterator[str]:
         "--fast", "--database-url", f"sqlite+aiosqlite:///{reference_service_database}"))
     yield service.url
     service.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def private_redis(tmp_path: Any) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A redis-server of our own, so pausing it (SIGSTOP) disturbs nobody else."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while subprocess.run(["redis-cli", "-p", str(port), "ping"],
+                         capture_output=True).stdout.strip() != b"PONG":
+        assert time.monotonic() < deadline, "redis-server does not answer"
+        time.sleep(0.1)
+    yield f"redis://127.0.0.1:{port}/0", proc
+    proc.send_signal(signal.SIGCONT)
+    proc.terminate()
+    proc.wait(10)

@@ -111,3 +111,34 @@ def test_unreachable_backends_are_one_line_errors(args: list[str], message: str)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert message in result.stderr
+
+
+def test_a_hung_postgresql_ends_in_503_within_the_statement_timeout(
+        start_reference_services: StartServices, postgres_database: str) -> None:
+    """A database that hangs rather than refuses: another session holds an exclusive lock on
+    the jobs table, so every statement that reads it waits. With --statement-timeout 1 the
+    server cancels such a statement after 1 s and the request is answered 503, where without
+    a timeout it would hang as long as the lock is held."""
+    database_url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{postgres_database}"
+    service, = start_reference_services(["--fast", "--database-url", database_url,
+                                         "--statement-timeout", "1"])
+    job_id = run_job(service.url, [new_item()])["job_id"]
+
+    async def hold_lock_while_reading() -> tuple[int, float]:
+        conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{postgres_database}",
+                                     timeout=10)
+        try:
+            async with conn.transaction():
+                await conn.execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+                async with httpx.AsyncClient(timeout=30) as client:
+                    started = asyncio.get_running_loop().time()
+                    response = await client.get(f"{service.url}{API}/{job_id}")
+                    return response.status_code, asyncio.get_running_loop().time() - started
+        finally:
+            await conn.close()
+
+    status, waited_s = asyncio.run(hold_lock_while_reading())
+    assert status == 503
+    assert 1.0 <= waited_s < 10, waited_s  # cancelled by the timeout, not answered at once
+    # The lock gone, the same connection pool serves again.
+    assert httpx.get(f"{service.url}{API}/{job_id}", timeout=10).status_code == 200

@@ -28,7 +28,15 @@ from perfkit.errors import ConfigError
 from perfkit.reference.settings import build_service_settings
 
 from .conftest import ServiceProcess, wait_until_listening
-from .test_reference import API, create_job, new_item, read_metrics, read_results, wait_for_status
+from .test_reference import (
+    API,
+    create_job,
+    new_item,
+    read_metrics,
+    read_results,
+    read_status,
+    wait_for_status,
+)
 from .test_reference_backends import run_admin_statement
 
 TARGET = Path(__file__).parent / "targets" / "reference_serve.py"
@@ -132,7 +140,19 @@ def test_celery_workers_research_every_job_and_show_the_queue(start_target: Star
     assert app["queue_depth"] == 0
     assert app["researched_items"] == sum(1 + n % 3 for n in range(8))
     assert app["research_avg_time"] > 0
-    assert app["provider_calls"] is None  # counted in the workers, not here
+    # Counted in the worker processes, read from their Prometheus counts; the job time is not
+    # among them: missing, not zero.
+    items = sum(1 + n % 3 for n in range(8))
+    assert app["finished_jobs"] == 8 and app["provider_calls"] >= items, app
+    assert app["cache_hits"] + app["cache_misses"] == items and app["active_research"] == 0
+    assert app["job_avg_time"] is None
+    # /metrics: the research counts are the worker processes', summed.
+    prometheus = httpx.get(url + "/metrics").text
+    assert f'perfkit_reference_items_total{{status="success"}} {items:.1f}' in prometheus
+    assert 'perfkit_reference_jobs_total{status="success"} 8.0' in prometheus
+    assert 'perfkit_reference_provider_seconds_count{outcome="ok"}' in prometheus
+    assert "perfkit_reference_active_research 0.0" in prometheus
+    assert prometheus.count("# TYPE perfkit_reference_items_total counter") == 1
 
     pids = app["worker_pids"]
     assert service.stop(signal.SIGTERM) == 0, service.output
@@ -292,3 +312,52 @@ def test_perfkit_load_runs_the_research_flow_on_celery_workers(tmp_path: Path,
     assert "2" in workers or "2.0" in workers
     report = (run_dir / "report.html").read_text()
     assert 'id="queue"' in report and "Research queue and workers" in report
+
+
+def test_jobs_end_when_a_worker_is_killed_and_the_broker_restarts(
+        start_target: StartTarget, private_redis: tuple[str, subprocess.Popen[bytes]],
+        tmp_path: Path) -> None:
+    """Celery mode under faults. A research process SIGKILLed mid-job: its job is delivered
+    again and researched to the end, its finished items kept. Then the broker (a redis-server
+    of the test's own, without persistence) restarted while jobs are researched and queued:
+    it comes back empty, their tasks are gone, and each such job ends `error` once it has
+    made no progress for lost_after_s, instead of staying processing or pending for ever."""
+    redis_url, redis_proc = private_redis
+    service = start_target(fast=True, queue="celery", broker=redis_url, celery_workers=2,
+                           concurrency=1, item_latency_ms=700, latency_sigma=0,
+                           queue_prefix=f"perfkit-test-{uuid.uuid4().hex[:8]}")
+    url = service.url
+    jobs = [create_job(url, [new_item() for _ in range(2)])["job_id"] for _ in range(4)]
+    wait_until(lambda: read_status(url, jobs[0])["status"] == "processing"
+               and read_results(url, jobs[0])["metadata"]["successful"] == 1, 20,
+               "half researched")
+    pool_processes = [pid for pid in read_metrics(url, "application")["worker_pids"]
+                      if psutil.Process(pid).ppid() != service.proc.pid]
+    for pid in pool_processes:
+        os.kill(pid, signal.SIGKILL)
+    statuses = {job: wait_for_status(url, job, ("success", "error"), timeout_s=60)
+                for job in jobs}
+    assert [status["status"] for status in statuses.values()] == ["success"] * 4, statuses
+    assert statuses[jobs[0]]["message"] == "researched 2 items: 2 successful, 0 failed"
+
+    lost = [create_job(url, [new_item() for _ in range(2)])["job_id"] for _ in range(6)]
+    wait_until(lambda: read_metrics(url, "application")["active_research"], 20, "researching")
+    port = redis_url.rsplit(":", 1)[1].split("/")[0]
+    redis_proc.kill()
+    redis_proc.wait(10)
+    restarted = subprocess.Popen(["redis-server", "--port", port, "--bind", "127.0.0.1",
+                                  "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                                 stdout=subprocess.DEVNULL)
+    try:
+        ended = {job: wait_for_status(url, job, ("success", "error"), timeout_s=90)
+                 for job in lost}
+    finally:
+        restarted.terminate()
+        restarted.wait(10)
+    errors = [status for status in ended.values() if status["status"] == "error"]
+    assert errors, ended  # at least the jobs queued in the broker were lost with it
+    assert all("research task was lost" in status["message"] for status in errors), errors
+    # Every item of an ended job has its result: nothing is left without an answer.
+    for job in lost:
+        results = read_results(url, job)["results"]
+        assert len(results) == 2 and all(result["status"] for result in results), results

@@ -107,9 +107,6 @@ def test_ten_megabyte_bodies_are_413(service_url: str, where: str) -> None:
     content = json.dumps({"items": [item]}, ensure_ascii=False).encode()
     if where == "whitespace":
         content = content[:1] + b" " * ten_mb + content[1:]
-    try:
-        response = httpx.post(service_url + API, content=content,
-                              headers={"content-type": "application/json"}, timeout=30.0)
-    except httpx.WriteError:
-        return  # answered and closed before the client finished sending: not a 500 either
+    response = httpx.post(service_url + API, content=content,
+                          headers={"content-type": "application/json"}, timeout=30.0)
     assert response.status_code == 413, response.text[:500]

@@ -444,15 +444,18 @@ def history_list(location: str, scenario: str | None, json_path: Path | None) ->
 @history.command("analyze")
 @click_options("history analyze")
 def history_analyze(location: str, scenario: str | None, min_change: float,
-                    metrics: tuple[str, ...], min_runs: int, json_path: Path | None, out: Path,
-                    fail_on_regression: bool, newest: int) -> None:
+                    metrics: tuple[str, ...], min_runs: int, json_path: Path | None,
+                    kpi_file: Path | None, out: Path, fail_on_regression: bool,
+                    newest: int) -> None:
     """Change points per scenario, endpoint and metric; history.html and history.md."""
     import dataclasses
 
     from .analysis.history import ChangePointSettings, detect_change_points, regressions_in_newest
     from .history import list_runs, load_series, open_history
+    from .kpi_file import load_kpi_targets
     from .report.history_html import format_change_point, write_history_report
 
+    kpis = load_kpi_targets(kpi_file)
     store = open_history(location)
     runs = list_runs(store, scenario=scenario)
     series = load_series(store, runs)
@@ -463,7 +466,7 @@ def history_analyze(location: str, scenario: str | None, min_change: float,
     for cp in change_points:
         say(format_change_point(cp))
     say(f"{len(change_points)} change points in {len(runs)} runs ({len(series)} series)")
-    for path in write_history_report(runs, series, change_points, out, json_path):
+    for path in write_history_report(runs, series, change_points, out, json_path, kpis):
         say(f"wrote {path}")
     recent = regressions_in_newest(change_points, runs, newest)
     if fail_on_regression and recent:

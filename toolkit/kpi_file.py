@@ -77,6 +77,9 @@ METRICS: dict[str, Metric] = {
     "net_mb_s_peak": Metric("MB/s", "upper", "none", "peak network"),
     "db_query_mean_ms": Metric("ms", "upper", "none", "mean query time"),
     "db_capacity_qps": Metric("queries/s", "lower", "none", "database capacity"),
+    # analysis/availability.py: the guide's availability and recovery-time KPIs.
+    "availability_percent": Metric("%", "lower", "none", "availability"),
+    "recovery_s_max": Metric("s", "upper", "none", "slowest recovery after a fault"),
 }
 
 

@@ -31,6 +31,7 @@ import click
 from click.core import ParameterSource
 
 from .errors import ConfigError
+from .faults import Fault, parse_fault
 from .units import parse_duration, parse_quantity
 
 # The commands that generate load share most options; perfkit.toml's top-level keys and
@@ -80,6 +81,25 @@ class JsonText(click.ParamType):
 
     def split_envvar_value(self, rv: str) -> list[str]:
         return [rv]
+
+
+class FaultText(click.ParamType):
+    """A --fault (faults.py): text in, a Fault out. In an environment variable, one fault a
+    line: a fault's own text holds commas and spaces."""
+
+    name = "fault"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Fault:
+        if isinstance(value, Fault):
+            return value
+        try:
+            return parse_fault(value)
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+
+    def split_envvar_value(self, rv: str) -> list[str]:
+        return [line for line in rv.splitlines() if line.strip()]
 
 
 def show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -311,6 +331,12 @@ OPTIONS: tuple[Option, ...] = (
        "(0: any).", type=click.IntRange(0, 65535)),
     _o("otlp_endpoint", "--otlp-endpoint", "Push perfkit's live metrics to this OTLP/HTTP "
        "endpoint."),
+    _o("faults", "--fault", "Run a fault during the load (repeatable): at=30s,for=10s,do=CMD"
+       "[,undo=CMD][,every=10m][,timeout=60s], or a network fault through perfkit's proxy: "
+       "at=20s,for=15s,net=latency:300ms (bandwidth:100KB/s, reset, blackhole); availability "
+       "and recovery are judged (docs/reliability.md).",
+       commands=("load", "stress", "endurance"), type=FaultText(), multiple=True,
+       metavar="SPEC", env="PERFKIT_FAULT"),
     _o("history", "--history", "History store the run's numbers are appended to: a SQLite "
        "file or a postgresql:// URL; 'off' to skip.", default=_HISTORY, env="PERFKIT_HISTORY"),
     # -- Locust's options perfkit refuses (one line, exit 2) ...
@@ -472,6 +498,9 @@ OPTIONS: tuple[Option, ...] = (
        default=200),
     _o("max_body_bytes", "--max-body-bytes", "Larger request bodies are answered 413 unread.",
        commands="serve", type=click.IntRange(1024), default=1_000_000),
+    _o("statement_timeout_s", "--statement-timeout", "SECONDS a PostgreSQL statement may run "
+       "before it is cancelled and the request answered 503 (0: no limit).", commands="serve",
+       type=click.FloatRange(0), default=10.0),
     _o("instance_id", "--instance-id", "This instance's name on its jobs: a restart cancels "
        "only its own jobs in a shared database (default: HOST:PORT, random with --port 0).",
        commands="serve"),
@@ -530,6 +559,9 @@ OPTIONS: tuple[Option, ...] = (
        commands="history analyze", type=click.IntRange(2), default=4),
     _o("json_path", "--json", 'Write {"change_points": [...]} to this file.',
        commands="history analyze", type=click.Path(dir_okay=False, path_type=Path)),
+    _o("kpi_file", "--kpi", "KPI targets (TOML, replacing or extending the defaults) whose "
+       "levels history.html draws.", commands="history analyze",
+       type=click.Path(dir_okay=False, path_type=Path)),
     _o("out", "--out", "Where history.html and history.md go.", commands="history analyze",
        type=click.Path(file_okay=False, path_type=Path), default=Path("reports")),
     _o("fail_on_regression", "--fail-on-regression", "Exit 1 when a regression change point "

@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -29,13 +29,17 @@ from .db import (
 )
 from .metrics import Metrics, record_request
 from .provider import close_client, open_client, start_simulator, stop_simulator
-from .research import build_pool, cancel_active_jobs, drain_pool
+from .research import build_pool, cancel_active_jobs, drain_pool, watch_lost_jobs
 from .routes import API, research_error, router
 from .settings import ENDPOINTS, ServiceSettings
 
 log = logging.getLogger(__name__)
 
 
+# The rest of a refused body is read and dropped for up to DRAIN_S, or until none arrives for
+# DRAIN_IDLE_S, before the connection closes (BodyLimitMiddleware.refuse).
+DRAIN_S = 30.0
+DRAIN_IDLE_S = 2.0
 # Driver connections the hot paths share; more only add threads (SQLite) or idle sessions.
 HOT_PATH_CONNECTIONS = 8
 
@@ -120,7 +124,7 @@ class BodyLimitMiddleware:
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            await self.refuse(scope, send)
+            await self.refuse(scope, receive, send)
             return
         chunks: list[bytes] = []
         size = 0
@@ -130,7 +134,7 @@ class BodyLimitMiddleware:
                 break  # the client left; the app will see the disconnect
             size += len(message.get("body", b""))
             if size > self.limit:
-                await self.refuse(scope, send)
+                await self.refuse(scope, receive, send)
                 return
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
@@ -147,18 +151,30 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def refuse(self, scope: Scope, send: Callable[[Message], Awaitable[None]]) -> None:
+    async def refuse(self, scope: Scope, receive: Callable[[], Awaitable[Message]],
+                     send: Callable[[Message], Awaitable[None]]) -> None:
+        """Answers 413 at once, then reads and discards the rest of the body (as nginx's
+        lingering close does) before the connection is closed: a client that sends its whole
+        body before it reads (httpx, requests, most HTTP libraries) would otherwise get a
+        connection reset instead of the answer, since closing a socket with unread data resets
+        it. The rest is never kept; draining stops after DRAIN_IDLE_S without data or
+        DRAIN_S in all, and the connection is closed rather than parsed for a next request."""
         settings = self.settings if scope["path"].startswith(API) else ServiceSettings()
         response = research_error(settings, f"the request body is over {self.limit} bytes", 413,
                                   "request body too large")
-        # The unread rest of the body stays on the connection: close it rather than parse
-        # that as the next request.
         response.headers["Connection"] = "close"
-        await response(scope, self.receive_nothing, send)
-
-    @staticmethod
-    async def receive_nothing() -> Message:
-        return {"type": "http.disconnect"}
+        await send({"type": "http.response.start", "status": response.status_code,
+                    "headers": response.raw_headers})
+        # more_body: the answer is whole (its Content-Length says so), but uvicorn closes the
+        # connection only once the body is marked ended, after the drain.
+        await send({"type": "http.response.body", "body": response.body, "more_body": True})
+        deadline = time.monotonic() + DRAIN_S
+        with suppress(TimeoutError):
+            while (remaining_s := deadline - time.monotonic()) > 0:
+                message = await asyncio.wait_for(receive(), min(DRAIN_IDLE_S, remaining_s))
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    break
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def route_template(scope: Scope) -> str | None:
@@ -196,7 +212,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         metrics = Metrics(settings)
-        db = open_database(settings.database_url, metrics)
+        db = open_database(settings.database_url, metrics, settings.statement_timeout_s)
         await create_schema(db.engine, with_indexes=not settings.has("no_index"))
         await lease_drivers(db, HOT_PATH_CONNECTIONS)
         orphaned = await cancel_orphaned_jobs(db, settings.instance_id,
@@ -213,6 +229,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             from .workers import start_workers, stop_workers
 
             pool.queue = await start_workers(settings, simulator.url)
+            sweeper = asyncio.create_task(watch_lost_jobs(pool))
         # Everything built so far lives as long as the app: moved out of the collector's sight,
         # a full collection no longer walks it (a pause on every request that triggers one).
         gc.freeze()
@@ -220,6 +237,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             yield {"metrics": metrics, "pool": pool, "health_body": describe_health(settings)}
         finally:
             if pool.queue is not None:
+                sweeper.cancel()
                 pool.accepting = False
                 busy = await fetch_rows(db, "SELECT 1 FROM jobs WHERE status = 'processing'")
                 await stop_workers(pool.queue, settings.profile.shutdown_grace_s, bool(busy))

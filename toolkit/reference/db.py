@@ -131,8 +131,11 @@ def _guide_indexes(tables: dict[str, Table]) -> list[Index]:
     ]
 
 
-def build_engine(database_url: str, metrics: Metrics) -> AsyncEngine:
-    """An async engine whose every statement is timed into `metrics`."""
+def build_engine(database_url: str, metrics: Metrics,
+                 statement_timeout_s: float = 0.0) -> AsyncEngine:
+    """An async engine whose every statement is timed into `metrics`; on PostgreSQL a statement
+    running past `statement_timeout_s` (0: no limit) is cancelled by the server, and one the
+    server does not answer at all (a hung host) by the driver 2 s later."""
     if not database_url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
         raise ConfigError(f"unsupported --database-url {database_url!r}: use "
                           "sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB")
@@ -147,10 +150,15 @@ def build_engine(database_url: str, metrics: Metrics) -> AsyncEngine:
     if not sqlite:
         # pre_ping: after a PostgreSQL restart every pooled connection is dead; a ping (one
         # round trip, on the rare writes that go through the engine) finds out before use.
+        # A server that is restarting refuses at once; one that is unreachable must not hold
+        # a request for asyncpg's default minute.
+        connect_args: dict[str, Any] = {"timeout": 5}
+        if statement_timeout_s:
+            connect_args.update(
+                server_settings={"statement_timeout": str(round(statement_timeout_s * 1000))},
+                command_timeout=statement_timeout_s + 2)
         options.update(pool_size=16, max_overflow=20, pool_pre_ping=True,
-                       # A server that is restarting refuses at once; one that is unreachable
-                       # must not hold a request for asyncpg's default minute.
-                       connect_args={"timeout": 5})
+                       connect_args=connect_args)
     else:
         # A fixed pool: an overflow connection is opened and closed per checkout (a new
         # aiosqlite thread and the pragmas each time), which was the reads' p99.
@@ -297,11 +305,13 @@ class Writer:
     conn: sqlite3.Connection | None = None  # made and used on the writer's thread only
 
 
-def open_database(database_url: str, metrics: Metrics) -> Database:
+def open_database(database_url: str, metrics: Metrics,
+                  statement_timeout_s: float = 0.0) -> Database:
     sqlite = database_url.startswith("sqlite")
     lock = asyncio.Lock() if sqlite else None
     writer = Writer(str(make_url(database_url).database), lock) if lock is not None else None
-    return Database(build_engine(database_url, metrics), metrics, sqlite, lock, writer=writer)
+    return Database(build_engine(database_url, metrics, statement_timeout_s), metrics, sqlite,
+                    lock, writer=writer)
 
 
 async def open_lease(db: Database) -> Lease:

@@ -10,6 +10,7 @@ from typing import Any
 
 import psutil
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from .settings import ServiceSettings
 
@@ -75,7 +76,8 @@ class Metrics:
         self.prom_workers = Gauge("perfkit_reference_workers", "Research worker processes",
                                   registry=reg)
         self.prom_active = Gauge("perfkit_reference_active_research",
-                                 "Items being researched now", registry=reg)
+                                 "Items being researched now", registry=reg,
+                                 multiprocess_mode="livesum")
         info = Gauge("perfkit_reference_info", "Variants and latency profile of this instance",
                      ["variants", "latency_profile"], registry=reg)
         info.labels(",".join(self.settings.variants), self.settings.profile.name).set(1)
@@ -207,5 +209,51 @@ def read_application_metrics(metrics: Metrics) -> dict[str, Any]:
     }
 
 
-def render_prometheus(metrics: Metrics) -> bytes:
-    return generate_latest(metrics.registry)
+# Counted where the research runs: under `--queue celery`, in the worker processes.
+RESEARCH_FAMILIES = frozenset({
+    "perfkit_reference_jobs", "perfkit_reference_items", "perfkit_reference_provider_seconds",
+    "perfkit_reference_cache", "perfkit_reference_provider_clients_created",
+    "perfkit_reference_active_research"})
+
+
+@dataclass
+class _Families:
+    families: list[Any]
+
+    def collect(self) -> list[Any]:
+        return self.families
+
+
+def read_worker_families(workers_dir: str) -> list[Any]:
+    """The research families of the Celery research processes, summed over them."""
+    return [family for family in MultiProcessCollector(None, workers_dir).collect()
+            if family.name in RESEARCH_FAMILIES]
+
+
+def read_worker_counts(workers_dir: str) -> dict[str, int]:
+    """/api/v1/metrics/application's research counters from the Celery research processes."""
+    values: dict[tuple[str, str], float] = {}
+    for family in read_worker_families(workers_dir):
+        for sample in family.samples:
+            key = (sample.name, sample.labels.get("result", ""))
+            values[key] = values.get(key, 0.0) + sample.value
+    counts = {"finished_jobs": ("perfkit_reference_jobs_total", ""),
+              "provider_calls": ("perfkit_reference_provider_seconds_count", ""),
+              "provider_clients_created": ("perfkit_reference_provider_clients_created_total",
+                                           ""),
+              "cache_hits": ("perfkit_reference_cache_total", "hit"),
+              "cache_misses": ("perfkit_reference_cache_total", "miss"),
+              "active_research": ("perfkit_reference_active_research", "")}
+    return {field: int(values.get(key, 0.0)) for field, key in counts.items()}
+
+
+def render_prometheus(metrics: Metrics, workers_dir: str | None = None) -> bytes:
+    """The exposition of this process's metrics. With `workers_dir` (the prometheus_client
+    multiprocess directory the Celery research processes count into, `--queue celery`) the
+    research families are theirs, summed over the processes, instead of this process's
+    zeros."""
+    if workers_dir is None:
+        return generate_latest(metrics.registry)
+    own = [family for family in metrics.registry.collect()
+           if family.name not in RESEARCH_FAMILIES]
+    return generate_latest(_Families(own + read_worker_families(workers_dir)))  # type: ignore[arg-type]

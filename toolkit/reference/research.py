@@ -15,6 +15,7 @@ from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
@@ -49,6 +50,8 @@ FINISH_RETRY_S = 300.0
 # How long a research write waits for the database before the job fails: a PostgreSQL
 # restart takes 2-3 s on this machine.
 RIDE_OUT_S = 8.0
+# Under Celery, how often the service looks for jobs whose task was lost (end_lost_jobs).
+SWEEP_S = 5.0
 
 
 class PrioritySemaphore:
@@ -230,14 +233,16 @@ async def drain_pool(pool: WorkerPool, grace_s: float) -> None:
 
 
 async def run_job(pool: WorkerPool, job_id: str, priority: int, callback_url: str | None,
-                  items: list[dict[str, Any]]) -> None:
+                  items: list[dict[str, Any]], done: Counter[str] | None = None) -> None:
+    """Research `items` and end the job; `done` counts the outcomes of its items researched
+    before (by a worker that was killed), which its summary includes."""
     started_at = time.perf_counter()
     # Duplicates within a job (same normalised name and price) are researched once.
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for item in items:
         groups[item["research_key"]].append(item)
     state = {"processing": False}
-    outcomes: Counter[str] = Counter()
+    outcomes: Counter[str] = Counter(done)
     try:
         async with asyncio.TaskGroup() as group:
             for key, same_items in groups.items():
@@ -400,8 +405,10 @@ async def finish_failed_job(pool: WorkerPool, job_id: str, message: str) -> None
         delay_s = min(delay_s * 2, 5.0)
 
 
-async def mark_cancelled(db: Database, job_ids: list[str], message: str) -> None:
-    """Active jobs become cancelled and their items without a result get a `cancelled` one."""
+async def mark_cancelled(db: Database, job_ids: list[str], message: str,
+                         status: str = "cancelled") -> None:
+    """Active jobs become cancelled (or `status`) and their items without a result get a
+    result of that status."""
     for start in range(0, len(job_ids), 500):  # well under SQLite's bound-parameter limit
         chunk = job_ids[start:start + 500]
         async with writing(db) as session:
@@ -411,12 +418,66 @@ async def mark_cancelled(db: Database, job_ids: list[str], message: str) -> None
             if missing:
                 now = utc_now()
                 await session.execute(insert(Result), [
-                    {"item_id": item_id, "status": "cancelled", "data": {}, "error": message,
+                    {"item_id": item_id, "status": status, "data": {}, "error": message,
                      "cached": False, "duration_s": None, "created_at": now}
                     for item_id in missing])
             await session.execute(
                 update(Job).where(Job.id.in_(chunk), Job.status.in_(ACTIVE_STATUSES))
-                .values(status="cancelled", message=message, completed_at=utc_now()))
+                .values(status=status, message=message, completed_at=utc_now()))
+
+
+def lost_after_s(settings: ServiceSettings) -> float:
+    """How long a processing job may go without a researched item before its task counts as
+    lost: twice an item's longest research (every provider attempt at the profile's longest
+    call, with its backoff), and at least 15 s."""
+    profile = settings.profile
+    item_s = settings.provider_attempts * (profile.max_ms + profile.backoff_ms) / 1000
+    return max(15.0, 2 * item_s)
+
+
+async def end_lost_jobs(pool: WorkerPool, research_queue_depth: int | None) -> list[str]:
+    """Under Celery, jobs of this instance whose task is gone end `error` instead of staying
+    active for ever: processing with no item researched for `lost_after_s` (its worker lost
+    the broker and stopped, and the broker lost the unacknowledged task, as a Redis without
+    persistence does when it restarts), or pending that long while the research queue is
+    empty (the broker lost the queued task). A worker killed mid-job is not one of them: its
+    task is delivered again (task_reject_on_worker_lost) and the job goes on. Should a task
+    thought lost still run, it finds its job ended and writes nothing over it."""
+    cutoff = sql_time(pool.db, utc_now() - timedelta(seconds=lost_after_s(pool.settings)))
+    rows = await fetch_rows(
+        pool.db,
+        "SELECT jobs.id, jobs.status FROM jobs LEFT JOIN items ON items.job_id = jobs.id "
+        "LEFT JOIN results ON results.item_id = items.id "
+        "WHERE jobs.status IN ('pending', 'processing') AND jobs.instance_id = $1 "
+        "GROUP BY jobs.id, jobs.status, jobs.created_at, jobs.started_at "
+        "HAVING coalesce(max(results.created_at), jobs.started_at, jobs.created_at) < $2",
+        pool.settings.instance_id, cutoff)
+    lost = [job_id for job_id, status in rows
+            if status == "processing" or research_queue_depth == 0]
+    if lost:
+        log.error("%d jobs ended error: their research task was lost (no progress for %.0f s)",
+                  len(lost), lost_after_s(pool.settings))
+        await mark_cancelled(pool.db, lost, "error: the research task was lost (a worker or "
+                             "broker failure); no progress for "
+                             f"{lost_after_s(pool.settings):.0f} s", status="error")
+    return lost
+
+
+async def watch_lost_jobs(pool: WorkerPool) -> None:
+    """Under Celery, end_lost_jobs every SWEEP_S for as long as the service runs."""
+    from .workers import read_queue_depths
+
+    assert pool.queue is not None
+    while True:
+        await asyncio.sleep(SWEEP_S)
+        try:
+            depths = await asyncio.to_thread(read_queue_depths, pool.queue)
+            await end_lost_jobs(pool, depths[pool.queue.tuning.research_queue])
+        except Exception as exc:  # the next round tries again
+            if is_unavailable(exc):
+                log.warning("looking for lost jobs: %s", exc)
+            else:
+                log.exception("looking for lost jobs failed")
 
 
 async def load_result_rows(pool: WorkerPool, job_id: str) -> Sequence[Sequence[Any]]:

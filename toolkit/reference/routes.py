@@ -33,6 +33,7 @@ from .metrics import (
     read_application_metrics,
     read_database_metrics,
     read_system_metrics,
+    read_worker_counts,
     record_rejected_job,
     render_prometheus,
 )
@@ -282,11 +283,10 @@ async def database_metrics(metrics: AppMetrics) -> Response:
     return json_response(read_database_metrics(metrics))
 
 
-# Counted where the research runs: under `--queue celery` that is the worker processes, whose
-# counters this process does not see. Reported missing there, never as a zero.
-WORKER_SIDE_FIELDS = ("job_avg_time", "finished_jobs", "provider_calls",
-                      "provider_clients_created", "cache_hits", "cache_misses",
-                      "active_research", "max_active_research", "callbacks_sent",
+# Counted where the research runs: under `--queue celery` that is the worker processes. Their
+# Prometheus counts are read (read_worker_counts); what they do not count is reported missing
+# there, never as a zero.
+WORKER_SIDE_FIELDS = ("job_avg_time", "max_active_research", "callbacks_sent",
                       "callbacks_failed")
 
 
@@ -295,6 +295,8 @@ async def application_metrics(pool: Pool) -> Response:
     body = read_application_metrics(pool.metrics)
     if pool.queue is not None:
         body.update(dict.fromkeys(WORKER_SIDE_FIELDS))
+        if pool.queue.metrics_dir is not None:
+            body.update(read_worker_counts(pool.queue.metrics_dir))
         # The research time the dashboards read comes from the results the workers wrote.
         rows = await fetch_rows(pool.db, "SELECT avg(duration_s), count(*) FROM results "
                                          "WHERE duration_s IS NOT NULL")
@@ -306,5 +308,5 @@ async def application_metrics(pool: Pool) -> Response:
 @router.get("/metrics")
 async def prometheus_metrics(pool: Pool) -> Response:
     await read_queue_state(pool)  # sets the queue gauges
-    return Response(render_prometheus(pool.metrics),
+    return Response(render_prometheus(pool.metrics, pool.queue and pool.queue.metrics_dir),
                     media_type="text/plain; version=0.0.4; charset=utf-8")

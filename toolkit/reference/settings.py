@@ -31,6 +31,7 @@ DEFAULT_MAX_QUEUED_JOBS = 200
 # The largest valid create: 10 items of 500 + 100 + 200 characters and 10,000 characters of
 # metadata, each character up to 6 bytes as a JSON escape, is about 650 kB.
 DEFAULT_MAX_BODY_BYTES = 1_000_000
+DEFAULT_STATEMENT_TIMEOUT_S = 10.0
 
 _EXTRA = re.compile(r"^\s*(\w+)\s*[=:]\s*(\d+(?:\.\d+)?)\s*(ms|%)?\s*$")
 
@@ -122,6 +123,9 @@ class ServiceSettings:
     # memory (its task and items) until it runs.
     max_queued_jobs: int = DEFAULT_MAX_QUEUED_JOBS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    # PostgreSQL's statement_timeout (and, a little later, the driver's own): a database that
+    # hangs rather than refuses ends a request in a 503 within it instead of holding it.
+    statement_timeout_s: float = DEFAULT_STATEMENT_TIMEOUT_S
     # Whose jobs these are in a database several instances share: a restart cancels only its
     # own. Stable across restarts when given (or when the port is fixed), else random.
     instance_id: str = ""
@@ -169,6 +173,7 @@ def build_service_settings(
     envelope: bool = False,
     max_queued_jobs: int = DEFAULT_MAX_QUEUED_JOBS,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    statement_timeout_s: float = DEFAULT_STATEMENT_TIMEOUT_S,
     instance_id: str | None = None,
 ) -> ServiceSettings:
     unknown = sorted(set(variants) - set(VARIANTS))
@@ -188,6 +193,8 @@ def build_service_settings(
         raise ConfigError(f"max queued jobs must be >= 1, got {max_queued_jobs}")
     if max_body_bytes < 1024:
         raise ConfigError(f"max body must be >= 1024 bytes, got {max_body_bytes}")
+    if statement_timeout_s < 0:
+        raise ConfigError(f"statement timeout must be >= 0 s, got {statement_timeout_s}")
     if instance_id is not None and not re.fullmatch(r"[\w.:\-]{1,100}", instance_id):
         raise ConfigError(f"bad instance id {instance_id!r}: 1-100 letters, digits, . : _ -")
     if not instance_id:
@@ -224,6 +231,7 @@ def build_service_settings(
         envelope=envelope,
         max_queued_jobs=max_queued_jobs,
         max_body_bytes=max_body_bytes,
+        statement_timeout_s=statement_timeout_s,
         instance_id=instance_id,
     )
 

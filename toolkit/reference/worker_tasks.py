@@ -4,6 +4,7 @@ so no connection is shared between processes) and kept for the process's life.""
 
 import asyncio
 import logging
+from collections import Counter
 from typing import Any
 
 import uvloop
@@ -19,13 +20,17 @@ from .workers import CALLBACK_TASK, RESEARCH_TASK, CeleryQueue, build_celery
 
 log = logging.getLogger(__name__)
 
-ITEMS_SQL = ("SELECT id, product_name, category, price_exact, currency, seller_or_store, "
-             "research_key FROM items WHERE job_id = $1 ORDER BY position")
+# With each item, its result's status: a job delivered again (its worker was killed) researches
+# only the items that have none.
+ITEMS_SQL = ("SELECT items.id, product_name, category, price_exact, currency, seller_or_store, "
+             "research_key, results.status FROM items "
+             "LEFT JOIN results ON results.item_id = items.id "
+             "WHERE job_id = $1 ORDER BY position")
 
 
 async def open_worker_pool(settings: ServiceSettings, simulator_url: str) -> WorkerPool:
     metrics = Metrics(settings)
-    db = open_database(settings.database_url, metrics)
+    db = open_database(settings.database_url, metrics, settings.statement_timeout_s)
     cache = await open_cache(settings.redis_url, settings.cache_ttl_s, metrics)
     provider = open_client(simulator_url, metrics, settings.profile, settings.provider_attempts,
                            settings.has("new_client_per_call"), settings.seed)
@@ -43,9 +48,10 @@ async def research_job(pool: WorkerPool, job_id: str) -> None:
     _, priority, callback_url = jobs[0]
     names = ("id", "product_name", "category", "price_exact", "currency", "seller_or_store",
              "research_key")
-    items = [dict(zip(names, row, strict=True))
-             for row in await fetch_rows(pool.db, ITEMS_SQL, job_id)]
-    await run_job(pool, job_id, priority, callback_url, items)
+    rows = await fetch_rows(pool.db, ITEMS_SQL, job_id)
+    items = [dict(zip(names, row[:-1], strict=True)) for row in rows if row[-1] is None]
+    done = Counter(row[-1] for row in rows if row[-1] is not None)
+    await run_job(pool, job_id, priority, callback_url, items, done)
 
 
 def register_tasks(app: Celery, settings: ServiceSettings, simulator_url: str) -> None:

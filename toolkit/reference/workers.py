@@ -19,9 +19,11 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -52,6 +54,9 @@ class CeleryQueue:
     # One broker connection for queue-depth reads, used by one thread at a time.
     broker_lock: threading.Lock = field(default_factory=threading.Lock)
     broker: Any = None
+    # prometheus_client's multiprocess directory: the research processes count into it, and
+    # the service's /metrics reads their counts from it (metrics.render_prometheus).
+    metrics_dir: str | None = None
 
 
 def build_celery(tuning: CeleryTuning) -> Celery:
@@ -112,6 +117,8 @@ async def start_workers(settings: ServiceSettings, simulator_url: str) -> Celery
     if purged:
         log.warning("discarded %d research tasks of a previous run", purged)
     argv = settings_to_json(settings, simulator_url)
+    queue.metrics_dir = tempfile.mkdtemp(prefix="perfkit-reference-metrics-")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": queue.metrics_dir}
     for index in range(settings.celery.workers):
         # Their own process group: a Ctrl-C in the terminal reaches the service, which stops
         # them in order (warm shutdown) instead of everyone at once.
@@ -119,7 +126,7 @@ async def start_workers(settings: ServiceSettings, simulator_url: str) -> Celery
         # banner goes nowhere; the nodes' log lines still reach stderr.
         queue.nodes.append(subprocess.Popen(
             [sys.executable, "-m", "perfkit.reference.workers", argv, str(index),
-             str(os.getpid())], process_group=0, stdout=subprocess.DEVNULL))
+             str(os.getpid())], process_group=0, stdout=subprocess.DEVNULL, env=env))
     try:
         await wait_for_pool_processes(queue, timeout_s=60.0)
     except BaseException:
@@ -167,6 +174,8 @@ async def stop_workers(queue: CeleryQueue, grace_s: float, busy: bool = True) ->
             pass
         node.wait()
     await asyncio.to_thread(close_broker, queue)
+    if queue.metrics_dir is not None:
+        shutil.rmtree(queue.metrics_dir, ignore_errors=True)
 
 
 def close_broker(queue: CeleryQueue) -> None:
