@@ -177,8 +177,12 @@ def record_job(user: HttpUser, name: str, duration_s: float, timing: str | float
                error: str | None, job_id: str | None = None) -> None:
     """A JOB record of `duration_s`; `timing`: how it was measured (recorder.JOB_TIMING),
     None for a job that never finished (the time waited for it is not a completion time).
-    `job_id`: the job's, where it reached a final state."""
-    context: dict[str, Any] = {} if timing is None else {JOB_TIMING: timing}
+    It carries the user's context as Locust's requests do, so a simultaneous A/B trial's
+    arm labels its jobs too ("[A] job_completion"). `job_id`: the job's, where it reached a
+    final state (run/jobs.py)."""
+    context = {**user.context()}  # a copy: a user class may hand out its own dict
+    if timing is not None:
+        context[JOB_TIMING] = timing
     if job_id is not None:
         context[JOB_ID] = job_id
     user.environment.events.request.fire(

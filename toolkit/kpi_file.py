@@ -18,6 +18,15 @@ DEFAULTS_PATH = Path(__file__).with_name("kpi_defaults.toml")
 
 # Per-job records in latency.jsonl: not HTTP requests, so never counted in rps or error rate.
 JOB_NAMES = ("job_completion", "batch_10_completion")
+# A simultaneous A/B trial names each record by its arm: "[A] GET /x", "[B] job_completion".
+_ARM_PREFIX = re.compile(r"^\[[^\]]*\] ")
+
+
+def is_job(name: str) -> bool:
+    """Whether a latency record of this name is a job's time (JOB_NAMES, an arm's too), not
+    an HTTP request."""
+    return _ARM_PREFIX.sub("", name, count=1) in JOB_NAMES
+
 
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 

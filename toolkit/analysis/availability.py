@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binom
 
-from ..kpi_file import JOB_NAMES, KpiTarget
+from ..kpi_file import KpiTarget, is_job
 from ..units import format_value
 from . import stats
 
@@ -60,7 +60,7 @@ def judge_seconds(latency: pd.DataFrame, targets: list[KpiTarget], start: float,
                   end: float) -> pd.DataFrame:
     """One row per second of [start, end] with requests: t, count, failures, good, why (the
     first KPI the second broke, "" when good)."""
-    requests = latency[~latency["name"].isin(JOB_NAMES)]
+    requests = latency[~latency["name"].map(is_job).astype(bool)]
     requests = requests[(requests["t"] >= math.floor(start)) & (requests["t"] <= end)]
     if requests.empty:
         return pd.DataFrame({"t": pd.Series(dtype=int), "count": pd.Series(dtype=int),

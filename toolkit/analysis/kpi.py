@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..kpi_file import JOB_NAMES, METRICS, KpiTarget
+from ..kpi_file import JOB_NAMES, METRICS, KpiTarget, is_job
 from ..result import (
     LATENCY_COLUMNS,
     KpiResult,
@@ -141,7 +141,7 @@ def evaluate_kpis(run: RunResult, targets: list[KpiTarget], *,
         summaries = summarize_judged(run)
     if available is None and any(kpi.metric in _AVAILABILITY_METRICS for kpi in targets):
         available = judged_availability(run, targets)
-    requests = latency[~latency["name"].isin(JOB_NAMES)]
+    requests = latency[~latency["name"].map(is_job).astype(bool)]
     context = _Context(run, start, end, duration_s, summaries, requests, available)
     results = [judge_kpi(kpi, *_measure(kpi, context)) for kpi in targets]
     return [_judge_capacity(result, run, results)
@@ -268,7 +268,7 @@ def _no_requests(endpoint: str, ctx: _Context) -> str:
     in_run = ctx.run.latency[ctx.run.latency["name"] == endpoint]
     if len(in_run):
         return f"no requests in the judged window ({int(in_run['count'].sum())} during warm-up)"
-    seen = sorted(set(ctx.run.latency["name"]) - set(JOB_NAMES))
+    seen = sorted(n for n in set(ctx.run.latency["name"]) if not is_job(n))
     close = difflib.get_close_matches(endpoint, seen, n=1, cutoff=0.8)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return f"no requests: this run never called {endpoint}{hint}"
@@ -425,7 +425,7 @@ def judge_run(run: RunResult, targets: list[KpiTarget]) -> RunResult:
     available = judged_availability(run, targets)
     results = evaluate_kpis(run, targets, summaries=summaries, available=available)
     run.kpis = results
-    run.endpoints = {name: s for name, s in summaries.items() if name not in JOB_NAMES}
+    run.endpoints = {name: s for name, s in summaries.items() if not is_job(name)}
     # How the jobs were timed (over the whole run); None where run.json does not say (a run
     # directory from before it did, or a locustfile that records jobs itself).
     job_timing = (run.meta.load or {}).get("job_timing") or {}
@@ -433,7 +433,7 @@ def judge_run(run: RunResult, targets: list[KpiTarget]) -> RunResult:
                        **{key.replace("_ms", "_s"): (None if s[key] is None else s[key] / 1000.0)
                           for key in ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms")},
                        "timing": job_timing.get(name)}
-                for name, s in summaries.items() if name in JOB_NAMES}
+                for name, s in summaries.items() if is_job(name)}
     run.verdict, run.verdict_reason = _verdict(run, results)
     if run.meta.stress is not None:
         from .stress import judge_stress  # analysis.stress imports this module

@@ -19,7 +19,7 @@ from markupsafe import Markup
 from ..analysis.availability import describe_fault, describe_lost_work
 from ..analysis.environment import describe_machine_load
 from ..analysis.kpi import judged_postgres, judged_warmup_s, judged_window, worst_offender
-from ..kpi_file import JOB_NAMES, METRICS
+from ..kpi_file import JOB_NAMES, METRICS, is_job
 from ..result import KpiResult, RunMeta, RunResult
 from ..units import format_percent, format_value
 from . import charts
@@ -264,7 +264,7 @@ def _endpoint_rows(endpoints: dict[str, dict[str, Any]],
                    totals: dict[str, Any] | None) -> dict[str, Any]:
     rows = []
     for name, data in endpoints.items():
-        if name in JOB_NAMES:
+        if is_job(name):
             continue
         rows.append({
             "name": name,
@@ -374,7 +374,7 @@ class _Drawing:
 
     def _traffic(self) -> dict[str, Any]:
         latency = self.run.latency
-        requests = latency[~latency["name"].isin(JOB_NAMES)]
+        requests = latency[~latency["name"].map(is_job).astype(bool)]
         if requests.empty:
             return self._section("traffic", "Throughput and latency over time",
                                  note="not measured: no requests were recorded")
@@ -508,7 +508,7 @@ class _Drawing:
         title = "Job completion time"
         latency = self.run.latency
         series = {}
-        for name in JOB_NAMES:
+        for name in sorted(n for n in set(latency["name"]) if is_job(n)):
             if (latency["name"] == name).any():
                 series[name] = charts.merged_values_ms(latency, name)
         if not series or not any(counts.sum() for _, counts in series.values()):

@@ -44,7 +44,7 @@ from ..analysis.kpi import judge_run
 from ..collectors.app import AppCollector
 from ..collectors.system import SystemCollector
 from ..errors import ClusterError, ConfigError, InternalError, PerfkitError, RunError, TargetError
-from ..kpi_file import JOB_NAMES
+from ..kpi_file import is_job
 from ..redaction import redact_argv, redact_url
 from ..report import write_report
 from ..report.distributed import describe_worker
@@ -296,7 +296,9 @@ def prepare_run(settings: LoadSettings, say: Say, plan: Plan, run_dir: Path, url
     state = RunState(run_dir=run_dir,
                      recorder=Recorder(run_dir / rundir.LATENCY, keep_s=keep_s),
                      system=SystemCollector(pid, run_dir / rundir.RESOURCES),
-                     app=AppCollector(url, run_dir),
+                     # A simultaneous trial's arms get the same treatment: the scraper
+                     # would make the first arm's target alone answer its metrics requests.
+                     app=None if settings.arms else AppCollector(url, run_dir),
                      observers=make_observers(settings.observe, url, run_dir))
     state.warmup_by_default = settings.warmup_s is None
     state.target_url = url
@@ -687,7 +689,7 @@ def describe_load(settings: RunSettings, recorder: Recorder) -> dict[str, Any]:
     cut off when the stop timeout ran out, so recorded nowhere else)."""
     stop = {"stop_timeout_s": settings.stop_timeout_s,
             "complete": sum(tally.count for name, tally in recorder.totals.items()
-                            if re.sub(r"^\[[^\]]*\] ", "", name) not in JOB_NAMES),
+                            if not is_job(name)),
             "interrupted": recorder.interrupted}
     if settings.rate is None:
         return {"model": "closed", "users": settings.users, "offered_rate": None,
