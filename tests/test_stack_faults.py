@@ -11,6 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from perfkit.run.stack import admin_url
 from tests.targets import OUTAGE, running_target
 
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -41,6 +42,13 @@ def test_a_stack_fault_without_its_part_of_the_stack_is_refused_in_one_line(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0], result.stderr
     assert not (tmp_path / "run" / "target.log").exists()  # refused before anything started
+
+
+def test_a_postgres_outage_is_run_from_the_servers_postgres_database_as_the_service() -> None:
+    assert admin_url("postgresql+asyncpg://app:s3cret@db.local:5433/research") == \
+        ("postgresql://app:s3cret@db.local:5433/postgres", "research")
+    with pytest.raises(ValueError, match="not a PostgreSQL URL"):
+        admin_url("sqlite+aiosqlite:///x.db")
 
 
 @pytest.fixture
