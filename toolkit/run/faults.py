@@ -1,5 +1,7 @@
 """The faults of a run (--fault, perfkit.faults): each occurrence a greenlet started with the
-load, which runs the user's `do` command when it is due and its `undo` when the fault ends.
+load, which runs the user's `do` command when it is due and its `undo` when the fault ends
+(a built-in fault, stack=, its action and undo in run/stack.py; a network fault, net=, sets
+perfkit's proxy).
 
 A command runs in a shell, in its own process group, bounded by the fault's timeout (the
 whole group is killed then), its output captured (the last OUTPUT_CHARS). A command that
