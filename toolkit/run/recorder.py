@@ -283,7 +283,7 @@ class Recorder:
     def _merge(table: dict[Any, Tally], key: Any, cells: np.ndarray, counts: np.ndarray,
                record: dict[str, Any]) -> None:
         tally = table.get(key) or table.setdefault(key, Tally())
-        _add_cells(tally.hist, cells, counts)
+        add_cells(tally.hist, cells, counts)
         tally.count += record["count"]
         tally.failures += record["failures"]
 
@@ -292,7 +292,7 @@ class Recorder:
         return sum(self.recent.get(t, 0) for t in range(now - window_s, now)) / window_s
 
 
-def _add_cells(hist: HdrHistogram, cells: np.ndarray, counts: np.ndarray) -> None:
+def add_cells(hist: HdrHistogram, cells: np.ndarray, counts: np.ndarray) -> None:
     """Add counts to cells (distinct, non-empty, of stats.new_histogram()'s layout) of `hist`,
     keeping the totals HdrHistogram.add keeps. Its counts array is a ctypes array (unsigned),
     written in place; the extremes are the cells' own, as a decoded histogram has them."""

@@ -45,7 +45,7 @@ from ..collectors.system import SystemCollector
 from ..errors import ClusterError, ConfigError, InternalError, PerfkitError, RunError, TargetError
 from ..kpi_file import JOB_NAMES
 from ..redaction import redact_argv, redact_url
-from ..report import write_report
+from ..report import REPORT_HTML, write_report
 from ..report.distributed import describe_worker
 from ..report.html import describe_lateness, describe_stop
 from ..result import DEGRADED, RunMeta, RunResult, RunSettings
@@ -60,6 +60,7 @@ from .openloop import set_pace
 from .processes import ForkedProcess, stop_child
 from .recorder import Recorder, request_name
 from .scenario_errors import ScenarioErrors
+from .web import LivePage
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,9 @@ class RunState:
     locust_outputs: list[str] = field(default_factory=list)  # the files they wrote
     judged_from: float | None = None  # --reset-stats: when spawning last completed
     had_errors: bool = False  # a request failed or the scenario raised (Locust's sense)
-    shape_unbounded: bool = False  # a LoadTestShape ended the run, no run time given
+    # No run time given: a LoadTestShape ended the run, or Stop on the live page did.
+    unbounded: bool = False
+    web: Any = None  # web.LivePage with --web
     warmup_by_default: bool = True  # no --warmup: a tenth of the run, known once it ends
 
 
@@ -201,11 +204,16 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> RunR
     run_dir = make_run_dir(settings)
     live = LiveView(say, settings, sys.stdout.isatty())
     managed, meta, workers, port = None, None, [], None
+    page: LivePage | None = None
     try:
         if settings.workers:
             port = distributed.master_port(settings)
             workers = distributed.fork_workers(loaded, settings, options, port, run_dir,
                                                relay(live, say))
+        if settings.observe.web:
+            # Before the target starts: the terminal prints the URL first (as k6 does).
+            page = LivePage(settings.observe.web_host, settings.observe.web_port, say,
+                            f"perfkit {settings.command} {settings.scenario} ({run_dir.name})")
         managed, url, pid = start_target(settings, run_dir, say)
         options.host = url
         meta = RunMeta(
@@ -225,10 +233,19 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> RunR
         rundir.write_meta(run_dir, meta)
         with listeners_of_this_run():
             env, state = prepare_run(settings, say, plan, run_dir, url, pid, loaded, options)
+            if page is not None:
+                state.web = page
+                page.watch(env, state, plan, settings.targets, run_limit_s(settings, plan),
+                           settings.warmup_s, bool(settings.workers or settings.expect_workers
+                                                   or settings.master_bind_host))
             with locustfile.interruptions_counted(state.recorder):
                 run_plan(env, state, settings, say, plan, meta, managed, scenario_path,
                          (workers, port, live))
+        if page is not None:
+            page.show_ending()
         result = judge_and_report(rundir.load_run(run_dir, meta), settings, state, plan, say)
+        if page is not None:
+            page.finish(run_dir / REPORT_HTML, result.verdict, result.exit_code)
         if state.had_errors and settings.exit_code_on_error is not None:
             result.exit_code_on_error = settings.exit_code_on_error
         locustfile.fire_quit(result.exit_code)
@@ -252,6 +269,8 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> RunR
             where = f"its traceback could not be written: {log_error.strerror or log_error}"
         raise InternalError(f"internal error: {type(exc).__name__}: {exc} ({where})") from exc
     finally:
+        if page is not None:
+            page.close()
         for process in workers:
             stop_child(process)  # no-op once stopped
         if managed is not None:
@@ -469,7 +488,7 @@ def drive(env: Environment, settings: LoadSettings, plan: Plan, state: RunState,
     A LoadTestShape without a given duration runs until it ends the run, as under Locust;
     with one, the duration cuts it, and the message says so."""
     say = live.say
-    limit_s = settings.duration_s if settings.duration_given or not plan.shape else math.inf
+    limit_s = run_limit_s(settings, plan)
     live.duration_s = limit_s
     runner = env.runner
     assert runner is not None
@@ -494,9 +513,11 @@ def drive(env: Environment, settings: LoadSettings, plan: Plan, state: RunState,
             next_tick = started
             while True:
                 elapsed = time.time() - started
-                if interrupted:
+                if interrupted or (state.web is not None and state.web.stop_requested):
                     state.status = "interrupted"
-                    state.message = f"stopped by {interrupted[0]} after {elapsed:.0f} s"
+                    by = interrupted[0] if interrupted else "the live page's Stop"
+                    state.message = f"stopped by {by} after {elapsed:.0f} s"
+                    state.unbounded = math.isinf(limit_s)
                     return
                 if managed is not None and managed.process.poll() is not None:
                     raise TargetError(f"the target exited with code {managed.process.returncode} "
@@ -527,7 +548,7 @@ def drive(env: Environment, settings: LoadSettings, plan: Plan, state: RunState,
                 if step_index >= 0 and runner.state in LOAD_ENDING:
                     state.message = (f"the LoadTestShape ended the run after {elapsed:.0f} s"
                                      if plan.shape else "the scenario stopped by itself")
-                    state.shape_unbounded = plan.shape and math.isinf(limit_s)
+                    state.unbounded = plan.shape and math.isinf(limit_s)
                     return
                 loadgen_cpu = _loadgen_cpu_percent(runner, own)
                 if loadgen_cpu is not None:
@@ -551,12 +572,24 @@ def drive(env: Environment, settings: LoadSettings, plan: Plan, state: RunState,
                         return
                 if not settings.only_summary:
                     live.show(elapsed, runner.user_count, state)
+                if state.web is not None:
+                    state.web.tick(elapsed, runner.user_count, rate)
                 next_tick += 1.0
                 gevent.sleep(max(0.0, next_tick - time.time()))
     finally:
         for handler in handlers:
             handler.cancel()
         live.close()
+
+
+def run_limit_s(settings: LoadSettings, plan: Plan) -> float:
+    """How long drive() runs: the duration; without one given, until a LoadTestShape ends
+    the run or, with --web, a plain load until Stop (as Locust's web UI)."""
+    if settings.duration_given:
+        return settings.duration_s
+    if plan.shape or (settings.observe.web and settings.command == "load"):
+        return math.inf
+    return settings.duration_s
 
 
 def start_profile(settings: LoadSettings, managed: target.ManagedTarget | None, run_dir: Path,
@@ -660,7 +693,7 @@ def finish_meta(meta: RunMeta, env: Environment, state: RunState) -> None:
                              + (f"; {state.message}" if state.message else ""))
     meta.status = state.status
     meta.message = state.message
-    if state.shape_unbounded:  # the shape's own length, and the warm-up's default from it
+    if state.unbounded:  # the run's own length, and the warm-up's default from it
         length_s = round(meta.ended_at - meta.started_at, 1)
         warmup_s = min(30.0, length_s / 10.0) if state.warmup_by_default \
             else meta.settings.warmup_s
