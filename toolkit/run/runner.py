@@ -243,6 +243,7 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> RunR
                          (workers, port, live))
         if page is not None:
             page.show_ending()
+            meta.export = {**(meta.export or {}), "web": page.describe()}
         result = judge_and_report(rundir.load_run(run_dir, meta), settings, state, plan, say)
         if page is not None:
             page.finish(run_dir / REPORT_HTML, result.verdict, result.exit_code)

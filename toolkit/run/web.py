@@ -118,6 +118,11 @@ class LivePage:
         self.kpis: list[dict[str, Any]] = []
         self.pending: Any = None
         self.last_judged = 0.0
+        # What the page cost this process: CPU seconds of tick() (this thread) and of the
+        # KPI judging (the pool's thread); the sockets' writes are not in it (see the bench).
+        self.cpu_s = 0.0
+        self.events_sent = 0
+        self.clients_max = 0
 
     def watch(self, env: "Environment", state: "RunState", plan: "Plan",
               targets: list[KpiTarget], duration_s: float, warmup_s: float | None,
@@ -138,9 +143,17 @@ class LivePage:
 
     def tick(self, elapsed_s: float, users: int, rate: float | None) -> None:
         """One second of the run: its point, and what the page shows."""
-        state = self.state
-        if state is None:
+        if self.state is None:
             return
+        started = time.thread_time()
+        try:
+            self.show_second(elapsed_s, users, rate)
+        finally:
+            self.cpu_s += time.thread_time() - started
+
+    def show_second(self, elapsed_s: float, users: int, rate: float | None) -> None:
+        state = self.state
+        assert state is not None
         t = int(time.time()) - self.lag_s
         judged_from = math.ceil(state.started_at + self.warmup_s)
         point: dict[str, Any] = {"t": t, "users": users, "rate": rate, "e": {}}
@@ -183,7 +196,8 @@ class LivePage:
         if self.pending is not None and self.pending.ready():
             pending, self.pending = self.pending, None
             try:
-                self.kpis = pending.get()
+                self.kpis, cpu_s = pending.get()
+                self.cpu_s += cpu_s
             except Exception:  # the thread's boundary: the last verdicts stay
                 log.exception("judging the KPIs so far failed")
         now = time.time()
@@ -214,6 +228,11 @@ class LivePage:
                             for q in (50, 95, 99)}})
         return rows
 
+    def describe(self) -> dict[str, Any]:
+        """run.json's export.web entry."""
+        return {"url": self.url, "cpu_s": round(self.cpu_s, 3), "events": self.events_sent,
+                "clients_max": self.clients_max, "stopped_here": self.stop_requested}
+
     def show_ending(self) -> None:
         self.current = {**self.current, "phase": "ending"}
         self.publish("tick", self.current)
@@ -235,6 +254,7 @@ class LivePage:
 
     def publish(self, kind: str, data: dict[str, Any]) -> None:
         self.message = f"event: {kind}\ndata: {json.dumps(data, default=str)}\n\n"
+        self.events_sent += 1
         updated, self.updated = self.updated, gevent.event.Event()
         updated.set()
 
@@ -267,6 +287,7 @@ class LivePage:
 
     def stream(self) -> Iterator[bytes]:
         self.clients += 1
+        self.clients_max = max(self.clients_max, self.clients)
         try:
             first = {**self.current, "points": list(self.points)}
             yield f"event: init\ndata: {json.dumps(first, default=str)}\n\n".encode()
@@ -312,10 +333,11 @@ def describe_kpi(kpi: KpiTarget, value: float | None, verdict: str,
 
 
 def judge_so_far(records: list[dict[str, Any]], resources: pd.DataFrame | None, start: float,
-                 end: float, targets: list[KpiTarget]) -> list[dict[str, Any]]:
+                 end: float, targets: list[KpiTarget]) -> tuple[list[dict[str, Any]], float]:
     """Each KPI against the judged part of the run so far, provisional: the KPIs a part of a
     run can judge (kpi.window_kpis) as kpi.py judges a whole run; capacities and database
-    timings are judged when the run ends."""
+    timings are judged when the run ends. Also the CPU seconds it took (this thread's)."""
+    started = time.thread_time()
     live = window_kpis(targets)
     judged = {id(result.kpi): result
               for result in judge_window(records, resources, start, end, live)}
@@ -327,4 +349,4 @@ def judge_so_far(records: list[dict[str, Any]], resources: pd.DataFrame | None, 
                                      "judged on the whole run when it ends"))
         else:
             rows.append(describe_kpi(kpi, result.value, result.verdict, result.reason))
-    return rows
+    return rows, time.thread_time() - started
