@@ -5,7 +5,6 @@ the test switches mid-run through its control URL."""
 import os
 import queue
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -159,6 +158,7 @@ def test_the_live_page_follows_a_run_sees_a_kpi_fail_and_stops_it(browser: Any,
             page.wait_for_function("document.querySelectorAll('#alarms li').length > 0 && "
                                    "document.querySelector('#alarms li').textContent"
                                    ".includes('health p99')", timeout=30_000)
+            # the README's picture (docs/img/live.png is a copy)
             page.screenshot(path=str(ARTIFACTS / "live.png"), full_page=True)
 
             # Read-only without the token, from the page and from anything else.
@@ -214,7 +214,3 @@ def test_without_web_nothing_listens(tmp_path: Path) -> None:
     run.wait_for(re.compile(r"^Report: "))
     assert not any("live page" in line for line in run.seen)
 
-
-def copy_screenshot_to_docs() -> None:
-    """docs/img/live.png is a copy of the test's screenshot (the README shows it)."""
-    shutil.copy(ARTIFACTS / "live.png", Path(__file__).resolve().parent.parent / "docs" / "img")

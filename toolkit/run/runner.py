@@ -124,7 +124,7 @@ class RunState:
     had_errors: bool = False  # a request failed or the scenario raised (Locust's sense)
     # No run time given: a LoadTestShape ended the run, or Stop on the live page did.
     unbounded: bool = False
-    web: Any = None  # web.LivePage with --web
+    web: LivePage | None = None  # --web
     warmup_by_default: bool = True  # no --warmup: a tenth of the run, known once it ends
 
 
