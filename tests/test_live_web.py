@@ -41,12 +41,14 @@ class Perfkit:
             stderr=subprocess.STDOUT, text=True, env={**os.environ, "PERFKIT_HISTORY": "off"})
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line.rstrip("\n"))
+        with self.process.stdout:
+            for line in self.process.stdout:
+                self.lines.put(line.rstrip("\n"))
 
     def wait_for(self, pattern: re.Pattern[str], timeout_s: float = 60.0) -> re.Match[str]:
         deadline = time.monotonic() + timeout_s
@@ -64,7 +66,9 @@ class Perfkit:
         raise AssertionError(f"no line matching {pattern.pattern!r} in:\n" + "\n".join(self.seen))
 
     def end(self, timeout_s: float = 60.0) -> int:
-        return self.process.wait(timeout_s)
+        code = self.process.wait(timeout_s)
+        self.reader.join(10)  # its output read to the end, the pipe closed
+        return code
 
     def stop(self) -> None:
         """A test that failed midway: SIGTERM (a clean stop, as Ctrl-C), then a kill."""
@@ -75,6 +79,7 @@ class Perfkit:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self.reader.join(10)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +132,8 @@ def test_the_live_page_follows_a_run_sees_a_kpi_fail_and_stops_it(browser: Any,
             url, token = live.group(1), live.group(2)
             assert LIVE_LINE.search(run.seen[0]), "the URL is perfkit's first line"
             assert url.startswith("http://127.0.0.1:")
-            html = urllib.request.urlopen(url, timeout=10).read().decode("utf-8")
+            with urllib.request.urlopen(url, timeout=10) as response:
+                html = response.read().decode("utf-8")
             assert len(html.encode("utf-8")) < 1_000_000
             assert not OUTSIDE.search(html), "the page loads nothing from elsewhere"
             assert token not in html, "the page itself cannot stop the run"
