@@ -20,7 +20,7 @@ import pytest
 
 from perfkit import rundir
 from tests.targets import SWITCHABLE, running_target
-from tests.test_history_html import chromium_path
+from tests.test_history_html import CONTRASTS_JS, chromium_path
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 HEALTH = "GET /api/v1/health"
@@ -160,12 +160,23 @@ def test_the_live_page_follows_a_run_sees_a_kpi_fail_and_stops_it(browser: Any,
             assert post(f"{target}/control?delay_ms=400") == 200
             page.wait_for_function("document.querySelector('#kpis tr[data-kpi]')"
                                    "?.dataset.verdict === 'fail'", timeout=30_000)
-            assert "is" in page.locator("#kpis tr[data-kpi] td.reason").inner_text()
+            assert "beyond the 200 ms allowed" in \
+                page.locator("#kpis tr[data-kpi] td.reason").inner_text()
             page.wait_for_function("document.querySelectorAll('#alarms li').length > 0 && "
                                    "document.querySelector('#alarms li').textContent"
                                    ".includes('health p99')", timeout=30_000)
             # the README's picture (docs/img/live.png is a copy)
             page.screenshot(path=str(ARTIFACTS / "live.png"), full_page=True)
+            contrasts = page.evaluate(CONTRASTS_JS)
+            assert len(contrasts) > 50  # the tables' cells, the charts' labels
+            assert [(round(r, 2), text) for r, text in contrasts if r < 4.5] == []  # WCAG AA
+            assert page.locator("svg.chart[role=img][aria-label*='latest']").count() == 5
+            # From the keyboard: Tab reaches the token field, then the Stop button.
+            page.locator("body").focus()
+            page.keyboard.press("Tab")
+            assert page.evaluate("document.activeElement.id") == "token"
+            page.keyboard.press("Tab")
+            assert page.evaluate("document.activeElement.id") == "stop"
 
             # Read-only without the token, from the page and from anything else.
             assert post(url + "stop") == 403
