@@ -19,6 +19,12 @@ from typing import Any
 import pytest
 
 from perfkit import rundir
+from perfkit.analysis import stats
+from perfkit.analysis.kpi import judge_window
+from perfkit.kpi_file import load_kpi_targets
+from perfkit.run.recorder import Tally
+from perfkit.run.web import judge_so_far, merge_tally
+from perfkit.units import format_value
 from tests.targets import SWITCHABLE, running_target
 from tests.test_history_html import CONTRASTS_JS, chromium_path
 
@@ -231,3 +237,34 @@ def test_without_web_nothing_listens(tmp_path: Path) -> None:
     run.wait_for(re.compile(r"^Report: "))
     assert not any("live page" in line for line in run.seen)
 
+
+
+def test_the_verdict_so_far_is_kpi_py_on_every_second_merged(tmp_path: Path) -> None:
+    """Fixed data: 100 requests at 10 ms in each of two seconds, then 100 at 400 ms. The
+    page's merged tally judges as kpi.py judges the same seconds, pass before the slow second
+    and fail after it; a lower bound (throughput) waits for the end."""
+    kpi = tmp_path / "kpi.toml"
+    kpi.write_text(KPI_FILE + '[[kpi]]\nname = "throughput"\nmetric = "rps"\ntarget = "50rps"\n')
+    targets = load_kpi_targets(kpi)
+    seconds = []
+    for latency_ms in (10.0, 10.0, 400.0):
+        tally = Tally()
+        for _ in range(100):
+            stats.record_ms(tally.hist, latency_ms)
+        tally.count = 100
+        seconds.append(tally)
+    so_far, verdicts = Tally(), []
+    for t, tally in enumerate(seconds):
+        merge_tally(so_far, tally)
+        record = {"t": 0, "name": HEALTH, "count": so_far.count, "failures": 0,
+                  "hist": stats.encode_histogram(so_far.hist)}
+        rows, cpu_s = judge_so_far([record], None, 0, t + 1, targets)
+        assert cpu_s >= 0
+        verdicts.append([row["verdict"] for row in rows])
+        each_second = [{"t": s, "name": HEALTH, "count": 100, "failures": 0,
+                        "hist": stats.encode_histogram(seconds[s].hist)} for s in range(t + 1)]
+        direct = judge_window(each_second, None, 0, t + 1, targets)
+        assert direct[0].verdict == rows[0]["verdict"]
+        assert rows[0]["value"] == format_value(direct[0].value, "ms")
+    assert so_far.count == 300
+    assert verdicts == [["pass", "at the end"], ["pass", "at the end"], ["fail", "at the end"]]
