@@ -314,13 +314,14 @@ OPTIONS: tuple[Option, ...] = (
        "endpoint."),
     _o("web", "--web", "A live page of the run (charts, KPIs so far, Stop) at --web-host:"
        "--web-port; without --duration a load runs until Stop.", flag=True,
-       commands=CONFIGURED_BY_FILES),
+       commands=CONFIGURED_BY_FILES, env="PERFKIT_WEB"),
     _o("web_host", "--web-host", "With --web: the address the live page listens on (default "
        "127.0.0.1; another one is reachable from other machines, with a warning).",
-       commands=CONFIGURED_BY_FILES, locust="--web-host", locust_env="LOCUST_WEB_HOST"),
+       commands=CONFIGURED_BY_FILES, locust="--web-host", locust_env="LOCUST_WEB_HOST",
+       env="PERFKIT_WEB_HOST"),
     _o("web_port", "--web-port -P", "With --web: the live page's port (0: any free one).",
        type=click.IntRange(0, 65535), default=8089, commands=CONFIGURED_BY_FILES,
-       locust="--web-port -P", locust_env="LOCUST_WEB_PORT"),
+       locust="--web-port -P", locust_env="LOCUST_WEB_PORT", env="PERFKIT_WEB_PORT"),
     _o("history", "--history", "History store the run's numbers are appended to: a SQLite "
        "file or a postgresql:// URL; 'off' to skip.", default=_HISTORY, env="PERFKIT_HISTORY"),
     # -- Locust's options perfkit refuses (one line, exit 2) ...
