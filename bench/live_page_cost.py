@@ -108,7 +108,7 @@ def run_blocks(url: str, target_pid: int, users: int, blocks: int, block_s: int,
     from perfkit.collectors.system import SystemCollector
     from perfkit.kpi_file import load_kpi_targets
     from perfkit.run.recorder import Recorder
-    from perfkit.run.runner import Plan, RunState
+    from perfkit.run.runner import RunState
     from perfkit.run.web import LivePage
 
     class Health(HttpUser):
@@ -124,8 +124,7 @@ def run_blocks(url: str, target_pid: int, users: int, blocks: int, block_s: int,
     state = RunState(run_dir=tmp, recorder=recorder,
                      system=SystemCollector(target_pid, tmp / "resources.csv"), app=None)
     page = LivePage(None, 0, lambda line: None, "bench")
-    page.watch(env, state, Plan(steps=[(0.0, users, None)]), load_kpi_targets(kpi_file),
-               math.inf, 2.0, False)
+    page.watch(state, load_kpi_targets(kpi_file), math.inf, 2.0, False)
     client = subprocess.Popen(["curl", "-sN", page.url + "events"], stdout=subprocess.DEVNULL)
     state.system.start()
     runner = env.create_local_runner()

@@ -23,7 +23,7 @@ from perfkit.analysis import stats
 from perfkit.analysis.kpi import judge_window
 from perfkit.kpi_file import load_kpi_targets
 from perfkit.run.recorder import Tally
-from perfkit.run.web import judge_so_far, merge_tally
+from perfkit.run.web import SAMPLE_COLUMNS, judge_so_far, merge_tally
 from perfkit.units import format_value
 from tests.targets import SWITCHABLE, running_target
 from tests.test_history_html import CONTRASTS_JS, chromium_path
@@ -240,11 +240,13 @@ def test_without_web_nothing_listens(tmp_path: Path) -> None:
 
 
 def test_the_verdict_so_far_is_kpi_py_on_every_second_merged(tmp_path: Path) -> None:
-    """Fixed data: 100 requests at 10 ms in each of two seconds, then 100 at 400 ms. The
-    page's merged tally judges as kpi.py judges the same seconds, pass before the slow second
-    and fail after it; a lower bound (throughput) waits for the end."""
+    """Fixed data: 100 requests at 10 ms in each of two seconds, then 100 at 400 ms, and the
+    target's memory 100, 100, then 600 MB. The page's merged tally judges as kpi.py judges the
+    same seconds, pass before the slow second and fail after it; a lower bound (throughput)
+    waits for the end."""
     kpi = tmp_path / "kpi.toml"
-    kpi.write_text(KPI_FILE + '[[kpi]]\nname = "throughput"\nmetric = "rps"\ntarget = "50rps"\n')
+    kpi.write_text(KPI_FILE + '[[kpi]]\nname = "throughput"\nmetric = "rps"\ntarget = "50rps"\n'
+                   '[[kpi]]\nname = "memory"\nmetric = "rss_mb_peak"\ntarget = "512MB"\n')
     targets = load_kpi_targets(kpi)
     seconds = []
     for latency_ms in (10.0, 10.0, 400.0):
@@ -253,12 +255,14 @@ def test_the_verdict_so_far_is_kpi_py_on_every_second_merged(tmp_path: Path) -> 
             stats.record_ms(tally.hist, latency_ms)
         tally.count = 100
         seconds.append(tally)
-    so_far, verdicts = Tally(), []
+    so_far, verdicts, samples = Tally(), [], []
     for t, tally in enumerate(seconds):
         merge_tally(so_far, tally)
+        sample = {"t": t, "rss_mb": 600.0 if t == 2 else 100.0}
+        samples.append(tuple(sample.get(column) for column in SAMPLE_COLUMNS))
         record = {"t": 0, "name": HEALTH, "count": so_far.count, "failures": 0,
                   "hist": stats.encode_histogram(so_far.hist)}
-        rows, cpu_s = judge_so_far([record], None, 0, t + 1, targets)
+        rows, cpu_s = judge_so_far([record], samples, 0, t + 1, targets)
         assert cpu_s >= 0
         verdicts.append([row["verdict"] for row in rows])
         each_second = [{"t": s, "name": HEALTH, "count": 100, "failures": 0,
@@ -267,4 +271,5 @@ def test_the_verdict_so_far_is_kpi_py_on_every_second_merged(tmp_path: Path) -> 
         assert direct[0].verdict == rows[0]["verdict"]
         assert rows[0]["value"] == format_value(direct[0].value, "ms")
     assert so_far.count == 300
-    assert verdicts == [["pass", "at the end"], ["pass", "at the end"], ["fail", "at the end"]]
+    assert verdicts == [["pass", "at the end", "pass"], ["pass", "at the end", "pass"],
+                        ["fail", "at the end", "fail"]]

@@ -227,7 +227,7 @@ def _measure_job(job: str, stat: str, ctx: _Context) -> tuple[float | None, str]
     return (None if value_ms is None else value_ms / 1000.0), ""
 
 
-_RESOURCE_COLUMNS = {
+RESOURCE_COLUMNS = {
     "rss_mb": ["rss_mb"],
     "cpu_busiest_percent": ["cpu_busiest_percent"],
     "cpu_machine_percent": ["cpu_machine_percent"],
@@ -244,7 +244,7 @@ _PROMETHEUS_COLUMNS = {"rss_mb": ["rss_mb"], "cpu_busiest_percent": ["cpu_percen
 
 def _measure_resource(metric: str, ctx: _Context) -> tuple[float | None, str]:
     base, _, stat = metric.rpartition("_")
-    columns = _RESOURCE_COLUMNS[base]
+    columns = RESOURCE_COLUMNS[base]
     frame = ctx.run.resources
     sampled = frame is not None and all(c in frame.columns for c in columns) \
         and frame[columns].notna().all(axis=1).any()

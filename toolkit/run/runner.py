@@ -235,7 +235,7 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> RunR
             env, state = prepare_run(settings, say, plan, run_dir, url, pid, loaded, options)
             if page is not None:
                 state.web = page
-                page.watch(env, state, plan, settings.targets, run_limit_s(settings, plan),
+                page.watch(state, settings.targets, run_limit_s(settings, plan),
                            settings.warmup_s, bool(settings.workers or settings.expect_workers
                                                    or settings.master_bind_host))
             with locustfile.interruptions_counted(state.recorder):

@@ -38,7 +38,7 @@ import pandas as pd
 from gevent.pywsgi import WSGIServer
 
 from ..analysis import stats
-from ..analysis.kpi import judge_window, window_kpis
+from ..analysis.kpi import RESOURCE_COLUMNS, judge_window, window_kpis
 from ..errors import ConfigError
 from ..kpi_file import JOB_NAMES, KpiTarget
 from ..report.live_html import render_live_html
@@ -47,9 +47,7 @@ from .observers import MB, read_target
 from .recorder import Tally, add_cells
 
 if TYPE_CHECKING:  # the runner imports this module
-    from locust.env import Environment
-
-    from .runner import Plan, RunState
+    from .runner import RunState
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +61,9 @@ UNBOUNDED_WARMUP_S = 30.0
 LINGER_S = 5.0
 KEEPALIVE_S = 15.0
 TOKEN_HEADER = "HTTP_X_PERFKIT_TOKEN"
+# What the resource KPIs read of each of the system collector's samples: kept as tuples, so a
+# day-long endurance run holds a few MB of them, not a dict per second.
+SAMPLE_COLUMNS = ("t", *sorted({c for columns in RESOURCE_COLUMNS.values() for c in columns}))
 
 
 def is_loopback(host: str) -> bool:
@@ -106,15 +107,13 @@ class LivePage:
         self.report_path: Path | None = None
         # The run, once watch() has it.
         self.state: RunState | None = None
-        self.env: Environment | None = None
-        self.plan: Plan | None = None
         self.targets: list[KpiTarget] = []
         self.duration_s = math.inf
         self.warmup_s = 0.0
         self.lag_s = 1
         self.last_t = 0
         self.so_far: dict[str, Tally] = {}
-        self.resources: list[dict[str, Any]] = []
+        self.resources: list[tuple[Any, ...]] = []  # SAMPLE_COLUMNS of the judged samples
         self.kpis: list[dict[str, Any]] = []
         self.pending: Any = None
         self.last_judged = 0.0
@@ -124,12 +123,11 @@ class LivePage:
         self.events_sent = 0
         self.clients_max = 0
 
-    def watch(self, env: "Environment", state: "RunState", plan: "Plan",
-              targets: list[KpiTarget], duration_s: float, warmup_s: float | None,
-              workers: bool) -> None:
+    def watch(self, state: "RunState", targets: list[KpiTarget], duration_s: float,
+              warmup_s: float | None, workers: bool) -> None:
         """The run to show: `duration_s` inf runs until Stop; `warmup_s` None is the default
         warm-up (a tenth of the run, at most 30 s)."""
-        self.env, self.state, self.plan, self.targets = env, state, plan, targets
+        self.state, self.targets = state, targets
         self.duration_s = duration_s
         if warmup_s is not None:
             self.warmup_s = warmup_s
@@ -175,8 +173,8 @@ class LivePage:
         self.points.append(point)
         sample = state.system.latest()
         if sample and sample.get("t", 0) >= judged_from and (
-                not self.resources or self.resources[-1]["t"] != sample["t"]):
-            self.resources.append(sample)
+                not self.resources or self.resources[-1][0] != sample["t"]):
+            self.resources.append(tuple(sample.get(c) for c in SAMPLE_COLUMNS))
         self.judge_kpis(judged_from, t)
         alarms = state.alarms
         self.current = {
@@ -209,9 +207,10 @@ class LivePage:
         records = [{"t": judged_from, "name": name, "count": tally.count,
                     "failures": tally.failures, "hist": stats.encode_histogram(tally.hist)}
                    for name, tally in self.so_far.items()]
-        resources = pd.DataFrame(self.resources) if self.resources else None
+        # A copy of the list (pointers, fast); its DataFrame is built in the thread.
         self.pending = gevent.get_hub().threadpool.spawn(
-            judge_so_far, records, resources, judged_from, last_t + 1, self.targets)
+            judge_so_far, records, list(self.resources), judged_from, last_t + 1,
+            self.targets)
 
     def describe_endpoints(self) -> list[dict[str, Any]]:
         """Per request name, the whole run so far (warm-up included, as the terminal's)."""
@@ -332,12 +331,13 @@ def describe_kpi(kpi: KpiTarget, value: float | None, verdict: str,
             "verdict": verdict, "reason": reason}
 
 
-def judge_so_far(records: list[dict[str, Any]], resources: pd.DataFrame | None, start: float,
+def judge_so_far(records: list[dict[str, Any]], samples: list[tuple[Any, ...]], start: float,
                  end: float, targets: list[KpiTarget]) -> tuple[list[dict[str, Any]], float]:
     """Each KPI against the judged part of the run so far, provisional: the KPIs a part of a
     run can judge (kpi.window_kpis) as kpi.py judges a whole run; capacities and database
     timings are judged when the run ends. Also the CPU seconds it took (this thread's)."""
     started = time.thread_time()
+    resources = pd.DataFrame(samples, columns=list(SAMPLE_COLUMNS)) if samples else None
     live = window_kpis(targets)
     judged = {id(result.kpi): result
               for result in judge_window(records, resources, start, end, live)}
