@@ -159,10 +159,10 @@ class LivePage:
             for (bucket_t, name), tally in list(state.recorder.buckets.items()):
                 if bucket_t <= self.last_t or bucket_t > t:
                     continue
-                if bucket_t == t:
+                if bucket_t == t:  # 0.1 ms is plenty on a chart, and keeps the events short
                     point["e"][name] = [tally.count, tally.failures,
-                                        stats.percentile_ms(tally.hist, 50),
-                                        stats.percentile_ms(tally.hist, 95)]
+                                        round_ms(stats.percentile_ms(tally.hist, 50)),
+                                        round_ms(stats.percentile_ms(tally.hist, 95))]
                 if bucket_t >= judged_from:
                     merge_tally(self.so_far.setdefault(name, Tally()), tally)
             self.last_t = t
@@ -307,6 +307,10 @@ def reply(start_response: Callable[..., Any], status: str, body: bytes,
                             ("Cache-Control", "no-store"),
                             ("X-Content-Type-Options", "nosniff")])
     return [body]
+
+
+def round_ms(value_ms: float | None) -> float | None:
+    return None if value_ms is None else round(value_ms, 1)
 
 
 def finite(value: float | None) -> float | None:
