@@ -143,6 +143,12 @@ def test_the_live_page_follows_a_run_sees_a_kpi_fail_and_stops_it(browser: Any,
             assert len(html.encode("utf-8")) < 1_000_000
             assert not OUTSIDE.search(html), "the page loads nothing from elsewhere"
             assert token not in html, "the page itself cannot stop the run"
+            rebound = urllib.request.Request(url, headers={"Host": "attacker.example"})
+            with pytest.raises(urllib.error.HTTPError, match="421"):
+                urllib.request.urlopen(rebound, timeout=10)
+            tunnelled = urllib.request.Request(url, headers={"Host": "localhost:9999"})
+            with urllib.request.urlopen(tunnelled, timeout=10) as response:
+                assert response.status == 200  # an SSH tunnel's port is fine
 
             context = browser.new_context(viewport={"width": 1280, "height": 1000})
             page = context.new_page()

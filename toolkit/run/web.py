@@ -66,6 +66,13 @@ TOKEN_HEADER = "HTTP_X_PERFKIT_TOKEN"
 SAMPLE_COLUMNS = ("t", *sorted({c for columns in RESOURCE_COLUMNS.values() for c in columns}))
 
 
+def host_name(host_header: str) -> str:
+    """`[::1]:8089` -> `::1`, `localhost:8089` -> `localhost`."""
+    if host_header.startswith("["):
+        return host_header[1:].partition("]")[0]
+    return host_header.rpartition(":")[0] if ":" in host_header else host_header
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -92,6 +99,10 @@ class LivePage:
                               f"{exc.strerror or exc}") from exc
         shown = f"[{bind}]" if ":" in bind else bind
         self.url = f"http://{shown}:{self.server.server_port}/"
+        # On loopback, only requests to a loopback name (any port: an SSH tunnel's too): a
+        # web page elsewhere that rebinds its DNS name to 127.0.0.1 cannot read the run
+        # through its visitor's browser.
+        self.loopback_only = is_loopback(bind)
         say(f"perfkit: live page {self.url}  (its Stop button asks for the token "
             f"{self.token})")
         if not is_loopback(bind):
@@ -259,6 +270,8 @@ class LivePage:
 
     def serve(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/")
+        if self.loopback_only and not is_loopback(host_name(environ.get("HTTP_HOST", ""))):
+            return reply(start_response, "421 Misdirected Request", b"unknown host\n")
         if path == "/stop" and method == "POST":
             return self.stop(environ, start_response)
         if method not in ("GET", "HEAD"):
