@@ -5,6 +5,7 @@ for a test to read.
 
     .venv/bin/python bench/soak.py --duration 1h                 # guide latencies (8 s a call)
     .venv/bin/python bench/soak.py --duration 2m --item-latency-ms 300   # the test's version
+    .venv/bin/python bench/soak.py --duration 1h --fault-every 10m --postgres-fault outage
 
 Creates arrive open-loop at `--overload` times what the research slots can finish (jobs of
 `--items` products, names never repeated so the cache cannot absorb them), status polls and
@@ -23,6 +24,7 @@ service's RSS after warm-up (first and last quarter medians, least-squares slope
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import re
@@ -73,6 +75,8 @@ class Soak:
     started_at: float = field(default_factory=time.monotonic)
     pg_back_at: datetime | None = None
     load_done: bool = False
+    # (what, started, ended) of every fault, in UTC, for the recovery read from the jobs.
+    faults: list[tuple[str, datetime, datetime]] = field(default_factory=list)
 
     def note(self, what: str) -> None:
         elapsed_s = time.monotonic() - self.started_at
@@ -169,6 +173,12 @@ async def pause_redis(soak: Soak, pause_s: float) -> None:
     soak.note("Redis resumed")
 
 
+async def inject(soak: Soak, what: str, fault: Any) -> None:
+    started = datetime.now(UTC)
+    await fault
+    soak.faults.append((what, started, datetime.now(UTC)))
+
+
 async def request(soak: Soak, session: aiohttp.ClientSession, name: str, method: str,
                   path: str, body: Any = None) -> tuple[int, Any]:
     try:
@@ -260,9 +270,20 @@ def slope_mb_per_h(samples: list[tuple[float, float]]) -> float | None:
     return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread
 
 
-async def read_jobs(database_url: str, pg_back_at: datetime | None) -> dict[str, Any]:
+async def read_jobs(database_url: str, pg_back_at: datetime | None,
+                    faults: list[tuple[str, datetime, datetime]]) -> dict[str, Any]:
     conn = await asyncpg.connect(database_url.replace("+asyncpg", ""), timeout=10)
     try:
+        # Recovery: from a fault's end to the first job that finished `success` after it.
+        recoveries = []
+        for what, started, ended in faults:
+            first = await conn.fetchval("SELECT min(completed_at) FROM jobs WHERE status = "
+                                        "'success' AND completed_at > $1", ended)
+            recoveries.append({
+                "fault": what, "at": started.isoformat(timespec="seconds"),
+                "for_s": round((ended - started).total_seconds(), 1),
+                "first_success_after_s": None if first is None
+                else round((first - ended).total_seconds(), 2)})
         statuses = {row[0]: row[1] for row in await conn.fetch(
             "SELECT status, count(*) FROM jobs GROUP BY status")}
         database_errors = await conn.fetchval(
@@ -273,6 +294,7 @@ async def read_jobs(database_url: str, pg_back_at: datetime | None) -> dict[str,
     finally:
         await conn.close()
     return {"statuses": statuses, "database_errors": int(database_errors),
+            "recoveries": recoveries,
             "first_success_after_recovery_s": None if first_success is None
             else (first_success - pg_back_at).total_seconds()}
 
@@ -281,7 +303,9 @@ async def run_soak(soak: Soak, args: argparse.Namespace, duration_s: float) -> d
     median_s = (args.item_latency_ms or GUIDE_MEDIAN_MS) / 1000.0
     capacity_per_s = CONCURRENCY / (median_s * args.items)
     rate_per_s = capacity_per_s * args.overload
-    pause_s = args.redis_pause_s or max(10.0, 0.15 * duration_s)
+    pause_s = args.redis_pause_s or (
+        min(60.0, parse_duration_s(args.fault_every) / 4) if args.fault_every
+        else max(10.0, 0.15 * duration_s))
     soak.note(f"load: {rate_per_s:.2f} creates/s of {args.items} items against a capacity of "
               f"{capacity_per_s:.2f} jobs/s, for {duration_s:.0f} s")
     until = time.monotonic() + duration_s
@@ -291,11 +315,24 @@ async def run_soak(soak: Soak, args: argparse.Namespace, duration_s: float) -> d
         sampler = asyncio.create_task(sample(soak, session))
 
         async def faults() -> None:
+            if args.fault_every:
+                # Redis paused, then PostgreSQL, in turn, every --fault-every.
+                every_s = parse_duration_s(args.fault_every)
+                for k in range(1, math.ceil(duration_s / every_s)):
+                    await asyncio.sleep(max(0.0, k * every_s - (time.monotonic()
+                                                                - soak.started_at)))
+                    if k % 2:
+                        await inject(soak, "Redis paused", pause_redis(soak, pause_s))
+                    else:
+                        await inject(soak, f"PostgreSQL {args.postgres_fault}",
+                                     restart_postgres(soak, args.postgres_fault))
+                return
             await asyncio.sleep(0.25 * duration_s)
-            await pause_redis(soak, pause_s)
+            await inject(soak, "Redis paused", pause_redis(soak, pause_s))
             await asyncio.sleep(max(0.0, 0.55 * duration_s - (time.monotonic()
                                                                - soak.started_at)))
-            await restart_postgres(soak, args.postgres_fault)
+            await inject(soak, f"PostgreSQL {args.postgres_fault}",
+                         restart_postgres(soak, args.postgres_fault))
 
         fault_task = asyncio.create_task(faults())
         await asyncio.gather(create_jobs(soak, session, rate_per_s, args.items, until),
@@ -308,7 +345,7 @@ async def run_soak(soak: Soak, args: argparse.Namespace, duration_s: float) -> d
         await sampler
         async with session.get(soak.url + "/api/v1/metrics/application") as response:
             app = await response.json()
-    jobs = await read_jobs(soak.database_url, soak.pg_back_at)
+    jobs = await read_jobs(soak.database_url, soak.pg_back_at, soak.faults)
     warm = [s for s in soak.rss_samples if s[0] >= 0.2 * duration_s]
     quarter = max(1, len(warm) // 4)
     return {
@@ -331,6 +368,7 @@ async def run_soak(soak: Soak, args: argparse.Namespace, duration_s: float) -> d
         "left_active": sum(jobs["statuses"].get(s, 0) for s in ("pending", "processing")),
         "jobs_failed_by_database": jobs["database_errors"],
         "first_success_after_recovery_s": jobs["first_success_after_recovery_s"],
+        "recoveries": jobs["recoveries"],
         "cache_errors": app.get("cache_errors"),
         "rss_first_quarter_mb": median(s[1] for s in warm[:quarter]) if warm else None,
         "rss_last_quarter_mb": median(s[1] for s in warm[-quarter:]) if warm else None,
@@ -364,6 +402,9 @@ def print_report(result: dict[str, Any]) -> None:
     ]
     for name, value in rows:
         print(f"  {name:<46} {value}")
+    for fault in result["recoveries"]:
+        print(f"  fault at {fault['at']}: {fault['fault']} for {fault['for_s']} s, first job "
+              f"success {fault['first_success_after_s']} s after it ended")
     print("  answers: " + ", ".join(f"{key}: {count}" for key, count in result["answers"].items()))
 
 
@@ -380,6 +421,8 @@ def main() -> None:
     parser.add_argument("--postgres-fault", choices=("restart", "outage"), default="restart",
                         help="restart the machine's cluster, or cut off this soak's database "
                              "only (default restart)")
+    parser.add_argument("--fault-every", help="a fault every DURATION instead (10m): Redis "
+                        "paused (a quarter of it, at most 60 s) and PostgreSQL in turn")
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args()
     duration_s = parse_duration_s(args.duration)

@@ -171,11 +171,15 @@ def wait_for_job(user: HttpUser, job_id: str, started_at: float, timeout_s: floa
 def record_job(user: HttpUser, name: str, duration_s: float, timing: str | float | None,
                error: str | None) -> None:
     """A JOB record of `duration_s`; `timing`: how it was measured (recorder.JOB_TIMING),
-    None for a job that never finished (the time waited for it is not a completion time)."""
+    None for a job that never finished (the time waited for it is not a completion time).
+    It carries the user's context as Locust's requests do, so a simultaneous A/B trial's
+    arm labels its jobs too ("[A] job_completion")."""
+    context = {**user.context()}  # a copy: a user class may hand out its own dict
+    if timing is not None:
+        context[JOB_TIMING] = timing
     user.environment.events.request.fire(
         request_type="JOB", name=name, response_time=duration_s * 1000, response_length=0,
-        exception=RuntimeError(error) if error else None,
-        context={} if timing is None else {JOB_TIMING: timing})
+        exception=RuntimeError(error) if error else None, context=context)
 
 
 def research_flow(user: HttpUser, rng: random.Random) -> None:

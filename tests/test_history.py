@@ -269,6 +269,75 @@ def test_simultaneous_trials_judge_a_target_perfkit_did_not_write(tmp_path: Path
     assert "simultaneous" in (out / "compare.md").read_text()
 
 
+def _p50_by_arm(trial: Path) -> dict[str, float]:
+    endpoints = json.loads((trial / "summary.json").read_text())["endpoints"]
+    return {arm: endpoints[f"[{arm}] {HEALTH}"]["p50_ms"] for arm in "AB"}
+
+
+@measured
+def test_an_open_load_favours_neither_arm(tmp_path: Path) -> None:
+    """A/A under an open load: two instances of one 10 ms target as arms, 30 iterations/s
+    from 10 users per arm. Each trial's arms get the same p50, in the A B and the B A trial
+    alike. Before, every user fired in the same instant and A's users (spawned first in
+    every trial, as Locust orders user classes by name) sent first: B's p50 came out 17 %
+    and 5 % above A's (B/A over both trials x1.11), p50s of 21-25 ms for a 10 ms target."""
+    out = tmp_path / "ab"
+    done = perfkit("ab", "--simultaneous", "--a-cmd", _fixed_delay_cmd(10.0),
+                   "--b-cmd", _fixed_delay_cmd(10.0), "--repeat", "2", "--scenario", "health",
+                   "--rate", "30", "--users", "10", "--duration", "8s", "--warmup", "2s",
+                   "--out", str(out), timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    ratios = []
+    for trial in ("01-AB", "02-BA"):
+        p50 = _p50_by_arm(out / trial)
+        ratios.append(p50["B"] / p50["A"])
+        assert 0.93 < ratios[-1] < 1.07, (trial, p50)
+    assert 0.96 < math.sqrt(ratios[0] * ratios[1]) < 1.04, ratios
+    assert json.loads((out / "compare.json").read_text())["pair_orders"] == ["AB", "BA"]
+    assert "A first x" in (out / "compare.html").read_text()
+
+
+def test_the_arm_first_in_a_trials_order_is_spawned_first(tmp_path: Path) -> None:
+    """One user per arm, spawned a second apart: the first is the arm the trial's order puts
+    first (A in A B, B in B A), so that what being first does (the first phase of the
+    arrival schedule, sending first when both are due) alternates with the order instead of
+    falling on A in every trial."""
+    out = tmp_path / "ab"
+    done = perfkit("ab", "--simultaneous", "--a-cmd", _fixed_delay_cmd(1.0),
+                   "--b-cmd", _fixed_delay_cmd(1.0), "--repeat", "2", "--scenario", "health",
+                   "--users", "1", "--spawn-rate", "1", "--duration", "4s", "--warmup", "0s",
+                   "--out", str(out), timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for trial, first in (("01-AB", "A"), ("02-BA", "B")):
+        started: dict[str, float] = {}
+        for line in (out / trial / "latency.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            arm = record["name"][1]
+            started[arm] = min(started.get(arm, math.inf), record["t"])
+        later = "B" if first == "A" else "A"
+        assert started[first] < started[later], (trial, started)
+
+
+def test_job_records_of_a_simultaneous_trial_name_their_arm(tmp_path: Path) -> None:
+    """The research scenario's per-job records carry the arm as its requests do: each arm's
+    jobs are its own (not merged into one unlabelled job_completion), and kept out of the
+    endpoints and the request counts."""
+    envelope = Path(__file__).parent / "targets" / "envelope.py"
+    command = f"{sys.executable} {envelope} --job-ms 300 --port {{port}}"
+    out = tmp_path / "ab"
+    done = perfkit("ab", "--simultaneous", "--a-cmd", command, "--b-cmd", command,
+                   "--repeat", "2", "--scenario", "research", "--users", "2", "--duration", "6s",
+                   "--warmup", "0s", "--out", str(out), timeout=240)
+    assert done.returncode in (0, 1), done.stdout + done.stderr
+    summary = json.loads((out / "01-AB" / "summary.json").read_text())
+    assert {"[A] job_completion", "[B] job_completion"} <= set(summary["jobs"]), summary["jobs"]
+    assert "job_completion" not in summary["jobs"]
+    for arm in "AB":
+        job = summary["jobs"][f"[{arm}] job_completion"]
+        assert job["count"] > 0 and 0.25 < job["p50_s"] < 0.6, (arm, job)
+    assert not [name for name in summary["endpoints"] if "job_completion" in name]
+
+
 def test_a_simultaneous_trial_refuses_workers_and_stops_both_targets(tmp_path: Path) -> None:
     done = perfkit("ab", "--simultaneous", "--a-cmd", _fixed_delay_cmd(1.0),
                    "--b-cmd", _fixed_delay_cmd(1.0), "--repeat", "2", "--scenario", "health",

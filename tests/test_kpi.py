@@ -131,7 +131,10 @@ def test_defaults_hold_the_performance_guide() -> None:
     assert limits[("cpu_busiest_percent_peak", None)] == (None, 80.0, "%", "upper")
     assert limits[("disk_mb_s_mean", None)] == (100.0, None, "MB/s", "upper")
     assert limits[("net_mb_s_mean", None)] == (10.0, None, "MB/s", "upper")
-    assert len(targets) == 15
+    # availability and reliability (issue 22): uptime 99.9 %, recovery under 5 minutes
+    assert limits[("availability_percent", None)] == (99.9, None, "%", "lower")
+    assert limits[("recovery_s_max", None)] == (300.0, None, "s", "upper")
+    assert len(targets) == 17
     assert {t.source for t in targets.values()} == {"defaults"}
 
 
@@ -169,7 +172,7 @@ target = "1.5GB"
     assert ("batch_10_completion_s_mean", None) not in keyed
     assert (keyed[("rss_mb_peak", None)].target, keyed[("rss_mb_peak", None)].allowed) == (
         1536.0, None)
-    assert len(targets) == 15  # 15 defaults - 1 disabled + 1 added, the override in place
+    assert len(targets) == 17  # 17 defaults - 1 disabled + 1 added, the override in place
     assert [t.metric for t in targets][0] == "p99_ms"
 
 

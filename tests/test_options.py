@@ -114,6 +114,8 @@ def sample(option: Option, tmp_path: Path) -> str | None:
         return str(body)
     if isinstance(kind, click.Path):
         return str(tmp_path / "some-path")
+    if type(kind).__name__ == "FaultText":
+        return "at=7s,do=true"
     if type(kind).__name__ == "JsonText":
         return '{"user_class_name": "A"}'
     return "x1"
@@ -134,8 +136,9 @@ def toml_text(command: str, key: str, value: Any) -> str:
 
 
 def conf_text(key: str, value: Any) -> str:
-    if isinstance(value, list):
-        return f"{key} = [{', '.join(value)}]\n"
+    if isinstance(value, list):  # JSON where an item holds a comma (a --fault), as Locust
+        return f"{key} = {json.dumps(value)}\n" if any("," in v for v in value) \
+            else f"{key} = [{', '.join(value)}]\n"
     return f"{key} = {'true' if value is True else value}\n"
 
 

@@ -65,7 +65,7 @@ def test_summary_json_is_the_ci_contract(failing_run: Path) -> None:
         assert endpoint["p50_ms"] <= endpoint["p99_ms"] <= endpoint["max_ms"]
     assert summary["jobs"]["job_completion"]["count"] > 0
     kpis = {k["name"]: k for k in summary["kpis"]}
-    assert len(kpis) == 15
+    assert len(kpis) == 17
     for kpi in kpis.values():
         assert {"name", "value", "target", "allowed", "verdict", "unit", "margin_percent",
                 "reason"} <= set(kpi)

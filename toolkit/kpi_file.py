@@ -18,6 +18,15 @@ DEFAULTS_PATH = Path(__file__).with_name("kpi_defaults.toml")
 
 # Per-job records in latency.jsonl: not HTTP requests, so never counted in rps or error rate.
 JOB_NAMES = ("job_completion", "batch_10_completion")
+# A simultaneous A/B trial names each record by its arm: "[A] GET /x", "[B] job_completion".
+_ARM_PREFIX = re.compile(r"^\[[^\]]*\] ")
+
+
+def is_job(name: str) -> bool:
+    """Whether a latency record of this name is a job's time (JOB_NAMES, an arm's too), not
+    an HTTP request."""
+    return _ARM_PREFIX.sub("", name, count=1) in JOB_NAMES
+
 
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
@@ -68,6 +77,9 @@ METRICS: dict[str, Metric] = {
     "net_mb_s_peak": Metric("MB/s", "upper", "none", "peak network"),
     "db_query_mean_ms": Metric("ms", "upper", "none", "mean query time"),
     "db_capacity_qps": Metric("queries/s", "lower", "none", "database capacity"),
+    # analysis/availability.py: the guide's availability and recovery-time KPIs.
+    "availability_percent": Metric("%", "lower", "none", "availability"),
+    "recovery_s_max": Metric("s", "upper", "none", "slowest recovery after a fault"),
 }
 
 

@@ -31,6 +31,7 @@ import click
 from click.core import ParameterSource
 
 from .errors import ConfigError
+from .faults import Fault, parse_fault
 from .units import parse_duration, parse_quantity
 
 # The commands that generate load share most options; perfkit.toml's top-level keys and
@@ -81,6 +82,25 @@ class JsonText(click.ParamType):
 
     def split_envvar_value(self, rv: str) -> list[str]:
         return [rv]
+
+
+class FaultText(click.ParamType):
+    """A --fault (faults.py): text in, a Fault out. In an environment variable, one fault a
+    line: a fault's own text holds commas and spaces."""
+
+    name = "fault"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Fault:
+        if isinstance(value, Fault):
+            return value
+        try:
+            return parse_fault(value)
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+
+    def split_envvar_value(self, rv: str) -> list[str]:
+        return [line for line in rv.splitlines() if line.strip()]
 
 
 def show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -322,6 +342,12 @@ OPTIONS: tuple[Option, ...] = (
     _o("web_port", "--web-port -P", "With --web: the live page's port (0: any free one).",
        type=click.IntRange(0, 65535), default=8089, commands=CONFIGURED_BY_FILES,
        locust="--web-port -P", locust_env="LOCUST_WEB_PORT", env="PERFKIT_WEB_PORT"),
+    _o("faults", "--fault", "Run a fault during the load (repeatable): at=30s,for=10s,do=CMD"
+       "[,undo=CMD][,every=10m][,timeout=60s], or a network fault through perfkit's proxy: "
+       "at=20s,for=15s,net=latency:300ms (bandwidth:100KB/s, reset, blackhole); availability "
+       "and recovery are judged (docs/reliability.md).",
+       commands=("load", "stress", "endurance"), type=FaultText(), multiple=True,
+       metavar="SPEC", env="PERFKIT_FAULT"),
     _o("history", "--history", "History store the run's numbers are appended to: a SQLite "
        "file or a postgresql:// URL; 'off' to skip.", default=_HISTORY, env="PERFKIT_HISTORY"),
     # -- Locust's options perfkit refuses (one line, exit 2) ...

@@ -88,6 +88,10 @@ class RunMeta:
     # What else the machine was doing (perfkit.analysis.environment); None for runs recorded
     # before resources.csv had the machine-load columns.
     environment: dict[str, Any] | None = None
+    # --fault: one entry per occurrence (run/faults.py: spec, what, at_s, for_s, status,
+    # started_at, ended_at, do and undo {command, exit_code, duration_s, timed_out, output,
+    # error}); None for a run without faults.
+    faults: list[dict[str, Any]] | None = None
     verdict: str | None = None
 
     def collector_note(self, name: str) -> str:
@@ -198,7 +202,7 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
     "load": _OPTIONAL_OBJECT, "locust_counts": (dict,), "alarms": _OPTIONAL_OBJECT,
     "profile": _OPTIONAL_OBJECT, "stress": _OPTIONAL_OBJECT, "endurance": _OPTIONAL_OBJECT,
     "baseline": _OPTIONAL_OBJECT, "verdict": _OPTIONAL_TEXT, "distributed": _OPTIONAL_OBJECT,
-    "environment": _OPTIONAL_OBJECT,
+    "environment": _OPTIONAL_OBJECT, "faults": (list, type(None)),
 }
 _SETTINGS_TYPES: dict[str, tuple[type, ...]] = {
     "users": (int,), "spawn_rate": _NUMBER, "duration_s": _NUMBER,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .faults import Fault
 from .kpi_file import KpiTarget, load_kpi_targets
 from .options import default_value
 
@@ -181,6 +182,9 @@ class LoadSettings:
     only_summary: bool = False
     reset_stats: bool = False
     exit_code_on_error: int | None = None
+    # --fault: commands run at set times of the load (run/faults.py), judged for availability
+    # and recovery (analysis/availability.py).
+    faults: tuple[Fault, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kpi_targets is None:
@@ -293,7 +297,8 @@ def build_load_settings(command: str, values: dict[str, Any], *,
         loglevel=values["loglevel"].upper() if values["loglevel"] else None,
         logfile=values["logfile"], skip_log_setup=values["skip_log_setup"],
         only_summary=values["only_summary"], reset_stats=values["reset_stats"],
-        exit_code_on_error=values["exit_code_on_error"])
+        exit_code_on_error=values["exit_code_on_error"],
+        faults=tuple(values.get("faults") or ()))  # regression and ab have no --fault
 
 
 def split_tags(tags: tuple[str, ...] | list[str]) -> tuple[str, ...]:

@@ -25,6 +25,7 @@ CPU_BURNER = TARGETS_DIR / "cpu_burner.py"
 ENVELOPE = TARGETS_DIR / "envelope.py"
 SQL = TARGETS_DIR / "sql.py"
 SWITCHABLE = TARGETS_DIR / "switchable.py"
+OUTAGE = TARGETS_DIR / "outage.py"
 
 
 def start_target(script: Path, *args: str,

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from ..kpi_file import JOB_NAMES, KpiTarget
+from ..kpi_file import KpiTarget, is_job
 from ..result import RunResult, json_safe
 from . import stats
 from .kpi import judged_window
@@ -251,7 +251,7 @@ def measure_drift(run: RunResult, start: float, end: float) -> dict[str, Any]:
     """p95 of the first and last DRIFT_FRACTION of [start, end], per request name and for
     all requests ("all"), and last / first; "verdict" warn when all requests drifted."""
     part_s = (end - start) * DRIFT_FRACTION
-    latency = run.latency[~run.latency["name"].isin(JOB_NAMES)]
+    latency = run.latency[~run.latency["name"].map(is_job).astype(bool)]
     first = latency[(latency["t"] >= start) & (latency["t"] < start + part_s)]
     last = latency[(latency["t"] > end - part_s) & (latency["t"] <= end)]
     drift: dict[str, Any] = {}
@@ -277,7 +277,7 @@ def measure_error_budget(run: RunResult, targets: list[KpiTarget], start: float,
                          end: float) -> dict[str, Any]:
     """Failures against what the run-wide error-rate KPI allows for the requests made."""
     latency = run.latency[(run.latency["t"] >= start) & (run.latency["t"] <= end)]
-    requests = latency[~latency["name"].isin(JOB_NAMES)]
+    requests = latency[~latency["name"].map(is_job).astype(bool)]
     count, failures = int(requests["count"].sum()), int(requests["failures"].sum())
     kpi = next((k for k in targets if k.metric == "error_rate_percent" and k.endpoint is None),
                None)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..kpi_file import JOB_NAMES, METRICS, KpiTarget
+from ..kpi_file import JOB_NAMES, METRICS, KpiTarget, is_job
 from ..result import (
     LATENCY_COLUMNS,
     KpiResult,
@@ -23,7 +23,7 @@ from ..result import (
     json_safe,
 )
 from ..units import format_percent, format_value
-from . import observed, stats
+from . import availability, observed, stats
 from .environment import summarize_environment
 
 # A start plus warm-up within float error of a whole second is that second.
@@ -114,21 +114,52 @@ def summarize_judged(run: RunResult) -> dict[str, dict[str, Any]]:
     return stats.summarize_endpoints(judged_latency(run), end - start)
 
 
+def judged_availability(run: RunResult, targets: list[KpiTarget]) -> dict[str, Any]:
+    """analysis/availability.py's {"availability", "faults"} of `run`: every second of the
+    run is judged (a fault in the warm-up recovers in it too), availability on the judged
+    window only."""
+    start, end = judged_window(run)
+    started_at = float(run.meta.started_at)
+    seconds = availability.judge_seconds(run.latency, targets, started_at, end)
+    return availability.summarize_availability(seconds, run.meta.faults, started_at, start,
+                                               end)
+
+
+_AVAILABILITY_METRICS = ("availability_percent", "recovery_s_max")
+
+
 def evaluate_kpis(run: RunResult, targets: list[KpiTarget], *,
-                  summaries: dict[str, dict[str, Any]] | None = None) -> list[KpiResult]:
+                  summaries: dict[str, dict[str, Any]] | None = None,
+                  available: dict[str, Any] | None = None) -> list[KpiResult]:
     """Judge `run` on the judged window (warm-up left out) against each target, in order.
-    `summaries`: summarize_judged(run), when the caller already has it."""
+    `summaries`: summarize_judged(run), `available`: judged_availability(run, targets), when
+    the caller already has them."""
     start, end = judged_window(run)
     duration_s = end - start
     latency = judged_latency(run)
     if summaries is None:
         summaries = summarize_judged(run)
-    requests = latency[~latency["name"].isin(JOB_NAMES)]
-    context = _Context(run, start, end, duration_s, summaries, requests)
+    if available is None and any(kpi.metric in _AVAILABILITY_METRICS for kpi in targets):
+        available = judged_availability(run, targets)
+    requests = latency[~latency["name"].map(is_job).astype(bool)]
+    context = _Context(run, start, end, duration_s, summaries, requests, available)
     results = [judge_kpi(kpi, *_measure(kpi, context)) for kpi in targets]
     return [_judge_capacity(result, run, results)
             if result.kpi.metric == "rps" and result.kpi.endpoint is None
-            and result.verdict in ("warn", "fail") else result for result in results]
+            and result.verdict in ("warn", "fail") else
+            _judge_recovery(result, available) if result.kpi.metric == "recovery_s_max"
+            else result for result in results]
+
+
+def _judge_recovery(result: KpiResult, available: dict[str, Any] | None) -> KpiResult:
+    """A fault the target never recovered from fails, however short the run after it."""
+    never = [f for f in (available or {}).get("faults") or [] if f.get("recovered") is False]
+    if not never:
+        return result
+    worst = max(never, key=lambda f: f["recovery_s"])
+    return replace(result, verdict="fail", reason=(
+        f"fault {worst['index']} (`{worst['what']}`) not recovered by the end of the run "
+        f"(over {format_value(worst['recovery_s'], 's')} after it ended)"))
 
 
 # An open load "kept up" when it achieved at least this share of the rate it offered.
@@ -171,6 +202,7 @@ class _Context:
     duration_s: float
     summaries: dict[str, dict[str, Any]]
     requests: pd.DataFrame
+    available: dict[str, Any] | None = None
 
 
 def _measure(kpi: KpiTarget, ctx: _Context) -> tuple[float | None, str]:
@@ -206,14 +238,28 @@ def _measure(kpi: KpiTarget, ctx: _Context) -> tuple[float | None, str]:
             return _measure_job(job, metric.removeprefix(f"{job}_s_"), ctx)
     if metric.startswith("db_"):
         return _measure_database(kpi, ctx)
+    if metric in _AVAILABILITY_METRICS:
+        return _measure_availability(metric, ctx.available or {})
     return _measure_resource(metric, ctx)
+
+
+def _measure_availability(metric: str, available: dict[str, Any]) -> tuple[float | None, str]:
+    if metric == "availability_percent":
+        percent = (available.get("availability") or {}).get("percent")
+        return (percent, "") if percent is not None else (None, "no requests in the judged "
+                                                                "window")
+    ran = [f for f in available.get("faults") or [] if f.get("recovery_s") is not None]
+    if not ran:
+        return None, ("no fault ran in this run (--fault)" if not available.get("faults")
+                      else "no fault was reached before the run ended")
+    return max(float(f["recovery_s"]) for f in ran), ""
 
 
 def _no_requests(endpoint: str, ctx: _Context) -> str:
     in_run = ctx.run.latency[ctx.run.latency["name"] == endpoint]
     if len(in_run):
         return f"no requests in the judged window ({int(in_run['count'].sum())} during warm-up)"
-    seen = sorted(set(ctx.run.latency["name"]) - set(JOB_NAMES))
+    seen = sorted(n for n in set(ctx.run.latency["name"]) if not is_job(n))
     close = difflib.get_close_matches(endpoint, seen, n=1, cutoff=0.8)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return f"no requests: this run never called {endpoint}{hint}"
@@ -341,8 +387,10 @@ def _measure_postgres(kpi: KpiTarget, postgres: dict[str, Any]) -> tuple[float |
 
 def window_kpis(targets: list[KpiTarget]) -> list[KpiTarget]:
     """The KPIs a few seconds of a run can judge: upper bounds, not database timings (whose
-    app.csv samples come every few seconds and are cumulative)."""
-    return [kpi for kpi in targets if kpi.bound == "upper" and not kpi.metric.startswith("db_")]
+    app.csv samples come every few seconds and are cumulative) nor the recovery of a fault
+    (a whole run's)."""
+    return [kpi for kpi in targets if kpi.bound == "upper" and not kpi.metric.startswith("db_")
+            and kpi.metric not in _AVAILABILITY_METRICS]
 
 
 def judge_window(records: list[dict[str, Any]], resources: pd.DataFrame | None, start: float,
@@ -365,9 +413,10 @@ def judge_run(run: RunResult, targets: list[KpiTarget]) -> RunResult:
     content (field names are a contract: add, never rename); returns `run`."""
     start, end = judged_window(run)
     summaries = summarize_judged(run)
-    results = evaluate_kpis(run, targets, summaries=summaries)
+    available = judged_availability(run, targets)
+    results = evaluate_kpis(run, targets, summaries=summaries, available=available)
     run.kpis = results
-    run.endpoints = {name: s for name, s in summaries.items() if name not in JOB_NAMES}
+    run.endpoints = {name: s for name, s in summaries.items() if not is_job(name)}
     # How the jobs were timed (over the whole run); None where run.json does not say (a run
     # directory from before it did, or a locustfile that records jobs itself).
     job_timing = (run.meta.load or {}).get("job_timing") or {}
@@ -375,7 +424,7 @@ def judge_run(run: RunResult, targets: list[KpiTarget]) -> RunResult:
                        **{key.replace("_ms", "_s"): (None if s[key] is None else s[key] / 1000.0)
                           for key in ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms")},
                        "timing": job_timing.get(name)}
-                for name, s in summaries.items() if name in JOB_NAMES}
+                for name, s in summaries.items() if is_job(name)}
     run.verdict, run.verdict_reason = _verdict(run, results)
     if run.meta.stress is not None:
         from .stress import judge_stress  # analysis.stress imports this module
@@ -416,6 +465,8 @@ def judge_run(run: RunResult, targets: list[KpiTarget]) -> RunResult:
         "stress": _stress_summary(meta.stress),
         "endurance": _endurance_summary(meta.endurance),
         "environment": meta.environment,
+        "availability": available["availability"],
+        "faults": available["faults"],
     })
     return run
 
@@ -489,7 +540,8 @@ def _verdict(run: RunResult, results: list[KpiResult]) -> tuple[str, str]:
     parts first — the run's state, then endurance, then the KPIs — and then those of any
     lesser warning or failure. Every output (report banner, summary.json and .md, junit.xml,
     the exit code) shows this one verdict."""
-    parts = [_run_part(run), *_endurance_parts(run.meta.endurance), _kpi_part(results)]
+    parts = [_run_part(run), *_endurance_parts(run.meta.endurance),
+             *_fault_parts(run.meta.faults), _kpi_part(results)]
     judged = [part for part in parts if part is not None]
     rank = max(VERDICT_RANK[verdict] for verdict, _ in judged)
     verdict = next(v for v, _ in judged if VERDICT_RANK[v] == rank)
@@ -561,6 +613,20 @@ def _endurance_parts(endurance: dict[str, Any] | None) -> list[tuple[str, str]]:
                               f" in the first {100 * drift['fraction']:.0f} % of the run, "
                               f"{format_value(overall['p95_last_ms'], 'ms')} in the last "
                               f"(×{overall['ratio']:.2f})"))
+    return parts
+
+
+def _fault_parts(faults: list[dict[str, Any]] | None) -> list[tuple[str, str]]:
+    """A fault whose command failed fails the run (it may not have happened as planned, so
+    what was measured is not what was asked for); one the run ended before warns."""
+    parts = []
+    for fault in faults or []:
+        problem = availability.describe_command_failure(fault)
+        if problem:
+            parts.append(("fail", f"fault {fault.get('index')} failed: {problem}"))
+        elif fault.get("status") == "not_reached":
+            parts.append(("warn", f"fault {fault.get('index')} (`{fault.get('what')}`) was "
+                                  f"not reached: the run ended first"))
     return parts
 
 

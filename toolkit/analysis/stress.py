@@ -51,7 +51,7 @@ import pandas as pd
 from scipy.optimize import OptimizeWarning, curve_fit
 
 from ..errors import ConfigError
-from ..kpi_file import JOB_NAMES, KpiTarget
+from ..kpi_file import KpiTarget, is_job
 from ..result import LATENCY_COLUMNS, KpiResult, Step
 from ..settings import StressSettings
 from ..units import format_percent, format_value
@@ -158,7 +158,7 @@ def size_open_users(rate: float, previous: dict[str, Any] | None, users_before: 
 
 def summarize_requests(records: list[dict[str, Any]], duration_s: float) -> dict[str, Any]:
     """Count, failures, rps, error rate, mean and percentiles of all HTTP requests together."""
-    requests = [r for r in records if r["name"] not in JOB_NAMES]
+    requests = [r for r in records if not is_job(r["name"])]
     count = sum(int(r["count"]) for r in requests)
     failures = sum(int(r["failures"]) for r in requests)
     hist = stats.merge_histograms(r["hist"] for r in requests)
@@ -170,7 +170,7 @@ def summarize_requests(records: list[dict[str, Any]], duration_s: float) -> dict
 
 
 def _p50_ms(records: list[dict[str, Any]]) -> float | None:
-    requests = [r["hist"] for r in records if r["name"] not in JOB_NAMES]
+    requests = [r["hist"] for r in records if not is_job(r["name"])]
     return stats.percentile_ms(stats.merge_histograms(requests), 50)
 
 
@@ -225,7 +225,7 @@ def judge_step(step: int, users: int, rate: float | None, records: list[dict[str
                          "endpoint": None, "value": error_rate, "limit": max_error_rate_percent,
                          "reason": f"error rate {format_value(error_rate, '%')} is over the "
                                    f"{format_value(max_error_rate_percent, '%')} limit"})
-    seconds = sorted({r["t"] for r in records if r["name"] not in JOB_NAMES})
+    seconds = sorted({r["t"] for r in records if not is_job(r["name"])})
     per_second = [_p50_ms([r for r in records if r["t"] == t]) for t in seconds]
     tau = kendall_tau([m for m in per_second if m is not None])
     if _grew(first, last) and tau is not None and tau >= GROWTH_TAU:

@@ -74,8 +74,9 @@ class RedisCache:
             import redis.asyncio as aioredis
             from redis.exceptions import RedisError
         except ImportError:
-            raise ConfigError("--redis-url needs the redis client: "
-                              "pip install 'perfkit[redis]'") from None
+            # perfkit depends on celery[redis], which brings it: only a broken install lacks it.
+            raise ConfigError("--redis-url needs the redis client, which perfkit's install "
+                              "brings (celery[redis]): pip install 'redis>=5'") from None
         # Errors that make a lookup a miss: the client's own, the socket's, a timeout.
         self.failures: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
         self.metrics = metrics

@@ -61,6 +61,13 @@ def write_report(run: RunResult) -> Path:
                       f"{budget['failures']} failures, {budget['allowed_failures'] or 0:.1f} "
                       f"allowed" if used is not None and used > 100.0 else None,
                       None if used is not None else budget.get("note") or "not measurable"))
+    for fault in run.summary.get("faults") or []:
+        # A fault whose command failed fails the verdict (analysis/kpi.py); one the run ended
+        # before is skipped; its recovery is the recovery KPI's case.
+        cases.append((f"fault {fault['index']}: {fault['what']}",
+                      fault["problem"] or None,
+                      "not reached: the run ended first"
+                      if fault["status"] == "not_reached" else None))
     # junit.xml fails exactly when the verdict does: a failing verdict no case above explains
     # (the scenario raised, say) is a case of its own.
     if run.verdict == "fail" and not any(failure for _, failure, _ in cases):

@@ -11,6 +11,7 @@ from typing import Any
 
 from .. import rundir
 from ..result import json_safe
+from ..units import format_value
 
 COMPARE_HTML = "compare.html"
 COMPARE_MD = "compare.md"
@@ -25,24 +26,52 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if abs(value) < 1e4 else f"{value:.3g}"
 
 
-def _pairs_svg(a_values: list[float], b_values: list[float]) -> str:
-    """Each pair a line from A (left) to B (right): a slowdown slopes up in every pair."""
+def metric_unit(metric: str) -> str:
+    """The unit a metric's name ends in: p50_ms → ms, error_rate_percent → %."""
+    return {"ms": "ms", "percent": "%", "rps": "rps", "s": "s", "mb": "MB"}.get(
+        metric.rsplit("_", 1)[-1], "")
+
+
+def _pairs_svg(a_values: list[float], b_values: list[float], unit: str) -> str:
+    """Each pair a line from A (left) to B (right) on a labelled value axis: a slowdown slopes
+    up (red) in every pair. The pairs' numbers are in the table beside it."""
     if not a_values:
         return ""
-    width, height, pad = 120, 60, 6
+    width, height, left, pad = 190, 80, 58, 8
     top = max(a_values + b_values)
     bottom = min(a_values + b_values)
     span = (top - bottom) or 1.0
 
     def y(v: float) -> float:
-        return height - pad - (v - bottom) / span * (height - 2 * pad)
+        return height - 14 - (v - bottom) / span * (height - 14 - pad)
 
-    lines = "".join(f'<line x1="{pad}" y1="{y(a):.1f}" x2="{width - pad}" y2="{y(b):.1f}" '
-                    f'stroke="{"#c62828" if b > a else "#1565c0"}" stroke-opacity="0.7"/>'
+    lines = "".join(f'<line x1="{left + 6}" y1="{y(a):.1f}" x2="{width - 6}" y2="{y(b):.1f}" '
+                    f'stroke="{"#c62828" if b > a else "#1565c0"}" stroke-opacity="0.75"/>'
                     for a, b in zip(a_values, b_values, strict=True))
-    return (f'<svg width="{width}" height="{height}" role="img" aria-label="pairs A to B">'
-            f'<text x="0" y="10" font-size="9">A</text>'
-            f'<text x="{width - 8}" y="10" font-size="9">B</text>{lines}</svg>')
+    higher = sum(b > a for a, b in zip(a_values, b_values, strict=True))
+    label = (f"{len(a_values)} pairs from A to B, values {format_value(bottom, unit)} to "
+             f"{format_value(top, unit)}; {higher} higher in B")
+    return (f'<svg width="{width}" height="{height}" role="img" aria-label="{html.escape(label)}">'
+            f'<title>{html.escape(label)}</title>'
+            f'<line x1="{left}" y1="{pad}" x2="{left}" y2="{height - 14}" stroke="#555"/>'
+            f'<text x="{left - 4}" y="{y(top) + 4:.1f}" font-size="10" text-anchor="end">'
+            f'{html.escape(format_value(top, unit))}</text>'
+            f'<text x="{left - 4}" y="{y(bottom) + 4:.1f}" font-size="10" text-anchor="end">'
+            f'{html.escape(format_value(bottom, unit))}</text>'
+            f'<text x="{left + 6}" y="{height - 2}" font-size="10">A</text>'
+            f'<text x="{width - 12}" y="{height - 2}" font-size="10">B</text>{lines}</svg>')
+
+
+def _pairs_table(metric: dict[str, Any], orders: list[str], unit: str) -> str:
+    """Every pair's A, B and B/A (and which arm ran first), folded under the chart."""
+    rows = "".join(
+        f"<tr><td>{i}</td><td>{html.escape(orders[i - 1]) if len(orders) >= i else ''}</td>"
+        f"<td>{html.escape(format_value(a, unit))}</td>"
+        f"<td>{html.escape(format_value(b, unit))}</td><td>{_fmt(b / a if a else None)}</td></tr>"
+        for i, (a, b) in enumerate(zip(metric["a_values"], metric["b_values"], strict=True), 1))
+    return (f"<details><summary>{len(metric['a_values'])} pairs</summary><table>"
+            "<tr><th>pair</th><th>order</th><th>A</th><th>B</th><th>B/A</th></tr>"
+            f"{rows}</table></details>")
 
 
 def render_ab_html(record: dict[str, Any]) -> str:
@@ -56,7 +85,9 @@ def render_ab_html(record: dict[str, Any]) -> str:
             f"<td>{_fmt(m['ratio'])}</td><td>{_fmt(m['ci_low'])} – {_fmt(m['ci_high'])}</td>"
             f"<td>{p_text}</td>"
             f"<td style='color:{colour};font-weight:bold'>{m['verdict']}</td>"
-            f"<td>{_pairs_svg(m['a_values'], m['b_values'])}</td>"
+            f"<td>{_pairs_svg(m['a_values'], m['b_values'], metric_unit(m['metric']))}"
+            f"{_pairs_table(m, record.get('pair_orders') or [], metric_unit(m['metric']))}</td>"
+            f"<td>{html.escape(describe_order_effect(m, record.get('pair_orders') or []))}</td>"
             f"<td>{html.escape(m['note'])}</td></tr>")
     banner = {"regression": "#c62828", "no regression": "#2e7d32",
               "not judged": "#555"}.get(record["outcome"], "#b26a00")
@@ -76,12 +107,30 @@ wall time {_fmt(record['wall_time_s'], 0)} s.</p>
 <p>Ratio = geometric mean of B/A over the pairs; its interval is a paired t interval on
 log(B/A) at the family-wise confidence {record['confidence']:.0%} (Bonferroni over the
 metrics), so it holds the noise between runs. A metric regressed when the ratio exceeds
-1 + {record['threshold']:.0%} and the interval lies wholly above 1.</p>
+1 + {record['threshold']:.0%} and the interval lies wholly above 1. B/A by which arm ran
+first: a ratio that follows the order (above 1 when A ran first, below when B did) is the
+order's doing, which alternating the order cancels; a ratio above 1 both ways is B's.</p>
 <ul>{notes}</ul>
 <table><tr><th>endpoint</th><th>metric</th><th>A mean</th><th>B mean</th><th>B/A</th>
-<th>interval</th><th>p</th><th>verdict</th><th>pairs</th><th>note</th></tr>
+<th>interval</th><th>p</th><th>verdict</th><th>pairs</th><th>B/A by which arm ran first</th>
+<th>note</th></tr>
 {''.join(rows)}</table></body></html>
 """
+
+
+def describe_order_effect(metric: dict[str, Any], orders: list[str]) -> str:
+    """The geometric mean of B/A over the pairs in which A ran first, and over those in which
+    B did ("A first x1.02 (3) · B first x0.99 (2)"); empty where a metric left pairs out."""
+    if len(orders) != len(metric["a_values"]):
+        return ""
+    parts = []
+    for first in ("A", "B"):
+        logs = [math.log(b / a) for a, b, order in
+                zip(metric["a_values"], metric["b_values"], orders, strict=True)
+                if order.startswith(first)]
+        if logs:
+            parts.append(f"{first} first x{math.exp(sum(logs) / len(logs)):.3f} ({len(logs)})")
+    return " · ".join(parts)
 
 
 def _mean(values: list[float]) -> float | None:

@@ -35,6 +35,8 @@ TARGET_COLOR = "#dc2626"
 ALLOWED_COLOR = "#7f1d1d"
 WARMUP_COLOR = "#e5e7eb"
 WARMUP_LABEL = "warm-up (not judged)"
+FAULT_COLOR = "#f59e0b"
+FAULT_LABEL = "fault (--fault)"
 
 _STYLE: Any = {  # matplotlib types rc keys as Literals
     # Text stays text (small files, selectable); the page's CSS picks the font.
@@ -263,8 +265,11 @@ def _short(label: str) -> str:
     return f"{label[:cut]}\n  {rest}"
 
 
-def _time_axis(axes: list[Axes], duration_s: float, warmup_s: float) -> None:
-    """Elapsed time on the x axis (minutes for long runs) and the warm-up shaded."""
+def _time_axis(axes: list[Axes], duration_s: float, warmup_s: float,
+               faults: Sequence[tuple[float, float]] = ()) -> None:
+    """Elapsed time on the x axis (minutes for long runs), the warm-up shaded and each fault
+    a band from its start to its end (offsets in s; at least a second wide, so an instant
+    fault shows)."""
     minutes = duration_s >= 600
     scale = 60.0 if minutes else 1.0
     # Ticks on round seconds, minutes or hours, at most ten: matplotlib's ticks are costly
@@ -277,6 +282,9 @@ def _time_axis(axes: list[Axes], duration_s: float, warmup_s: float) -> None:
         if warmup_s > 0:
             ax.axvspan(0, min(warmup_s, duration_s), color=WARMUP_COLOR, lw=0, zorder=0,
                        label=WARMUP_LABEL if i == 0 else "_nolegend_")
+        for j, (start_s, end_s) in enumerate(faults):
+            ax.axvspan(start_s, max(end_s, start_s + 1.0), color=FAULT_COLOR, alpha=0.35, lw=0,
+                       zorder=0, label=FAULT_LABEL if i == 0 and j == 0 else "_nolegend_")
     axes[-1].set_xlabel("minutes since start" if minutes else "seconds since start",
                         color="#4b5563")
 
@@ -368,7 +376,8 @@ def _attr(text: str) -> str:
 
 
 def draw_throughput(binned: pd.DataFrame, duration_s: float, warmup_s: float,
-                    id_prefix: str, kpi_lines: Sequence[KpiLine] = ()) -> str:
+                    id_prefix: str, kpi_lines: Sequence[KpiLine] = (),
+                    faults: Sequence[tuple[float, float]] = ()) -> str:
     title = "Requests per second and failures per second"
     with _style():
         fig, (ax_rps, ax_fail) = _new_figure([2.2, 0.8], titled=True)
@@ -378,7 +387,7 @@ def draw_throughput(binned: pd.DataFrame, duration_s: float, warmup_s: float,
             ax_rps.plot(part["t_s"], part["rps"], color=PALETTE[i % len(PALETTE)],
                         linewidth=0.9, label=str(name), **_markers(part["rps"]))
         ax_rps.set_title(title)
-        _time_axis([ax_rps, ax_fail], duration_s, warmup_s)
+        _time_axis([ax_rps, ax_fail], duration_s, warmup_s, faults)
         _finish(ax_rps, _nanmax(total["rps"]), kpi_lines, "requests/s")
         if (total["failures_s"] > 0).any():
             ax_fail.fill_between(total.index, total["failures_s"], color="#dc2626", alpha=0.25,
@@ -392,7 +401,8 @@ def draw_throughput(binned: pd.DataFrame, duration_s: float, warmup_s: float,
 
 
 def draw_latency(binned: pd.DataFrame, name: str, duration_s: float, warmup_s: float,
-                 id_prefix: str, kpi_lines: Sequence[KpiLine] = ()) -> str:
+                 id_prefix: str, kpi_lines: Sequence[KpiLine] = (),
+                 faults: Sequence[tuple[float, float]] = ()) -> str:
     title = f"{name}: latency"
     part = binned[binned["name"] == name]
     with _style():
@@ -401,19 +411,20 @@ def draw_latency(binned: pd.DataFrame, name: str, duration_s: float, warmup_s: f
             ax.plot(part["t_s"], part[column], color=PERCENTILE_COLORS[column],
                     label=column.removesuffix("_ms"), **_markers(part[column]))
         ax.set_title(title)
-        _time_axis([ax], duration_s, warmup_s)
+        _time_axis([ax], duration_s, warmup_s, faults)
         _finish(ax, _nanmax(part["p99_ms"]), kpi_lines, "ms")
         return _to_svg(fig, id_prefix, title)
 
 
 def draw_load(timeline: pd.DataFrame, duration_s: float, warmup_s: float,
-              id_prefix: str) -> str:
+              id_prefix: str,
+              faults: Sequence[tuple[float, float]] = ()) -> str:
     """Users and/or arrival rate, and the load generator's CPU with its saturation marked."""
     title = "Load: users / arrival rate and load-generator CPU"
     panels = [c for c in ("users", "rate") if _has(timeline, c)]
     with _style():
         fig, axes = _new_figure([1.2] * len(panels) + [1.2])
-        _time_axis(axes, duration_s, warmup_s)
+        _time_axis(axes, duration_s, warmup_s, faults)
         for ax, column in zip(axes, panels, strict=False):
             label = "users" if column == "users" else "target arrival rate"
             ax.plot(timeline["t_s"], timeline[column],
@@ -444,7 +455,8 @@ def draw_load(timeline: pd.DataFrame, duration_s: float, warmup_s: float,
 
 def draw_cpu_memory(resources: pd.DataFrame, duration_s: float, warmup_s: float,
                     id_prefix: str, cpu_lines: Sequence[KpiLine] = (),
-                    memory_lines: Sequence[KpiLine] = (), cores: int | None = None) -> str:
+                    memory_lines: Sequence[KpiLine] = (), cores: int | None = None,
+                    faults: Sequence[tuple[float, float]] = ()) -> str:
     """CPU in percent of one core, as `top` (the KPIs' unit): the target's busiest process,
     its whole tree and, with `cores`, the whole machine; memory of the target tree."""
     title = "Target CPU and memory"
@@ -473,7 +485,7 @@ def draw_cpu_memory(resources: pd.DataFrame, duration_s: float, warmup_s: float,
                         label="USS")
         if not ax_mem.lines:
             _empty_note(ax_mem, "memory not measured")
-        _time_axis([ax_cpu, ax_mem], duration_s, warmup_s)
+        _time_axis([ax_cpu, ax_mem], duration_s, warmup_s, faults)
         top = max([_nanmax(c) for c in cpu_columns if c.notna().any()] + [100.0]) * 1.08
         _finish(ax_cpu, math.nan, cpu_lines, "CPU, % of one core", fixed_top=top)
         _finish(ax_mem, _nanmax(resources[[c for c in ("rss_mb", "uss_mb") if c in resources]]),
@@ -502,11 +514,12 @@ def add_io_totals(resources: pd.DataFrame) -> pd.DataFrame:
 
 def draw_io_network(resources: pd.DataFrame, duration_s: float, warmup_s: float,
                     id_prefix: str, io_lines: Sequence[KpiLine] = (),
-                    net_lines: Sequence[KpiLine] = ()) -> str:
+                    net_lines: Sequence[KpiLine] = (),
+                    faults: Sequence[tuple[float, float]] = ()) -> str:
     title = "Disk I/O and network"
     with _style():
         fig, (ax_io, ax_net) = _new_figure([1.4, 1.4])
-        _time_axis([ax_io, ax_net], duration_s, warmup_s)
+        _time_axis([ax_io, ax_net], duration_s, warmup_s, faults)
         for ax, series, lines, label in ((ax_io, IO_SERIES, io_lines, "disk MB/s"),
                                          (ax_net, NET_SERIES, net_lines, "network MB/s")):
             present = [c for c in series if _has(resources, c)]
@@ -519,12 +532,13 @@ def draw_io_network(resources: pd.DataFrame, duration_s: float, warmup_s: float,
         return _to_svg(fig, id_prefix, title)
 
 
-def draw_queue(app: pd.DataFrame, duration_s: float, warmup_s: float, id_prefix: str) -> str:
+def draw_queue(app: pd.DataFrame, duration_s: float, warmup_s: float, id_prefix: str,
+               faults: Sequence[tuple[float, float]] = ()) -> str:
     """The target's research queue: jobs waiting for a worker, and its worker processes."""
     title = "Research queue and workers"
     with _style():
         fig, (ax_queue, ax_workers) = _new_figure([1.4, 0.9])
-        _time_axis([ax_queue, ax_workers], duration_s, warmup_s)
+        _time_axis([ax_queue, ax_workers], duration_s, warmup_s, faults)
         for ax, column, label, color in ((ax_queue, "queue_depth", "jobs waiting", PALETTE[0]),
                                          (ax_workers, "workers", "worker processes",
                                           PALETTE[2])):
@@ -538,7 +552,8 @@ def draw_queue(app: pd.DataFrame, duration_s: float, warmup_s: float, id_prefix:
 
 def draw_database(app: pd.DataFrame, rate: pd.DataFrame, duration_s: float, warmup_s: float,
                   id_prefix: str, time_lines: Sequence[KpiLine] = (),
-                  rate_lines: Sequence[KpiLine] = ()) -> str:
+                  rate_lines: Sequence[KpiLine] = (),
+                  faults: Sequence[tuple[float, float]] = ()) -> str:
     """Query time as the target reports it (mean and max since it started) and query rate."""
     title = "Database: query time and query rate"
     with _style():
@@ -553,7 +568,7 @@ def draw_database(app: pd.DataFrame, rate: pd.DataFrame, duration_s: float, warm
                          label="queries/s", **_markers(rate["db_queries_s"]))
         else:
             _empty_note(ax_rate, "query rate not measured (fewer than two samples)")
-        _time_axis([ax_time, ax_rate], duration_s, warmup_s)
+        _time_axis([ax_time, ax_rate], duration_s, warmup_s, faults)
         time_max = _nanmax(app[[c for c in ("db_average_ms", "db_max_ms") if c in app]])
         mean_max = _nanmax(app["db_average_ms"]) if "db_average_ms" in app else math.nan
         if time_max > 0 and mean_max > 0 and time_max / mean_max > 20:
@@ -602,7 +617,8 @@ def draw_distribution(series: dict[str, tuple[np.ndarray, np.ndarray]], id_prefi
 
 
 def draw_memory_growth(rss: pd.DataFrame, memory: dict[str, Any], window_start_s: float,
-                       duration_s: float, warmup_s: float, id_prefix: str) -> str:
+                       duration_s: float, warmup_s: float, id_prefix: str,
+                       faults: Sequence[tuple[float, float]] = ()) -> str:
     """perfkit endurance: the target's RSS (`rss` has t_s and rss_mb) with the fitted
     segments of the leak analysis (times in `memory` count from the judged window's start,
     `window_start_s` after the run's), the warm-up growth if it stopped, and below it the
@@ -616,7 +632,7 @@ def draw_memory_growth(rss: pd.DataFrame, memory: dict[str, Any], window_start_s
                             hspace=(2 * _GAP_IN + _BOTTOM_IN) / 1.65)
         ax_run, ax_day = fig.subplots(2, 1, gridspec_kw={"height_ratios": [1.9, 1.4]})
         ax_run.set_title(title)
-        _time_axis([ax_run], duration_s, warmup_s)
+        _time_axis([ax_run], duration_s, warmup_s, faults)
         if _has(rss, "rss_mb"):
             ax_run.plot(rss["t_s"], rss["rss_mb"], color=PALETTE[3], label="RSS",
                         **_markers(rss["rss_mb"]))

@@ -76,5 +76,7 @@ def _memory_chart(run: RunResult, memory: dict[str, Any],
     rss = frame[["t", "rss_mb"]].assign(t_s=frame["t"].astype(float) - started_at)
     svg = charts.draw_memory_growth(
         rss, memory, float(window["start"]) - started_at, max(ended_at - started_at, 0.0),
-        min(float(run.meta.settings.warmup_s), max(ended_at - started_at, 0.0)), "memory")
+        min(float(run.meta.settings.warmup_s), max(ended_at - started_at, 0.0)), "memory",
+        faults=[(f["started_at_s"], f["ended_at_s"] or f["started_at_s"])
+                for f in run.summary.get("faults") or [] if f.get("started_at_s") is not None])
     return Markup(svg)  # matplotlib's SVG, the same as every other chart of the report

@@ -16,9 +16,10 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup
 
+from ..analysis.availability import describe_fault
 from ..analysis.environment import describe_machine_load
 from ..analysis.kpi import judged_postgres, judged_warmup_s, judged_window, worst_offender
-from ..kpi_file import JOB_NAMES, METRICS
+from ..kpi_file import JOB_NAMES, METRICS, is_job
 from ..result import KpiResult, RunMeta, RunResult
 from ..units import format_percent, format_value
 from . import charts
@@ -79,6 +80,7 @@ def build_context(run: RunResult) -> dict[str, Any]:
         "requests_recorded": not run.latency.empty,
         "skipped_lines": run.skipped_lines,
         "alarms": _alarms(run.alarms, started_at),
+        "faults": faults_section(summary),
         "stress": stress_section(meta),
         "endurance": endurance_section(run),
         "workers": workers_section(meta),
@@ -262,7 +264,7 @@ def _endpoint_rows(endpoints: dict[str, dict[str, Any]],
                    totals: dict[str, Any] | None) -> dict[str, Any]:
     rows = []
     for name, data in endpoints.items():
-        if name in JOB_NAMES:
+        if is_job(name):
             continue
         rows.append({
             "name": name,
@@ -343,6 +345,10 @@ class _Drawing:
         self.window_s = window_s
         self.bucket_s = bucket_s
         self.count = 0
+        # --fault: a band on every time chart, from each fault's start to its end.
+        self.faults = [(f["started_at_s"], f["ended_at_s"] or f["started_at_s"])
+                       for f in run.summary.get("faults") or []
+                       if f.get("started_at_s") is not None]
 
     def _id(self) -> str:
         self.count += 1
@@ -368,7 +374,7 @@ class _Drawing:
 
     def _traffic(self) -> dict[str, Any]:
         latency = self.run.latency
-        requests = latency[~latency["name"].isin(JOB_NAMES)]
+        requests = latency[~latency["name"].map(is_job).astype(bool)]
         if requests.empty:
             return self._section("traffic", "Throughput and latency over time",
                                  note="not measured: no requests were recorded")
@@ -376,11 +382,11 @@ class _Drawing:
                                     self.bucket_s)
         svgs = [Markup(charts.draw_throughput(
             binned, self.duration_s, self.warmup_s, self._id(),
-            _kpi_lines(self.results, ["rps"], None)))]
+            _kpi_lines(self.results, ["rps"], None), faults=self.faults))]
         for name in sorted(binned["name"].unique()):
             svgs.append(Markup(charts.draw_latency(
                 binned, name, self.duration_s, self.warmup_s, self._id(),
-                _kpi_lines(self.results, _LATENCY_METRICS, name))))
+                _kpi_lines(self.results, _LATENCY_METRICS, name), faults=self.faults)))
         lead = (f"One point per {format_value(self.window_s, 's')}; each point's percentiles "
                 f"come from the merged histograms of its window (exact, not averaged).")
         return self._section("traffic", "Throughput and latency over time", svgs, lead=lead)
@@ -395,7 +401,8 @@ class _Drawing:
             # The busiest second of a window decides whether it was saturated.
             cpu = self._resample(timeline[["t", "loadgen_cpu_percent"]], how="max")
             binned["loadgen_cpu_percent"] = cpu["loadgen_cpu_percent"]
-        svg = charts.draw_load(binned, self.duration_s, self.warmup_s, self._id())
+        svg = charts.draw_load(binned, self.duration_s, self.warmup_s, self._id(),
+                               faults=self.faults)
         return self._section("load", "Load: users, arrival rate, load-generator CPU",
                              [Markup(svg)], lead=describe_stop(self.run.meta.load))
 
@@ -413,7 +420,7 @@ class _Drawing:
             _kpi_lines(self.results, ["cpu_busiest_percent_mean", "cpu_busiest_percent_peak"],
                        None),
             _kpi_lines(self.results, ["rss_mb_mean", "rss_mb_peak"], None),
-            cores=self.run.meta.machine.get("cpu_count"))
+            cores=self.run.meta.machine.get("cpu_count"), faults=self.faults)
         return self._section("resources", title, [Markup(svg)],
                              lead="CPU in percent of one core, as top shows a process: the "
                                   "KPIs judge the busiest process of the target (one pinned "
@@ -430,7 +437,7 @@ class _Drawing:
         svg = charts.draw_io_network(
             binned, self.duration_s, self.warmup_s, self._id(),
             _kpi_lines(self.results, ["disk_mb_s_mean", "disk_mb_s_peak"], None),
-            _kpi_lines(self.results, ["net_mb_s_mean", "net_mb_s_peak"], None))
+            _kpi_lines(self.results, ["net_mb_s_mean", "net_mb_s_peak"], None), faults=self.faults)
         return self._section("io", title, [Markup(svg)])
 
     def _queue(self) -> dict[str, Any]:
@@ -443,7 +450,8 @@ class _Drawing:
         samples = app.assign(t_s=app["t"].astype(float) - self.started_at)
         if len(app) > charts.MAX_POINTS:
             samples = self._resample(app, how="max")
-        svg = charts.draw_queue(samples, self.duration_s, self.warmup_s, self._id())
+        svg = charts.draw_queue(samples, self.duration_s, self.warmup_s, self._id(),
+                                faults=self.faults)
         return self._section("queue", title, [Markup(svg)],
                              lead="Jobs waiting for a research worker (the broker's queue, or "
                                   "the in-process pool's waiters) and the worker processes, "
@@ -473,7 +481,7 @@ class _Drawing:
         svg = charts.draw_database(
             samples, rate, self.duration_s, self.warmup_s, self._id(),
             _kpi_lines(self.results, ["db_query_mean_ms"], None),
-            _kpi_lines(self.results, ["db_capacity_qps"], None))
+            _kpi_lines(self.results, ["db_capacity_qps"], None), faults=self.faults)
         return self._section("database", title, [Markup(svg)],
                              lead=lead + self._database_kpi_source())
 
@@ -500,7 +508,7 @@ class _Drawing:
         title = "Job completion time"
         latency = self.run.latency
         series = {}
-        for name in JOB_NAMES:
+        for name in sorted(n for n in set(latency["name"]) if is_job(n)):
             if (latency["name"] == name).any():
                 series[name] = charts.merged_values_ms(latency, name)
         if not series or not any(counts.sum() for _, counts in series.values()):
@@ -586,6 +594,23 @@ def _alarms(alarms: list[dict[str, Any]], started_at: float) -> list[dict[str, A
     return [{"at": _offset(a.get("t"), started_at), "kpi": a.get("kpi") or "",
              "value": a.get("value"), "limit": a.get("limit"),
              "message": a.get("message") or ""} for a in alarms[:MAX_TABLE_ROWS * 4]]
+
+
+def faults_section(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """"Faults and recovery": availability, then one line per fault (None without faults)."""
+    faults = summary.get("faults") or []
+    if not faults:
+        return None
+    available = summary.get("availability") or {}
+    percent = available.get("percent")
+    lead = (f"Availability {format_value(percent, '%')}: the target served inside its error "
+            f"and latency KPIs for all but {format_value(available.get('down_s'), 's')} of "
+            f"{available.get('judged_s')} judged seconds"
+            if percent is not None else "Availability not measured: no judged seconds")
+    rows = [{"status": "failed" if fault.get("problem") else
+             "not-recovered" if fault.get("recovered") is False else
+             fault.get("status") or "", "line": describe_fault(fault)} for fault in faults]
+    return {"lead": lead, "rows": rows, "good_run_s": available.get("good_run_s")}
 
 
 def _profile(run: RunResult) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from ..analysis.availability import describe_fault
 from ..units import format_value
 
 VERDICT_MARK = {"pass": "✅ pass", "warn": "⚠️ warn", "fail": "❌ fail", "missing": "⚪ missing",
@@ -23,7 +24,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
     if summary.get("simulated"):
         details.append("**simulated data**")
     lines += [" · ".join(part for part in details if part), ""]
-    lines += [*_stress_lines(summary.get("stress")), *_endurance_lines(summary.get("endurance"))]
+    lines += [*_stress_lines(summary.get("stress")), *_endurance_lines(summary.get("endurance")),
+              *_fault_lines(summary)]
 
     lines += ["| KPI | value | target | allowed | verdict | margin |",
               "|---|---:|---:|---:|---|---:|"]
@@ -97,3 +99,18 @@ def _endurance_lines(endurance: dict[str, Any] | None) -> list[str]:
             f" ({100 * endurance['confidence']:.0f} % CI {low:+.1f} .. {high:+.1f})"
             if low is not None and high is not None else " (no interval)"))
     return [f"**Memory growth:** **{verdict.replace('_', ' ')}**: {_cell(reason)}", ""]
+
+
+def _fault_lines(summary: dict[str, Any]) -> list[str]:
+    """Faults and recovery: availability and one line per fault (summaries from before
+    --fault have neither)."""
+    faults = summary.get("faults") or []
+    if not faults:
+        return []
+    available = summary.get("availability") or {}
+    lines = [f"**Faults and recovery:** availability "
+             f"{format_value(available.get('percent'), '%')} "
+             f"({format_value(available.get('down_s'), 's')} down of "
+             f"{available.get('judged_s')} judged seconds)", ""]
+    lines += [f"- {_cell(describe_fault(fault))}" for fault in faults]
+    return [*lines, ""]

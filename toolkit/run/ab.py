@@ -7,14 +7,16 @@ pair against their spread, which holds the run-to-run noise a single pair cannot
 
 With `simultaneous`, each trial starts fresh A and B targets together and loads both at once
 from one load generator (LoadSettings.arms: each user class once per arm, their users
-spawned alternately), so one trial is one pair. What made successive runs differ (the load
-generator's own scheduling, the machine's moment) then hits both arms alike: on the 2-core
-machine of docs/regression.md the spread of log(B/A) fell from 0.17 per pair of runs to 0.04
-per trial. The arms' order alternates from trial to trial (A B, B A, ...). The trials are
-still the samples: a fresh pair of targets each time keeps what differs between instances in
-the verdict's noise.
+spawned alternately, the arm first in the trial's order first), so one trial is one pair.
+What made successive runs differ (the load generator's own scheduling, the machine's moment)
+then hits both arms alike: on the 2-core machine of docs/regression.md the spread of
+log(B/A) fell from 0.17 per pair of runs to 0.04 per trial. The arms' order alternates from
+trial to trial (A B, B A, ...), and with it whatever being first does (docs/regression.md:
+the bias it once caused). The trials are still the samples: a fresh pair of targets each
+time keeps what differs between instances in the verdict's noise.
 """
 
+import contextlib
 import dataclasses
 import shlex
 import signal
@@ -85,6 +87,9 @@ class AbResult:
     verdict: TrialVerdict
     notes: list[str]
     duration_s: float
+    # Which arm came first in each judged pair ("AB" or "BA"): what being first does shows
+    # as a difference between the two (the report splits B/A by it).
+    pair_orders: list[str] = dataclasses.field(default_factory=list)
 
 
 def run_ab(settings: AbSettings, say: Say) -> AbResult:
@@ -103,15 +108,16 @@ def run_ab(settings: AbSettings, say: Say) -> AbResult:
             say(f"perfkit ab: trial {i + 1}/{len(order)}: A and B at once")
             runs.append(run_together([(label, arms[label]) for label in labels], load,
                                      out / f"{i + 1:02d}-{labels}", say))
-        pairs, notes = _simultaneous_pairs(runs)
+        pairs, notes, pair_orders = _simultaneous_pairs(runs, order)
     else:
         order = trial_order(settings.repeat)
         for i, label in enumerate(order):
             say(f"perfkit ab: run {i + 1}/{len(order)}: {label} = {arms[label].describe()}")
             runs.append(_run_arm(arms[label], load, out / f"{i + 1:02d}-{label}", say))
-        pairs, notes = _pairs(order, runs)
+        pairs, notes, pair_orders = _pairs(order, runs)
     verdict = judge_trials(pairs, settings.trial)
-    result = AbResult(out, order, runs, verdict, notes, time.monotonic() - started)
+    result = AbResult(out, order, runs, verdict, notes, time.monotonic() - started,
+                      pair_orders)
     paths = write_ab_report(result_record(result, settings), out)
     for m in verdict.regressed:
         say(f"  regressed: {m.endpoint} {m.metric} x{m.ratio:.3f} "
@@ -137,9 +143,10 @@ def headline(verdict: TrialVerdict) -> str:
             f"{verdict.threshold:.0%}, confidence {verdict.confidence:.0%})")
 
 
-def _pairs(order: list[str], runs: list[RunResult]) -> tuple[list[Any], list[str]]:
-    """Adjacent (A, B) pairs whose runs both completed with requests measured."""
-    pairs, notes = [], []
+def _pairs(order: list[str], runs: list[RunResult]) -> tuple[list[Any], list[str], list[str]]:
+    """Adjacent (A, B) pairs whose runs both completed with requests measured, the notes on
+    those left out, and each pair's order."""
+    pairs, notes, orders = [], [], []
     for k in range(0, len(runs) - 1, 2):
         first, second = runs[k], runs[k + 1]
         a, b = (first, second) if order[k] == "A" else (second, first)
@@ -149,7 +156,8 @@ def _pairs(order: list[str], runs: list[RunResult]) -> tuple[list[Any], list[str
                          f"{broken[0].meta.status} {broken[0].meta.message}".strip())
             continue
         pairs.append((a.endpoints, b.endpoints))
-    return pairs, notes
+        orders.append(order[k] + order[k + 1])
+    return pairs, notes, orders
 
 
 def split_arms(run: RunResult) -> dict[str, dict[str, dict[str, Any]]]:
@@ -162,9 +170,11 @@ def split_arms(run: RunResult) -> dict[str, dict[str, dict[str, Any]]]:
     return by_arm
 
 
-def _simultaneous_pairs(runs: list[RunResult]) -> tuple[list[Any], list[str]]:
-    """(A, B) of each trial whose run completed with requests of both arms measured."""
-    pairs, notes = [], []
+def _simultaneous_pairs(runs: list[RunResult],
+                        order: list[str]) -> tuple[list[Any], list[str], list[str]]:
+    """(A, B) of each trial whose run completed with requests of both arms measured, the
+    notes on those left out, and each pair's order."""
+    pairs, notes, orders = [], [], []
     for i, run in enumerate(runs):
         by_arm = split_arms(run)
         if run.meta.status != "completed" or not {"A", "B"} <= by_arm.keys():
@@ -172,18 +182,25 @@ def _simultaneous_pairs(runs: list[RunResult]) -> tuple[list[Any], list[str]]:
                          f"{run.meta.message}".strip())
             continue
         pairs.append((by_arm["A"], by_arm["B"]))
-    return pairs, notes
+        orders.append(order[i])
+    return pairs, notes, orders
 
 
 def run_together(arms: list[tuple[str, Arm]], load: LoadSettings, out: Path,
                  say: Say) -> RunResult:
     """One run loading every arm's freshly started target at once (LoadSettings.arms), each
-    with `load`'s users and rate. The collectors watch the first arm's target."""
+    with `load`'s users and rate. The resource sampler watches the first arm's target (psutil
+    reads it from outside, at no cost to it); no metrics endpoint is scraped, which would
+    have that target alone answer extra requests."""
     out.mkdir(parents=True, exist_ok=True)
     started: list[tuple[str, subprocess.Popen, str]] = []
     try:
-        for label, arm in arms:
-            started.append((label, *_start_target(arm, out / f"target-{label}.log")))
+        # All started before any is waited for: no arm's target starts while another's is
+        # already up (and it halves the time a trial waits for its targets).
+        for (label, arm), port in zip(arms, _free_ports(len(arms)), strict=True):
+            started.append((label, *_launch_target(arm, out / f"target-{label}.log", port)))
+        for (label, process, url), (_, arm) in zip(started, arms, strict=True):
+            _await_target(arm, process, url, out / f"target-{label}.log")
         n = len(arms)
         settings = dataclasses.replace(
             load, target=started[0][2], target_pid=started[0][1].pid, out=out,
@@ -213,28 +230,38 @@ def _quiet(say: Say) -> Say:
     return filtered
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_ports(n: int) -> list[int]:
+    """`n` distinct free ports (held at once while they are picked)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
 
 
 def _start_target(arm: Arm, log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    process, url = _launch_target(arm, log_path, _free_ports(1)[0])
+    _await_target(arm, process, url, log_path)
+    return process, url
+
+
+def _launch_target(arm: Arm, log_path: Path, port: int) -> tuple[subprocess.Popen, str]:
     if arm.command:
         command: list[str] | str = arm.command.replace("{port}", str(port))
     else:
         command = [sys.executable, "-m", "perfkit", "serve", "--host", "127.0.0.1",
                    "--port", str(port), *arm.serve_options]
     process = start_child(command, log_path)  # a killed `perfkit ab` leaves none running
-    url = f"http://127.0.0.1:{port}"
+    return process, f"http://127.0.0.1:{port}"
+
+
+def _await_target(arm: Arm, process: subprocess.Popen, url: str, log_path: Path) -> None:
     try:
         target.wait_until_healthy(url, START_TIMEOUT_S, process)
     except TargetError as exc:
         stop_child(process, signal.SIGINT, STOP_TIMEOUT_S)
         tail = log_path.read_text("utf-8", errors="replace").strip().splitlines()[-3:]
         raise TargetError(f"{arm.label}: {exc}; its output ends: {' | '.join(tail)}") from exc
-    return process, url
 
 
 def result_record(result: AbResult, settings: AbSettings) -> dict[str, Any]:
@@ -252,6 +279,7 @@ def result_record(result: AbResult, settings: AbSettings) -> dict[str, Any]:
         "threshold": verdict.threshold,
         "confidence": verdict.confidence,
         "order": result.order,
+        "pair_orders": result.pair_orders,
         "design": (f"simultaneous trials (arms loaded at once, in the order "
                    f"{' '.join(result.order)}), each on freshly started targets"
                    if settings.simultaneous else

@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector
 
 from ..analysis import stats
 from ..errors import ConfigError
-from ..kpi_file import JOB_NAMES
+from ..kpi_file import is_job
 from .recorder import Tally
 
 log = logging.getLogger(__name__)
@@ -255,4 +255,4 @@ def start_otlp(endpoint: str, read: Callable[[], Snapshot], labels: dict[str, st
 
 def request_tallies(totals: dict[str, Tally]) -> dict[str, Tally]:
     """The recorder's whole-run tallies of HTTP requests (per-job records are not requests)."""
-    return {name: tally for name, tally in totals.items() if name not in JOB_NAMES}
+    return {name: tally for name, tally in totals.items() if not is_job(name)}

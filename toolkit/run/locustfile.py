@@ -259,7 +259,8 @@ def make_environment(locustfile: Locustfile, host: str | None, rate: float | Non
                for name, cls in locustfile.by_name]
     user_classes = [cls for _, cls in by_name]
     if arms:
-        user_classes = [for_arm(cls, label, url) for cls in user_classes for label, url in arms]
+        user_classes = [for_arm(cls, position, label, url) for cls in user_classes
+                        for position, (label, url) in enumerate(arms)]
         host = None  # Locust would give the environment's host to every class
     if rate is not None:
         schedule = Arrivals(rate, users, arrivals, worker_count=max(1, worker_count))
@@ -287,14 +288,20 @@ def make_environment(locustfile: Locustfile, host: str | None, rate: float | Non
     return env
 
 
-def for_arm(user_class: type[User], label: str, url: str) -> type[User]:
+def for_arm(user_class: type[User], position: int, label: str, url: str) -> type[User]:
     """`user_class` sending to `url`, its requests carrying the arm's label in their context
     (the recorder names them "[label] name"). Users of every arm share this process and its
-    moment, so what slows the load generator or the machine slows each arm alike."""
+    moment, so what slows the load generator or the machine slows each arm alike.
+
+    The name leads with the arm's `position` in the trial's order: Locust's dispatcher spawns
+    user classes sorted by name, and the users spawned first take the first phases of the
+    arrival schedule and, where several are due at once, send first. Named by label alone,
+    A was first in every trial, the B A trials included, and under bursty arrivals B's
+    requests waited behind A's in every trial (docs/regression.md)."""
     def context(self: Any) -> dict:
         return {**user_class.context(self), ARM: label}
 
-    return type(f"{user_class.__name__}_{label}", (user_class,), {
+    return type(f"{user_class.__name__}_{position}{label}", (user_class,), {
         "host": url, "context": context, "__module__": user_class.__module__})
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import gevent
 import locust
@@ -43,7 +44,7 @@ from ..analysis.kpi import judge_run
 from ..collectors.app import AppCollector
 from ..collectors.system import SystemCollector
 from ..errors import ClusterError, ConfigError, InternalError, PerfkitError, RunError, TargetError
-from ..kpi_file import JOB_NAMES
+from ..kpi_file import is_job
 from ..redaction import redact_argv, redact_url
 from ..report import REPORT_HTML, write_report
 from ..report.distributed import describe_worker
@@ -53,11 +54,13 @@ from ..settings import LoadSettings
 from . import distributed, locustfile, target
 from .alarms import WINDOW_S as ALARM_WINDOW_S
 from .alarms import AlarmWatcher
+from .faults import FaultSchedule
 from .live import LiveView
 from .locust_outputs import LocustWriters, check_outputs
 from .observers import make_observers, start_export
 from .openloop import set_pace
 from .processes import ForkedProcess, stop_child
+from .proxy import FaultProxy
 from .recorder import Recorder, request_name
 from .scenario_errors import ScenarioErrors
 from .web import LivePage
@@ -126,6 +129,9 @@ class RunState:
     unbounded: bool = False
     web: LivePage | None = None  # --web
     warmup_by_default: bool = True  # no --warmup: a tenth of the run, known once it ends
+    faults: FaultSchedule | None = None  # --fault: the faults' greenlets while they run
+    proxy: FaultProxy | None = None  # --fault net=...: perfkit's proxy before the target
+    fault_records: list[dict[str, Any]] | None = None  # what they did, for run.json
 
 
 def make_run_dir(settings: LoadSettings) -> Path:
@@ -203,19 +209,17 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> RunR
         options.run_time = None  # as under Locust: the shape ends the run
     run_dir = make_run_dir(settings)
     live = LiveView(say, settings, sys.stdout.isatty())
-    managed, meta, workers, port = None, None, [], None
+    managed, meta, workers, port, proxy = None, None, [], None, None
     page: LivePage | None = None
     try:
         if settings.workers:
             port = distributed.master_port(settings)
             workers = distributed.fork_workers(loaded, settings, options, port, run_dir,
                                                relay(live, say))
-        if settings.observe.web:
-            # Before the target starts: the terminal prints the URL first (as k6 does).
-            page = LivePage(settings.observe.web_host, settings.observe.web_port, say,
-                            f"perfkit {settings.command} {settings.scenario} ({run_dir.name})")
+        page = open_page(settings, run_dir, say)  # before the target: the URL comes first
         managed, url, pid = start_target(settings, run_dir, say)
-        options.host = url
+        proxy, load_url = start_proxy(settings, url, say)
+        options.host = load_url
         meta = RunMeta(
             run_id=run_dir.name, command=settings.command, argv=redact_argv(settings.argv),
             scenario=settings.scenario, scenario_path=str(scenario_path),
@@ -232,12 +236,10 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> RunR
             **describe_environment(), started_at=time.time())
         rundir.write_meta(run_dir, meta)
         with listeners_of_this_run():
-            env, state = prepare_run(settings, say, plan, run_dir, url, pid, loaded, options)
-            if page is not None:
-                state.web = page
-                page.watch(state, settings.targets, run_limit_s(settings, plan),
-                           settings.warmup_s, bool(settings.workers or settings.expect_workers
-                                                   or settings.master_bind_host))
+            env, state = prepare_run(settings, say, plan, run_dir, url, pid, loaded, options,
+                                     load_url)
+            state.proxy = proxy
+            watch_page(page, state, settings, plan)
             with locustfile.interruptions_counted(state.recorder):
                 run_plan(env, state, settings, say, plan, meta, managed, scenario_path,
                          (workers, port, live))
@@ -272,10 +274,30 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> RunR
     finally:
         if page is not None:
             page.close()
+        if proxy is not None:
+            proxy.stop()
         for process in workers:
             stop_child(process)  # no-op once stopped
         if managed is not None:
             target.stop_reference_service(managed)  # no-op once it has stopped
+
+
+def open_page(settings: LoadSettings, run_dir: Path, say: Say) -> LivePage | None:
+    """With --web, the live page, listening (its URL said first, as k6 does)."""
+    if not settings.observe.web:
+        return None
+    return LivePage(settings.observe.web_host, settings.observe.web_port, say,
+                    f"perfkit {settings.command} {settings.scenario} ({run_dir.name})")
+
+
+def watch_page(page: LivePage | None, state: RunState, settings: LoadSettings,
+               plan: Plan) -> None:
+    """The live page shows this run, and the run loop ticks it (state.web)."""
+    if page is None:
+        return
+    state.web = page
+    page.watch(state, settings.targets, run_limit_s(settings, plan), settings.warmup_s,
+               bool(settings.workers or settings.expect_workers or settings.master_bind_host))
 
 
 def relay(live: LiveView, say: Say) -> Callable[[str, bool], None]:
@@ -290,21 +312,24 @@ def relay(live: LiveView, say: Say) -> Callable[[str, bool], None]:
 
 
 def prepare_run(settings: LoadSettings, say: Say, plan: Plan, run_dir: Path, url: str,
-                pid: int | None, loaded: locustfile.Locustfile,
-                options: Any) -> tuple[Environment, "RunState"]:
-    """The Locust environment and what records and watches the run."""
+                pid: int | None, loaded: locustfile.Locustfile, options: Any,
+                load_url: str | None = None) -> tuple[Environment, "RunState"]:
+    """The Locust environment and what records and watches the run. `load_url`: where the
+    load goes when it is not `url` (perfkit's fault proxy); the collectors read `url`."""
     # The recorder keeps enough recent buckets in memory for the alarm window and for
     # judging a whole plan step live (stress); no more, so a long run stays flat.
     keep_s = max(ALARM_WINDOW_S, plan.window_s) + 5.0
     state = RunState(run_dir=run_dir,
                      recorder=Recorder(run_dir / rundir.LATENCY, keep_s=keep_s),
                      system=SystemCollector(pid, run_dir / rundir.RESOURCES),
-                     app=AppCollector(url, run_dir),
+                     # A simultaneous trial's arms get the same treatment: the scraper
+                     # would make the first arm's target alone answer its metrics requests.
+                     app=None if settings.arms else AppCollector(url, run_dir),
                      observers=make_observers(settings.observe, url, run_dir))
     state.warmup_by_default = settings.warmup_s is None
     state.alarms = AlarmWatcher(run_dir, settings.targets, say, settings.alert_webhook,
                                 settings.effective_warmup_s, run_id=run_dir.name)
-    env = locustfile.make_environment(loaded, url, settings.rate, settings.users,
+    env = locustfile.make_environment(loaded, load_url or url, settings.rate, settings.users,
                                       state.recorder, options, settings.request_timeout_s,
                                       settings.arms, settings.arrivals)
     env.stop_timeout = settings.stop_timeout_s
@@ -364,6 +389,11 @@ def run_plan(env: Environment, state: "RunState", settings: LoadSettings, say: S
         state.started_at = meta.started_at = time.time()
         if state.workers is not None:
             state.workers.started_at = state.started_at
+        if settings.faults:
+            emit = relay(live, live.say)
+            state.faults = FaultSchedule(settings.faults, settings.duration_s,
+                                         lambda line: emit(line, False), state.proxy)
+            state.faults.start(state.started_at)
         drive(env, settings, plan, state, managed, live)
     except TargetError as exc:
         state.status, state.message = "target_died", str(exc)
@@ -398,6 +428,15 @@ def check_settings(settings: LoadSettings) -> None:
     if settings.target_pid is not None and not psutil.pid_exists(settings.target_pid):
         raise ConfigError(f"--target-pid {settings.target_pid}: no such process")
     check_outputs(settings.locust_outputs)
+    if any(fault.net is not None for fault in settings.faults):
+        if settings.target and urlsplit(settings.target).scheme != "http":
+            raise ConfigError(f"--fault net=...: the target must be an http:// URL (perfkit's "
+                              f"proxy forwards TCP, and a TLS name check would fail through "
+                              f"it), not {redact_url(settings.target)}")
+        if settings.master_bind_host or settings.arms:
+            raise ConfigError("--fault net=...: the fault proxy listens on this machine's "
+                              "loopback for one target: not with workers on other machines "
+                              "or a simultaneous A/B trial")
 
 
 def start_target(settings: LoadSettings, run_dir: Path,
@@ -414,6 +453,21 @@ def start_target(settings: LoadSettings, run_dir: Path,
     return managed, managed.url, managed.process.pid
 
 
+def start_proxy(settings: LoadSettings, url: str,
+                say: Say) -> tuple[FaultProxy | None, str]:
+    """(perfkit's fault proxy, the URL the load goes to): the proxy only where a --fault is a
+    network fault (net=); the load then goes through it all the run, faulted or not, so the
+    proxy's own cost is the same before, during and after the fault."""
+    if not any(fault.net is not None for fault in settings.faults):
+        return None, url
+    parts = urlsplit(url)
+    proxy = FaultProxy(parts.hostname or "127.0.0.1", parts.port or 80)
+    port = proxy.start()
+    say(f"perfkit: the load goes through perfkit's fault proxy on 127.0.0.1:{port} "
+        f"(for the network faults)")
+    return proxy, parts._replace(netloc=f"127.0.0.1:{port}").geturl()
+
+
 def stop_run(env: Environment, state: RunState, workers: list[ForkedProcess],
              managed: target.ManagedTarget | None) -> None:
     """Stop the load, the recorder, the collectors, the workers and the target, in order;
@@ -428,6 +482,8 @@ def stop_run(env: Environment, state: RunState, workers: list[ForkedProcess],
             state.message = state.message or f"stopping the run: {name} failed (see perfkit.log)"
             return None
 
+    if state.faults is not None:  # first: a fault in progress is undone at once
+        state.fault_records = step("the faults", state.faults.stop)
     step("the load", lambda: stop_runner(env, env.stop_timeout or 0.0))
     state.load_ended_at = time.time()
     if env.runner is not None:
@@ -619,7 +675,7 @@ def describe_load(settings: RunSettings, recorder: Recorder) -> dict[str, Any]:
     cut off when the stop timeout ran out, so recorded nowhere else)."""
     stop = {"stop_timeout_s": settings.stop_timeout_s,
             "complete": sum(tally.count for name, tally in recorder.totals.items()
-                            if re.sub(r"^\[[^\]]*\] ", "", name) not in JOB_NAMES),
+                            if not is_job(name)),
             "interrupted": recorder.interrupted}
     if settings.rate is None:
         return {"model": "closed", "users": settings.users, "offered_rate": None,
@@ -704,6 +760,7 @@ def finish_meta(meta: RunMeta, env: Environment, state: RunState) -> None:
         meta.settings = dataclasses.replace(meta.settings, warmup_s=max(
             meta.settings.warmup_s, round(state.judged_from - meta.started_at, 3)))
     meta.alarms = state.alarm_summary
+    meta.faults = state.fault_records
     meta.profile = state.profile_entry
     meta.collectors = state.collectors
     meta.export = state.export_entry
