@@ -1,6 +1,7 @@
 """Histograms, percentiles and the statistics behind verdicts. Pure functions, no I/O."""
 
 import base64
+import functools
 import math
 import struct
 import zlib
@@ -17,6 +18,8 @@ from hdrh.histogram import HdrHistogram
 HIST_LOWEST_US = 1
 HIST_HIGHEST_US = 3_600_000_000
 HIST_DIGITS = 3
+# Cells in the counts array of new_histogram().
+CELLS = 23_552
 
 
 def new_histogram() -> HdrHistogram:
@@ -48,11 +51,29 @@ def decode_histogram(encoded: str) -> HdrHistogram:
         raise HistogramError(f"not an HdrHistogram: {type(exc).__name__}: {exc}") from exc
 
 
-def merge_histograms(encoded: Iterable[str]) -> HdrHistogram:
+def merge_histograms(encoded: Iterable[str | bytes]) -> HdrHistogram:
+    """One histogram of many encoded ones (or HDR bodies, see decode_cells)."""
     merged = new_histogram()
-    for item in encoded:
-        merged.add(decode_histogram(item))
+    _, cells, counts = decode_cells(list(encoded))
+    totals = np.bincount(cells, weights=counts, minlength=merged.counts_len)
+    filled = np.flatnonzero(totals)
+    add_cells(merged, filled, totals[filled].astype(np.int64))
     return merged
+
+
+def add_cells(hist: HdrHistogram, cells: np.ndarray, counts: np.ndarray) -> None:
+    """Add counts to cells (distinct, non-empty, of new_histogram()'s layout) of `hist`,
+    keeping the totals HdrHistogram.add keeps. Its counts array is a ctypes array (unsigned),
+    written in place; the extremes are the cells' own, as a decoded histogram has them."""
+    if cells.size == 0:
+        return
+    view = np.ctypeslib.as_array(hist.counts)
+    view[cells] += counts.astype(view.dtype)
+    hist.total_count += int(counts.sum())
+    lowest = hist.get_value_from_index(int(cells.min()))
+    highest = hist.get_highest_equivalent_value(hist.get_value_from_index(int(cells.max())))
+    hist.min_value = min(hist.min_value, lowest)
+    hist.max_value = max(hist.max_value, highest)
 
 
 def percentile_ms(hist: HdrHistogram, percentile: float) -> float | None:
@@ -103,6 +124,40 @@ SUMMARY_PERCENTILES = {"p50_ms": 50.0, "p90_ms": 90.0, "p95_ms": 95.0, "p99_ms":
                        "p999_ms": 99.9}
 
 
+@functools.cache
+def cell_bounds_us() -> tuple[np.ndarray, np.ndarray]:
+    """(lowest, highest) equivalent value in µs of every cell of new_histogram()."""
+    reference = new_histogram()
+    lowest = np.array([reference.get_value_from_index(cell)
+                       for cell in range(reference.counts_len)], np.int64)
+    highest = np.array([reference.get_highest_equivalent_value(value)
+                        for value in lowest.tolist()], np.int64)
+    return lowest, highest
+
+
+def summarize_cells(counts: np.ndarray) -> dict[str, float | None]:
+    """summarize_histogram of the histogram whose counts array (new_histogram()'s layout) is
+    `counts`: the same percentiles, max and mean, in integers where hdrh uses integers."""
+    total = int(counts.sum())
+    if total == 0:
+        return {**{key: None for key in SUMMARY_PERCENTILES}, "max_ms": None, "mean_ms": None}
+    lowest, highest = cell_bounds_us()
+    filled = np.flatnonzero(counts)
+    cumulative = np.cumsum(counts[filled])
+    summary: dict[str, float | None] = {}
+    for key, percentile in SUMMARY_PERCENTILES.items():
+        target = max(int(min(percentile, 100.0) * total / 100 + 0.5), 1)
+        cell = filled[min(int(np.searchsorted(cumulative, target)), filled.size - 1)]
+        summary[key] = int(highest[cell]) / 1000.0
+    summary["max_ms"] = int(highest[filled[-1]]) / 1000.0
+    middles = lowest[filled] + ((highest[filled] - lowest[filled] + 1) >> 1)
+    weighted = sum(int(count) * int(middle)
+                   for count, middle in zip(counts[filled].tolist(), middles.tolist(),
+                                            strict=True))
+    summary["mean_ms"] = float(weighted) / total / 1000.0
+    return summary
+
+
 def summarize_histogram(hist: HdrHistogram) -> dict[str, float | None]:
     summary = {key: percentile_ms(hist, q) for key, q in SUMMARY_PERCENTILES.items()}
     summary["max_ms"] = max_ms(hist)
@@ -127,11 +182,13 @@ def summarize_endpoints(latency: pd.DataFrame, duration_s: float) -> dict[str, d
     for name, rows in latency.groupby("name", sort=True):
         count = int(rows["count"].sum())
         failures = int(rows["failures"].sum())
+        _, cells, counts = decode_cells(rows["hist"].tolist())
         summaries[str(name)] = {
             "count": count,
             "failures": failures,
             **request_rates(count, failures, duration_s),
-            **summarize_histogram(merge_histograms(rows["hist"])),
+            **summarize_cells(np.bincount(cells, weights=counts, minlength=CELLS)
+                              .astype(np.int64)),
         }
     return summaries
 
@@ -145,8 +202,12 @@ _EXTERNAL_HEADER = struct.Struct(">II")
 _PAYLOAD_HEADER = struct.Struct(">IIIIQQd")
 
 
-def decode_cells(encoded: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def decode_cells(encoded: Sequence[str | bytes]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row, cell, count): every non-empty counts-array cell of many encoded histograms.
+
+    An item may also be the bytes of a histogram's body (its ZigZag LEB128 counts, as in the
+    compact latency format, docs/run-directory.md), which is decoded directly.
 
     `row` is the histogram's position in `encoded`, `cell` its index in the counts array of
     new_histogram(). HdrHistogram's V2 wire format is base64 of a header and a
@@ -159,6 +220,11 @@ def decode_cells(encoded: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.nda
     rows: list[int] = []
     foreign: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for row, item in enumerate(encoded):
+        if isinstance(item, bytes):
+            if item:
+                bodies.append(item)
+                rows.append(row)
+            continue
         try:
             body = _payload_body(item)
         except _DECODE_ERRORS as exc:

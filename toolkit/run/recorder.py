@@ -283,7 +283,7 @@ class Recorder:
     def _merge(table: dict[Any, Tally], key: Any, cells: np.ndarray, counts: np.ndarray,
                record: dict[str, Any]) -> None:
         tally = table.get(key) or table.setdefault(key, Tally())
-        _add_cells(tally.hist, cells, counts)
+        stats.add_cells(tally.hist, cells, counts)
         tally.count += record["count"]
         tally.failures += record["failures"]
 
@@ -291,17 +291,3 @@ class Recorder:
         now = int(time.time())
         return sum(self.recent.get(t, 0) for t in range(now - window_s, now)) / window_s
 
-
-def _add_cells(hist: HdrHistogram, cells: np.ndarray, counts: np.ndarray) -> None:
-    """Add counts to cells (distinct, non-empty, of stats.new_histogram()'s layout) of `hist`,
-    keeping the totals HdrHistogram.add keeps. Its counts array is a ctypes array (unsigned),
-    written in place; the extremes are the cells' own, as a decoded histogram has them."""
-    if cells.size == 0:
-        return
-    view = np.ctypeslib.as_array(hist.counts)
-    view[cells] += counts.astype(view.dtype)
-    hist.total_count += int(counts.sum())
-    lowest = hist.get_value_from_index(int(cells.min()))
-    highest = hist.get_highest_equivalent_value(hist.get_value_from_index(int(cells.max())))
-    hist.min_value = min(hist.min_value, lowest)
-    hist.max_value = max(hist.max_value, highest)
