@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from .analysis.digest import LatencyDigest
 from .kpi_file import JOB_NAMES, KpiTarget
 
 __all__ = ["JOB_NAMES", "LATENCY_COLUMNS", "KpiResult", "RunMeta", "RunResult", "RunSettings"]
@@ -120,6 +121,9 @@ class RunResult:
     run_dir: Path
     meta: RunMeta
     latency: pd.DataFrame
+    # What the report reads from the latency histograms, computed while they were read
+    # (rundir.load_run); None for a result built in memory (a live window).
+    digest: LatencyDigest | None = None
     timeline: pd.DataFrame | None = None
     resources: pd.DataFrame | None = None
     app: pd.DataFrame | None = None

@@ -31,6 +31,13 @@ def record_ms(hist: HdrHistogram, latency_ms: float) -> None:
     hist.record_value(value_us)
 
 
+def cells_of(hist: HdrHistogram) -> tuple[np.ndarray, np.ndarray]:
+    """(cells, counts): the non-empty cells of a histogram of new_histogram()'s layout."""
+    view = np.ctypeslib.as_array(hist.counts)[:hist.counts_len]
+    cells = np.flatnonzero(view)
+    return cells, view[cells].astype(np.int64)
+
+
 def encode_histogram(hist: HdrHistogram) -> str:
     return hist.encode().decode("ascii")
 
@@ -256,6 +263,36 @@ def _payload_body(encoded: str) -> bytes | None:
     return payload[_PAYLOAD_HEADER.size:_PAYLOAD_HEADER.size + body_len]
 
 
+def decode_leb128(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(values, first byte of each) of unsigned LEB128 numbers packed in `data` (uint8),
+    which ends with a whole number. Values stay below 2^56 (eight bytes), far above any
+    count or cell index."""
+    # A byte below 0x80 ends a number.
+    ends = np.flatnonzero(data < 0x80)
+    starts = np.empty_like(ends)
+    if ends.size:
+        starts[0] = 0
+        starts[1:] = ends[:-1] + 1
+    shifts = 7 * (np.arange(data.size) - np.repeat(starts, ends - starts + 1))
+    values = np.bitwise_or.reduceat((data & 0x7F).astype(np.uint64)
+                                    << shifts.astype(np.uint64), starts) \
+        if ends.size else np.empty(0, np.uint64)
+    return values, starts
+
+
+def encode_leb128(values: np.ndarray) -> bytes:
+    """Unsigned LEB128 of each of `values` (non-negative integers below 2^56), packed."""
+    values = np.asarray(values, np.uint64)
+    lengths = np.ones(values.size, np.int64)
+    for k in range(1, 8):
+        lengths += values >= np.uint64(1 << (7 * k))
+    index = np.repeat(np.arange(values.size), lengths)
+    place = np.arange(index.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    data = ((values[index] >> (7 * place).astype(np.uint64)) & np.uint64(0x7F)).astype(np.uint8)
+    data |= ((place < lengths[index] - 1) << 7).astype(np.uint8)
+    return data.tobytes()
+
+
 def _decode_bodies(bodies: list[bytes],
                    rows: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     empty = np.empty(0, np.int64)
@@ -263,15 +300,7 @@ def _decode_bodies(bodies: list[bytes],
         return empty, empty, empty
     data = np.frombuffer(b"".join(bodies), np.uint8)
     byte_row = np.repeat(np.asarray(rows, np.int64), [len(body) for body in bodies])
-    # A byte below 0x80 ends a number; every body ends with a whole number. (Counts stay far
-    # below 2^56, where LEB128's ninth byte would use its top bit.)
-    ends = np.flatnonzero(data < 0x80)
-    starts = np.empty_like(ends)
-    starts[0] = 0
-    starts[1:] = ends[:-1] + 1
-    shifts = 7 * (np.arange(data.size) - np.repeat(starts, ends - starts + 1))
-    unsigned = np.bitwise_or.reduceat((data & 0x7F).astype(np.uint64)
-                                      << shifts.astype(np.uint64), starts)
+    unsigned, starts = decode_leb128(data)
     signed = ((unsigned >> np.uint64(1)).astype(np.int64)
               ^ -(unsigned & np.uint64(1)).astype(np.int64))
     row = byte_row[starts]
@@ -282,6 +311,30 @@ def _decode_bodies(bodies: list[bytes],
     cell = position - np.repeat(position[first], np.diff(np.r_[first, row.size]))
     filled = signed > 0
     return row[filled], cell[filled], signed[filled]
+
+
+def encode_bodies(row: np.ndarray, cell: np.ndarray, count: np.ndarray,
+                  rows: int) -> list[bytes]:
+    """The HdrHistogram body (ZigZag LEB128 counts, runs of empty cells as one negative
+    number) of each of `rows` histograms given as (row, cell, count) sorted by row and cell,
+    as decode_cells reads them back."""
+    if row.size == 0:
+        return [b""] * rows
+    first = np.r_[True, row[1:] != row[:-1]]
+    previous = np.where(first, -1, np.r_[-1, cell[:-1]])
+    skipped = cell - previous - 1
+    # Per cell: the run of empty cells before it (if any), then its count, ZigZag encoded.
+    numbers = np.stack([np.where(skipped > 0, 2 * skipped - 1, -1), 2 * count], axis=1).ravel()
+    keep = numbers >= 0
+    data = np.frombuffer(encode_leb128(numbers[keep]), np.uint8)
+    lengths = np.ones(numbers.size, np.int64)
+    for k in range(1, 8):
+        lengths += numbers >= (1 << (7 * k))
+    lengths[~keep] = 0
+    per_row = np.bincount(np.repeat(row, 2), weights=lengths, minlength=rows).astype(np.int64)
+    offsets = np.r_[0, np.cumsum(per_row)].tolist()
+    raw = data.tobytes()
+    return [raw[offsets[i]:offsets[i + 1]] for i in range(rows)]
 
 
 def _cells_by_hdrh(encoded: str) -> tuple[np.ndarray, np.ndarray]:

@@ -1,9 +1,9 @@
 """Exact per-request latency recording from Locust's `request` event into HDR histograms.
 
 One histogram per (1 s bucket, request name). A standalone or master process appends closed
-buckets to latency.jsonl; a worker ships them to the master in Locust's own worker reports, and
-the master merges them, so the same load split over workers gives the same counts and the same
-percentiles as one process would.
+buckets to latency.bin, a block a minute (rundir.append_latency); a worker ships them to the
+master in Locust's own worker reports, and the master merges them, so the same load split over
+workers gives the same counts and the same percentiles as one process would.
 """
 
 import logging
@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 # still land in it. Anything later is written as an extra line for the same (t, name), which
 # readers merge.
 FLUSH_DELAY_S = 8
+# Closed buckets are written to latency.bin in blocks this long: deflate needs some thousand
+# cells to pack them well (one block a second made the file ~25 % larger). A run that ends,
+# or is interrupted, writes the rest; one killed (SIGKILL, power) loses at most this much
+# beyond FLUSH_DELAY_S.
+BLOCK_S = 60
 REPORT_KEY = "perfkit_buckets"
 LATENESS_KEY = "perfkit_lateness"
 INTERRUPTED_KEY = "perfkit_interrupted"
@@ -144,9 +149,15 @@ class Tally:
     failures: int = 0
 
     def record(self, t: int, name: str) -> dict[str, Any]:
-        """The latency.jsonl line of this tally as the bucket (t, name)."""
+        """This tally as the bucket (t, name): t, name, count, failures and the encoded
+        histogram (hist), as a worker ships it and alarms judge it."""
         return {"t": t, "name": name, "count": self.count, "failures": self.failures,
                 "hist": stats.encode_histogram(self.hist)}
+
+    def stored(self, t: int, name: str) -> rundir.LatencyRecord:
+        """This tally as latency.bin stores the bucket (t, name)."""
+        return rundir.LatencyRecord(t, name, self.count, self.failures,
+                                    *stats.cells_of(self.hist))
 
 
 class Recorder:
@@ -158,6 +169,8 @@ class Recorder:
         self.latency_path = latency_path  # None on a worker: buckets go to the master instead
         self.keep_s = keep_s
         self.kept: deque[dict[str, Any]] = deque()  # written records, oldest first
+        self.pending: list[rundir.LatencyRecord] = []  # closed buckets of the next block
+        self.pending_since = 0.0
         self.buckets: dict[tuple[int, str], Tally] = {}  # (t, name) -> that second's requests
         self.totals: dict[str, Tally] = {}  # name -> the whole run's requests
         self.recent: dict[int, int] = {}  # t -> requests, for the live RPS
@@ -216,27 +229,34 @@ class Recorder:
         return [self.buckets.pop(key).record(*key) for key in self._closed(older_than)]
 
     def flush(self, final: bool = False) -> None:
-        """Append closed buckets to latency.jsonl (all of them when the run is over)."""
+        """Move closed buckets into the next block of latency.bin, and write it once it
+        spans BLOCK_S (everything when the run is over)."""
         if self.latency_path is None:
             return
-        older_than = float("inf") if final else time.time() - FLUSH_DELAY_S
+        now = time.time()
+        older_than = float("inf") if final else now - FLUSH_DELAY_S
         closed = self._closed(older_than)
-        records = [self.buckets[key].record(*key) for key in closed]
-        # Written before they are dropped: a full disk keeps them in memory, not lost.
-        try:
-            rundir.append_jsonl(self.latency_path, records)
-        except OSError as exc:
-            raise RunError(f"cannot write {self.latency_path.name}: {exc.strerror or exc}") \
-                from exc
+        if closed and not self.pending:
+            self.pending_since = now
+        self.pending.extend(self.buckets[key].stored(*key) for key in closed)
+        records = [self.buckets[key].record(*key) for key in closed] if self.keep_s > 0 else []
         for key in closed:
             del self.buckets[key]
+        if self.pending and (final or now - self.pending_since >= BLOCK_S):
+            # Written before they are dropped: a full disk keeps them in memory, not lost.
+            try:
+                rundir.append_latency(self.latency_path, self.pending)
+            except OSError as exc:
+                raise RunError(f"cannot write {self.latency_path.name}: "
+                               f"{exc.strerror or exc}") from exc
+            self.pending = []
         if self.keep_s > 0:
             self.kept.extend(records)
             while self.kept and self.kept[0]["t"] < time.time() - self.keep_s:
                 self.kept.popleft()
 
     def window_records(self, start: float, end: float) -> list[dict[str, Any]]:
-        """Records (latency.jsonl lines) of the buckets with start <= t <= end, from the kept
+        """Records (Tally.record) of the buckets with start <= t <= end, from the kept
         ones and from those not yet written; a window older than `keep_s` comes back partial."""
         records = [r for r in self.kept if start <= r["t"] <= end]
         for (t, name), tally in sorted(self.buckets.items()):
