@@ -5,6 +5,8 @@ import json
 import shutil
 from pathlib import Path
 
+from perfkit import rundir
+from perfkit.analysis import stats
 from perfkit.report import SUMMARY_JSON, rebuild_report
 
 DATA = Path(__file__).parent / "data"
@@ -22,3 +24,22 @@ def test_a_run_directory_of_the_jsonl_format_gives_the_same_summary(tmp_path: Pa
     expected = json.loads(RUN_V1_SUMMARY.read_text())
     assert expected["totals"]["count"] > 1000 and expected["endpoints"]  # not an empty run
     assert json.loads((run_dir / SUMMARY_JSON).read_text()) == expected
+
+
+def test_the_same_buckets_in_latency_bin_give_the_same_summary(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run_v1"
+    shutil.copytree(RUN_V1, run_dir)
+    latency = rundir.load_run(run_dir).latency
+    records = []
+    for item in latency.itertuples():
+        _, cells, counts = stats.decode_cells([item.hist])
+        records.append(rundir.LatencyRecord(item.t, item.name, item.count, item.failures,
+                                            cells, counts))
+    rundir.append_latency(run_dir / rundir.LATENCY, records[:100])
+    rundir.append_latency(run_dir / rundir.LATENCY, records[100:])
+    (run_dir / rundir.LATENCY_JSONL).unlink()
+    assert (run_dir / rundir.LATENCY).stat().st_size < (RUN_V1 / rundir.LATENCY_JSONL).stat(
+        ).st_size / 2
+    rebuild_report(run_dir)
+    assert json.loads((run_dir / SUMMARY_JSON).read_text()) == json.loads(
+        RUN_V1_SUMMARY.read_text())

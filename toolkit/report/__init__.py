@@ -84,7 +84,8 @@ def write_report(run: RunResult) -> Path:
 def rebuild_report(run_dir: Path, kpi_file: Path | None = None) -> RunResult:
     """`perfkit report`: judge a run directory again (with `kpi_file`, else the KPI file the
     run recorded) and rewrite its report files and run.json's verdict."""
-    run = rundir.load_run(run_dir)
+    # The report reads the latency digest only, not each bucket's histogram.
+    run = rundir.load_run(run_dir, histograms=False)
     kpi_path = kpi_file if kpi_file is not None else _recorded_kpi_file(run)
     try:
         judge_run(run, load_kpi_targets(kpi_path))
