@@ -165,3 +165,12 @@ def simulated_history(n_runs: int, endpoints: int, seed: int = 0
         series["research", TARGET, metric] = list(enumerate(
             rng.lognormal(4, 0.1, n_runs).tolist()))
     return runs, series
+
+
+def rewrite_as_jsonl(path: Path) -> None:
+    """Turn the run directory at `path` into one of the format before latency.bin: one
+    latency.jsonl line per bucket, its histogram base64-encoded by HdrHistogram."""
+    latency = rundir.load_run(path).latency
+    hists = [stats.encode_histogram(stats.merge_histograms([body])) for body in latency["hist"]]
+    rundir.append_jsonl(path / rundir.LATENCY_JSONL, latency.assign(hist=hists).to_dict("records"))
+    (path / rundir.LATENCY).unlink()

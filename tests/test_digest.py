@@ -12,7 +12,7 @@ from perfkit.analysis.digest import ChartSpan, LatencyChunk, digest_latency
 from perfkit.analysis.kpi import judged_latency, judged_window
 from perfkit.kpi_file import JOB_NAMES
 from perfkit.report import charts
-from tests.synthetic import START_T, EndpointSpec, RunSpec, make_run
+from tests.synthetic import START_T, EndpointSpec, RunSpec, make_run, rewrite_as_jsonl
 
 SPEC = RunSpec(duration_s=150, warmup_s=10, seed=5, batch_10_completion_s=20.0, endpoints={
     "GET /a": EndpointSpec(rps=30, median_ms=5),
@@ -75,15 +75,11 @@ def test_late_buckets_reopen_their_window(tmp_path: Path) -> None:
 def test_load_run_reads_the_digest_of_either_format(tmp_path: Path) -> None:
     """latency.bin and latency.jsonl of the same buckets give the same run and digest."""
     make_run(tmp_path / "bin", SPEC)
+    make_run(tmp_path / "jsonl", SPEC)
     run = rundir.load_run(tmp_path / "bin")
     jsonl = tmp_path / "jsonl"
-    jsonl.mkdir()
-    for item in (tmp_path / "bin").iterdir():
-        if item.name != rundir.LATENCY:
-            (jsonl / item.name).write_bytes(item.read_bytes())
-    records = run.latency.assign(hist=[
-        stats.encode_histogram(stats.merge_histograms([body])) for body in run.latency["hist"]])
-    rundir.append_jsonl(jsonl / rundir.LATENCY_JSONL, records.to_dict("records"))
+    rewrite_as_jsonl(jsonl)
+    assert not (jsonl / rundir.LATENCY).exists()
     old = rundir.load_run(jsonl)
     assert old.digest is not None and run.digest is not None
     assert old.digest.summaries == run.digest.summaries

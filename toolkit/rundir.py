@@ -261,7 +261,10 @@ def _read_latency_jsonl(path: Path) -> Iterator[LatencyChunk | None]:
             records, skipped = _parse_jsonl(lines, LATENCY_FIELDS)
             yield from [None] * skipped
             frame = pd.DataFrame(records, columns=LATENCY_COLUMNS)
-            row, cell, count = stats.decode_cells(frame["hist"].tolist())
+            try:
+                row, cell, count = stats.decode_cells(frame["hist"].tolist())
+            except stats.HistogramError as exc:
+                raise ReportError(f"{path} holds a damaged histogram: {exc}") from exc
             yield LatencyChunk(frame.drop(columns=["hist"]), row, cell, count)
 
 

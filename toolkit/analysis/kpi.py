@@ -233,7 +233,7 @@ def _measure(kpi: KpiTarget, ctx: _Context) -> tuple[float | None, str]:
     if metric == "rps":
         if ctx.run.latency.empty:
             # No records at all is a recorder that wrote nothing, not a target that served 0.
-            return None, "no request records in this run (latency.jsonl empty or absent)"
+            return None, "no request records in this run (latency.bin empty or absent)"
         return float(ctx.requests["count"].sum()) / ctx.duration_s, ""
     if metric == "error_rate_percent":
         count = int(ctx.requests["count"].sum())
