@@ -114,10 +114,8 @@ def digest_latency(chunks: Iterable[LatencyChunk], judged_window: tuple[float, f
         failures = frame["failures"].to_numpy(np.int64)
         row_name = name_id[chunk.row]
         flat = row_name * stats.CELLS + chunk.cell
-        weights = chunk.count.astype(float)  # float64 sums are exact below 2^53
-        size = n_names * stats.CELLS
-        whole.fit(n_names).ravel()[:] += np.bincount(
-            flat, weights, minlength=size).astype(np.int64)
+        cell_counts = chunk.count.astype(np.int64)
+        np.add.at(whole.fit(n_names).ravel(), flat, cell_counts)
 
         in_judged = (t >= start) & (t <= end)
         judged_seen.fit(n_names)[name_id[in_judged], 0] = True
@@ -125,8 +123,7 @@ def digest_latency(chunks: Iterable[LatencyChunk], judged_window: tuple[float, f
         np.add.at(rows[:, 0], name_id[in_judged], counts[in_judged])
         np.add.at(rows[:, 1], name_id[in_judged], failures[in_judged])
         cells_judged = in_judged[chunk.row]
-        judged.fit(n_names).ravel()[:] += np.bincount(
-            flat[cells_judged], weights[cells_judged], minlength=size).astype(np.int64)
+        np.add.at(judged.fit(n_names).ravel(), flat[cells_judged], cell_counts[cells_judged])
 
         window = ((t - span.started_at) // span.window_s).astype(np.int64)
         # As bin_latency: a bucket just outside the run belongs to the first or last window.
@@ -147,19 +144,15 @@ def digest_latency(chunks: Iterable[LatencyChunk], judged_window: tuple[float, f
             elif dense.shape[0] < n_names:
                 dense = np.vstack([dense, np.zeros((n_names - dense.shape[0], stats.CELLS),
                                                    np.int64)])
-            dense.ravel()[:] += np.bincount(flat[pick], weights[pick],
-                                            minlength=size).astype(np.int64)
+            np.add.at(dense.ravel(), flat[pick], cell_counts[pick])
             open_windows[w] = dense
         if inside.any():
             oldest = int(window[inside].min())
             for w in [w for w in open_windows if w < oldest - 1]:
-                dense = open_windows.pop(w).ravel()
-                filled = np.flatnonzero(dense)
-                closed_windows[w] = filled, dense[filled]
+                closed_windows[w] = _close(open_windows.pop(w))
 
     for w, dense in open_windows.items():
-        filled = np.flatnonzero(dense.ravel())
-        closed_windows[w] = filled, dense.ravel()[filled]
+        closed_windows[w] = _close(dense)
     by_id = sorted(names, key=names.__getitem__)
     summaries = {}
     judged_duration_s = end - start
@@ -178,10 +171,20 @@ def digest_latency(chunks: Iterable[LatencyChunk], judged_window: tuple[float, f
     return LatencyDigest((start, end), span, summaries, merged, chart)
 
 
+def _close(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A window's (names × cells) counts as (flat index, count) of its filled cells, in the
+    smallest integers that hold them: a day keeps 600 of these."""
+    flat = dense.ravel()
+    filled = np.flatnonzero(flat)
+    counts = flat[filled]
+    small = counts.max(initial=0) < np.iinfo(np.uint32).max
+    return filled.astype(np.uint32), counts.astype(np.uint32) if small else counts
+
+
 def _reopen(closed: tuple[np.ndarray, np.ndarray] | None, n_names: int) -> np.ndarray:
     dense = np.zeros((n_names, stats.CELLS), np.int64)
     if closed is not None:
-        dense.ravel()[closed[0]] = closed[1]
+        dense.ravel()[closed[0].astype(np.int64)] = closed[1]
     return dense
 
 
@@ -195,13 +198,14 @@ def _chart_frame(charted: list[str], names: dict[str, int], window_rows: np.ndar
     position = {names[name]: k for k, name in enumerate(charted)}
     values_ms = np.full((len(charted) * n_windows, len(CHART_PERCENTILES)), math.nan)
     for w, (filled, counts) in windows.items():
+        filled = filled.astype(np.int64)
         name_of = filled // stats.CELLS
         bounds = np.searchsorted(name_of, np.arange(name_of.max() + 2) if name_of.size else [0])
         for i, k in position.items():
             if i + 1 >= bounds.size:
                 continue
             piece = slice(bounds[i], bounds[i + 1])
-            cumulative = np.cumsum(counts[piece])
+            cumulative = np.cumsum(counts[piece], dtype=np.int64)
             if cumulative.size == 0 or cumulative[-1] == 0:
                 continue
             total = int(cumulative[-1])
