@@ -253,6 +253,7 @@ JSONL_CHUNK_LINES = 20_000
 
 def _read_latency_jsonl(path: Path) -> Iterator[LatencyChunk | None]:
     """latency.jsonl (the format before latency.bin) in chunks; None per line skipped."""
+    names: dict[str, str] = {}
     with path.open(encoding="utf-8", errors="replace") as f:
         while True:
             lines = [line for _, line in zip(range(JSONL_CHUNK_LINES), f, strict=False)]
@@ -260,12 +261,17 @@ def _read_latency_jsonl(path: Path) -> Iterator[LatencyChunk | None]:
                 return
             records, skipped = _parse_jsonl(lines, LATENCY_FIELDS)
             yield from [None] * skipped
-            frame = pd.DataFrame(records, columns=LATENCY_COLUMNS)
             try:
-                row, cell, count = stats.decode_cells(frame["hist"].tolist())
+                row, cell, count = stats.decode_cells([record["hist"] for record in records])
             except stats.HistogramError as exc:
                 raise ReportError(f"{path} holds a damaged histogram: {exc}") from exc
-            yield LatencyChunk(frame.drop(columns=["hist"]), row, cell, count)
+            # Without the encoded histograms, which a frame's column would keep alive (136 MB
+            # for a day), and with one string per name, not one per line.
+            frame = pd.DataFrame(
+                [(record["t"], names.setdefault(record["name"], record["name"]),
+                  record["count"], record["failures"]) for record in records],
+                columns=LATENCY_COLUMNS[:-1])
+            yield LatencyChunk(frame, row, cell, count)
 
 
 def read_latency(run_dir: Path) -> Iterator[LatencyChunk | None]:
