@@ -270,11 +270,14 @@ def test_every_output_says_the_one_verdict_of_real_runs(tmp_path: Path) -> None:
             runs[name] = perfkit_process(
                 *[a.replace("{pid}", str(proc.pid)) for a in args], "--target", url,
                 "--kpi", str(write_kpis(run_dir, kpis)), "--out", str(run_dir / "run"))
-        # The target dies once the run records requests, a few seconds before its end.
-        recorded = tmp_path / "target-died" / "run" / rundir.LATENCY
+        # The target dies once the run has sent requests for a few seconds, a few seconds
+        # before its end (timeline.csv: a row a second; latency.bin is written a minute at a
+        # time).
+        timeline = tmp_path / "target-died" / "run" / rundir.TIMELINE
         deadline = time.monotonic() + 30.0
         while time.monotonic() < deadline and not (
-                recorded.is_file() and recorded.stat().st_size > 0):
+                timeline.is_file() and sum(line.split(",")[1] not in ("", "0") for line in
+                                           timeline.read_text().splitlines()[1:]) >= 3):
             time.sleep(0.2)
         stop_target(targets["target died"])
         outputs = {name: run.communicate(timeout=120)[0] for name, run in runs.items()}
