@@ -21,6 +21,7 @@ from .analysis.digest import (
     choose_window_s,
     digest_latency,
 )
+from .analysis.kpi import judged_window_of
 from .errors import ReportError
 from .kpi_file import JOB_NAMES
 from .result import LATENCY_COLUMNS, RunMeta, RunResult, json_safe, meta_from_json
@@ -340,8 +341,6 @@ def load_run(path: Path | str, meta: RunMeta | None = None,
 
 def _load_latency(path: Path, meta: RunMeta, histograms: bool
                   ) -> tuple[pd.DataFrame, int, LatencyDigest]:
-    from .analysis.kpi import judged_window_of  # analysis.kpi imports result, not rundir
-
     frames: list[pd.DataFrame] = []
     skipped = 0
 

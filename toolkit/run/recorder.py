@@ -28,9 +28,9 @@ log = logging.getLogger(__name__)
 # readers merge.
 FLUSH_DELAY_S = 8
 # Closed buckets are written to latency.bin in blocks this long: deflate needs some thousand
-# cells to pack them well (one block a second made the file ~25 % larger). A run that ends,
-# or is interrupted, writes the rest; one killed (SIGKILL, power) loses at most this much
-# beyond FLUSH_DELAY_S.
+# cells to pack them well (bench/report_time.py's day: 37.6 MB in blocks of 60 s, 39.8 MB of
+# 10 s, 56.6 MB of 1 s). A run that ends, or is interrupted, writes the rest; one killed
+# (SIGKILL, power) loses at most this much beyond FLUSH_DELAY_S.
 BLOCK_S = 60
 REPORT_KEY = "perfkit_buckets"
 LATENESS_KEY = "perfkit_lateness"
@@ -323,4 +323,3 @@ class Recorder:
     def rps(self, window_s: int = 5) -> float:
         now = int(time.time())
         return sum(self.recent.get(t, 0) for t in range(now - window_s, now)) / window_s
-
