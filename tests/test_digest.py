@@ -9,9 +9,10 @@ import pytest
 from perfkit import rundir
 from perfkit.analysis import stats
 from perfkit.analysis.digest import ChartSpan, LatencyChunk, digest_latency
-from perfkit.analysis.kpi import judged_latency, judged_window
-from perfkit.kpi_file import JOB_NAMES
+from perfkit.analysis.kpi import judge_run, judged_latency, judged_window
+from perfkit.kpi_file import JOB_NAMES, load_kpi_targets
 from perfkit.report import charts
+from perfkit.report.html import render_html
 from tests.synthetic import START_T, EndpointSpec, RunSpec, make_run, rewrite_as_jsonl
 
 SPEC = RunSpec(duration_s=150, warmup_s=10, seed=5, batch_10_completion_s=20.0, endpoints={
@@ -105,6 +106,8 @@ def test_a_block_cut_short_is_skipped_and_counted(tmp_path: Path) -> None:
     (tmp_path / rundir.LATENCY).write_bytes(bytes(damaged))
     run = rundir.load_run(tmp_path)
     assert run.skipped_lines == 1 and run.latency["t"].min() == START_T + 60
+    assert "1 block of latency.bin could not be read" in " ".join(render_html(judge_run(
+        run, load_kpi_targets(None))).split())
 
 
 def test_leb128_and_hdr_bodies_round_trip() -> None:

@@ -130,7 +130,10 @@ class RunResult:
     failures: list[dict[str, Any]] = field(default_factory=list)
     slow_queries: list[dict[str, Any]] = field(default_factory=list)
     alarms: list[dict[str, Any]] = field(default_factory=list)
-    skipped_lines: int = 0  # latency.jsonl lines that could not be read (cut short, corrupt)
+    # Parts of the latency file that could not be read (cut short, corrupt): blocks of
+    # latency.bin, lines of an older run's latency.jsonl; `latency_file` says which it read.
+    skipped_lines: int = 0
+    latency_file: str = "latency.bin"
     # What perfkit read from the target's own Prometheus endpoint and its data stores
     # (docs/observability.md); None / [] where not collected.
     target_metrics: pd.DataFrame | None = None

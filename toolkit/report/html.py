@@ -80,6 +80,9 @@ def build_context(run: RunResult) -> dict[str, Any]:
         "failures": _failures(run.failures),
         "requests_recorded": not run.latency.empty,
         "skipped_lines": run.skipped_lines,
+        # What skipped_lines counts: blocks of latency.bin, or lines of an older run's file.
+        "latency_file": run.latency_file,
+        "skipped_part": "line" if run.latency_file.endswith(".jsonl") else "block",
         "alarms": _alarms(run.alarms, started_at),
         "faults": faults_section(summary),
         "stress": stress_section(meta),
