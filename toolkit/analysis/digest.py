@@ -153,20 +153,19 @@ def digest_latency(chunks: Iterable[LatencyChunk], judged_window: tuple[float, f
 
     for w, dense in open_windows.items():
         closed_windows[w] = _close(dense)
-    by_id = sorted(names, key=names.__getitem__)
+    n_names = len(names)
+    seen, rows, cells = judged_seen.fit(n_names), judged_rows.fit(n_names), judged.fit(n_names)
     summaries = {}
-    judged_duration_s = end - start
     for name in sorted(names):
         i = names[name]
-        if not judged_seen.fit(len(names))[i, 0]:
-            continue
-        count, failed = (int(value) for value in judged_rows.fit(len(names))[i])
-        summaries[name] = {"count": count, "failures": failed,
-                           **stats.request_rates(count, failed, judged_duration_s),
-                           **stats.summarize_cells(judged.fit(len(names))[i])}
-    merged = {name: whole.fit(len(names))[names[name]] for name in by_id}
-    chart = _chart_frame(sorted(name for name in names if charted.fit(len(names))[names[name], 0]),
-                         names, window_rows.fit(len(names)), closed_windows, n_windows,
+        if seen[i, 0]:
+            count, failed = int(rows[i, 0]), int(rows[i, 1])
+            summaries[name] = {"count": count, "failures": failed,
+                               **stats.request_rates(count, failed, end - start),
+                               **stats.summarize_cells(cells[i])}
+    merged = {name: whole.fit(n_names)[i] for name, i in names.items()}
+    drawn = sorted(name for name, i in names.items() if charted.fit(n_names)[i, 0])
+    chart = _chart_frame(drawn, names, window_rows.fit(n_names), closed_windows, n_windows,
                          duration_s, span)
     return LatencyDigest((start, end), span, summaries, merged, chart)
 
