@@ -9,13 +9,14 @@ writes it), so importing it never imports Locust or gevent.
 import dataclasses
 import math
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from .analysis.digest import LatencyDigest
+from .analysis.digest import LatencyChunk, LatencyDigest
 from .kpi_file import JOB_NAMES, KpiTarget
 
 __all__ = ["JOB_NAMES", "LATENCY_COLUMNS", "KpiResult", "RunMeta", "RunResult", "RunSettings"]
@@ -124,6 +125,12 @@ class RunResult:
     # What the report reads from the latency histograms, computed while they were read
     # (rundir.load_run); None for a result built in memory (a live window).
     digest: LatencyDigest | None = None
+    # The run's latency buckets read again chunk by chunk (rundir.read_latency), for an
+    # analysis that needs their histograms when `latency` was loaded without them.
+    read_latency: Callable[[], Iterable[LatencyChunk | None]] | None = None
+    # Per (endpoint, limit_ms), its requests over the limit per second, counted while the
+    # buckets were read (rundir.load_run's latency_limits: analysis.availability).
+    over_limits: dict[tuple[str, float], dict[int, int]] | None = None
     timeline: pd.DataFrame | None = None
     resources: pd.DataFrame | None = None
     app: pd.DataFrame | None = None

@@ -5,7 +5,7 @@ import os
 import struct
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .analysis import stats
+from .analysis.availability import add_over_limits
 from .analysis.digest import (
     ChartSpan,
     LatencyChunk,
@@ -298,8 +299,19 @@ def write_meta(run_dir: Path, meta: RunMeta) -> None:
     write_json(run_dir / RUN_JSON, json_safe(meta))
 
 
-def load_run(path: Path | str, meta: RunMeta | None = None,
-             histograms: bool = True) -> RunResult:
+def load_meta(path: Path | str) -> RunMeta:
+    """The run directory's run.json."""
+    meta_path = Path(path) / RUN_JSON
+    if not meta_path.exists():
+        raise ReportError(f"{path} is not a run directory (no {RUN_JSON})")
+    try:
+        return meta_from_json(json.loads(meta_path.read_text("utf-8")))
+    except (OSError, ValueError, TypeError, RecursionError) as exc:
+        raise ReportError(f"cannot read run directory {path}: {exc}") from exc
+
+
+def load_run(path: Path | str, meta: RunMeta | None = None, histograms: bool = True,
+             latency_limits: Iterable[tuple[str, float]] = ()) -> RunResult:
     """The run directory at `path` as a RunResult (not judged: verdict None). `meta`: the
     run's metadata when the caller has it in memory (the runner), instead of run.json.
 
@@ -307,21 +319,22 @@ def load_run(path: Path | str, meta: RunMeta | None = None,
     digest (analysis.digest: the report's summaries and chart lines). `histograms`: keep each
     bucket's histogram in `latency["hist"]` (an HDR body, see stats.decode_cells) for
     analyses beyond the report (compare, endurance drift); without, `latency` holds t, name,
-    count and failures only, and a day-long run loads in seconds and in little memory."""
+    count and failures only, and a day-long run loads in seconds and in little memory.
+    `latency_limits`: (endpoint, limit_ms) whose requests over the limit are counted per
+    second in the same pass (`over_limits`, for the availability KPIs)."""
     path = Path(path)
-    meta_path = path / RUN_JSON
-    if meta is None and not meta_path.exists():
-        raise ReportError(f"{path} is not a run directory (no {RUN_JSON})")
+    meta = meta if meta is not None else load_meta(path)
+    over: dict[tuple[str, float], dict[int, int]] = {key: {} for key in latency_limits}
     try:
-        if meta is None:
-            meta = meta_from_json(json.loads(meta_path.read_text("utf-8")))
-        latency, skipped, digest = _load_latency(path, meta, histograms)
+        latency, skipped, digest = _load_latency(path, meta, histograms, over)
         alarms, _ = _read_jsonl(path / ALARMS)
         return RunResult(
             run_dir=path,
             meta=meta,
             latency=latency,
             digest=digest,
+            read_latency=lambda: read_latency(path),
+            over_limits=over if over else None,
             skipped_lines=skipped,
             latency_file=LATENCY_JSONL if (path / LATENCY_JSONL).exists() else LATENCY,
             timeline=_read_csv(path / TIMELINE),
@@ -340,7 +353,8 @@ def load_run(path: Path | str, meta: RunMeta | None = None,
         raise ReportError(f"cannot read run directory {path}: {exc}") from exc
 
 
-def _load_latency(path: Path, meta: RunMeta, histograms: bool
+def _load_latency(path: Path, meta: RunMeta, histograms: bool,
+                  over: dict[tuple[str, float], dict[int, int]]
                   ) -> tuple[pd.DataFrame, int, LatencyDigest]:
     frames: list[pd.DataFrame] = []
     skipped = 0
@@ -356,6 +370,7 @@ def _load_latency(path: Path, meta: RunMeta, histograms: bool
                 frame = frame.assign(hist=stats.encode_bodies(chunk.row, chunk.cell,
                                                               chunk.count, len(frame)))
             frames.append(frame)
+            add_over_limits(over, chunk)
             yield chunk
 
     started_at = float(meta.started_at)

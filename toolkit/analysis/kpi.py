@@ -127,7 +127,16 @@ def judged_availability(run: RunResult, targets: list[KpiTarget]) -> dict[str, A
     window only."""
     start, end = judged_window(run)
     started_at = float(run.meta.started_at)
-    seconds = availability.judge_seconds(run.latency, targets, started_at, end)
+    over = None
+    limits = availability.latency_limits(targets)
+    if "hist" not in run.latency:
+        # Loaded without each bucket's histogram (perfkit report): the requests over the
+        # latency KPIs' limits, counted while they were read, else in one more pass.
+        if run.over_limits is not None and limits <= run.over_limits.keys():
+            over = run.over_limits
+        elif run.read_latency is not None:
+            over = availability.count_over_limits(filter(None, run.read_latency()), limits)
+    seconds = availability.judge_seconds(run.latency, targets, started_at, end, over)
     return availability.summarize_availability(seconds, run.meta.faults, started_at, start,
                                                end)
 
