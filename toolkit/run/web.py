@@ -39,12 +39,13 @@ from gevent.pywsgi import WSGIServer
 
 from ..analysis import stats
 from ..analysis.kpi import RESOURCE_COLUMNS, judge_window, window_kpis
+from ..analysis.stats import add_cells
 from ..errors import ConfigError
 from ..kpi_file import JOB_NAMES, KpiTarget
 from ..report.live_html import render_live_html
 from ..units import format_value
 from .observers import MB, read_target
-from .recorder import Tally, add_cells
+from .recorder import Tally
 
 if TYPE_CHECKING:  # the runner imports this module
     from .runner import RunState
