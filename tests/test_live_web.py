@@ -237,7 +237,7 @@ def test_the_live_page_elsewhere_than_loopback_is_asked_for_and_warned_about(
 def test_without_web_nothing_listens(tmp_path: Path) -> None:
     with running_target(SWITCHABLE, "--delay-ms", "1") as (target, _):
         run = Perfkit("load", "--target", target, "--scenario", "health", "--rate", "5",
-                      "--users", "1", "--duration", "1s", "--web-port", "0",
+                      "--users", "1", "--duration", "3s", "--web-port", "0",
                       "--out", str(tmp_path / "run"))
         assert run.end() in (0, 1)
     run.wait_for(re.compile(r"^Report: "))
