@@ -17,6 +17,8 @@ from perfkit.analysis.compare import RESOURCE_METRICS, TARGET
 from perfkit.analysis.history import STORED_ENDPOINT_KEYS
 
 START_T = 1_764_130_000
+# Seconds of buckets per latency.bin block, as the recorder writes them.
+BLOCK_S = 60
 
 
 @dataclass
@@ -60,8 +62,11 @@ def make_run(path: Path, spec: RunSpec | None = None) -> dict[str, np.ndarray]:
     start_t = spec.start_t
     path.mkdir(parents=True, exist_ok=True)
     samples: dict[str, list[np.ndarray]] = {}
-    lines = []
+    lines: list[rundir.LatencyRecord] = []
     for t in range(start_t, start_t + spec.duration_s):
+        if lines and (t - start_t) % BLOCK_S == 0:
+            rundir.append_latency(path / rundir.LATENCY, lines)
+            lines = []
         slowdown = spec.warmup_slowdown if t - start_t < spec.warmup_s else 1.0
         slowdown *= spec.latency_factor
         if spec.noise_sigma:
@@ -79,7 +84,7 @@ def make_run(path: Path, spec: RunSpec | None = None) -> dict[str, np.ndarray]:
             values = rng.lognormal(np.log(spec.batch_10_completion_s * 1000), 0.2, 1)
             samples.setdefault("batch_10_completion", []).append(values)
             lines.append(_bucket(t, "batch_10_completion", values, 0))
-    rundir.append_jsonl(path / rundir.LATENCY, lines)
+    rundir.append_latency(path / rundir.LATENCY, lines)
 
     seconds = np.arange(spec.duration_s)
     rss = spec.rss_mb + spec.rss_growth_mb_per_h * seconds / 3600 + rng.normal(0, 1, seconds.size)
@@ -129,13 +134,13 @@ def make_run(path: Path, spec: RunSpec | None = None) -> dict[str, np.ndarray]:
     return {name: np.concatenate(parts) for name, parts in samples.items()}
 
 
-def _bucket(t: int, name: str, values_ms: np.ndarray, failures: int) -> dict:
+def _bucket(t: int, name: str, values_ms: np.ndarray, failures: int) -> rundir.LatencyRecord:
     hist = stats.new_histogram()
     for value_us, n in zip(*np.unique(np.maximum(np.round(values_ms * 1000), 1).astype(np.int64),
                                       return_counts=True), strict=True):
         hist.record_value(int(value_us), int(n))
-    return {"t": t, "name": name, "count": int(values_ms.size), "failures": int(failures),
-            "hist": stats.encode_histogram(hist)}
+    return rundir.LatencyRecord(t, name, int(values_ms.size), int(failures),
+                                *stats.cells_of(hist))
 
 
 def simulated_history(n_runs: int, endpoints: int, seed: int = 0
@@ -160,3 +165,12 @@ def simulated_history(n_runs: int, endpoints: int, seed: int = 0
         series["research", TARGET, metric] = list(enumerate(
             rng.lognormal(4, 0.1, n_runs).tolist()))
     return runs, series
+
+
+def rewrite_as_jsonl(path: Path) -> None:
+    """Turn the run directory at `path` into one of the format before latency.bin: one
+    latency.jsonl line per bucket, its histogram base64-encoded by HdrHistogram."""
+    latency = rundir.load_run(path).latency
+    hists = [stats.encode_histogram(stats.merge_histograms([body])) for body in latency["hist"]]
+    rundir.append_jsonl(path / rundir.LATENCY_JSONL, latency.assign(hist=hists).to_dict("records"))
+    (path / rundir.LATENCY).unlink()

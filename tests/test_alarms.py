@@ -86,18 +86,18 @@ def test_judge_window_uses_the_kpi_definitions_on_the_window_only() -> None:
 
 
 def test_recorder_window_holds_written_and_pending_buckets(tmp_path: Path) -> None:
-    recorder = Recorder(tmp_path / "latency.jsonl", keep_s=60.0)
+    recorder = Recorder(tmp_path / rundir.LATENCY, keep_s=60.0)
     now = time.time()
     for _ in range(3):
         recorder.on_request("GET", "/api/v1/health", 5.0, None)
-    recorder.flush(final=True)  # written to latency.jsonl and kept
+    recorder.flush(final=True)  # written to latency.bin and kept
     recorder.on_request("GET", "/api/v1/health", 7.0, RuntimeError("boom"))  # still pending
     window = recorder.window_records(now - 5, now + 5)
     assert sum(r["count"] for r in window) == 4
     assert sum(r["failures"] for r in window) == 1
     assert stats.merge_histograms(r["hist"] for r in window).get_total_count() == 4
     assert recorder.window_records(now + 10, now + 20) == []
-    assert len((tmp_path / "latency.jsonl").read_text().splitlines()) == 1
+    assert [len(chunk.frame) for chunk in rundir.read_latency(tmp_path) if chunk] == [1]
     not_kept = Recorder(tmp_path / "other.jsonl")  # keep_s 0: the old behaviour, nothing kept
     not_kept.on_request("GET", "/api/v1/health", 5.0, None)
     not_kept.flush(final=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from perfkit import rundir
 from perfkit.analysis.history import (
     ChangePointSettings,
     TrialSettings,
@@ -310,10 +311,9 @@ def test_the_arm_first_in_a_trials_order_is_spawned_first(tmp_path: Path) -> Non
     assert done.returncode == 0, done.stdout + done.stderr
     for trial, first in (("01-AB", "A"), ("02-BA", "B")):
         started: dict[str, float] = {}
-        for line in (out / trial / "latency.jsonl").read_text().splitlines():
-            record = json.loads(line)
-            arm = record["name"][1]
-            started[arm] = min(started.get(arm, math.inf), record["t"])
+        for chunk in filter(None, rundir.read_latency(out / trial)):
+            for name, t in zip(chunk.frame["name"], chunk.frame["t"], strict=True):
+                started[name[1]] = min(started.get(name[1], math.inf), t)
         later = "B" if first == "A" else "A"
         assert started[first] < started[later], (trial, started)
 

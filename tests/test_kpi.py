@@ -429,7 +429,7 @@ def test_a_run_without_request_records_measures_no_throughput(tmp_path: Path) ->
     results = evaluate_kpis(rundir.load_run(tmp_path / "run"), load_kpi_targets(None))
     throughput = by_metric(results, "rps")
     assert (throughput.verdict, throughput.value) == ("missing", None)
-    assert "latency.jsonl" in throughput.reason
+    assert "latency.bin" in throughput.reason
     assert by_metric(results, "error_rate_percent").verdict == "missing"
 
 

@@ -63,8 +63,8 @@ def kpi(run_dir: Path, name: str) -> dict[str, Any]:
 
 
 def request_count(run_dir: Path) -> int:
-    lines = (run_dir / rundir.LATENCY).read_text().splitlines()
-    return sum(r["count"] for r in map(json.loads, lines) if " " in r["name"])
+    latency = rundir.load_run(run_dir, histograms=False).latency
+    return int(latency.loc[latency["name"].str.contains(" "), "count"].sum())
 
 
 @pytest.fixture

@@ -68,7 +68,7 @@ def test_baseline_save_list_and_compare_by_name(synthetic_runs: Path, tmp_path: 
                         cwd=tmp_path)
     assert saved.returncode == 0, saved.stderr
     kept = sorted(p.name for p in (tmp_path / "reports" / "baselines" / "main").iterdir())
-    assert "run.json" in kept and "latency.jsonl" in kept
+    assert "run.json" in kept and "latency.bin" in kept
     assert not any(name.endswith((".html", ".svg", ".log")) for name in kept)
     listed = run_perfkit("baseline", "list", cwd=tmp_path)
     assert re.search(r"^main\s+research\s+60 s", listed.stdout, re.M), listed.stdout

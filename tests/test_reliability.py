@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.synthetic import RunSpec, make_run
+from tests.synthetic import RunSpec, make_run, rewrite_as_jsonl
 
 PERFKIT = [sys.executable, "-m", "perfkit"]
 
@@ -176,6 +176,7 @@ def test_a_damaged_run_json_is_a_one_line_error(tmp_path: Path, content: str) ->
 
 def test_a_cut_or_corrupt_latency_line_is_skipped_and_counted(tmp_path: Path) -> None:
     make_run(tmp_path / "run", RunSpec(duration_s=10))
+    rewrite_as_jsonl(tmp_path / "run")  # a run of an older perfkit (latency.bin: test_digest)
     latency = tmp_path / "run" / "latency.jsonl"
     lines = latency.read_text().splitlines()
     lines.insert(3, '{"t": 1, "name": "GET /x", "count": "many"')  # cut short
@@ -193,6 +194,7 @@ def test_a_cut_or_corrupt_latency_line_is_skipped_and_counted(tmp_path: Path) ->
 
 def test_a_histogram_that_cannot_be_decoded_is_a_one_line_error(tmp_path: Path) -> None:
     make_run(tmp_path / "run", RunSpec(duration_s=5))
+    rewrite_as_jsonl(tmp_path / "run")
     latency = tmp_path / "run" / "latency.jsonl"
     record = json.loads(latency.read_text().splitlines()[0])
     record["hist"] = "bm90IGEgaGlzdG9ncmFt"  # base64 of "not a histogram"

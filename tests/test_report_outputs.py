@@ -227,7 +227,7 @@ def test_every_output_shows_the_one_warm_up_the_verdict_left_out(real_run: Path)
 
 def test_outputs_are_written_with_the_users_umask(real_run: Path) -> None:
     files = sorted(path for path in real_run.iterdir() if path.is_file())
-    assert {"report.html", "summary.json", "junit.xml", "run.json", "latency.jsonl"} <= {
+    assert {"report.html", "summary.json", "junit.xml", "run.json", "latency.bin"} <= {
         path.name for path in files}
     modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in files}
     assert modes == dict.fromkeys(modes, 0o640), {k: oct(v) for k, v in modes.items()}

@@ -4,20 +4,22 @@ tests/test_history.py; Locust is not imported here, as it would monkey-patch thi
 
 from pathlib import Path
 
+from perfkit import rundir
 from perfkit.kpi_file import is_job
 from perfkit.report.ab_html import describe_order_effect, render_ab_html
 from perfkit.run.recorder import ARM, Recorder
 
 
 def test_requests_of_an_arm_are_recorded_under_its_label(tmp_path: Path) -> None:
-    recorder = Recorder(tmp_path / "latency.jsonl")
+    recorder = Recorder(tmp_path / rundir.LATENCY)
     recorder.on_request("GET", "/x", 5.0, None, context={ARM: "A"})
     recorder.on_request("GET", "/x", 7.0, None, context={ARM: "B"})
     recorder.on_request("GET", "/x", 6.0, None, context={})
     assert sorted(recorder.totals) == ["GET /x", "[A] GET /x", "[B] GET /x"]
     recorder.flush(final=True)
-    names = (tmp_path / "latency.jsonl").read_text()
-    assert '"[A] GET /x"' in names and '"[B] GET /x"' in names
+    names = {name for chunk in rundir.read_latency(tmp_path) if chunk
+             for name in chunk.frame["name"]}
+    assert {"[A] GET /x", "[B] GET /x"} <= names
 
 
 def test_an_arms_job_records_are_jobs_not_requests() -> None:

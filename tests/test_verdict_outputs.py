@@ -27,7 +27,7 @@ from perfkit.analysis.stress import judge_step, summarize_stress
 from perfkit.kpi_file import load_kpi_targets
 from perfkit.report import rebuild_report
 from perfkit.settings import LoadSettings, StressSettings
-from tests.synthetic import START_T, EndpointSpec, RunSpec, make_run
+from tests.synthetic import START_T, EndpointSpec, RunSpec, make_run, rewrite_as_jsonl
 from tests.targets import FIXED_DELAY, start_target, stop_target
 
 EXIT_CODES = {"pass": 0, "warn": 0, "fail": 1, "error": 3}
@@ -213,14 +213,15 @@ def drifting_run(run_dir: Path) -> None:
     """An endurance run whose health checks slow from 5 ms to 50 ms in its second half."""
     endurance_run(run_dir, ERROR_RATE, np.full(FLAT_S, 80.0), RunSpec(
         duration_s=FLAT_S, endpoints={HEALTH: EndpointSpec(rps=20, median_ms=5)}))
-    lines = [json.loads(line) for line in (run_dir / rundir.LATENCY).read_text().splitlines()]
+    rewrite_as_jsonl(run_dir)  # lines are easier to edit than blocks
+    lines = [json.loads(line) for line in (run_dir / rundir.LATENCY_JSONL).read_text().splitlines()]
     slow = stats.new_histogram()
     for _ in range(20):
         stats.record_ms(slow, 50.0)
     for line in lines:
         if line["t"] >= START_T + FLAT_S // 2 and line["name"] == HEALTH:
             line.update(count=20, failures=0, hist=stats.encode_histogram(slow))
-    (run_dir / rundir.LATENCY).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (run_dir / rundir.LATENCY_JSONL).write_text("".join(json.dumps(line) + "\n" for line in lines))
     run = rundir.load_run(run_dir)
     data = json.loads((run_dir / rundir.RUN_JSON).read_text())
     data["endurance"] = analyze_endurance(run, load_kpi_targets(run_dir / "kpi.toml"), 10.0)
@@ -269,11 +270,14 @@ def test_every_output_says_the_one_verdict_of_real_runs(tmp_path: Path) -> None:
             runs[name] = perfkit_process(
                 *[a.replace("{pid}", str(proc.pid)) for a in args], "--target", url,
                 "--kpi", str(write_kpis(run_dir, kpis)), "--out", str(run_dir / "run"))
-        # The target dies once the run records requests, a few seconds before its end.
-        recorded = tmp_path / "target-died" / "run" / rundir.LATENCY
+        # The target dies once the run has sent requests for a few seconds, a few seconds
+        # before its end (timeline.csv: a row a second; latency.bin is written a minute at a
+        # time).
+        timeline = tmp_path / "target-died" / "run" / rundir.TIMELINE
         deadline = time.monotonic() + 30.0
         while time.monotonic() < deadline and not (
-                recorded.is_file() and recorded.stat().st_size > 0):
+                timeline.is_file() and sum(line.split(",")[1] not in ("", "0") for line in
+                                           timeline.read_text().splitlines()[1:]) >= 3):
             time.sleep(0.2)
         stop_target(targets["target died"])
         outputs = {name: run.communicate(timeout=120)[0] for name, run in runs.items()}

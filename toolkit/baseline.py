@@ -20,8 +20,10 @@ from .result import meta_from_json
 BASELINES_DIR = "baselines"
 BASELINE_JSON = "baseline.json"  # a baseline of several runs: {"name", "runs", "saved_from"}
 # The data files a comparison and a report need; not report.html, not profiles, not logs.
-BASELINE_FILES = (rundir.RUN_JSON, rundir.LATENCY, rundir.RESOURCES, rundir.APP,
-                  rundir.TIMELINE, rundir.FAILURES, rundir.SLOW_QUERIES, "summary.json")
+# (latency.jsonl: a run of an older perfkit.)
+BASELINE_FILES = (rundir.RUN_JSON, rundir.LATENCY, rundir.LATENCY_JSONL, rundir.RESOURCES,
+                  rundir.APP, rundir.TIMELINE, rundir.FAILURES, rundir.SLOW_QUERIES,
+                  "summary.json")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # whole names only: fullmatch
 
 

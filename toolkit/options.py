@@ -42,7 +42,8 @@ CONFIGURED_BY_FILES = ("load", "stress", "endurance", "regression")
 HONOURED, REFUSED, IGNORED = "honoured", "refused", "ignored"
 
 # Locust's own reasons, for the options it shares with perfkit's meaning.
-NO_WEB_UI = "perfkit runs headless, as `locust --headless`: there is no web UI"
+NO_WEB_UI = ("perfkit runs headless, as `locust --headless`: Locust's web UI is not there "
+             "(perfkit's own live page is --web, at --web-host/--web-port)")
 WORKER_CMD = "a perfkit worker is `perfkit worker --master HOST:PORT`: it joins the master " \
              "and gets the scenario and settings from it"
 
@@ -337,6 +338,16 @@ OPTIONS: tuple[Option, ...] = (
        "(0: any).", type=click.IntRange(0, 65535)),
     _o("otlp_endpoint", "--otlp-endpoint", "Push perfkit's live metrics to this OTLP/HTTP "
        "endpoint."),
+    _o("web", "--web", "A live page of the run (charts, KPIs so far, Stop) at --web-host:"
+       "--web-port; without --duration a load runs until Stop.", flag=True,
+       commands=CONFIGURED_BY_FILES, env="PERFKIT_WEB"),
+    _o("web_host", "--web-host", "With --web: the address the live page listens on (default "
+       "127.0.0.1; another one is reachable from other machines, with a warning).",
+       commands=CONFIGURED_BY_FILES, locust="--web-host", locust_env="LOCUST_WEB_HOST",
+       env="PERFKIT_WEB_HOST"),
+    _o("web_port", "--web-port -P", "With --web: the live page's port (0: any free one).",
+       type=click.IntRange(0, 65535), default=8089, commands=CONFIGURED_BY_FILES,
+       locust="--web-port -P", locust_env="LOCUST_WEB_PORT", env="PERFKIT_WEB_PORT"),
     _o("faults", "--fault", "Run a fault during the load (repeatable): at=30s,for=10s,do=CMD"
        "[,undo=CMD][,every=10m][,timeout=60s], or a network fault through perfkit's proxy: "
        "at=20s,for=15s,net=latency:300ms (bandwidth:100KB/s, reset, blackhole), or a "
@@ -365,7 +376,7 @@ OPTIONS: tuple[Option, ...] = (
     _refused("show_task_ratio_json", "--show-task-ratio-json", None, "`locust -f FILE "
              "--show-task-ratio-json` prints the task ratios; perfkit runs the load",
              flag=True),
-    _refused("headful", "--headful", "LOCUST_HEADFUL", f"{NO_WEB_UI}: the terminal shows the "
+    _refused("headful", "--headful", "LOCUST_HEADFUL", f"{NO_WEB_UI}; the terminal shows the "
              "run live and report.html after it", flag=True),
     _refused("web_auth", "--web-auth", "LOCUST_WEB_AUTH", f"replaced by --web-login in "
              f"Locust; and {NO_WEB_UI}"),
@@ -376,10 +387,8 @@ OPTIONS: tuple[Option, ...] = (
              "each request is not wired into perfkit", flag=True),
     # -- ... and those it accepts and ignores, with a warning (Locust ignores them too when
     # it runs headless)
-    _ignored("web_host", "--web-host", "LOCUST_WEB_HOST", NO_WEB_UI),
     _ignored("web_host_display_name", "--web-host-display-name",
              "LOCUST_WEB_HOST_DISPLAY_NAME", NO_WEB_UI),
-    _ignored("web_port", "--web-port -P", "LOCUST_WEB_PORT", NO_WEB_UI, type=int),
     _ignored("web_login", "--web-login", "LOCUST_WEB_LOGIN", NO_WEB_UI, flag=True),
     _ignored("tls_cert", "--tls-cert", "LOCUST_TLS_CERT", NO_WEB_UI),
     _ignored("tls_key", "--tls-key", "LOCUST_TLS_KEY", NO_WEB_UI),

@@ -9,12 +9,14 @@ writes it), so importing it never imports Locust or gevent.
 import dataclasses
 import math
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from .analysis.digest import LatencyChunk, LatencyDigest
 from .kpi_file import JOB_NAMES, KpiTarget
 
 __all__ = ["JOB_NAMES", "LATENCY_COLUMNS", "KpiResult", "RunMeta", "RunResult", "RunSettings"]
@@ -124,13 +126,25 @@ class RunResult:
     run_dir: Path
     meta: RunMeta
     latency: pd.DataFrame
+    # What the report reads from the latency histograms, computed while they were read
+    # (rundir.load_run); None for a result built in memory (a live window).
+    digest: LatencyDigest | None = None
+    # The run's latency buckets read again chunk by chunk (rundir.read_latency), for an
+    # analysis that needs their histograms when `latency` was loaded without them.
+    read_latency: Callable[[], Iterable[LatencyChunk | None]] | None = None
+    # Per (endpoint, limit_ms), its requests over the limit per second, counted while the
+    # buckets were read (rundir.load_run's latency_limits: analysis.availability).
+    over_limits: dict[tuple[str, float], dict[int, int]] | None = None
     timeline: pd.DataFrame | None = None
     resources: pd.DataFrame | None = None
     app: pd.DataFrame | None = None
     failures: list[dict[str, Any]] = field(default_factory=list)
     slow_queries: list[dict[str, Any]] = field(default_factory=list)
     alarms: list[dict[str, Any]] = field(default_factory=list)
-    skipped_lines: int = 0  # latency.jsonl lines that could not be read (cut short, corrupt)
+    # Parts of the latency file that could not be read (cut short, corrupt): blocks of
+    # latency.bin, lines of an older run's latency.jsonl; `latency_file` says which it read.
+    skipped_lines: int = 0
+    latency_file: str = "latency.bin"
     # What perfkit read from the target's own Prometheus endpoint and its data stores
     # (docs/observability.md); None / [] where not collected.
     target_metrics: pd.DataFrame | None = None

@@ -55,6 +55,10 @@ class Observability:
     redis_url: str | None = None
     prometheus_port: int | None = None
     otlp_endpoint: str | None = None
+    # --web: the live page (run/web.py); web_host None is loopback, anything else was asked for.
+    web: bool = False
+    web_host: str | None = None
+    web_port: int = 8089
 
 
 def parse_metrics_auth(value: str | None) -> str | None:
@@ -252,7 +256,10 @@ def build_load_settings(command: str, values: dict[str, Any], *,
     observe = Observability(
         metrics_path=values["metrics_path"], metrics_auth=parse_metrics_auth(
             values["metrics_auth"]), db_url=values["db_url"], redis_url=values["redis_url"],
-        prometheus_port=values["prometheus_port"], otlp_endpoint=values["otlp_endpoint"])
+        prometheus_port=values["prometheus_port"], otlp_endpoint=values["otlp_endpoint"],
+        # perfkit ab runs many loads and has no live page: its options have no --web.
+        web=values.get("web", False), web_host=values.get("web_host"),
+        web_port=values.get("web_port", 8089))
     check_extras(observe)
     if values["csv_full_history"] and not values["csv"]:
         raise ConfigError("--csv-full-history needs --csv (as in Locust)")

@@ -24,6 +24,7 @@ HANG = TARGETS_DIR / "hang.py"
 CPU_BURNER = TARGETS_DIR / "cpu_burner.py"
 ENVELOPE = TARGETS_DIR / "envelope.py"
 SQL = TARGETS_DIR / "sql.py"
+SWITCHABLE = TARGETS_DIR / "switchable.py"
 OUTAGE = TARGETS_DIR / "outage.py"
 
 

@@ -10,8 +10,8 @@ as a sample, not as a run: it is bad when its failures (or its requests over a p
 limit: 1 % of them may be over a p99's) are more than the KPI allows with a chance under
 ALPHA (a binomial tail). One failed request among 50 in a second under a 0.1 % KPI is noise
 (a 5 % chance), and a run of a healthy target stays available; a second in which most
-requests fail or are slow is down. A max KPI allows none over it; a mean KPI is compared as
-it is. A second
+requests fail or are slow is down. A max KPI allows none over it; a mean KPI is not judged
+per second (it is not a share of requests), only over the run. A second
 without requests is judged only between a fault's start and its recovery, and is down there
 (the target answered nothing: a blackhole, a hang); elsewhere a quiet second of a sparse load
 says nothing, and is not judged.
@@ -30,7 +30,9 @@ the half of its last bad second after the recovery estimate: a 3 s outage begun 
 touches four 1 s buckets but is down about 3 s, as its recovery says.
 """
 
+import functools
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -40,6 +42,7 @@ from scipy.stats import binom
 from ..kpi_file import KpiTarget, is_job
 from ..units import format_value
 from . import stats
+from .digest import LatencyChunk
 
 # Consecutive good seconds that make a recovery: one good second between bad ones is not.
 GOOD_RUN_S = 5
@@ -56,23 +59,26 @@ def _limit(kpi: KpiTarget) -> float | None:
     return kpi.allowed if kpi.allowed is not None else kpi.target
 
 
-def judge_seconds(latency: pd.DataFrame, targets: list[KpiTarget], start: float,
-                  end: float) -> pd.DataFrame:
+def judge_seconds(latency: pd.DataFrame, targets: list[KpiTarget], start: float, end: float,
+                  over: dict[tuple[str, float], dict[int, int]] | None = None) -> pd.DataFrame:
     """One row per second of [start, end] with requests: t, count, failures, good, why (the
-    first KPI the second broke, "" when good)."""
+    first KPI the second broke, "" when good). `over`: count_over_limits of the run's buckets
+    for latency_limits(targets); computed from latency["hist"] when not given."""
     requests = latency[~latency["name"].map(is_job).astype(bool)]
     requests = requests[(requests["t"] >= math.floor(start)) & (requests["t"] <= end)]
     if requests.empty:
         return pd.DataFrame({"t": pd.Series(dtype=int), "count": pd.Series(dtype=int),
                              "failures": pd.Series(dtype=int), "good": pd.Series(dtype=bool),
                              "why": pd.Series(dtype=str)})
+    if over is None:
+        over = count_over_limits([chunk_of(requests)], latency_limits(targets))
     totals = requests.groupby("t")[["count", "failures"]].sum().sort_index()
     seconds = totals.index.to_numpy()
     why = np.full(seconds.size, "", dtype=object)
 
     def mark(broken: np.ndarray, text: Any) -> None:
         for i in np.flatnonzero(broken & (why == "")):
-            why[i] = text(i) if callable(text) else text
+            why[i] = text(i)
 
     overall = [kpi for kpi in targets
                if kpi.metric == "error_rate_percent" and kpi.endpoint is None]
@@ -88,25 +94,70 @@ def judge_seconds(latency: pd.DataFrame, targets: list[KpiTarget], start: float,
         rows = requests[requests["name"] == kpi.endpoint]
         if rows.empty:
             continue
+        sums = rows.groupby("t")[["count", "failures"]].sum().reindex(seconds, fill_value=0)
+        own_counts = sums["count"].to_numpy()
         if kpi.metric == "error_rate_percent":
-            sums = rows.groupby("t")[["count", "failures"]].sum().reindex(seconds, fill_value=0)
-            own_failures, own_counts = sums["failures"].to_numpy(), sums["count"].to_numpy()
+            own_failures = sums["failures"].to_numpy()
             with np.errstate(invalid="ignore", divide="ignore"):
                 own = 100.0 * own_failures / own_counts
             mark(_beyond(own_failures, own_counts, kpi_limit),
                  lambda i, own=own, kpi=kpi: f"{kpi.endpoint} error rate "
                                              f"{format_value(own[i], '%')}")
-        elif kpi.metric in _PERCENTILES or kpi.metric == "mean_ms":
-            values_ms, over, counts_ = _per_second_ms(rows, seconds, kpi.metric, kpi_limit)
-            broken = (np.nan_to_num(values_ms) > kpi_limit if kpi.metric == "mean_ms" else
-                      _beyond(over, counts_, 100.0 - _PERCENTILES[kpi.metric]))
-            mark(broken,
-                 lambda i, v=values_ms, kpi=kpi: f"{kpi.endpoint} "
-                                                 f"{kpi.metric.removesuffix('_ms')} "
-                                                 f"{format_value(v[i], 'ms')}")
+        elif kpi.metric in _PERCENTILES:
+            by_second = over.get((kpi.endpoint, kpi_limit), {})
+            slow = np.array([by_second.get(int(t), 0) for t in seconds], dtype=np.int64)
+            mark(_beyond(slow, own_counts, 100.0 - _PERCENTILES[kpi.metric]),
+                 lambda i, slow=slow, n=own_counts, kpi=kpi, kpi_limit=kpi_limit:
+                 f"{kpi.endpoint} {kpi.metric.removesuffix('_ms')}: {slow[i]} of {n[i]} "
+                 f"over {format_value(kpi_limit, 'ms')}")
     return pd.DataFrame({"t": seconds.astype(int), "count": totals["count"].to_numpy(),
                          "failures": totals["failures"].to_numpy(), "good": why == "",
                          "why": why.astype(str)})
+
+
+def latency_limits(targets: list[KpiTarget]) -> set[tuple[str, float]]:
+    """(endpoint, limit_ms) of the percentile KPIs a second is judged on (a mean is not a
+    sample's: it is judged over the run only)."""
+    return {(kpi.endpoint, limit) for kpi in targets
+            if kpi.endpoint is not None and kpi.metric in _PERCENTILES
+            and (limit := _limit(kpi)) is not None}
+
+
+def count_over_limits(chunks: Iterable[LatencyChunk], limits: set[tuple[str, float]]
+                      ) -> dict[tuple[str, float], dict[int, int]]:
+    """Per (endpoint, limit_ms): how many of its requests took longer, per second t. One pass
+    over the buckets (a day-long run's in a few seconds), kept as a few integers a second."""
+    result: dict[tuple[str, float], dict[int, int]] = {key: {} for key in limits}
+    for chunk in chunks:
+        add_over_limits(result, chunk)
+    return result
+
+
+def add_over_limits(over: dict[tuple[str, float], dict[int, int]], chunk: LatencyChunk) -> None:
+    """count_over_limits, one chunk at a time (rundir.load_run counts while it reads)."""
+    if not over:
+        return
+    names = chunk.frame["name"].to_numpy()
+    times = chunk.frame["t"].to_numpy()
+    upper_us = _cell_upper_us()[chunk.cell]
+    for (name, limit_ms), by_second in over.items():
+        mask = (upper_us > limit_ms * 1000.0) & (names == name)[chunk.row]
+        slow = np.bincount(chunk.row[mask], weights=chunk.count[mask], minlength=len(names))
+        for row in np.flatnonzero(slow):
+            t = int(times[row])
+            by_second[t] = by_second.get(t, 0) + int(slow[row])
+
+
+@functools.cache
+def _cell_upper_us() -> np.ndarray:
+    """The highest value (µs) of every cell of new_histogram()'s counts array."""
+    return stats.cell_values_us(np.arange(stats.CELLS))
+
+
+def chunk_of(latency: pd.DataFrame) -> LatencyChunk:
+    """Buckets held in memory with their histograms, as one chunk."""
+    row, cell, count = stats.decode_cells(latency["hist"].tolist())
+    return LatencyChunk(latency.drop(columns="hist").reset_index(drop=True), row, cell, count)
 
 
 def _beyond(observed: np.ndarray, counts: np.ndarray, allowed_percent: float) -> np.ndarray:
@@ -114,25 +165,6 @@ def _beyond(observed: np.ndarray, counts: np.ndarray, allowed_percent: float) ->
     more than `allowed_percent` of them with a chance under ALPHA? (None allowed: any.)"""
     chance = binom.sf(observed - 1, counts, allowed_percent / 100.0)
     return (observed > 0) & (chance < ALPHA)
-
-
-def _per_second_ms(rows: pd.DataFrame, seconds: np.ndarray, metric: str,
-                   limit_ms: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per second, of one endpoint's requests: `metric` (NaN where it had none), how many
-    took longer than `limit_ms`, and how many there were."""
-    by_second = rows.groupby("t")["hist"].apply(list)
-    blocks = [by_second.get(t, []) for t in seconds.tolist()]
-    values_us, counts = stats.block_counts(blocks)
-    totals = counts.sum(axis=1)
-    over = counts[:, values_us > limit_ms * 1000.0].sum(axis=1)
-    if metric == "mean_ms":
-        with np.errstate(invalid="ignore", divide="ignore"):
-            values_ms = np.where(totals > 0,
-                                 counts @ values_us / np.maximum(totals, 1) / 1000.0, np.nan)
-    else:
-        values_ms = stats.percentiles_of_counts(values_us, counts,
-                                                [_PERCENTILES[metric]])[:, 0] / 1000.0
-    return values_ms, over, totals
 
 
 def summarize_availability(seconds: pd.DataFrame, faults: list[dict[str, Any]] | None,

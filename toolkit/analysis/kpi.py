@@ -33,9 +33,14 @@ _SAME_SECOND_S = 1e-6
 def judged_window(run: RunResult, warmup_s: float | None = None) -> tuple[float, float]:
     """(start, end) of the part of the run that verdicts judge: the warm-up (the run's own,
     or `warmup_s`) is left out."""
-    started_at = float(run.meta.started_at)
-    ended_at = float(run.meta.ended_at or run.meta.started_at)
-    warmup_s = run.meta.settings.warmup_s if warmup_s is None else warmup_s
+    return judged_window_of(run.meta, warmup_s)
+
+
+def judged_window_of(meta: RunMeta, warmup_s: float | None = None) -> tuple[float, float]:
+    """judged_window of a run with metadata `meta`."""
+    started_at = float(meta.started_at)
+    ended_at = float(meta.ended_at or meta.started_at)
+    warmup_s = meta.settings.warmup_s if warmup_s is None else warmup_s
     # Latency buckets start on whole seconds. Without a warm-up the window starts at the
     # floor of the run's start, or a short run would lose its first, partial second of
     # requests; with one, on the first whole second after it, so no part of the warm-up is
@@ -111,6 +116,8 @@ def summarize_judged(run: RunResult) -> dict[str, dict[str, Any]]:
     """stats.summarize_endpoints of the judged window, per request and per-job name. Merging
     an hour of 1 s histograms takes seconds: compute it once and pass it on."""
     start, end = judged_window(run)
+    if run.digest is not None and run.digest.judged_window == (start, end):
+        return run.digest.summaries
     return stats.summarize_endpoints(judged_latency(run), end - start)
 
 
@@ -120,7 +127,16 @@ def judged_availability(run: RunResult, targets: list[KpiTarget]) -> dict[str, A
     window only."""
     start, end = judged_window(run)
     started_at = float(run.meta.started_at)
-    seconds = availability.judge_seconds(run.latency, targets, started_at, end)
+    over = None
+    limits = availability.latency_limits(targets)
+    if "hist" not in run.latency:
+        # Loaded without each bucket's histogram (perfkit report): the requests over the
+        # latency KPIs' limits, counted while they were read, else in one more pass.
+        if run.over_limits is not None and limits <= run.over_limits.keys():
+            over = run.over_limits
+        elif run.read_latency is not None:
+            over = availability.count_over_limits(filter(None, run.read_latency()), limits)
+    seconds = availability.judge_seconds(run.latency, targets, started_at, end, over)
     return availability.summarize_availability(seconds, run.meta.faults, started_at, start,
                                                end)
 
@@ -226,7 +242,7 @@ def _measure(kpi: KpiTarget, ctx: _Context) -> tuple[float | None, str]:
     if metric == "rps":
         if ctx.run.latency.empty:
             # No records at all is a recorder that wrote nothing, not a target that served 0.
-            return None, "no request records in this run (latency.jsonl empty or absent)"
+            return None, "no request records in this run (latency.bin empty or absent)"
         return float(ctx.requests["count"].sum()) / ctx.duration_s, ""
     if metric == "error_rate_percent":
         count = int(ctx.requests["count"].sum())
@@ -282,7 +298,7 @@ def _measure_job(job: str, stat: str, ctx: _Context) -> tuple[float | None, str]
     return (None if value_ms is None else value_ms / 1000.0), ""
 
 
-_RESOURCE_COLUMNS = {
+RESOURCE_COLUMNS = {
     "rss_mb": ["rss_mb"],
     "cpu_busiest_percent": ["cpu_busiest_percent"],
     "cpu_machine_percent": ["cpu_machine_percent"],
@@ -299,7 +315,7 @@ _PROMETHEUS_COLUMNS = {"rss_mb": ["rss_mb"], "cpu_busiest_percent": ["cpu_percen
 
 def _measure_resource(metric: str, ctx: _Context) -> tuple[float | None, str]:
     base, _, stat = metric.rpartition("_")
-    columns = _RESOURCE_COLUMNS[base]
+    columns = RESOURCE_COLUMNS[base]
     frame = ctx.run.resources
     sampled = frame is not None and all(c in frame.columns for c in columns) \
         and frame[columns].notna().all(axis=1).any()

@@ -1,6 +1,7 @@
 """Histograms, percentiles and the statistics behind verdicts. Pure functions, no I/O."""
 
 import base64
+import functools
 import math
 import struct
 import zlib
@@ -17,6 +18,8 @@ from hdrh.histogram import HdrHistogram
 HIST_LOWEST_US = 1
 HIST_HIGHEST_US = 3_600_000_000
 HIST_DIGITS = 3
+# Cells in the counts array of new_histogram().
+CELLS = 23_552
 
 
 def new_histogram() -> HdrHistogram:
@@ -26,6 +29,13 @@ def new_histogram() -> HdrHistogram:
 def record_ms(hist: HdrHistogram, latency_ms: float) -> None:
     value_us = min(max(round(latency_ms * 1000), HIST_LOWEST_US), HIST_HIGHEST_US)
     hist.record_value(value_us)
+
+
+def cells_of(hist: HdrHistogram) -> tuple[np.ndarray, np.ndarray]:
+    """(cells, counts): the non-empty cells of a histogram of new_histogram()'s layout."""
+    view = np.ctypeslib.as_array(hist.counts)[:hist.counts_len]
+    cells = np.flatnonzero(view)
+    return cells, view[cells].astype(np.int64)
 
 
 def encode_histogram(hist: HdrHistogram) -> str:
@@ -48,11 +58,29 @@ def decode_histogram(encoded: str) -> HdrHistogram:
         raise HistogramError(f"not an HdrHistogram: {type(exc).__name__}: {exc}") from exc
 
 
-def merge_histograms(encoded: Iterable[str]) -> HdrHistogram:
+def merge_histograms(encoded: Iterable[str | bytes]) -> HdrHistogram:
+    """One histogram of many encoded ones (or HDR bodies, see decode_cells)."""
     merged = new_histogram()
-    for item in encoded:
-        merged.add(decode_histogram(item))
+    _, cells, counts = decode_cells(list(encoded))
+    totals = np.bincount(cells, weights=counts, minlength=merged.counts_len)
+    filled = np.flatnonzero(totals)
+    add_cells(merged, filled, totals[filled].astype(np.int64))
     return merged
+
+
+def add_cells(hist: HdrHistogram, cells: np.ndarray, counts: np.ndarray) -> None:
+    """Add counts to cells (distinct, non-empty, of new_histogram()'s layout) of `hist`,
+    keeping the totals HdrHistogram.add keeps. Its counts array is a ctypes array (unsigned),
+    written in place; the extremes are the cells' own, as a decoded histogram has them."""
+    if cells.size == 0:
+        return
+    view = np.ctypeslib.as_array(hist.counts)
+    view[cells] += counts.astype(view.dtype)
+    hist.total_count += int(counts.sum())
+    lowest = hist.get_value_from_index(int(cells.min()))
+    highest = hist.get_highest_equivalent_value(hist.get_value_from_index(int(cells.max())))
+    hist.min_value = min(hist.min_value, lowest)
+    hist.max_value = max(hist.max_value, highest)
 
 
 def percentile_ms(hist: HdrHistogram, percentile: float) -> float | None:
@@ -103,6 +131,40 @@ SUMMARY_PERCENTILES = {"p50_ms": 50.0, "p90_ms": 90.0, "p95_ms": 95.0, "p99_ms":
                        "p999_ms": 99.9}
 
 
+@functools.cache
+def cell_bounds_us() -> tuple[np.ndarray, np.ndarray]:
+    """(lowest, highest) equivalent value in µs of every cell of new_histogram()."""
+    reference = new_histogram()
+    lowest = np.array([reference.get_value_from_index(cell)
+                       for cell in range(reference.counts_len)], np.int64)
+    highest = np.array([reference.get_highest_equivalent_value(value)
+                        for value in lowest.tolist()], np.int64)
+    return lowest, highest
+
+
+def summarize_cells(counts: np.ndarray) -> dict[str, float | None]:
+    """summarize_histogram of the histogram whose counts array (new_histogram()'s layout) is
+    `counts`: the same percentiles, max and mean, in integers where hdrh uses integers."""
+    total = int(counts.sum())
+    if total == 0:
+        return {**{key: None for key in SUMMARY_PERCENTILES}, "max_ms": None, "mean_ms": None}
+    lowest, highest = cell_bounds_us()
+    filled = np.flatnonzero(counts)
+    cumulative = np.cumsum(counts[filled])
+    summary: dict[str, float | None] = {}
+    for key, percentile in SUMMARY_PERCENTILES.items():
+        target = max(int(min(percentile, 100.0) * total / 100 + 0.5), 1)
+        cell = filled[min(int(np.searchsorted(cumulative, target)), filled.size - 1)]
+        summary[key] = int(highest[cell]) / 1000.0
+    summary["max_ms"] = int(highest[filled[-1]]) / 1000.0
+    middles = lowest[filled] + ((highest[filled] - lowest[filled] + 1) >> 1)
+    weighted = sum(int(count) * int(middle)
+                   for count, middle in zip(counts[filled].tolist(), middles.tolist(),
+                                            strict=True))
+    summary["mean_ms"] = float(weighted) / total / 1000.0
+    return summary
+
+
 def summarize_histogram(hist: HdrHistogram) -> dict[str, float | None]:
     summary = {key: percentile_ms(hist, q) for key, q in SUMMARY_PERCENTILES.items()}
     summary["max_ms"] = max_ms(hist)
@@ -127,11 +189,13 @@ def summarize_endpoints(latency: pd.DataFrame, duration_s: float) -> dict[str, d
     for name, rows in latency.groupby("name", sort=True):
         count = int(rows["count"].sum())
         failures = int(rows["failures"].sum())
+        _, cells, counts = decode_cells(rows["hist"].tolist())
         summaries[str(name)] = {
             "count": count,
             "failures": failures,
             **request_rates(count, failures, duration_s),
-            **summarize_histogram(merge_histograms(rows["hist"])),
+            **summarize_cells(np.bincount(cells, weights=counts, minlength=CELLS)
+                              .astype(np.int64)),
         }
     return summaries
 
@@ -145,8 +209,12 @@ _EXTERNAL_HEADER = struct.Struct(">II")
 _PAYLOAD_HEADER = struct.Struct(">IIIIQQd")
 
 
-def decode_cells(encoded: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def decode_cells(encoded: Sequence[str | bytes]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row, cell, count): every non-empty counts-array cell of many encoded histograms.
+
+    An item may also be the bytes of a histogram's body (its ZigZag LEB128 counts, as in the
+    compact latency format, docs/run-directory.md), which is decoded directly.
 
     `row` is the histogram's position in `encoded`, `cell` its index in the counts array of
     new_histogram(). HdrHistogram's V2 wire format is base64 of a header and a
@@ -159,6 +227,11 @@ def decode_cells(encoded: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.nda
     rows: list[int] = []
     foreign: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for row, item in enumerate(encoded):
+        if isinstance(item, bytes):
+            if item:
+                bodies.append(item)
+                rows.append(row)
+            continue
         try:
             body = _payload_body(item)
         except _DECODE_ERRORS as exc:
@@ -190,6 +263,36 @@ def _payload_body(encoded: str) -> bytes | None:
     return payload[_PAYLOAD_HEADER.size:_PAYLOAD_HEADER.size + body_len]
 
 
+def decode_leb128(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(values, first byte of each) of unsigned LEB128 numbers packed in `data` (uint8),
+    which ends with a whole number. Values stay below 2^56 (eight bytes), far above any
+    count or cell index."""
+    # A byte below 0x80 ends a number.
+    ends = np.flatnonzero(data < 0x80)
+    starts = np.empty_like(ends)
+    if ends.size:
+        starts[0] = 0
+        starts[1:] = ends[:-1] + 1
+    shifts = 7 * (np.arange(data.size) - np.repeat(starts, ends - starts + 1))
+    values = np.bitwise_or.reduceat((data & 0x7F).astype(np.uint64)
+                                    << shifts.astype(np.uint64), starts) \
+        if ends.size else np.empty(0, np.uint64)
+    return values, starts
+
+
+def encode_leb128(values: np.ndarray) -> bytes:
+    """Unsigned LEB128 of each of `values` (non-negative integers below 2^56), packed."""
+    values = np.asarray(values, np.uint64)
+    lengths = np.ones(values.size, np.int64)
+    for k in range(1, 8):
+        lengths += values >= np.uint64(1 << (7 * k))
+    index = np.repeat(np.arange(values.size), lengths)
+    place = np.arange(index.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    data = ((values[index] >> (7 * place).astype(np.uint64)) & np.uint64(0x7F)).astype(np.uint8)
+    data |= ((place < lengths[index] - 1) << 7).astype(np.uint8)
+    return data.tobytes()
+
+
 def _decode_bodies(bodies: list[bytes],
                    rows: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     empty = np.empty(0, np.int64)
@@ -197,15 +300,7 @@ def _decode_bodies(bodies: list[bytes],
         return empty, empty, empty
     data = np.frombuffer(b"".join(bodies), np.uint8)
     byte_row = np.repeat(np.asarray(rows, np.int64), [len(body) for body in bodies])
-    # A byte below 0x80 ends a number; every body ends with a whole number. (Counts stay far
-    # below 2^56, where LEB128's ninth byte would use its top bit.)
-    ends = np.flatnonzero(data < 0x80)
-    starts = np.empty_like(ends)
-    starts[0] = 0
-    starts[1:] = ends[:-1] + 1
-    shifts = 7 * (np.arange(data.size) - np.repeat(starts, ends - starts + 1))
-    unsigned = np.bitwise_or.reduceat((data & 0x7F).astype(np.uint64)
-                                      << shifts.astype(np.uint64), starts)
+    unsigned, starts = decode_leb128(data)
     signed = ((unsigned >> np.uint64(1)).astype(np.int64)
               ^ -(unsigned & np.uint64(1)).astype(np.int64))
     row = byte_row[starts]
@@ -216,6 +311,30 @@ def _decode_bodies(bodies: list[bytes],
     cell = position - np.repeat(position[first], np.diff(np.r_[first, row.size]))
     filled = signed > 0
     return row[filled], cell[filled], signed[filled]
+
+
+def encode_bodies(row: np.ndarray, cell: np.ndarray, count: np.ndarray,
+                  rows: int) -> list[bytes]:
+    """The HdrHistogram body (ZigZag LEB128 counts, runs of empty cells as one negative
+    number) of each of `rows` histograms given as (row, cell, count) sorted by row and cell,
+    as decode_cells reads them back."""
+    if row.size == 0:
+        return [b""] * rows
+    first = np.r_[True, row[1:] != row[:-1]]
+    previous = np.where(first, -1, np.r_[-1, cell[:-1]])
+    skipped = cell - previous - 1
+    # Per cell: the run of empty cells before it (if any), then its count, ZigZag encoded.
+    numbers = np.stack([np.where(skipped > 0, 2 * skipped - 1, -1), 2 * count], axis=1).ravel()
+    keep = numbers >= 0
+    data = np.frombuffer(encode_leb128(numbers[keep]), np.uint8)
+    lengths = np.ones(numbers.size, np.int64)
+    for k in range(1, 8):
+        lengths += numbers >= (1 << (7 * k))
+    lengths[~keep] = 0
+    per_row = np.bincount(np.repeat(row, 2), weights=lengths, minlength=rows).astype(np.int64)
+    offsets = np.r_[0, np.cumsum(per_row)].tolist()
+    raw = data.tobytes()
+    return [raw[offsets[i]:offsets[i + 1]] for i in range(rows)]
 
 
 def _cells_by_hdrh(encoded: str) -> tuple[np.ndarray, np.ndarray]:

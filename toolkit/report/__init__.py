@@ -9,12 +9,13 @@ import logging
 from pathlib import Path
 
 from .. import rundir
+from ..analysis.availability import latency_limits
 from ..analysis.endurance import describe_memory
 from ..analysis.kpi import judge_run
 from ..analysis.stats import HistogramError
 from ..errors import ConfigError, ReportError
 from ..kpi_file import load_kpi_targets
-from ..result import RunResult
+from ..result import RunMeta, RunResult
 from .html import render_html
 from .junit import write_junit
 from .markdown import render_markdown
@@ -84,10 +85,16 @@ def write_report(run: RunResult) -> Path:
 def rebuild_report(run_dir: Path, kpi_file: Path | None = None) -> RunResult:
     """`perfkit report`: judge a run directory again (with `kpi_file`, else the KPI file the
     run recorded) and rewrite its report files and run.json's verdict."""
-    run = rundir.load_run(run_dir)
-    kpi_path = kpi_file if kpi_file is not None else _recorded_kpi_file(run)
+    run_dir = Path(run_dir)
+    meta = rundir.load_meta(run_dir)
+    kpi_path = kpi_file if kpi_file is not None else _recorded_kpi_file(run_dir, meta)
+    targets = load_kpi_targets(kpi_path)
+    # The report reads the latency digest and the availability's counts, computed in one
+    # pass over the buckets, not each bucket's histogram.
+    run = rundir.load_run(run_dir, meta, histograms=False,
+                          latency_limits=latency_limits(targets))
     try:
-        judge_run(run, load_kpi_targets(kpi_path))
+        judge_run(run, targets)
         run.summary["kpi_file"] = str(kpi_path) if kpi_path is not None else None
         write_report(run)
     except HistogramError as exc:
@@ -98,13 +105,13 @@ def rebuild_report(run_dir: Path, kpi_file: Path | None = None) -> RunResult:
     return run
 
 
-def _recorded_kpi_file(run: RunResult) -> Path | None:
-    recorded = run.meta.kpi_file
+def _recorded_kpi_file(run_dir: Path, meta: RunMeta) -> Path | None:
+    recorded = meta.kpi_file
     if not recorded:
         return None
-    for candidate in (Path(recorded), run.run_dir / recorded):
+    for candidate in (Path(recorded), run_dir / recorded):
         if candidate.is_file():
             return candidate
     # Falling back to the defaults would judge the run by other targets than it ran with.
-    raise ConfigError(f"{run.run_dir}/run.json names KPI file {recorded}, which does not "
+    raise ConfigError(f"{run_dir}/run.json names KPI file {recorded}, which does not "
                       f"exist; pass --kpi FILE")

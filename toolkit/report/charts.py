@@ -23,10 +23,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, MultipleLocator, NullLocator
 
 from ..analysis import stats
+from ..analysis.digest import CHART_PERCENTILES as PERCENTILES
+from ..analysis.digest import MAX_POINTS, choose_window_s
 
-MAX_POINTS = 600
+__all__ = ["MAX_POINTS", "PERCENTILES", "choose_window_s"]  # beside the drawing functions
+
 SATURATED_CPU_PERCENT = 90.0
-PERCENTILES = {"p50_ms": 50.0, "p95_ms": 95.0, "p99_ms": 99.0}
 
 PALETTE = ["#2563eb", "#d97706", "#059669", "#7c3aed", "#db2777", "#0891b2", "#65a30d",
            "#9333ea", "#475569", "#b45309"]
@@ -87,13 +89,6 @@ class KpiLine:
     level: str  # "target" or "allowed"
 
 
-def choose_window_s(duration_s: float, bucket_s: float = 1.0,
-                    max_points: int = MAX_POINTS) -> float:
-    """The chart window: a whole number of buckets, so no bucket is split between windows."""
-    buckets = max(1, math.ceil(duration_s / (bucket_s * max_points)))
-    return buckets * bucket_s
-
-
 def bin_latency(latency: pd.DataFrame, started_at: float, ended_at: float,
                 window_s: float, bucket_s: float = 1.0) -> pd.DataFrame:
     """Per (name, window): t_s (window middle, s since start), count, failures, rps,
@@ -151,8 +146,14 @@ def merged_values_ms(latency: pd.DataFrame, name: str) -> tuple[np.ndarray, np.n
     """(value ms, count) of every non-empty histogram cell of `name`, over all its buckets."""
     encoded = latency.loc[latency["name"] == name, "hist"].tolist()
     _, cell, count = stats.decode_cells(encoded)
-    unique, inverse = np.unique(cell, return_inverse=True)
-    totals = np.bincount(inverse, weights=count).astype(np.int64)
+    return values_of_counts_ms(np.bincount(cell, weights=count, minlength=stats.CELLS)
+                               .astype(np.int64))
+
+
+def values_of_counts_ms(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(value ms, count) of every non-empty cell of a counts array."""
+    unique = np.flatnonzero(counts)
+    totals = counts[unique]
     # The middle of each cell, as HdrHistogram's own mean does.
     return stats.cell_values_us(unique, where="middle") / 1000.0, totals
 

@@ -17,6 +17,7 @@ import pandas as pd
 from markupsafe import Markup
 
 from ..analysis.availability import describe_fault, describe_lost_work
+from ..analysis.digest import ChartSpan, LatencyDigest
 from ..analysis.environment import describe_machine_load
 from ..analysis.kpi import judged_postgres, judged_warmup_s, judged_window, worst_offender
 from ..kpi_file import JOB_NAMES, METRICS, is_job
@@ -79,6 +80,9 @@ def build_context(run: RunResult) -> dict[str, Any]:
         "failures": _failures(run.failures),
         "requests_recorded": not run.latency.empty,
         "skipped_lines": run.skipped_lines,
+        # What skipped_lines counts: blocks of latency.bin, or lines of an older run's file.
+        "latency_file": run.latency_file,
+        "skipped_part": "line" if run.latency_file.endswith(".jsonl") else "block",
         "alarms": _alarms(run.alarms, started_at),
         "faults": faults_section(summary),
         "stress": stress_section(meta),
@@ -350,6 +354,12 @@ class _Drawing:
                        for f in run.summary.get("faults") or []
                        if f.get("started_at_s") is not None]
 
+    def _digest(self) -> LatencyDigest | None:
+        """The run's latency digest where it was computed for these charts' time axis."""
+        digest = self.run.digest
+        span = ChartSpan(self.started_at, self.ended_at, self.window_s, self.bucket_s)
+        return digest if digest is not None and digest.span == span else None
+
     def _id(self) -> str:
         self.count += 1
         return f"c{self.count}"
@@ -378,8 +388,9 @@ class _Drawing:
         if requests.empty:
             return self._section("traffic", "Throughput and latency over time",
                                  note="not measured: no requests were recorded")
-        binned = charts.bin_latency(requests, self.started_at, self.ended_at, self.window_s,
-                                    self.bucket_s)
+        digest = self._digest()
+        binned = digest.chart if digest is not None else charts.bin_latency(
+            requests, self.started_at, self.ended_at, self.window_s, self.bucket_s)
         svgs = [Markup(charts.draw_throughput(
             binned, self.duration_s, self.warmup_s, self._id(),
             _kpi_lines(self.results, ["rps"], None), faults=self.faults))]
@@ -507,10 +518,13 @@ class _Drawing:
     def _jobs(self) -> dict[str, Any]:
         title = "Job completion time"
         latency = self.run.latency
+        digest = self._digest()
         series = {}
         for name in sorted(n for n in set(latency["name"]) if is_job(n)):
             if (latency["name"] == name).any():
-                series[name] = charts.merged_values_ms(latency, name)
+                series[name] = (charts.values_of_counts_ms(digest.merged[name])
+                                if digest is not None
+                                else charts.merged_values_ms(latency, name))
         if not series or not any(counts.sum() for _, counts in series.values()):
             return self._section("jobs", title, note=(
                 "not measured: no job_completion records (the scenario created no research "

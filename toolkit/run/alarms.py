@@ -100,6 +100,7 @@ class AlarmWatcher:
         self.failing: set[str] = set()
         self.raised = 0
         self.last_message = ""
+        self.records: list[dict[str, Any]] = []  # the alarms raised, for the live page
         self.last_check = 0.0
         # Resource samples of the last window, from the system collector's latest row.
         self.resources: deque[dict[str, Any]] = deque(maxlen=window_s * 4)
@@ -154,6 +155,7 @@ class AlarmWatcher:
                   "limit": kpi_limit(result.kpi),
                   "message": f"{result.reason} over the last {self.window_s} s"}
         self.raised += 1
+        self.records.append(record)
         self.last_message = f"{record['kpi']}: {record['message']}"
         self.say(f"perfkit: ALARM +{elapsed_s:.0f}s {record['kpi']}: {record['message']}")
         rundir.append_jsonl(self.path, [record])

@@ -37,7 +37,8 @@ def format_progress(elapsed_s: float, duration_s: float, users: int,
     failures = sum(tally.failures for name, tally in recorder.totals.items() if " " in name)
     sample = state.system.latest() or {}
     cpu, rss = sample.get("cpu_busiest_percent"), sample.get("rss_mb")
-    clock = (f"{elapsed_s:5.0f}s  (until the LoadTestShape ends)" if math.isinf(duration_s) else
+    until = "Stop on the live page" if state.web is not None else "the LoadTestShape ends"
+    clock = (f"{elapsed_s:5.0f}s  (until {until})" if math.isinf(duration_s) else
              f"{elapsed_s:5.0f}s / {duration_s:.0f}s  (remaining "
              f"{max(duration_s - elapsed_s, 0):.0f}s)")
     lines = [

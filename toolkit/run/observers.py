@@ -6,8 +6,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from locust.env import Environment
-
 from ..collectors.postgres import PostgresCollector
 from ..collectors.prometheus import PrometheusCollector, metrics_url
 from ..collectors.redis_info import RedisCollector
@@ -16,6 +14,8 @@ from ..settings import Observability
 from .exporter import LiveExport, Snapshot, request_tallies
 
 if TYPE_CHECKING:
+    from locust.env import Environment
+
     from .runner import Plan, RunState, Say
 
 MB = 1024 * 1024
@@ -51,7 +51,7 @@ def read_target(state: "RunState") -> dict[str, float]:
     return found
 
 
-def start_export(observe: Observability, state: "RunState", env: Environment, plan: "Plan",
+def start_export(observe: Observability, state: "RunState", env: "Environment", plan: "Plan",
                  labels: dict[str, str], say: "Say") -> LiveExport | None:
     if observe.prometheus_port is None and not observe.otlp_endpoint:
         return None

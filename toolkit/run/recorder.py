@@ -1,9 +1,9 @@
 """Exact per-request latency recording from Locust's `request` event into HDR histograms.
 
 One histogram per (1 s bucket, request name). A standalone or master process appends closed
-buckets to latency.jsonl; a worker ships them to the master in Locust's own worker reports, and
-the master merges them, so the same load split over workers gives the same counts and the same
-percentiles as one process would.
+buckets to latency.bin, a block a minute (rundir.append_latency); a worker ships them to the
+master in Locust's own worker reports, and the master merges them, so the same load split over
+workers gives the same counts and the same percentiles as one process would.
 """
 
 import logging
@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 # still land in it. Anything later is written as an extra line for the same (t, name), which
 # readers merge.
 FLUSH_DELAY_S = 8
+# Closed buckets are written to latency.bin in blocks this long: deflate needs some thousand
+# cells to pack them well (bench/report_time.py's day: 37.6 MB in blocks of 60 s, 39.8 MB of
+# 10 s, 56.6 MB of 1 s). A run that ends, or is interrupted, writes the rest; one killed
+# (SIGKILL, power) loses at most this much beyond FLUSH_DELAY_S.
+BLOCK_S = 60
 REPORT_KEY = "perfkit_buckets"
 LATENESS_KEY = "perfkit_lateness"
 INTERRUPTED_KEY = "perfkit_interrupted"
@@ -147,9 +152,23 @@ class Tally:
     failures: int = 0
 
     def record(self, t: int, name: str) -> dict[str, Any]:
-        """The latency.jsonl line of this tally as the bucket (t, name)."""
+        """This tally as the bucket (t, name): t, name, count, failures and the encoded
+        histogram (hist), as a worker ships it and alarms judge it."""
         return {"t": t, "name": name, "count": self.count, "failures": self.failures,
                 "hist": stats.encode_histogram(self.hist)}
+
+    def discard(self) -> None:
+        """Free the histogram now. An hdrh histogram and its encoder (which holds the 92 KB
+        counts array) refer to each other, so a dropped one waits for Python's cyclic
+        garbage collector, and with perfkit's imports in memory that runs seldom: a master
+        fed a simulated day by bench/recorder_memory.py held hundreds of dead 1 s
+        histograms (RSS +90 MB in an hour) until the cycle was broken here."""
+        self.hist.encoder = None
+
+    def stored(self, t: int, name: str) -> rundir.LatencyRecord:
+        """This tally as latency.bin stores the bucket (t, name)."""
+        return rundir.LatencyRecord(t, name, self.count, self.failures,
+                                    *stats.cells_of(self.hist))
 
 
 class Recorder:
@@ -161,6 +180,8 @@ class Recorder:
         self.latency_path = latency_path  # None on a worker: buckets go to the master instead
         self.keep_s = keep_s
         self.kept: deque[dict[str, Any]] = deque()  # written records, oldest first
+        self.pending: list[rundir.LatencyRecord] = []  # closed buckets of the next block
+        self.pending_since = 0.0
         self.buckets: dict[tuple[int, str], Tally] = {}  # (t, name) -> that second's requests
         self.totals: dict[str, Tally] = {}  # name -> the whole run's requests
         self.recent: dict[int, int] = {}  # t -> requests, for the live RPS
@@ -216,30 +237,42 @@ class Recorder:
 
     def take_buckets(self, older_than: float) -> list[dict[str, Any]]:
         """Remove and return the buckets that started before `older_than`, encoded."""
-        return [self.buckets.pop(key).record(*key) for key in self._closed(older_than)]
+        records = []
+        for key in self._closed(older_than):
+            tally = self.buckets.pop(key)
+            records.append(tally.record(*key))
+            tally.discard()
+        return records
 
     def flush(self, final: bool = False) -> None:
-        """Append closed buckets to latency.jsonl (all of them when the run is over)."""
+        """Move closed buckets into the next block of latency.bin, and write it once it
+        spans BLOCK_S (everything when the run is over)."""
         if self.latency_path is None:
             return
-        older_than = float("inf") if final else time.time() - FLUSH_DELAY_S
+        now = time.time()
+        older_than = float("inf") if final else now - FLUSH_DELAY_S
         closed = self._closed(older_than)
-        records = [self.buckets[key].record(*key) for key in closed]
-        # Written before they are dropped: a full disk keeps them in memory, not lost.
-        try:
-            rundir.append_jsonl(self.latency_path, records)
-        except OSError as exc:
-            raise RunError(f"cannot write {self.latency_path.name}: {exc.strerror or exc}") \
-                from exc
+        if closed and not self.pending:
+            self.pending_since = now
+        self.pending.extend(self.buckets[key].stored(*key) for key in closed)
+        records = [self.buckets[key].record(*key) for key in closed] if self.keep_s > 0 else []
         for key in closed:
-            del self.buckets[key]
+            self.buckets.pop(key).discard()
+        if self.pending and (final or now - self.pending_since >= BLOCK_S):
+            # Written before they are dropped: a full disk keeps them in memory, not lost.
+            try:
+                rundir.append_latency(self.latency_path, self.pending)
+            except OSError as exc:
+                raise RunError(f"cannot write {self.latency_path.name}: "
+                               f"{exc.strerror or exc}") from exc
+            self.pending = []
         if self.keep_s > 0:
             self.kept.extend(records)
             while self.kept and self.kept[0]["t"] < time.time() - self.keep_s:
                 self.kept.popleft()
 
     def window_records(self, start: float, end: float) -> list[dict[str, Any]]:
-        """Records (latency.jsonl lines) of the buckets with start <= t <= end, from the kept
+        """Records (Tally.record) of the buckets with start <= t <= end, from the kept
         ones and from those not yet written; a window older than `keep_s` comes back partial."""
         records = [r for r in self.kept if start <= r["t"] <= end]
         for (t, name), tally in sorted(self.buckets.items()):
@@ -286,25 +319,10 @@ class Recorder:
     def _merge(table: dict[Any, Tally], key: Any, cells: np.ndarray, counts: np.ndarray,
                record: dict[str, Any]) -> None:
         tally = table.get(key) or table.setdefault(key, Tally())
-        _add_cells(tally.hist, cells, counts)
+        stats.add_cells(tally.hist, cells, counts)
         tally.count += record["count"]
         tally.failures += record["failures"]
 
     def rps(self, window_s: int = 5) -> float:
         now = int(time.time())
         return sum(self.recent.get(t, 0) for t in range(now - window_s, now)) / window_s
-
-
-def _add_cells(hist: HdrHistogram, cells: np.ndarray, counts: np.ndarray) -> None:
-    """Add counts to cells (distinct, non-empty, of stats.new_histogram()'s layout) of `hist`,
-    keeping the totals HdrHistogram.add keeps. Its counts array is a ctypes array (unsigned),
-    written in place; the extremes are the cells' own, as a decoded histogram has them."""
-    if cells.size == 0:
-        return
-    view = np.ctypeslib.as_array(hist.counts)
-    view[cells] += counts.astype(view.dtype)
-    hist.total_count += int(counts.sum())
-    lowest = hist.get_value_from_index(int(cells.min()))
-    highest = hist.get_highest_equivalent_value(hist.get_value_from_index(int(cells.max())))
-    hist.min_value = min(hist.min_value, lowest)
-    hist.max_value = max(hist.max_value, highest)

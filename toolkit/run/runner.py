@@ -46,7 +46,7 @@ from ..collectors.system import SystemCollector
 from ..errors import ClusterError, ConfigError, InternalError, PerfkitError, RunError, TargetError
 from ..kpi_file import is_job
 from ..redaction import redact_argv, redact_url
-from ..report import write_report
+from ..report import REPORT_HTML, write_report
 from ..report.distributed import describe_worker
 from ..report.html import describe_lateness, describe_stop
 from ..result import DEGRADED, RunMeta, RunResult, RunSettings
@@ -65,6 +65,7 @@ from .proxy import FaultProxy
 from .recorder import Recorder, request_name
 from .scenario_errors import ScenarioErrors
 from .stack import BundledStack
+from .web import LivePage
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,9 @@ class RunState:
     locust_outputs: list[str] = field(default_factory=list)  # the files they wrote
     judged_from: float | None = None  # --reset-stats: when spawning last completed
     had_errors: bool = False  # a request failed or the scenario raised (Locust's sense)
-    shape_unbounded: bool = False  # a LoadTestShape ended the run, no run time given
+    # No run time given: a LoadTestShape ended the run, or Stop on the live page did.
+    unbounded: bool = False
+    web: LivePage | None = None  # --web
     warmup_by_default: bool = True  # no --warmup: a tenth of the run, known once it ends
     faults: FaultSchedule | None = None  # --fault: the faults' greenlets while they run
     proxy: FaultProxy | None = None  # --fault net=...: perfkit's proxy before the target
@@ -212,11 +215,13 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> RunR
     run_dir = make_run_dir(settings)
     live = LiveView(say, settings, sys.stdout.isatty())
     managed, meta, workers, port, proxy = None, None, [], None, None
+    page: LivePage | None = None
     try:
         if settings.workers:
             port = distributed.master_port(settings)
             workers = distributed.fork_workers(loaded, settings, options, port, run_dir,
                                                relay(live, say))
+        page = open_page(settings, run_dir, say)  # before the target: the URL comes first
         managed, url, pid = start_target(settings, run_dir, say)
         proxy, load_url = start_proxy(settings, url, say)
         options.host = load_url
@@ -239,10 +244,16 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> RunR
             env, state = prepare_run(settings, say, plan, run_dir, url, pid, loaded, options,
                                      load_url)
             state.proxy = proxy
+            watch_page(page, state, settings, plan)
             with locustfile.interruptions_counted(state.recorder):
                 run_plan(env, state, settings, say, plan, meta, managed, scenario_path,
                          (workers, port, live))
+        if page is not None:
+            page.show_ending()
+            meta.export = {**(meta.export or {}), "web": page.describe()}
         result = judge_and_report(rundir.load_run(run_dir, meta), settings, state, plan, say)
+        if page is not None:
+            page.finish(run_dir / REPORT_HTML, result.verdict, result.exit_code)
         if state.had_errors and settings.exit_code_on_error is not None:
             result.exit_code_on_error = settings.exit_code_on_error
         locustfile.fire_quit(result.exit_code)
@@ -266,12 +277,32 @@ def run_load(settings: LoadSettings, say: Say, plan: Plan | None = None) -> RunR
             where = f"its traceback could not be written: {log_error.strerror or log_error}"
         raise InternalError(f"internal error: {type(exc).__name__}: {exc} ({where})") from exc
     finally:
+        if page is not None:
+            page.close()
         if proxy is not None:
             proxy.stop()
         for process in workers:
             stop_child(process)  # no-op once stopped
         if managed is not None:
             target.stop_reference_service(managed)  # no-op once it has stopped
+
+
+def open_page(settings: LoadSettings, run_dir: Path, say: Say) -> LivePage | None:
+    """With --web, the live page, listening (its URL said first, as k6 does)."""
+    if not settings.observe.web:
+        return None
+    return LivePage(settings.observe.web_host, settings.observe.web_port, say,
+                    f"perfkit {settings.command} {settings.scenario} ({run_dir.name})")
+
+
+def watch_page(page: LivePage | None, state: RunState, settings: LoadSettings,
+               plan: Plan) -> None:
+    """The live page shows this run, and the run loop ticks it (state.web)."""
+    if page is None:
+        return
+    state.web = page
+    page.watch(state, settings.targets, run_limit_s(settings, plan), settings.warmup_s,
+               bool(settings.workers or settings.expect_workers or settings.master_bind_host))
 
 
 def relay(live: LiveView, say: Say) -> Callable[[str, bool], None]:
@@ -572,7 +603,7 @@ def drive(env: Environment, settings: LoadSettings, plan: Plan, state: RunState,
     A LoadTestShape without a given duration runs until it ends the run, as under Locust;
     with one, the duration cuts it, and the message says so."""
     say = live.say
-    limit_s = settings.duration_s if settings.duration_given or not plan.shape else math.inf
+    limit_s = run_limit_s(settings, plan)
     live.duration_s = limit_s
     runner = env.runner
     assert runner is not None
@@ -597,9 +628,11 @@ def drive(env: Environment, settings: LoadSettings, plan: Plan, state: RunState,
             next_tick = started
             while True:
                 elapsed = time.time() - started
-                if interrupted:
+                if interrupted or (state.web is not None and state.web.stop_requested):
                     state.status = "interrupted"
-                    state.message = f"stopped by {interrupted[0]} after {elapsed:.0f} s"
+                    by = interrupted[0] if interrupted else "the live page's Stop"
+                    state.message = f"stopped by {by} after {elapsed:.0f} s"
+                    state.unbounded = math.isinf(limit_s)
                     return
                 if managed is not None and not managed.restarting \
                         and managed.process.poll() is not None:
@@ -631,7 +664,7 @@ def drive(env: Environment, settings: LoadSettings, plan: Plan, state: RunState,
                 if step_index >= 0 and runner.state in LOAD_ENDING:
                     state.message = (f"the LoadTestShape ended the run after {elapsed:.0f} s"
                                      if plan.shape else "the scenario stopped by itself")
-                    state.shape_unbounded = plan.shape and math.isinf(limit_s)
+                    state.unbounded = plan.shape and math.isinf(limit_s)
                     return
                 loadgen_cpu = _loadgen_cpu_percent(runner, own)
                 if loadgen_cpu is not None:
@@ -655,12 +688,24 @@ def drive(env: Environment, settings: LoadSettings, plan: Plan, state: RunState,
                         return
                 if not settings.only_summary:
                     live.show(elapsed, runner.user_count, state)
+                if state.web is not None:
+                    state.web.tick(elapsed, runner.user_count, rate)
                 next_tick += 1.0
                 gevent.sleep(max(0.0, next_tick - time.time()))
     finally:
         for handler in handlers:
             handler.cancel()
         live.close()
+
+
+def run_limit_s(settings: LoadSettings, plan: Plan) -> float:
+    """How long drive() runs: the duration; without one given, until a LoadTestShape ends
+    the run or, with --web, a plain load until Stop (as Locust's web UI)."""
+    if settings.duration_given:
+        return settings.duration_s
+    if plan.shape or (settings.observe.web and settings.command == "load"):
+        return math.inf
+    return settings.duration_s
 
 
 def start_profile(settings: LoadSettings, managed: target.ManagedTarget | None, run_dir: Path,
@@ -764,7 +809,7 @@ def finish_meta(meta: RunMeta, env: Environment, state: RunState) -> None:
                              + (f"; {state.message}" if state.message else ""))
     meta.status = state.status
     meta.message = state.message
-    if state.shape_unbounded:  # the shape's own length, and the warm-up's default from it
+    if state.unbounded:  # the run's own length, and the warm-up's default from it
         length_s = round(meta.ended_at - meta.started_at, 1)
         warmup_s = min(30.0, length_s / 10.0) if state.warmup_by_default \
             else meta.settings.warmup_s
