@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from perfkit.analysis import stats
 from perfkit.analysis.kpi import judge_window
 from perfkit.kpi_file import load_kpi_targets
 from perfkit.run.recorder import Tally
-from perfkit.run.web import SAMPLE_COLUMNS, judge_so_far, merge_tally
+from perfkit.run.web import SAMPLE_COLUMNS, LivePage, judge_so_far, merge_tally
 from perfkit.units import format_value
 from tests.targets import SWITCHABLE, running_target
 from tests.test_history_html import CONTRASTS_JS, chromium_path
@@ -279,3 +280,24 @@ def test_the_verdict_so_far_is_kpi_py_on_every_second_merged(tmp_path: Path) -> 
     assert so_far.count == 300
     assert verdicts == [["pass", "at the end", "pass"], ["pass", "at the end", "pass"],
                         ["fail", "at the end", "fail"]]
+
+
+def test_the_database_and_queue_charts_read_the_targets_metrics_endpoint() -> None:
+    """Fixed samples of the app collector (cumulative: 100 queries at 2 ms mean, then 300 at
+    3 ms mean): the page plots the mean of the 200 queries between them, 3.5 ms, and the
+    queue's depth; nothing before a second sample, nothing without a metrics endpoint."""
+    first = {"t": 1, "db_total_queries": 100.0, "db_average_ms": 2.0, "queue_depth": 4.0}
+    samples = iter([first, first,
+                    {"t": 6, "db_total_queries": 300.0, "db_average_ms": 3.0, "queue_depth": 0.0},
+                    {"t": 6, "db_total_queries": 300.0, "db_average_ms": 3.0, "queue_depth": 0.0}])
+    app = SimpleNamespace(latest=lambda: next(samples))
+    page = LivePage("127.0.0.1", 0, lambda line: None, "test")
+    try:
+        page.state = SimpleNamespace(app=app)  # type: ignore[assignment]
+        assert page.read_app() == page.read_app() == {"db_ms": None, "queue": 4.0}
+        # A sample is shown until the collector's next one (it samples every few seconds).
+        assert page.read_app() == page.read_app() == {"db_ms": 3.5, "queue": 0.0}
+        page.state = SimpleNamespace(app=None)  # type: ignore[assignment]
+        assert page.read_app() == {}
+    finally:
+        page.close()

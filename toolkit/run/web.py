@@ -132,6 +132,8 @@ class LivePage:
         # What the page cost this process: CPU seconds of tick() (this thread) and of the
         # KPI judging (the pool's thread); the sockets' writes are not in it (see the bench).
         self.cpu_s = 0.0
+        self.db_seen: tuple[float, float] | None = None  # (queries, their total ms) last read
+        self.app_read: tuple[Any, dict[str, float | None]] = (None, {})  # (sample t, point)
         self.events_sent = 0
         self.clients_max = 0
 
@@ -182,6 +184,7 @@ class LivePage:
         point["cpu"] = finite(target.get("cpu_percent"))
         rss_bytes = finite(target.get("rss_bytes"))
         point["rss_mb"] = None if rss_bytes is None else round(rss_bytes / MB, 1)
+        point.update(self.read_app())
         self.points.append(point)
         sample = state.system.latest()
         if sample and sample.get("t", 0) >= judged_from and (
@@ -199,6 +202,27 @@ class LivePage:
             "failing": [] if alarms is None else sorted(alarms.failing)}
         if self.clients:
             self.publish("tick", {**self.current, "point": point})
+
+    def read_app(self) -> dict[str, float | None]:
+        """The database's mean query time since the previous sample and the research queue's
+        depth, from the target's metrics endpoint (collectors/app.py); {} without one."""
+        app = self.state.app if self.state is not None else None
+        sample = app.latest() if app is not None else None
+        if not sample:
+            return {}
+        if sample.get("t") is not None and sample.get("t") == self.app_read[0]:
+            return self.app_read[1]  # the collector samples every few seconds: held till then
+        queries, mean_ms = finite(sample.get("db_total_queries")), finite(
+            sample.get("db_average_ms"))
+        db_ms = None
+        if queries is not None and mean_ms is not None:
+            total_ms = queries * mean_ms
+            if self.db_seen is not None and queries > self.db_seen[0]:
+                db_ms = round((total_ms - self.db_seen[1]) / (queries - self.db_seen[0]), 2)
+            self.db_seen = (queries, total_ms)
+        point = {"db_ms": db_ms, "queue": finite(sample.get("queue_depth"))}
+        self.app_read = (sample.get("t"), point)
+        return point
 
     def judge_kpis(self, judged_from: int, last_t: int) -> None:
         """Pick up the last judgement, start the next (at most every KPI_EVERY_S)."""
