@@ -8,12 +8,11 @@ paths (a health check, a metrics scraper) stay apart. Prints its base URL once i
     python tests/targets/arrivals.py --delay-ms 1500
 """
 
-import argparse
 import asyncio
 import time
 
 from aiohttp import web
-from serving import run_app
+from serving import run_app, target_arguments
 
 
 def build_app(delay_ms: float) -> web.Application:
@@ -36,15 +35,9 @@ def build_app(delay_ms: float) -> web.Application:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser = target_arguments(__doc__)
     args = parser.parse_args()
-    try:
-        run_app(build_app(args.delay_ms), args.port, args.host)
-    except KeyboardInterrupt:
-        pass
+    run_app(build_app(args.delay_ms), args.port, args.host)
 
 
 if __name__ == "__main__":

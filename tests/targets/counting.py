@@ -12,12 +12,11 @@ POST /authenticate says {"message": "Welcome NAME!"} (NAME: `--welcome`, the exa
 is "ok". Prints its base URL once it listens.
 """
 
-import argparse
 import asyncio
 import re
 
 from aiohttp import web
-from serving import run_app
+from serving import run_app, target_arguments
 
 _BODY_KIND = re.compile(r"^[A-Za-z_\-]+")
 
@@ -55,10 +54,7 @@ def build_app(delay_ms: float, welcome: str) -> web.Application:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser = target_arguments(__doc__)
     parser.add_argument("--welcome", default="foo")
     args = parser.parse_args()
     run_app(build_app(args.delay_ms, args.welcome), args.port, args.host)

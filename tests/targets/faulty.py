@@ -8,13 +8,12 @@ exits the process abruptly (exit code 3). `GET /__count` tells how many other re
 served, in all and per path. Prints its base URL once it listens.
 """
 
-import argparse
 import asyncio
 import os
 import time
 
 from aiohttp import web
-from serving import run_app
+from serving import run_app, target_arguments
 
 
 def build_app(delay_ms: float, stall_at: float | None, stall_s: float,
@@ -50,10 +49,7 @@ def build_app(delay_ms: float, stall_at: float | None, stall_s: float,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser = target_arguments(__doc__)
     parser.add_argument("--stall-at", type=float, default=None)
     parser.add_argument("--stall-s", type=float, default=0.0)
     parser.add_argument("--die-after", type=float, default=None)

@@ -8,11 +8,10 @@ listens, then serves until killed.
     python tests/targets/fixed_delay.py --delay-ms 20 --port 0
 """
 
-import argparse
 import asyncio
 
 from aiohttp import web
-from serving import run_app
+from serving import run_app, target_arguments
 
 
 def build_app(delay_ms: float, fail_every: int) -> web.Application:
@@ -34,17 +33,11 @@ def build_app(delay_ms: float, fail_every: int) -> web.Application:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser = target_arguments(__doc__)
     parser.add_argument("--fail-every", type=int, default=0,
                         help="answer 500 to every N-th request (0: never)")
     args = parser.parse_args()
-    try:
-        run_app(build_app(args.delay_ms, args.fail_every), args.port, args.host)
-    except KeyboardInterrupt:
-        pass
+    run_app(build_app(args.delay_ms, args.fail_every), args.port, args.host)
 
 
 if __name__ == "__main__":

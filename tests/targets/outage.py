@@ -8,13 +8,12 @@ kept in memory: the file's mtime is the whole state, so the outage starts when t
 ran, not when the next request came. Prints its base URL once it listens.
 """
 
-import argparse
 import asyncio
 import os
 import time
 
 from aiohttp import web
-from serving import run_app
+from serving import run_app, target_arguments
 
 
 def build_app(control: str, outage_s: float, delay_ms: float) -> web.Application:
@@ -35,13 +34,11 @@ def build_app(control: str, outage_s: float, delay_ms: float) -> web.Application
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=0)
+    parser = target_arguments(__doc__)
     parser.add_argument("--control", required=True)
     parser.add_argument("--outage-s", type=float, default=3.0)
-    parser.add_argument("--delay-ms", type=float, default=0.0)
     args = parser.parse_args()
-    run_app(build_app(args.control, args.outage_s, args.delay_ms), args.port)
+    run_app(build_app(args.control, args.outage_s, args.delay_ms), args.port, args.host)
 
 
 if __name__ == "__main__":

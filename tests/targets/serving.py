@@ -4,16 +4,28 @@ The targets run as scripts (`python tests/targets/NAME.py`), so they import this
 bare name from their own folder.
 """
 
+import argparse
 import asyncio
+import contextlib
 import socket
 import ssl
 
 from aiohttp import web
 
 
+def target_arguments(doc: str) -> argparse.ArgumentParser:
+    """The options every target takes (--host, --port, --delay-ms); a target adds its own."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--delay-ms", type=float, default=0.0)
+    return parser
+
+
 def run_app(app: web.Application, port: int = 0, host: str = "127.0.0.1",
             ssl_context: ssl.SSLContext | None = None) -> None:
-    asyncio.run(_serve(app, host, port, ssl_context))
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(app, host, port, ssl_context))
 
 
 async def _serve(app: web.Application, host: str, port: int,

@@ -7,11 +7,10 @@ target down at a moment of its choosing. Prints its base URL on stdout once it l
     python tests/targets/switchable.py --delay-ms 5 --port 0
 """
 
-import argparse
 import asyncio
 
 from aiohttp import web
-from serving import run_app
+from serving import run_app, target_arguments
 
 
 def build_app(delay_ms: float) -> web.Application:
@@ -34,15 +33,9 @@ def build_app(delay_ms: float) -> web.Application:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser = target_arguments(__doc__)
     args = parser.parse_args()
-    try:
-        run_app(build_app(args.delay_ms), args.port, args.host)
-    except KeyboardInterrupt:
-        pass
+    run_app(build_app(args.delay_ms), args.port, args.host)
 
 
 if __name__ == "__main__":
