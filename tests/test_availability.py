@@ -113,7 +113,9 @@ def test_a_fault_never_recovered_from_is_said_with_a_lower_bound() -> None:
 
 
 def test_a_run_without_faults_has_availability_alone() -> None:
-    latency = timeline(range(100, 110), {104: "slow"})
+    """Without a fault, a second with failures is down, a slow second without any is not (the
+    latency KPIs judge slowness over the run)."""
+    latency = timeline(range(100, 110), {104: "fail", 106: "slow"})
     result = summarize_availability(judge_seconds(latency, TARGETS, 100.0, 110.0), None,
                                     100.0, 100.0, 110.0)
     assert result["faults"] == []
@@ -129,3 +131,18 @@ def test_the_next_fault_cuts_a_recovery_short_but_not_the_end_of_the_run() -> No
     first, second = summarize_availability(seconds, faults, 100.0, 100.0, 125.0)["faults"]
     assert first["recovered"] and first["recovery_s"] == pytest.approx(2.5)
     assert second["recovered"] is False
+
+
+def test_slow_seconds_from_a_fault_to_its_recovery_are_down() -> None:
+    """A latency fault is an outage of its own: half the requests over the p99 limit in 105
+    and 106, the fault begun at 105.0, is down until the recovery (106.5)."""
+    latency = timeline(range(100, 120), {105: "slow", 106: "slow"})
+    fault = {"index": 1, "spec": "at=5s,for=0.5s,net=latency:300ms", "what": "latency",
+             "at_s": 5.0, "for_s": 0.5, "status": "done", "started_at": 105.0,
+             "ended_at": 105.5, "do": None, "undo": None}
+    result = summarize_availability(judge_seconds(latency, TARGETS, 100.0, 120.0), [fault],
+                                    100.0, 100.0, 120.0)
+    (entry,) = result["faults"]
+    assert entry["recovered"] and entry["bad_s"] == 2
+    assert entry["recovery_s"] == pytest.approx(1.0)
+    assert result["availability"]["percent"] == pytest.approx(92.5)

@@ -71,8 +71,9 @@ def faults_of(run_dir: Path) -> tuple[list[dict], dict]:
 def test_a_service_restart_kills_the_bundled_service_and_starts_it_on_its_port_and_database(
         tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
+    # 25 s: on a busy CI machine the restarted service took over 10 s to serve well again.
     result = perfkit("load", "--fast", "--scenario", "research", "--users", "4",
-                     "--duration", "16s", "--warmup", "0s", "--out", str(run_dir),
+                     "--duration", "25s", "--warmup", "0s", "--out", str(run_dir),
                      "--fault", "at=5s,stack=service-restart")
     assert result.returncode in (0, 1), result.stdout + result.stderr
     faults, summary = faults_of(run_dir)

@@ -10,7 +10,10 @@ as a sample, not as a run: it is bad when its failures (or its requests over a p
 limit: 1 % of them may be over a p99's) are more than the KPI allows with a chance under
 ALPHA (a binomial tail). One failed request among 50 in a second under a 0.1 % KPI is noise
 (a 5 % chance), and a run of a healthy target stays available; a second in which most
-requests fail or are slow is down. A max KPI allows none over it; a mean KPI is not judged
+requests fail or are slow is down. Slowness counts only from a fault's start to its
+recovery (summarize_availability): elsewhere a slow second without errors stays up, the
+latency KPIs judging slowness over the run with their own budget. A max KPI allows none over
+it; a mean KPI is not judged
 per second (it is not a share of requests), only over the run. A second
 without requests is judged only between a fault's start and its recovery, and is down there
 (the target answered nothing: a blackhole, a hang); elsewhere a quiet second of a sparse load
@@ -62,21 +65,26 @@ def _limit(kpi: KpiTarget) -> float | None:
 def judge_seconds(latency: pd.DataFrame, targets: list[KpiTarget], start: float, end: float,
                   over: dict[tuple[str, float], dict[int, int]] | None = None) -> pd.DataFrame:
     """One row per second of [start, end] with requests: t, count, failures, good, why (the
-    first KPI the second broke, "" when good). `over`: count_over_limits of the run's buckets
-    for latency_limits(targets); computed from latency["hist"] when not given."""
+    first KPI the second broke, "" when good), slow_only (it broke latency KPIs only).
+    `over`: count_over_limits of the run's buckets for latency_limits(targets); computed from
+    latency["hist"] when not given."""
     requests = latency[~latency["name"].map(is_job).astype(bool)]
     requests = requests[(requests["t"] >= math.floor(start)) & (requests["t"] <= end)]
     if requests.empty:
         return pd.DataFrame({"t": pd.Series(dtype=int), "count": pd.Series(dtype=int),
                              "failures": pd.Series(dtype=int), "good": pd.Series(dtype=bool),
-                             "why": pd.Series(dtype=str)})
+                             "why": pd.Series(dtype=str), "slow_only": pd.Series(dtype=bool)})
     if over is None:
         over = count_over_limits([chunk_of(requests)], latency_limits(targets))
     totals = requests.groupby("t")[["count", "failures"]].sum().sort_index()
     seconds = totals.index.to_numpy()
     why = np.full(seconds.size, "", dtype=object)
+    erred = np.zeros(seconds.size, dtype=bool)
 
-    def mark(broken: np.ndarray, text: Any) -> None:
+    def mark(broken: np.ndarray, text: Any, errors: bool = True) -> None:
+        nonlocal erred
+        if errors:
+            erred = erred | broken
         for i in np.flatnonzero(broken & (why == "")):
             why[i] = text(i)
 
@@ -109,10 +117,10 @@ def judge_seconds(latency: pd.DataFrame, targets: list[KpiTarget], start: float,
             mark(_beyond(slow, own_counts, 100.0 - _PERCENTILES[kpi.metric]),
                  lambda i, slow=slow, n=own_counts, kpi=kpi, kpi_limit=kpi_limit:
                  f"{kpi.endpoint} {kpi.metric.removesuffix('_ms')}: {slow[i]} of {n[i]} "
-                 f"over {format_value(kpi_limit, 'ms')}")
+                 f"over {format_value(kpi_limit, 'ms')}", errors=False)
     return pd.DataFrame({"t": seconds.astype(int), "count": totals["count"].to_numpy(),
                          "failures": totals["failures"].to_numpy(), "good": why == "",
-                         "why": why.astype(str)})
+                         "why": why.astype(str), "slow_only": (why != "") & ~erred})
 
 
 def latency_limits(targets: list[KpiTarget]) -> set[tuple[str, float]]:
@@ -180,6 +188,7 @@ def summarize_availability(seconds: pd.DataFrame, faults: list[dict[str, Any]] |
     last_second = int(math.floor(end))
     entries = []
     silent: set[int] = set()  # empty seconds inside a fault and its recovery: judged, down
+    in_faults: set[int] = set()  # seconds from a fault's start to its recovery
     # Parts of bad seconds a fault's start and its recovery estimate leave out (the second
     # the fault began in, before it began; the recovery's second, after it): not down time.
     credit_s = 0.0
@@ -206,6 +215,7 @@ def summarize_availability(seconds: pd.DataFrame, faults: list[dict[str, Any]] |
         span = range(first, recovered_second if recovered_second is not None
                      else last_second + 1)
         silent.update(t for t in span if t not in good and start <= t <= end)
+        in_faults.update(span)
         entry["requests"] = sum(counts.get(t, (0, 0))[0] for t in span)
         entry["errors"] = sum(counts.get(t, (0, 0))[1] for t in span)
         entry["bad_s"] = sum(1 for t in span if not good.get(t, False))
@@ -226,6 +236,13 @@ def summarize_availability(seconds: pd.DataFrame, faults: list[dict[str, Any]] |
         entry["recovery_s"] = max(0.0, recovered_at - fault_end)
         entry["recovery_from_start_s"] = recovered_at - fault_start
     judged = seconds[(seconds["t"] >= start) & (seconds["t"] <= end)]
+    # Outside a fault and its recovery, a second slow but without errors stays up: the latency
+    # KPIs judge slowness over the run with their own budget (a p99 lets 1 % through), and a
+    # run's first second or a pause of the machine is not downtime (a 3 s run with warm-up 0
+    # lost its first second, 2 of 2 requests over 200 ms, and failed 99.9 % while its p99
+    # passed). Inside, latency counts: a latency fault is an outage of its own.
+    up = judged["good"] | (judged["slow_only"] & ~judged["t"].isin(in_faults))
+    judged = judged.assign(good=up)
     judged_s = len(judged) + len(silent)
     good_s = int(judged["good"].sum())
     down_s = max(0.0, judged_s - good_s - credit_s)
