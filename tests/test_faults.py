@@ -131,9 +131,9 @@ def test_an_outage_of_three_seconds_is_measured_and_fails_the_availability_kpi(
                     '[[kpi]]\nmetric = "recovery_s_max"\ntarget = "5min"\n')
     with running_target(OUTAGE, "--control", str(control), "--outage-s", "3") as (url, _):
         result = perfkit("load", "--target", url, "--scenario", "health", "--rate", "10",
-                         "--users", "4", "--duration", "60s", "--warmup", "0s",
+                         "--users", "4", "--duration", "40s", "--warmup", "0s",
                          "--kpi", str(kpis), "--out", str(run_dir),
-                         "--fault", f"at=20s,do=touch {control}", timeout=180)
+                         "--fault", f"at=12s,do=touch {control}", timeout=180)
     assert result.returncode == 1, result.stdout + result.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     (fault,) = summary["faults"]

@@ -23,7 +23,7 @@ from tests.targets import ENVELOPE, running_target
 USERS = 4
 CREATE = "POST /api/v1/research/products"
 STATUS = "GET /api/v1/research/products/{id}/status"
-STOP_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 12.0
 # HdrHistogram keeps 3 significant digits: a 2 s value is exact to 2 ms.
 HISTOGRAM_S = 0.005
 

@@ -7,8 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from perfkit.analysis.kpi import judge_kpi
 from perfkit.kpi_file import load_kpi_targets
+from perfkit.run import jobs
+from perfkit.run.recorder import ARM, JOB_ID
 from tests.targets import ENVELOPE, running_target
 
 
@@ -68,3 +72,22 @@ def test_the_default_lost_jobs_kpi_allows_none() -> None:
     (kpi,) = [kpi for kpi in load_kpi_targets(None) if kpi.metric == "lost_jobs"]
     assert judge_kpi(kpi, 0.0).verdict == "pass"
     assert judge_kpi(kpi, 1.0).verdict == "fail"
+
+
+def test_a_simultaneous_trials_jobs_are_asked_of_their_own_arms_target(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each arm's jobs live on its own target: asked of the first arm's, the other's were lost
+    (and the check waited out the stop timeout in every trial of the CI's regression gate)."""
+    asked: list[tuple[str, str]] = []
+
+    def read_status(url: str, job_id: str) -> str:
+        asked.append((url, job_id))
+        return "success"
+
+    monkeypatch.setattr(jobs, "read_job_status", read_status)
+    ledger = jobs.JobLedger({"A": "http://a", "B": "http://b"})
+    ledger.on_request("POST", context={JOB_ID: "ja", ARM: "A"})
+    ledger.on_request("POST", context={JOB_ID: "jb", ARM: "B"})
+    lost = ledger.check_lost("http://a", 5.0)
+    assert sorted(asked) == [("http://a", "ja"), ("http://b", "jb")]
+    assert (lost["accepted"], lost["ended_after_stop"], lost["lost"]) == (2, 2, 0)

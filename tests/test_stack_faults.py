@@ -106,7 +106,6 @@ def test_a_celery_kill_kills_the_pool_processes_and_the_nodes_replace_them(
     assert summary["faults"][0]["recovered"], summary["faults"]
 
 
-@pytest.mark.serial  # measures the recovery of a 40 s research run
 @pytest.mark.parametrize("queue", ["inprocess", "celery"])
 def test_a_postgres_outage_in_a_research_run_is_recovered_from_and_loses_no_job(
         tmp_path: Path, postgres_database: str, queue: str) -> None:
@@ -114,9 +113,9 @@ def test_a_postgres_outage_in_a_research_run_is_recovered_from_and_loses_no_job(
     celery = ("--queue", "celery", "--broker", BROKER, "--service-queue-prefix",
               f"perfkit-test-{uuid.uuid4().hex[:8]}") if queue == "celery" else ()
     result = perfkit("load", "--fast", "--scenario", "research", "--users", "6",
-                     "--duration", "40s", "--warmup", "0s", "--out", str(run_dir),
+                     "--duration", "30s", "--warmup", "0s", "--out", str(run_dir),
                      "--service-database-url", postgres_database, *celery,
-                     "--fault", "at=15s,for=5s,stack=postgres-outage")
+                     "--fault", "at=10s,for=5s,stack=postgres-outage")
     assert result.returncode in (0, 1), result.stdout + result.stderr
     faults, summary = faults_of(run_dir)
     (fault,) = faults

@@ -17,7 +17,7 @@ import urllib.request
 from typing import Any
 
 from ..scenarios import shapes
-from .recorder import JOB_ID
+from .recorder import ARM, JOB_ID
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +27,12 @@ LISTED_IDS = 20  # lost job ids kept in run.json: enough to look a few up
 
 
 class JobLedger:
-    def __init__(self) -> None:
+    def __init__(self, arm_urls: dict[str, str] | None = None) -> None:
+        self.arm_urls = arm_urls or {}  # a simultaneous A/B trial's targets by arm
         self.accepted = 0
-        self.open: set[str] = set()  # accepted, not seen to end
+        # Accepted, not seen to end: job id -> the arm whose target took it (None outside a
+        # simultaneous A/B trial), whose target is asked after the stop.
+        self.open: dict[str, str | None] = {}
 
     def on_request(self, request_type: str, exception: BaseException | None = None,
                    context: dict[str, Any] | None = None, **_: Any) -> None:
@@ -37,20 +40,22 @@ class JobLedger:
         if not job_id:
             return
         if request_type == "JOB":
-            self.open.discard(job_id)
+            self.open.pop(job_id, None)
         elif exception is None:
             self.accepted += 1
-            self.open.add(job_id)
+            self.open[job_id] = (context or {}).get(ARM)
 
     def check_lost(self, url: str, stop_timeout_s: float) -> dict[str, Any]:
         """run.json's "lost_work": {accepted, ended_in_run, ended_after_stop, lost, lost_ids,
-        checked_s}; polls the open jobs' status at `url`."""
+        checked_s}; polls the open jobs' status at `url`, or at their arm's target."""
         started = time.monotonic()
         still = set(self.open)
         ended_after_stop = 0
         while still:
             for job_id in sorted(still):
-                if read_job_status(url, job_id) in shapes.FINISHED:
+                arm = self.open[job_id]
+                job_url = self.arm_urls.get(arm, url) if arm is not None else url
+                if read_job_status(job_url, job_id) in shapes.FINISHED:
                     still.discard(job_id)
                     ended_after_stop += 1
             if not still or time.monotonic() - started + POLL_GAP_S > stop_timeout_s:

@@ -334,7 +334,7 @@ def prepare_run(settings: LoadSettings, say: Say, plan: Plan, run_dir: Path, url
     state.warmup_by_default = settings.warmup_s is None
     state.target_url = url
     if not (settings.workers or settings.expect_workers or settings.master_bind_host):
-        state.jobs = JobLedger()  # the users run here: their jobs are seen here
+        state.jobs = JobLedger(dict(settings.arms))  # the users run here: their jobs are seen here
     state.alarms = AlarmWatcher(run_dir, settings.targets, say, settings.alert_webhook,
                                 settings.effective_warmup_s, run_id=run_dir.name)
     env = locustfile.make_environment(loaded, load_url or url, settings.rate, settings.users,
