@@ -216,18 +216,27 @@ def _chart_frame(charted: list[str], names: dict[str, int], window_rows: np.ndar
     ids = np.array([names[name] for name in charted], np.int64)
     counts_w = window_rows[ids, :n_windows].astype(float).ravel()
     failures_w = window_rows[ids, n_windows:].astype(float).ravel()
-    starts = np.arange(n_windows) * span.window_s
+    return chart_frame(np.array(charted), n_windows, span.window_s, span.bucket_s, duration_s,
+                       counts_w, failures_w, values_ms)
+
+
+def chart_frame(names: np.ndarray, n_windows: int, window_s: float, bucket_s: float,
+                duration_s: float, counts: np.ndarray, failures: np.ndarray,
+                values_ms: np.ndarray) -> pd.DataFrame:
+    """The chart lines' frame: per name (outer) and window, its middle, counts, rates and
+    CHART_PERCENTILES (`values_ms` columns, in that order)."""
+    starts = np.arange(n_windows) * window_s
     # The last window may be cut short by the end of the run, but holds whole buckets.
-    widths = np.maximum(np.minimum(span.window_s, np.ceil((duration_s - starts) / span.bucket_s)
-                                   * span.bucket_s), span.bucket_s)
-    widths_all = np.tile(widths, len(charted))
+    widths = np.maximum(np.minimum(window_s, np.ceil((duration_s - starts) / bucket_s)
+                                   * bucket_s), bucket_s)
+    widths_all = np.tile(widths, names.size)
     frame = pd.DataFrame({
-        "t_s": np.tile(starts + widths / 2, len(charted)),
-        "name": np.repeat(np.array(charted), n_windows),
-        "count": counts_w.astype(np.int64),
-        "failures": failures_w.astype(np.int64),
-        "rps": counts_w / widths_all,
-        "failures_s": failures_w / widths_all,
+        "t_s": np.tile(starts + widths / 2, names.size),
+        "name": np.repeat(names, n_windows),
+        "count": counts.astype(np.int64),
+        "failures": failures.astype(np.int64),
+        "rps": counts / widths_all,
+        "failures_s": failures / widths_all,
     })
     for column, key in enumerate(CHART_PERCENTILES):
         frame[key] = values_ms[:, column]

@@ -24,7 +24,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, MultipleLocator, NullL
 
 from ..analysis import stats
 from ..analysis.digest import CHART_PERCENTILES as PERCENTILES
-from ..analysis.digest import MAX_POINTS, choose_window_s
+from ..analysis.digest import MAX_POINTS, chart_frame, choose_window_s
 
 __all__ = ["MAX_POINTS", "PERCENTILES", "choose_window_s"]  # beside the drawing functions
 
@@ -124,22 +124,8 @@ def bin_latency(latency: pd.DataFrame, started_at: float, ended_at: float,
                          minlength=n_groups)
     failures = np.bincount(group_of_row, weights=latency["failures"].to_numpy(float),
                            minlength=n_groups)
-    starts = np.arange(n_windows) * window_s
-    # The last window may be cut short by the end of the run, but holds whole buckets.
-    widths = np.maximum(np.minimum(window_s, np.ceil((duration_s - starts) / bucket_s)
-                                   * bucket_s), bucket_s)
-    widths_all = np.tile(widths, names.size)
-    frame = pd.DataFrame({
-        "t_s": np.tile(starts + widths / 2, names.size),
-        "name": np.repeat(names, n_windows),
-        "count": counts.astype(np.int64),
-        "failures": failures.astype(np.int64),
-        "rps": counts / widths_all,
-        "failures_s": failures / widths_all,
-    })
-    for column, key in enumerate(PERCENTILES):
-        frame[key] = values_ms[:, column]
-    return frame
+    return chart_frame(names, n_windows, window_s, bucket_s, duration_s, counts, failures,
+                       values_ms)
 
 
 def merged_values_ms(latency: pd.DataFrame, name: str) -> tuple[np.ndarray, np.ndarray]:
