@@ -181,3 +181,22 @@ def private_redis(tmp_path: Any) -> Iterator[tuple[str, subprocess.Popen[bytes]]
     proc.send_signal(signal.SIGCONT)
     proc.terminate()
     proc.wait(10)
+
+
+def chromium_path() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.fail("chromium is not installed: the pages must be checked in a real browser. "
+                    "Install Debian's chromium (apt-get install chromium); scripts/test.sh does.")
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=chromium_path(),
+                                              args=["--no-sandbox", "--disable-gpu"])
+        yield launched
+        launched.close()

@@ -8,7 +8,6 @@ The 50 runs are SIMULATED (tests/synthetic.py): run 31 on makes the results endp
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -128,14 +127,6 @@ def test_a_history_of_1000_runs_stays_under_3_mb(endpoints: int) -> None:
 
 # The page in Chromium.
 
-def chromium_path() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        pytest.fail("chromium is not installed: history.html must be checked in a real browser. "
-                    "Install Debian's chromium (apt-get install chromium); scripts/test.sh does.")
-    return path
-
-
 @pytest.fixture(scope="module")
 def fifty_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
     """50 simulated runs a day apart, imported into a SQLite history with perfkit's own
@@ -174,17 +165,6 @@ def history_page(fifty_runs: tuple[Path, list[Path]]) -> Path:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "regression  research GET /api/v1/research/products/{id} p50_ms" in done.stdout
     return out / "history.html"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium_path(),
-                                              args=["--no-sandbox", "--disable-gpu"])
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -27,7 +26,7 @@ from perfkit.run.recorder import Tally
 from perfkit.run.web import SAMPLE_COLUMNS, LivePage, judge_so_far, merge_tally
 from perfkit.units import format_value
 from tests.targets import SWITCHABLE, running_target
-from tests.test_history_html import CONTRASTS_JS, chromium_path
+from tests.test_history_html import CONTRASTS_JS
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 HEALTH = "GET /api/v1/health"
@@ -87,17 +86,6 @@ class Perfkit:
                 self.process.kill()
                 self.process.wait()
         self.reader.join(10)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium_path(),
-                                              args=["--no-sandbox", "--disable-gpu"])
-        yield launched
-        launched.close()
 
 
 def post(url: str, token: str | None = None) -> int:
